@@ -1,0 +1,193 @@
+//! Typed errors, one per operation, each naming the file, byte offset and position involved.
+
+use std::path::PathBuf;
+
+use crate::Position;
+use crate::format::{BatchProblem, HeaderProblem};
+
+/// What is wrong at one place in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The segment header is unreadable.
+    Header(HeaderProblem),
+    /// The bytes at a batch boundary are not a valid batch.
+    Batch(BatchProblem),
+    /// The segment's file name does not match the base position in its header.
+    NameMismatch {
+        /// Base position from the header.
+        header_base: Position,
+    },
+    /// The log's segments do not continue each other: the next segment should start at `expected`.
+    Gap {
+        /// Position the next segment should start at.
+        expected: Position,
+        /// Position it starts at.
+        found: Position,
+    },
+    /// A segment that is not the last one ends without a seal marker (records are missing).
+    NotSealed,
+    /// The last segment is sealed but the segment that must follow it is missing.
+    MissingSuccessor {
+        /// Base position of the missing segment.
+        expected: Position,
+    },
+    /// The log's first segment does not start at position 0.
+    MissingStart {
+        /// Base of the first segment present.
+        found: Position,
+    },
+    /// A file in the log directory that looks like a segment but is not named like one.
+    StrayFile,
+    /// Data after the seal marker, or a batch past the segment's end.
+    DataAfterSeal,
+    /// The sparse index points at a batch that does not start where it says.
+    IndexMismatch {
+        /// The index file.
+        index_file: PathBuf,
+    },
+    /// The sparse index file is unreadable (it will be rebuilt; reported by `verify`).
+    BadIndex(String),
+}
+
+impl std::fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorruptionKind::Header(p) => write!(f, "{p}"),
+            CorruptionKind::Batch(p) => write!(f, "{p}"),
+            CorruptionKind::NameMismatch { header_base } => {
+                write!(f, "file name does not match the header's base position {header_base}")
+            }
+            CorruptionKind::Gap { expected, found } => {
+                write!(f, "position gap between segments: expected {expected}, found {found}")
+            }
+            CorruptionKind::NotSealed => write!(f, "segment is followed by another but has no seal marker"),
+            CorruptionKind::MissingSuccessor { expected } => {
+                write!(f, "segment is sealed but the segment starting at {expected} is missing")
+            }
+            CorruptionKind::MissingStart { found } => {
+                write!(f, "the log's first segment starts at {found}, not 0 (a segment is missing)")
+            }
+            CorruptionKind::StrayFile => write!(f, "file name is not a 20-digit segment position"),
+            CorruptionKind::DataAfterSeal => write!(f, "non-zero bytes after the seal marker"),
+            CorruptionKind::IndexMismatch { index_file } => {
+                write!(f, "index {} disagrees with the segment data", index_file.display())
+            }
+            CorruptionKind::BadIndex(why) => write!(f, "index file is invalid: {why}"),
+        }
+    }
+}
+
+/// Corrupt or inconsistent data at a known place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: byte offset {offset}{}: {kind}", file.display(), position.map(|p| format!(", position {p}")).unwrap_or_default())]
+pub struct Corruption {
+    /// The file.
+    pub file: PathBuf,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// The log position there, when known.
+    pub position: Option<Position>,
+    /// What is wrong.
+    pub kind: CorruptionKind,
+}
+
+/// An I/O failure on a named file.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct IoError {
+    /// What was being done ("open", "write", "fsync"...).
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub(crate) fn new(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        IoError { op, path: path.into(), source }
+    }
+}
+
+/// Opening a log for writing or reading failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Another process (or another writer in this one) holds the log's writer lock.
+    #[error("{}: the log is locked by another writer (only one writer per log directory)", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The log is corrupt somewhere other than a recoverable torn tail.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// The directory does not exist or holds no log.
+    #[error("{}: not a catchup log directory (no segment files)", path.display())]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+/// Appending, committing or syncing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The key is longer than `KEY_SIZE_MAX`.
+    #[error("key is {len} bytes; the limit is {max}", max = crate::format::KEY_SIZE_MAX)]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+    },
+    /// The record is larger than `RECORD_SIZE_MAX`.
+    #[error("record is {size} bytes; the limit is {max}", max = crate::format::RECORD_SIZE_MAX)]
+    RecordTooLarge {
+        /// The encoded record size.
+        size: usize,
+    },
+    /// An earlier write or fsync failed: the writer acknowledges nothing more (reopen to recover).
+    #[error("the writer is poisoned by an earlier I/O failure ({0}); reopen the log to recover")]
+    Poisoned(String),
+    /// An I/O error; the writer is now poisoned.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// Reading a log failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Corrupt data.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// The requested position is past the end of the log.
+    #[error("position {requested} is past the end of the log ({end})")]
+    PastEnd {
+        /// What was asked for.
+        requested: Position,
+        /// The log's end position.
+        end: Position,
+    },
+}
+
+impl From<OpenError> for ReadError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Io(e) => ReadError::Io(e),
+            OpenError::Corrupt(c) => ReadError::Corrupt(c),
+            other => ReadError::Io(IoError::new("open", PathBuf::new(), std::io::Error::other(other.to_string()))),
+        }
+    }
+}

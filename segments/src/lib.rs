@@ -1,0 +1,36 @@
+//! catchup's storage: a log of records in memory-mapped, append-only segment files.
+//!
+//! - [`LogWriter`] appends records in checksummed batches, rolls segments, applies a [`Durability`]
+//!   policy and recovers a torn tail when it opens. One writer per directory (an OS file lock).
+//! - [`LogReader`] maps segments read-only and hands out zero-copy [`RecordRef`]s batch by batch from the
+//!   start, a position or a timestamp, and follows appends made by another process.
+//! - [`verify`] lists every problem in a log, naming file, byte offset and position.
+//!
+//! The byte layout is specified in `docs/segment-format.md`; [`format`] implements it. This crate knows
+//! nothing of shards or handlers.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod reader;
+pub mod segment;
+pub mod verify;
+pub mod writer;
+
+pub use error::{AppendError, Corruption, CorruptionKind, IoError, OpenError, ReadError};
+pub use format::{RecordRef, key_hash};
+pub use reader::{Batch, Cursor, LogReader, OwnedRecord, Start};
+pub use segment::Segment;
+pub use verify::{Problem, VerifyReport, verify};
+pub use writer::{Durability, LogWriter, RecoveryReport, WriterOptions};
+
+/// A record's global position in the log: contiguous from 0, never a gap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub u64);
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,240 @@
+//! One segment file, memory-mapped read-only, and the naming of segment files in a log directory.
+//!
+//! A [`Segment`] is shared (`Arc`) between the reader and whoever holds records from it: the engine hands
+//! `(segment, offset)` references to other threads and reads payloads straight from the mapping.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use memmap2::Mmap;
+
+use crate::Position;
+use crate::error::{Corruption, CorruptionKind, IoError, OpenError};
+use crate::format::{self, BatchRead, RecordRef, SEGMENT_HEADER_SIZE, SegmentHeader};
+
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = "seg";
+/// Extension of sparse index files.
+pub const INDEX_EXT: &str = "idx";
+/// Name of the writer's lock file.
+pub const LOCK_FILE: &str = "writer.lock";
+
+/// The file name of the segment whose first record is at `base`.
+pub fn segment_file_name(base: Position) -> String {
+    format!("{:020}.{SEGMENT_EXT}", base.0)
+}
+
+/// The file name of the index of the segment whose first record is at `base`.
+pub fn index_file_name(base: Position) -> String {
+    format!("{:020}.{INDEX_EXT}", base.0)
+}
+
+/// Lists the segment files of a log directory, sorted by base position.
+///
+/// `*.tmp` files (incomplete creations) are ignored. A `.seg` file whose name is not 20 digits is an error:
+/// it may hold data, and data is never silently skipped.
+pub fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, OpenError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| IoError::new("read directory", dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| IoError::new("read directory", dir, e))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
+            continue;
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let base =
+            if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) { stem.parse::<u64>().ok() } else { None };
+        match base {
+            Some(b) => out.push((Position(b), path)),
+            None => {
+                return Err(
+                    Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into()
+                );
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A segment file mapped read-only.
+///
+/// The mapping covers the file's whole (fixed, preallocated) size. Bytes are only handed out for ranges
+/// that a commit word has published, so no reference ever covers bytes a writer may still be changing.
+pub struct Segment {
+    path: PathBuf,
+    header: SegmentHeader,
+    map: Mmap,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("base", &self.header.base_position)
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Maps `path` and checks its header and that its name matches `base`.
+    pub fn open(path: &Path, base: Position) -> Result<Segment, OpenError> {
+        let file = File::open(path).map_err(|e| IoError::new("open", path, e))?;
+        let len = file.metadata().map_err(|e| IoError::new("stat", path, e))?.len();
+        let corrupt = |kind| Corruption { file: path.to_path_buf(), offset: 0, position: Some(base), kind };
+        if (len as usize) < SEGMENT_HEADER_SIZE {
+            return Err(corrupt(CorruptionKind::Header(format::HeaderProblem::Truncated { len: len as usize })).into());
+        }
+        // SAFETY: the mapping is read-only and private to this process's address space. The file is a
+        // segment of a catchup log: segments are created at their final size and never shrunk, so no
+        // access within `len` can fault (a shrink by a foreign process would be a broken log and is out
+        // of scope, as for every mmap-based reader). Bytes that a writer may still change (past the
+        // committed end) are never turned into references: see `committed`.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| IoError::new("mmap", path, e))?;
+        #[cfg(unix)]
+        {
+            // Sequential scans are the common case; a hint failure is harmless.
+            let _ = map.advise(memmap2::Advice::Sequential);
+        }
+        // SAFETY: the header bytes are written once, before the file is renamed into place, and never
+        // again, so nothing changes them while this slice lives.
+        let header_bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), SEGMENT_HEADER_SIZE) };
+        let header = SegmentHeader::decode(header_bytes).map_err(|p| corrupt(CorruptionKind::Header(p)))?;
+        if header.base_position != base {
+            return Err(corrupt(CorruptionKind::NameMismatch { header_base: header.base_position }).into());
+        }
+        Ok(Segment { path: path.to_path_buf(), header, map })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Position of the segment's first record.
+    pub fn base_position(&self) -> Position {
+        self.header.base_position
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+
+    /// Mapped size in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Loads the commit word (batch length) at `offset`, or 0 when fewer than 4 bytes are left.
+    #[inline]
+    pub fn commit_word(&self, offset: u64) -> u32 {
+        let offset = offset as usize;
+        if !offset.is_multiple_of(4) || offset.saturating_add(4) > self.map.len() {
+            return 0;
+        }
+        // SAFETY: `offset` is in bounds and 4-aligned (the mapping is page-aligned), and the mapping
+        // lives as long as `self`. Using an atomic load is what makes reading a word another process
+        // may be writing sound.
+        let word = unsafe { AtomicU32::from_ptr(self.map.as_ptr().add(offset) as *mut u32) };
+        // Acquire pairs with the writer publishing the commit word: the writer issues the write of the
+        // batch body, then (after it returned) a separate write of this word, so a non-zero value here
+        // means the body's bytes are already in the page cache. The batch CRC is checked after this load
+        // and is the final arbiter.
+        u32::from_le(word.load(Ordering::Acquire))
+    }
+
+    /// The bytes `[offset, offset + len)`, which a loaded commit word has published.
+    ///
+    /// Returns `None` if the range is outside the mapping.
+    #[inline]
+    pub fn committed(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        if end > self.map.len() {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); the caller has observed (with Acquire) a commit word that
+        // covers this range, and committed bytes are never written again while a reader may map them.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) })
+    }
+
+    /// Reads and validates the batch at `offset`. Returns the batch header and its bytes.
+    pub fn read_batch(&self, offset: u64) -> Result<Option<(format::BatchHeader, &[u8])>, Corruption> {
+        let length = self.commit_word(offset);
+        if length == 0 {
+            return Ok(None);
+        }
+        let available = (self.map.len() as u64).saturating_sub(offset) as usize;
+        let span = (length as usize).min(available);
+        let bytes = self.committed(offset, span).unwrap_or(&[]);
+        match format::check_batch(bytes, length) {
+            Ok(BatchRead::Empty) => Ok(None),
+            Ok(BatchRead::Batch(h)) => Ok(Some((h, &bytes[..h.length as usize]))),
+            Err(p) => Err(self.corruption(offset, None, CorruptionKind::Batch(p))),
+        }
+    }
+
+    /// The record at `offset` (which must be a record start inside a validated batch).
+    #[inline]
+    pub fn record_at(&self, offset: u64) -> Option<RecordRef<'_>> {
+        let start = usize::try_from(offset).ok()?;
+        let header = self.committed(offset, format::RECORD_HEADER_SIZE)?;
+        let key_len = format::read_u16(header, format::REC_KEY_LEN_OFFSET) as usize;
+        let payload_len = format::read_u32(header, format::REC_PAYLOAD_LEN_OFFSET) as usize;
+        let size = format::record_size(key_len, payload_len);
+        let bytes = self.committed(start as u64, size)?;
+        format::decode_record(bytes).map(|(r, _)| r)
+    }
+
+    /// Builds a [`Corruption`] for this file.
+    pub fn corruption(&self, offset: u64, position: Option<Position>, kind: CorruptionKind) -> Corruption {
+        Corruption { file: self.path.clone(), offset, position, kind }
+    }
+
+    /// Searches `[from, end)` for a valid batch starting at or after `expected` (8-byte steps).
+    ///
+    /// Used after an invalid batch to tell a torn tail (nothing valid follows: truncate) from damage in the
+    /// middle of the data (valid batches follow: an error, since truncating would drop them).
+    pub fn find_valid_batch_after(&self, from: u64, expected: Position) -> Option<u64> {
+        let len = self.map.len() as u64;
+        let mut at = from.div_ceil(8) * 8;
+        while at + format::BATCH_HEADER_SIZE as u64 <= len {
+            let word = self.commit_word(at);
+            if word != 0
+                && word.is_multiple_of(8)
+                && word as usize <= format::BATCH_SIZE_MAX
+                && at + word as u64 <= len
+                && let Some(hdr) = self.committed(at, format::BATCH_HEADER_SIZE)
+            {
+                let base = format::read_u64(hdr, format::BATCH_BASE_OFFSET);
+                let records_room = (len - at) / format::RECORD_HEADER_SIZE as u64 + 1;
+                if base >= expected.0 && base - expected.0 <= records_room && self.read_batch(at).is_ok() {
+                    return Some(at);
+                }
+            }
+            at += 8;
+        }
+        None
+    }
+
+    /// Offset of the last non-zero byte in `[from, end)` plus one, or `from` when all are zero.
+    pub fn nonzero_end(&self, from: u64) -> u64 {
+        let len = self.map.len();
+        let mut end = from as usize;
+        let mut i = from as usize;
+        while i < len {
+            // SAFETY: `i < len`, in bounds of the mapping; a volatile read forms no reference to bytes
+            // another process may be writing.
+            let b = unsafe { std::ptr::read_volatile(self.map.as_ptr().add(i)) };
+            if b != 0 {
+                end = i + 1;
+            }
+            i += 1;
+        }
+        end as u64
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the segment log (one binary, see house style).
+
+mod smoke;
