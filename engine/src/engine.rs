@@ -1,0 +1,1105 @@
+//! The replay engine: one reader thread feeds a `disruptor` ring; N shard threads each take the events
+//! whose key hash maps to them, in log order; snapshots bound what a restart replays.
+//!
+//! ```text
+//!  segments (mmap) --> reader thread --try_batch_publish--> ring (Slot refs) --> shard 0 .. shard N-1
+//!                       (verifies CRC)                                          (skip foreign keys,
+//!                                                                                handle own, snapshot)
+//! ```
+//!
+//! **Invariant:** an event is handled by exactly one shard, `shard_of(key_hash, n_shards)`, and each shard
+//! sees the ring in sequence order, which is log order; so every key's events are handled in log order.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use catchup_segments::{LogReader, Position, Segment, Start};
+use crossbeam::channel;
+use crossbeam::utils::CachePadded;
+use disruptor::{BusySpin, Polling, Producer};
+
+use crate::error::{HandlerFailure, ReplayError, SnapshotError, printable_key};
+use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
+use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::metrics::{Latencies, ShardMetrics, bump};
+use crate::shard::{SHARDS_MAX, ShardId, shard_of};
+use crate::snapshot::{self, SnapshotMeta};
+use crate::wait::{Backoff, WaitStrategy};
+
+/// Largest ring the engine builds (slots).
+pub const RING_SIZE_MAX: usize = 1 << 24;
+/// Most events the reader publishes in one batch.
+pub const PUBLISH_BATCH_MAX: usize = 1 << 16;
+
+/// What to do with a poison event (a handler error or panic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Stop every shard at a consistent point and return the failure. Checkpoints stay below the event.
+    #[default]
+    Stop,
+    /// Write the event's position and error to the dead-letter log and go on.
+    Skip,
+    /// Retry up to `attempts` more times with exponential back-off from `backoff`, then stop or skip.
+    Retry {
+        /// Extra attempts.
+        attempts: u32,
+        /// First back-off; doubles each attempt (at most 1 s).
+        backoff: Duration,
+        /// After the last failed attempt: skip (true) or stop (false).
+        then_skip: bool,
+    },
+}
+
+/// When shards write snapshots.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// Directory for snapshot files (created if missing).
+    pub dir: PathBuf,
+    /// Snapshot when a shard has passed this many positions since its last snapshot.
+    pub every_events: Option<u64>,
+    /// Snapshot when this much time has passed since a shard's last snapshot (and it moved).
+    pub every: Option<Duration>,
+}
+
+/// Engine settings, validated by [`Engine::start`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of shards (threads running handlers), 1..=`SHARDS_MAX`.
+    pub n_shards: usize,
+    /// Ring slots, a power of two (default 65536).
+    pub ring_size: usize,
+    /// Events per reader publish (default 256).
+    pub publish_batch: usize,
+    /// Most events a shard takes from the ring at once (default 4096).
+    pub consume_batch_max: u64,
+    /// How idle threads wait.
+    pub wait: WaitStrategy,
+    /// Where to start when no snapshot says otherwise.
+    pub start: Start,
+    /// Stop before this position (exclusive), if set.
+    pub stop_at: Option<Position>,
+    /// After the backlog, keep following appends.
+    pub follow: bool,
+    /// Snapshots and resume.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// Poison-event policy.
+    pub on_error: ErrorPolicy,
+    /// Where skipped events are recorded (JSON Lines). Required by `Skip` and `Retry { then_skip }`.
+    pub dead_letters: Option<PathBuf>,
+    /// Time one event in this many for the latency histograms (1 = every event).
+    pub latency_sample_every: u32,
+    /// Identity of the handler configuration, stored in snapshots and checked on resume.
+    pub fingerprint: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            n_shards: 1,
+            ring_size: 1 << 16,
+            publish_batch: 256,
+            consume_batch_max: 4096,
+            wait: WaitStrategy::default(),
+            start: Start::Beginning,
+            stop_at: None,
+            follow: false,
+            checkpoint: None,
+            on_error: ErrorPolicy::Stop,
+            dead_letters: None,
+            latency_sample_every: 64,
+            fingerprint: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    fn validate(&self) -> Result<(), ReplayError> {
+        let bad = |s: String| Err(ReplayError::Config(s));
+        if self.n_shards == 0 || self.n_shards > SHARDS_MAX {
+            return bad(format!("shard count {} must be in 1..={SHARDS_MAX}", self.n_shards));
+        }
+        if !self.ring_size.is_power_of_two() || self.ring_size > RING_SIZE_MAX || self.ring_size < 2 {
+            return bad(format!("ring size {} must be a power of two in 2..={RING_SIZE_MAX}", self.ring_size));
+        }
+        if self.publish_batch == 0 || self.publish_batch > PUBLISH_BATCH_MAX || self.publish_batch > self.ring_size {
+            return bad(format!(
+                "publish batch {} must be in 1..={} (and at most the ring size)",
+                self.publish_batch, PUBLISH_BATCH_MAX
+            ));
+        }
+        if self.consume_batch_max == 0 {
+            return bad("consume batch must be at least 1".into());
+        }
+        if self.latency_sample_every == 0 {
+            return bad("latency sampling interval must be at least 1".into());
+        }
+        let skips = matches!(self.on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
+        if skips && self.dead_letters.is_none() {
+            return bad("the skip policy needs a dead-letter log path".into());
+        }
+        if let Some(c) = &self.checkpoint
+            && (c.every_events == Some(0) || c.every.is_some_and(|d| d.is_zero()))
+        {
+            return bad("snapshot intervals must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// One ring slot: a reference to a record in a mapped segment. Payload bytes stay in the mapping.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    seg_idx: u32,
+    offset: u64,
+    position: u64,
+    key_hash: u64,
+    /// Engine clock (ns since start) when the reader published the batch holding this slot.
+    published_ns: u64,
+}
+
+/// Where a run stands, for progress bars and health checks.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Every event below this position has been handled (or skipped) by its shard: the global watermark,
+    /// the minimum over shards of the position each has passed.
+    pub watermark: Position,
+    /// Where the run started (the lowest shard start).
+    pub start: Position,
+    /// The log's end as last seen by the reader.
+    pub end: Position,
+    /// The log's end when the run started: events below it are replays.
+    pub replay_end: Position,
+    /// True once the reader reached the end of the log and every shard passed it.
+    pub caught_up: bool,
+    /// `end - watermark`.
+    pub lag_events: u64,
+    /// Newest event time published minus the oldest "last handled" event time among shards that are
+    /// behind, in ns (0 when caught up).
+    pub lag_ns: u64,
+    /// Events handled by handlers so far.
+    pub handled: u64,
+    /// Time since the start.
+    pub elapsed: Duration,
+    /// Positions passed per second since the start.
+    pub rate_per_s: f64,
+    /// Estimated time to reach `end` at that rate.
+    pub eta: Option<Duration>,
+}
+
+/// Per-shard figures at the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct ShardSummary {
+    /// Events handled.
+    pub handled: u64,
+    /// Events already covered by a snapshot, skipped.
+    pub covered: u64,
+    /// Events written to the dead-letter log.
+    pub dead_lettered: u64,
+    /// Handler retries.
+    pub retries: u64,
+    /// Batches taken from the ring.
+    pub batches: u64,
+    /// Largest batch taken.
+    pub batch_max: u64,
+    /// Position the shard passed.
+    pub passed: Position,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct RunSummary<H> {
+    /// The handlers, with their final state, in shard order.
+    pub handlers: Vec<H>,
+    /// Per-shard figures.
+    pub shards: Vec<ShardSummary>,
+    /// Final progress.
+    pub progress: Progress,
+    /// Latency histograms over the whole run.
+    pub latencies: Latencies,
+    /// Events re-read after a restart because a snapshot already covered them (sum over shards).
+    pub covered: u64,
+}
+
+#[derive(Debug)]
+struct EngineShared {
+    n_shards: usize,
+    /// Clean stop requested: the reader stops publishing, shards drain and snapshot.
+    stop: AtomicBool,
+    /// A fatal error: everyone stops where they are.
+    abort: AtomicBool,
+    failure: Mutex<Option<ReplayError>>,
+    /// Position each shard has passed. Release-stored by the shard after each batch; Acquire-loaded by
+    /// `progress` (pairs: a monitor that sees a position also sees the shard's counters up to it).
+    passed: Vec<CachePadded<AtomicU64>>,
+    /// Timestamp of the last event each shard handled (Relaxed: a statistic).
+    last_ts: Vec<CachePadded<AtomicU64>>,
+    /// Log end as known by the reader (Relaxed: a statistic).
+    end: AtomicU64,
+    /// Newest event timestamp published (Relaxed: a statistic).
+    newest_ts: AtomicU64,
+    /// Set by the reader when it reached the end of the log; Release-stored, Acquire-loaded by `progress`.
+    reader_at_end: AtomicBool,
+    /// Segments referenced by ring slots. The reader appends a segment before publishing any slot that
+    /// names it (the ring's publish/consume is the release/acquire edge that makes it visible).
+    segments: RwLock<Vec<Arc<Segment>>>,
+    metrics: Vec<ShardMetrics>,
+    started: Instant,
+    start: Position,
+    replay_end: Position,
+}
+
+impl EngineShared {
+    fn fail(&self, e: ReplayError) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        // Release pairs with the Acquire loads in every loop that checks `abort`: whoever sees it set also
+        // sees the failure recorded.
+        self.abort.store(true, Ordering::Release);
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Acquire)
+    }
+
+    fn progress(&self) -> Progress {
+        let watermark = self.passed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0);
+        let end = self.end.load(Ordering::Relaxed).max(watermark);
+        let at_end = self.reader_at_end.load(Ordering::Acquire);
+        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
+        let elapsed = self.started.elapsed();
+        let moved = watermark.saturating_sub(self.start.0);
+        let rate = if elapsed.as_secs_f64() > 0.0 { moved as f64 / elapsed.as_secs_f64() } else { 0.0 };
+        let lag_events = end - watermark;
+        let eta = (rate > 0.0).then(|| Duration::from_secs_f64(lag_events as f64 / rate));
+        let newest = self.newest_ts.load(Ordering::Relaxed);
+        let oldest_behind = self
+            .passed
+            .iter()
+            .zip(&self.last_ts)
+            .filter(|(p, _)| p.load(Ordering::Acquire) < end)
+            .map(|(_, t)| t.load(Ordering::Relaxed))
+            .min();
+        let lag_ns = oldest_behind.map_or(0, |t| newest.saturating_sub(t));
+        Progress {
+            watermark: Position(watermark),
+            start: self.start,
+            end: Position(end),
+            replay_end: self.replay_end,
+            caught_up: at_end && lag_events == 0,
+            lag_events,
+            lag_ns,
+            handled,
+            elapsed,
+            rate_per_s: rate,
+            eta,
+        }
+    }
+}
+
+/// Work for the I/O thread, so shards never touch the file system themselves.
+enum IoJob {
+    Snapshot { meta: SnapshotMeta, state: Vec<u8> },
+    DeadLetter { line: String },
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Running<H> {
+    shared: Arc<EngineShared>,
+    reader: Option<JoinHandle<()>>,
+    shards: Vec<JoinHandle<H>>,
+    io: Option<JoinHandle<()>>,
+}
+
+/// Entry points.
+#[derive(Debug)]
+pub struct Engine;
+
+fn wall_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// A log's identity for snapshots: a hash of its first segment's header (creation time included).
+pub fn log_id(reader: &LogReader) -> u64 {
+    let first = &reader.segments()[0];
+    let h = first.header();
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(&h.base_position.0.to_le_bytes());
+    b[8..16].copy_from_slice(&h.created_ns.to_le_bytes());
+    b[16..].copy_from_slice(&h.capacity_bytes.to_le_bytes());
+    catchup_segments::key_hash(&b)
+}
+
+impl Engine {
+    /// Runs to the end of the log (or forever with `follow`, until [`Running::stop`]) and returns the
+    /// summary. `factory` makes the handler of each shard.
+    pub fn run<H: ShardHandler>(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        factory: impl FnMut(ShardId) -> H,
+    ) -> Result<RunSummary<H>, ReplayError> {
+        Engine::start(log_dir, config, factory)?.wait()
+    }
+
+    /// Starts the engine's threads and returns a handle to watch and stop them.
+    pub fn start<H: ShardHandler>(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        mut factory: impl FnMut(ShardId) -> H,
+    ) -> Result<Running<H>, ReplayError> {
+        config.validate()?;
+        let n = config.n_shards;
+        let reader = LogReader::open(log_dir.as_ref())?;
+        let mut handlers: Vec<H> = (0..n).map(|i| factory(ShardId(i as u16))).collect();
+        let default_start = match config.start {
+            Start::Beginning => Position(0),
+            Start::Position(p) => p,
+            Start::Timestamp(_) => {
+                let c = reader.cursor(config.start)?;
+                c.position()
+            }
+        };
+        let mut starts = vec![default_start; n];
+        let mut per_key_restored = false;
+        if let Some(cp) = &config.checkpoint {
+            std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
+                op: "create directory",
+                path: cp.dir.clone(),
+                source: e,
+            })?;
+            per_key_restored = restore(&cp.dir, &config, log_id(&reader), &mut handlers, &mut starts)?;
+        }
+        let replay_end = reader.end_position()?;
+        let start = *starts.iter().min().expect("n >= 1");
+        let shared = Arc::new(EngineShared {
+            n_shards: n,
+            stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            passed: starts.iter().map(|s| CachePadded::new(AtomicU64::new(s.0))).collect(),
+            last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            end: AtomicU64::new(replay_end.0),
+            newest_ts: AtomicU64::new(0),
+            reader_at_end: AtomicBool::new(false),
+            segments: RwLock::new(Vec::new()),
+            metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
+            started: Instant::now(),
+            start,
+            replay_end,
+        });
+        let log_id = log_id(&reader);
+
+        // I/O thread: snapshots and dead letters.
+        let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
+        let io = {
+            let shared = shared.clone();
+            let snap_dir = config.checkpoint.as_ref().map(|c| c.dir.clone());
+            let dlq = config.dead_letters.clone();
+            std::thread::Builder::new()
+                .name("catchup-io".into())
+                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq))
+                .map_err(ReplayError::Thread)?
+        };
+
+        // The ring: one event poller per shard (we run the shard threads ourselves).
+        let mut builder =
+            disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).with_multi_consumer();
+        let mut pollers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (p, b) = builder.new_event_poller();
+            pollers.push(p);
+            builder = b;
+        }
+        let producer = builder.build();
+
+        let mut shard_threads = Vec::with_capacity(n);
+        for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
+            let shared = shared.clone();
+            let io_tx = io_tx.clone();
+            let cfg = config.clone();
+            let shard_start = starts[i];
+            let t = std::thread::Builder::new()
+                .name(format!("catchup-shard-{i}"))
+                .spawn(move || {
+                    let mut s = ShardLoop {
+                        shard: ShardId(i as u16),
+                        handler,
+                        shared: &shared,
+                        cfg: &cfg,
+                        io: io_tx,
+                        start: shard_start,
+                        passed: shard_start,
+                        log_id,
+                        per_key_restored,
+                        segments: Vec::new(),
+                    };
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
+                    if let Err(p) = run {
+                        // A bug outside the handler: stop everyone rather than leave the reader waiting on
+                        // a shard that will never advance.
+                        shared
+                            .fail(ReplayError::Config(format!("internal: shard {i} crashed: {}", panic_message(&*p))));
+                    }
+                    s.handler
+                })
+                .map_err(ReplayError::Thread)?;
+            shard_threads.push(t);
+        }
+        drop(io_tx);
+
+        let reader_thread = {
+            let shared = shared.clone();
+            let cfg = config.clone();
+            std::thread::Builder::new()
+                .name("catchup-reader".into())
+                .spawn(move || reader_loop(&shared, &cfg, reader, start, producer))
+                .map_err(ReplayError::Thread)?
+        };
+        Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
+    }
+}
+
+/// Loads snapshots into the handlers and sets each shard's start. Returns true if per-key states were
+/// redistributed (so handlers must check per-key coverage).
+fn restore<H: ShardHandler>(
+    dir: &Path,
+    config: &EngineConfig,
+    log_id: u64,
+    handlers: &mut [H],
+    starts: &mut [Position],
+) -> Result<bool, ReplayError> {
+    let snaps = snapshot::load_all(dir)?;
+    if snaps.is_empty() {
+        return Ok(false);
+    }
+    let n = handlers.len();
+    let layout = handlers[0].state_layout();
+    let n_old = snaps[0].1.meta.n_shards as usize;
+    for (path, s) in &snaps {
+        let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
+        if s.meta.log_id != log_id {
+            return Err(mismatch("it was written for a different log".into()).into());
+        }
+        if s.meta.fingerprint != config.fingerprint {
+            return Err(mismatch(format!(
+                "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
+                s.meta.fingerprint, config.fingerprint
+            ))
+            .into());
+        }
+        if s.meta.layout != layout {
+            return Err(mismatch("its state layout differs from this handler's".into()).into());
+        }
+        if s.meta.n_shards as usize != n_old {
+            return Err(mismatch("snapshots in the directory disagree on the shard count".into()).into());
+        }
+    }
+    if n_old == n {
+        for (path, s) in &snaps {
+            let i = s.meta.shard_idx as usize;
+            let state = match layout {
+                StateLayout::PerShard => s.state.clone(),
+                StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
+            };
+            handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
+            starts[i] = s.meta.position;
+        }
+        return Ok(false);
+    }
+    if layout == StateLayout::PerShard {
+        let path = snaps[0].0.clone();
+        return Err(SnapshotError::Mismatch {
+            path,
+            why: format!(
+                "written by a run with {n_old} shards, this run has {n}; a raw shard handler's state cannot be \
+                 redistributed (use a keyed projection, or the same shard count, or a new checkpoint directory)"
+            ),
+        }
+        .into());
+    }
+    // Per-key states: give every key to its new shard. Each new shard starts at the lowest old position
+    // (a missing old shard counts as 0); per-key `covered` positions skip what each key already has.
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
+    let have: Vec<u16> = snaps.iter().map(|(_, s)| s.meta.shard_idx).collect();
+    let mut low = snaps.iter().map(|(_, s)| s.meta.position).min().expect("non-empty");
+    if have.len() < n_old {
+        low = Position(0);
+    }
+    for (path, s) in &snaps {
+        for entry in decode_key_entries(&s.state) {
+            let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
+            let j = shard_of(catchup_segments::key_hash(key), n).0 as usize;
+            encode_key_entry(&mut parts[j], key, covered.max(s.meta.position), state);
+        }
+    }
+    for (j, part) in parts.iter().enumerate() {
+        handlers[j].restore(part).map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.0 })?;
+        starts[j] = low;
+    }
+    Ok(true)
+}
+
+fn with_covered_at_least(state: &[u8], position: Position, path: &Path) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::with_capacity(state.len());
+    for entry in decode_key_entries(state) {
+        let (key, covered, st) = entry.map_err(|why| SnapshotError::Invalid { path: path.to_path_buf(), why })?;
+        encode_key_entry(&mut out, key, covered.max(position), st);
+    }
+    Ok(out)
+}
+
+fn reader_loop(
+    shared: &EngineShared,
+    cfg: &EngineConfig,
+    reader: LogReader,
+    start: Position,
+    mut producer: impl Producer<Slot>,
+) {
+    let mut buf: Vec<Slot> = Vec::with_capacity(cfg.publish_batch);
+    let mut backoff = Backoff::new(cfg.wait);
+    let stop_at = cfg.stop_at.map_or(u64::MAX, |p| p.0);
+    let mut cursor = match reader.cursor(Start::Position(start)) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.fail(e.into());
+            return;
+        }
+    };
+    let mut local: Vec<Arc<Segment>> = Vec::new();
+    let mut newest_ts = 0u64;
+    'outer: loop {
+        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+            break;
+        }
+        match cursor.next_batch() {
+            Ok(Some(batch)) => {
+                let seg_idx = match local.iter().rposition(|s| Arc::ptr_eq(s, batch.segment)) {
+                    Some(i) => i,
+                    None => {
+                        local.push(batch.segment.clone());
+                        shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(batch.segment.clone());
+                        local.len() - 1
+                    }
+                };
+                for (offset, rec) in batch.records() {
+                    if rec.position.0 >= stop_at {
+                        break 'outer;
+                    }
+                    newest_ts = newest_ts.max(rec.timestamp_ns);
+                    buf.push(Slot {
+                        seg_idx: seg_idx as u32,
+                        offset,
+                        position: rec.position.0,
+                        key_hash: rec.key_hash,
+                        published_ns: 0,
+                    });
+                    if buf.len() == cfg.publish_batch {
+                        if !publish(shared, &mut producer, &mut buf, &mut backoff) {
+                            break 'outer;
+                        }
+                        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                    }
+                }
+                let end = batch.header.end_position().0;
+                shared.end.fetch_max(end.min(stop_at), Ordering::Relaxed);
+            }
+            Ok(None) => {
+                if !publish(shared, &mut producer, &mut buf, &mut backoff) {
+                    break;
+                }
+                shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                shared.reader_at_end.store(true, Ordering::Release);
+                if !cfg.follow || cursor.position().0 >= stop_at {
+                    break;
+                }
+                // Follow: wait for appends without burning a core.
+                loop {
+                    if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+                        break 'outer;
+                    }
+                    match cursor.wait(Duration::from_millis(50)) {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(e) => {
+                            shared.fail(e.into());
+                            break 'outer;
+                        }
+                    }
+                }
+                shared.reader_at_end.store(false, Ordering::Release);
+            }
+            Err(e) => {
+                shared.fail(e.into());
+                break;
+            }
+        }
+    }
+    if !shared.aborted() {
+        publish(shared, &mut producer, &mut buf, &mut backoff);
+        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+        shared.reader_at_end.store(true, Ordering::Release);
+    }
+    // Dropping the producer tells the pollers to shut down once they have taken everything published.
+    drop(producer);
+}
+
+/// Publishes `buf` into the ring, waiting (with back-off, never a bare spin) while it is full. Returns
+/// false if the engine aborted meanwhile.
+fn publish(
+    shared: &EngineShared,
+    producer: &mut impl Producer<Slot>,
+    buf: &mut Vec<Slot>,
+    backoff: &mut Backoff,
+) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let now = shared.started.elapsed().as_nanos() as u64;
+    loop {
+        let src = &buf[..];
+        let r = producer.try_batch_publish(src.len(), |iter| {
+            for (slot, s) in iter.zip(src) {
+                *slot = *s;
+                slot.published_ns = now;
+            }
+        });
+        match r {
+            Ok(_) => {
+                backoff.reset();
+                buf.clear();
+                return true;
+            }
+            Err(_) => {
+                if shared.aborted() {
+                    return false;
+                }
+                backoff.snooze();
+            }
+        }
+    }
+}
+
+struct ShardLoop<'a, H> {
+    shard: ShardId,
+    handler: H,
+    shared: &'a EngineShared,
+    cfg: &'a EngineConfig,
+    io: channel::Sender<IoJob>,
+    start: Position,
+    passed: Position,
+    log_id: u64,
+    per_key_restored: bool,
+    segments: Vec<Arc<Segment>>,
+}
+
+enum Outcome {
+    Done,
+    Skipped(String),
+    Fatal(String),
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".to_string()
+    }
+}
+
+impl<H: ShardHandler> ShardLoop<'_, H> {
+    fn run(&mut self, mut poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) {
+        let idx = self.shard.0 as usize;
+        let metrics = &self.shared.metrics[idx];
+        let c = &metrics.counters;
+        let n = self.shared.n_shards;
+        let sample_every = self.cfg.latency_sample_every as u64;
+        let mut local = Latencies::default();
+        let mut backoff = Backoff::new(self.cfg.wait);
+        let mut last_publish = Instant::now();
+        let mut last_snap_pos = self.passed;
+        let mut last_snap_time = Instant::now();
+        let mut sample_tick = 0u64;
+        let mut failed = false;
+        // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
+        let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
+        loop {
+            if self.shared.aborted() {
+                break;
+            }
+            let mut guard = match poller.take(self.cfg.consume_batch_max) {
+                Ok(g) => g,
+                Err(Polling::NoEvents) => {
+                    if backoff.is_sleeping() {
+                        self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, true);
+                        if last_publish.elapsed() > Duration::from_millis(50) {
+                            metrics.publish(&mut local);
+                            last_publish = Instant::now();
+                        }
+                    }
+                    backoff.snooze();
+                    continue;
+                }
+                Err(Polling::Shutdown) => break,
+            };
+            backoff.reset();
+            let mut taken = 0u64;
+            let mut handled = 0u64;
+            let mut covered = 0u64;
+            let mut last_ts = None;
+            for slot in &mut guard {
+                taken += 1;
+                let pos = Position(slot.position);
+                if shard_of(slot.key_hash, n) != self.shard {
+                    self.passed = Position(pos.0 + 1);
+                    continue;
+                }
+                if pos < self.start {
+                    covered += 1;
+                    self.passed = Position(pos.0 + 1);
+                    continue;
+                }
+                if slot.seg_idx as usize >= segments.len() {
+                    // The reader registered the segment before publishing this slot (see `segments`).
+                    segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+                }
+                let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                    self.fail(pos, b"", "internal: ring slot names a record that is not in the mapped log".into());
+                    failed = true;
+                    break;
+                };
+                let event = Event {
+                    position: pos,
+                    timestamp_ns: rec.timestamp_ns,
+                    key_hash: rec.key_hash,
+                    key: rec.key,
+                    payload: rec.payload,
+                };
+                if self.per_key_restored && self.handler.covered(&event) {
+                    covered += 1;
+                    self.passed = Position(pos.0 + 1);
+                    continue;
+                }
+                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+                sample_tick += 1;
+                let sampled = sample_tick.is_multiple_of(sample_every);
+                let t0 = sampled.then(Instant::now);
+                let outcome = self.handle_with_policy(&event, &ctx);
+                if let Some(t0) = t0 {
+                    let now = Instant::now();
+                    local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
+                    let since_start = (t0 - self.shared.started).as_nanos() as u64;
+                    local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
+                    local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
+                }
+                match outcome {
+                    Outcome::Done => handled += 1,
+                    Outcome::Skipped(why) => {
+                        bump(&c.dead_lettered, 1);
+                        let line = dead_letter_line(self.shard, &event, &why);
+                        if self.io.send(IoJob::DeadLetter { line }).is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    Outcome::Fatal(why) => {
+                        self.fail(pos, event.key, why);
+                        failed = true;
+                        break;
+                    }
+                }
+                last_ts = Some(event.timestamp_ns);
+                self.passed = Position(pos.0 + 1);
+            }
+            drop(guard);
+            if !failed && let Err(e) = self.handler.end_of_batch(self.shard) {
+                // The batch's events were handled; the failure is in flushing them.
+                self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
+                failed = true;
+            }
+            bump(&c.handled, handled);
+            bump(&c.covered, covered);
+            bump(&c.batches, 1);
+            c.batch_max.fetch_max(taken, Ordering::Relaxed);
+            if let Some(ts) = last_ts {
+                self.shared.last_ts[idx].store(ts, Ordering::Relaxed);
+            }
+            // Release pairs with the Acquire in `progress`.
+            self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+            if failed {
+                break;
+            }
+            self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, false);
+            if last_publish.elapsed() > Duration::from_millis(50) {
+                metrics.publish(&mut local);
+                last_publish = Instant::now();
+            }
+        }
+        metrics.publish(&mut local);
+        self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+        // Final snapshot: after a clean end, a stop request, or another shard's failure. A shard that
+        // failed keeps its position below the poison event, so the snapshot is still consistent.
+        if self.cfg.checkpoint.is_some() && self.passed > last_snap_pos {
+            self.send_snapshot();
+        }
+    }
+
+    fn maybe_snapshot(&mut self, last_pos: &mut Position, last_time: &mut Instant, idle: bool) {
+        let Some(cp) = &self.cfg.checkpoint else { return };
+        if self.passed <= *last_pos {
+            return;
+        }
+        let by_count = cp.every_events.is_some_and(|n| self.passed.0 - last_pos.0 >= n);
+        let by_time = cp.every.is_some_and(|d| last_time.elapsed() >= d);
+        // While idle only the time rule applies (the count cannot grow).
+        if (by_count && !idle) || by_time {
+            self.send_snapshot();
+            *last_pos = self.passed;
+            *last_time = Instant::now();
+        }
+    }
+
+    fn send_snapshot(&mut self) {
+        let meta = SnapshotMeta {
+            layout: self.handler.state_layout(),
+            shard_idx: self.shard.0,
+            n_shards: self.shared.n_shards as u16,
+            position: self.passed,
+            log_id: self.log_id,
+            fingerprint: self.cfg.fingerprint,
+            created_ns: wall_ns(),
+        };
+        let state = self.handler.snapshot();
+        // A closed channel means the I/O thread failed and recorded why.
+        let _ = self.io.send(IoJob::Snapshot { meta, state });
+    }
+
+    fn call(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), String> {
+        let handler = &mut self.handler;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(event, ctx))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(HandlerError(e))) => Err(e),
+            Err(p) => Err(panic_message(&*p)),
+        }
+    }
+
+    fn handle_with_policy(&mut self, event: &Event<'_>, ctx: &Ctx) -> Outcome {
+        let first = match self.call(event, ctx) {
+            Ok(()) => return Outcome::Done,
+            Err(e) => e,
+        };
+        match self.cfg.on_error {
+            ErrorPolicy::Stop => Outcome::Fatal(first),
+            ErrorPolicy::Skip => Outcome::Skipped(first),
+            ErrorPolicy::Retry { attempts, backoff, then_skip } => {
+                let mut last = first;
+                let mut wait = backoff;
+                for _ in 0..attempts {
+                    if self.shared.aborted() {
+                        return Outcome::Fatal(last);
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                    bump(&self.shared.metrics[self.shard.0 as usize].counters.retries, 1);
+                    match self.call(event, ctx) {
+                        Ok(()) => return Outcome::Done,
+                        Err(e) => last = e,
+                    }
+                }
+                let why = format!("{last} (after {} attempts)", attempts + 1);
+                if then_skip { Outcome::Skipped(why) } else { Outcome::Fatal(why) }
+            }
+        }
+    }
+
+    fn fail(&self, position: Position, key: &[u8], cause: String) {
+        self.shared.fail(ReplayError::Handler(HandlerFailure {
+            shard: self.shard,
+            key: printable_key(key),
+            position,
+            cause,
+        }));
+    }
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One dead-letter line: `{"position":P,"shard":S,"timestamp_ns":T,"key":"...","error":"..."}`.
+fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
+    let mut s = format!(
+        "{{\"position\":{},\"shard\":{},\"timestamp_ns\":{},\"key\":",
+        event.position, shard, event.timestamp_ns
+    );
+    json_string(&mut s, &printable_key(event.key));
+    s.push_str(",\"error\":");
+    json_string(&mut s, why);
+    s.push('}');
+    s
+}
+
+fn io_loop(shared: &EngineShared, rx: channel::Receiver<IoJob>, snap_dir: Option<PathBuf>, dlq: Option<PathBuf>) {
+    use std::io::Write;
+    let mut dlq_file: Option<std::fs::File> = None;
+    for job in rx {
+        match job {
+            IoJob::Snapshot { meta, state } => {
+                let Some(dir) = &snap_dir else { continue };
+                if let Err(e) = snapshot::write(dir, &meta, &state) {
+                    shared.fail(e.into());
+                    return;
+                }
+            }
+            IoJob::DeadLetter { line } => {
+                let Some(path) = &dlq else { continue };
+                let r = (|| {
+                    if dlq_file.is_none() {
+                        dlq_file = Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?);
+                    }
+                    let f = dlq_file.as_mut().expect("opened above");
+                    f.write_all(line.as_bytes())?;
+                    f.write_all(b"\n")?;
+                    // A dead letter is the only record of a skipped event: make it durable before the
+                    // shard's checkpoint can move past the event.
+                    f.sync_data()
+                })();
+                if let Err(source) = r {
+                    shared.fail(ReplayError::DeadLetter { path: path.clone(), source });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl<H> Running<H> {
+    /// Where the run stands.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+
+    /// Latency histograms since the start, merged over shards.
+    pub fn latencies(&self) -> Latencies {
+        let mut all = Latencies::default();
+        for m in &self.shared.metrics {
+            all.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        all
+    }
+
+    /// Latency histograms since the last call (for interval logs), merged over shards.
+    pub fn take_interval(&self) -> Latencies {
+        let mut all = Latencies::default();
+        for m in &self.shared.metrics {
+            let mut i = m.interval.lock().unwrap_or_else(|e| e.into_inner());
+            all.add(&i);
+            i.reset();
+        }
+        all
+    }
+
+    /// Per-shard counters so far.
+    pub fn shard_summaries(&self) -> Vec<ShardSummary> {
+        summaries(&self.shared)
+    }
+
+    /// Asks for a clean stop: the reader stops publishing, shards handle what was published, write their
+    /// snapshots and exit. `wait` then returns.
+    pub fn stop(&self) {
+        // Release pairs with the reader's Acquire load of `stop`.
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    /// True once every thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.reader.as_ref().is_none_or(|h| h.is_finished()) && self.shards.iter().all(|h| h.is_finished())
+    }
+
+    /// Waits for the run to end and returns its summary, or the first error.
+    pub fn wait(mut self) -> Result<RunSummary<H>, ReplayError> {
+        if let Some(r) = self.reader.take()
+            && r.join().is_err()
+        {
+            self.shared.fail(ReplayError::Config("internal: the reader thread panicked".into()));
+        }
+        let mut handlers = Vec::with_capacity(self.shards.len());
+        let mut panicked = false;
+        for h in self.shards.drain(..) {
+            match h.join() {
+                Ok(h) => handlers.push(h),
+                Err(_) => panicked = true,
+            }
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+        if let Some(e) = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+        if panicked {
+            return Err(ReplayError::Config("internal: a shard thread panicked outside its handler".into()));
+        }
+        let shards = summaries(&self.shared);
+        let covered = shards.iter().map(|s| s.covered).sum();
+        let mut latencies = Latencies::default();
+        for m in &self.shared.metrics {
+            latencies.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(RunSummary { handlers, shards, progress: self.shared.progress(), latencies, covered })
+    }
+}
+
+fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
+    shared
+        .metrics
+        .iter()
+        .zip(&shared.passed)
+        .map(|(m, p)| {
+            let c = &m.counters;
+            ShardSummary {
+                handled: c.handled.load(Ordering::Relaxed),
+                covered: c.covered.load(Ordering::Relaxed),
+                dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                retries: c.retries.load(Ordering::Relaxed),
+                batches: c.batches.load(Ordering::Relaxed),
+                batch_max: c.batch_max.load(Ordering::Relaxed),
+                passed: Position(p.load(Ordering::Acquire)),
+            }
+        })
+        .collect()
+}
+
+impl<H> Drop for Running<H> {
+    fn drop(&mut self) {
+        // A handle dropped without `wait` stops the threads rather than leaking them.
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The engine's typed errors.
+
+use std::path::PathBuf;
+
+use catchup_segments::{Position, ReadError};
+
+use crate::shard::ShardId;
+
+/// A snapshot could not be written or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// An I/O error.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot file failed its checks (checksum, version, size).
+    #[error("{}: invalid snapshot: {why}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A snapshot belongs to another log, another handler, or a run with another shard count that cannot
+    /// be redistributed.
+    #[error("{}: snapshot does not match this run: {why}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// What differs.
+        why: String,
+    },
+    /// The handler rejected its snapshot state.
+    #[error("{}: handler could not restore its snapshot: {why}", path.display())]
+    Restore {
+        /// The file.
+        path: PathBuf,
+        /// The handler's error.
+        why: String,
+    },
+}
+
+/// A poison event that stopped the engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("handler failed on shard {shard}, key {key}, position {position}: {cause}")]
+pub struct HandlerFailure {
+    /// The shard.
+    pub shard: ShardId,
+    /// The event's key, printable (lossy UTF-8, at most 128 bytes shown).
+    pub key: String,
+    /// The event's position.
+    pub position: Position,
+    /// The error message or panic payload.
+    pub cause: String,
+}
+
+/// A replay failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading the log failed (corruption names file, offset and position).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Opening the log failed.
+    #[error(transparent)]
+    Open(#[from] catchup_segments::OpenError),
+    /// A snapshot problem.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A handler failed and the policy said stop. Checkpoints stay below the poison event.
+    #[error(transparent)]
+    Handler(#[from] HandlerFailure),
+    /// Writing the dead-letter log failed.
+    #[error("dead-letter log {}: {source}", path.display())]
+    DeadLetter {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An engine thread could not be started.
+    #[error("could not start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Renders a key for messages: UTF-8 if it is, hex otherwise, cut at 128 bytes.
+pub fn printable_key(key: &[u8]) -> String {
+    let cut = &key[..key.len().min(128)];
+    let s = match std::str::from_utf8(cut) {
+        Ok(s) => s.to_string(),
+        Err(_) => cut.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    if key.len() > 128 { format!("{s}...") } else { s }
+}
