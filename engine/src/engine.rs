@@ -383,7 +383,8 @@ impl Engine {
             failure: Mutex::new(None),
             passed: starts.iter().map(|s| CachePadded::new(AtomicU64::new(s.0))).collect(),
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
-            end: AtomicU64::new(replay_end.0),
+            // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
+            end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
             newest_ts: AtomicU64::new(0),
             reader_at_end: AtomicBool::new(false),
             segments: RwLock::new(Vec::new()),
@@ -400,9 +401,11 @@ impl Engine {
             let shared = shared.clone();
             let snap_dir = config.checkpoint.as_ref().map(|c| c.dir.clone());
             let dlq = config.dead_letters.clone();
+            // After a redistribution, files of another shard count are retired once this run's are complete.
+            let retire = per_key_restored.then_some(n);
             std::thread::Builder::new()
                 .name("catchup-io".into())
-                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq))
+                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq, retire))
                 .map_err(ReplayError::Thread)?
         };
 
@@ -437,13 +440,13 @@ impl Engine {
                         log_id,
                         per_key_restored,
                         segments: Vec::new(),
+                        snapshot_failed: false,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
                     if let Err(p) = run {
                         // A bug outside the handler: stop everyone rather than leave the reader waiting on
                         // a shard that will never advance.
-                        shared
-                            .fail(ReplayError::Config(format!("internal: shard {i} crashed: {}", panic_message(&*p))));
+                        shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", panic_message(&*p))));
                     }
                     s.handler
                 })
@@ -479,7 +482,6 @@ fn restore<H: ShardHandler>(
     }
     let n = handlers.len();
     let layout = handlers[0].state_layout();
-    let n_old = snaps[0].1.meta.n_shards as usize;
     for (path, s) in &snaps {
         let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
         if s.meta.log_id != log_id {
@@ -495,11 +497,8 @@ fn restore<H: ShardHandler>(
         if s.meta.layout != layout {
             return Err(mismatch("its state layout differs from this handler's".into()).into());
         }
-        if s.meta.n_shards as usize != n_old {
-            return Err(mismatch("snapshots in the directory disagree on the shard count".into()).into());
-        }
     }
-    if n_old == n {
+    if snaps.iter().all(|(_, s)| s.meta.n_shards as usize == n) {
         for (path, s) in &snaps {
             let i = s.meta.shard_idx as usize;
             let state = match layout {
@@ -512,30 +511,48 @@ fn restore<H: ShardHandler>(
         return Ok(false);
     }
     if layout == StateLayout::PerShard {
-        let path = snaps[0].0.clone();
+        let (path, s) = snaps.iter().find(|(_, s)| s.meta.n_shards as usize != n).expect("one differs");
         return Err(SnapshotError::Mismatch {
-            path,
+            path: path.clone(),
             why: format!(
-                "written by a run with {n_old} shards, this run has {n}; a raw shard handler's state cannot be \
-                 redistributed (use a keyed projection, or the same shard count, or a new checkpoint directory)"
+                "written by a run with {} shards, this run has {n}; a raw shard handler's state cannot be \
+                 redistributed (use a keyed projection, or the same shard count, or a new checkpoint directory)",
+                s.meta.n_shards
             ),
         }
         .into());
     }
-    // Per-key states: give every key to its new shard. Each new shard starts at the lowest old position
-    // (a missing old shard counts as 0); per-key `covered` positions skip what each key already has.
-    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
-    let have: Vec<u16> = snaps.iter().map(|(_, s)| s.meta.shard_idx).collect();
-    let mut low = snaps.iter().map(|(_, s)| s.meta.position).min().expect("non-empty");
-    if have.len() < n_old {
-        low = Position(0);
-    }
+    // Per-key states: give every key to its new shard. The directory may mix shard counts: files left by a
+    // run with more shards, or a run that changed the count and stopped before every shard had written.
+    // Every run restores every key it finds, so for each key the entry with the highest `covered` (at least
+    // its file's position) is the newest, and it is the one kept.
+    let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
     for (path, s) in &snaps {
         for entry in decode_key_entries(&s.state) {
             let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
-            let j = shard_of(catchup_segments::key_hash(key), n).0 as usize;
-            encode_key_entry(&mut parts[j], key, covered.max(s.meta.position), state);
+            let covered = covered.max(s.meta.position);
+            let e = newest.entry(key).or_insert((covered, state));
+            if e.0 < covered {
+                *e = (covered, state);
+            }
         }
+    }
+    // Every new shard starts at the lowest position of any file. A key without an entry has no events below
+    // the position of the file that owns it, if one does: certainly when all the files of one shard count
+    // are present. Otherwise its events may not be in any file, and the run starts where a shard without a
+    // snapshot would.
+    let mut low = snaps.iter().map(|(_, s)| s.meta.position).min().expect("non-empty");
+    let complete = snaps.iter().any(|(_, s)| {
+        let m = s.meta.n_shards;
+        (0..m).all(|i| snaps.iter().any(|(_, t)| t.meta.n_shards == m && t.meta.shard_idx == i))
+    });
+    if !complete {
+        low = low.min(starts[0]);
+    }
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
+    for (key, (covered, state)) in newest {
+        let j = shard_of(catchup_segments::key_hash(key), n).0 as usize;
+        encode_key_entry(&mut parts[j], key, covered, state);
     }
     for (j, part) in parts.iter().enumerate() {
         handlers[j].restore(part).map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.0 })?;
@@ -695,6 +712,9 @@ struct ShardLoop<'a, H> {
     log_id: u64,
     per_key_restored: bool,
     segments: Vec<Arc<Segment>>,
+    /// The handler failed to produce a snapshot: no later snapshot may be written (it could claim events
+    /// whose side effects failed).
+    snapshot_failed: bool,
 }
 
 enum Outcome {
@@ -756,12 +776,14 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             for slot in &mut guard {
                 taken += 1;
                 let pos = Position(slot.position);
-                if shard_of(slot.key_hash, n) != self.shard {
-                    self.passed = Position(pos.0 + 1);
+                let own = shard_of(slot.key_hash, n) == self.shard;
+                if pos < self.start {
+                    // Below this shard's snapshot (re-read for a shard that starts lower): already in its
+                    // state, so its position stays at the snapshot's rather than going back.
+                    covered += own as u64;
                     continue;
                 }
-                if pos < self.start {
-                    covered += 1;
+                if !own {
                     self.passed = Position(pos.0 + 1);
                     continue;
                 }
@@ -770,7 +792,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
                 }
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                    self.fail(pos, b"", "internal: ring slot names a record that is not in the mapped log".into());
+                    self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
                     failed = true;
                     break;
                 };
@@ -843,9 +865,11 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         }
         metrics.publish(&mut local);
         self.shared.passed[idx].store(self.passed.0, Ordering::Release);
-        // Final snapshot: after a clean end, a stop request, or another shard's failure. A shard that
-        // failed keeps its position below the poison event, so the snapshot is still consistent.
-        if self.cfg.checkpoint.is_some() && self.passed > last_snap_pos {
+        // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
+        // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not
+        // write one: the events it handled in the failed batch were never flushed by `end_of_batch`, so its
+        // checkpoint stays at the last snapshot (below the poison event) and a resume handles them again.
+        if self.cfg.checkpoint.is_some() && !failed && !self.snapshot_failed && self.passed > last_snap_pos {
             self.send_snapshot();
         }
     }
@@ -875,7 +899,20 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             fingerprint: self.cfg.fingerprint,
             created_ns: wall_ns(),
         };
-        let state = self.handler.snapshot();
+        let handler = &mut self.handler;
+        let state = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.snapshot())) {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                self.snapshot_failed = true;
+                self.fail(self.passed, b"", format!("snapshot failed: {e}"));
+                return;
+            }
+            Err(p) => {
+                self.snapshot_failed = true;
+                self.fail(self.passed, b"", format!("snapshot failed: {}", panic_message(&*p)));
+                return;
+            }
+        };
         // A closed channel means the I/O thread failed and recorded why.
         let _ = self.io.send(IoJob::Snapshot { meta, state });
     }
@@ -957,9 +994,19 @@ fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
     s
 }
 
-fn io_loop(shared: &EngineShared, rx: channel::Receiver<IoJob>, snap_dir: Option<PathBuf>, dlq: Option<PathBuf>) {
+/// Writes snapshots and dead letters. `retire`: this run redistributed per-key snapshots to this many
+/// shards; once each of its shards has written a snapshot, the files of shards `>= retire` (left by a run
+/// with more shards) are redundant and removed, so they no longer lower every restart's start position.
+fn io_loop(
+    shared: &EngineShared,
+    rx: channel::Receiver<IoJob>,
+    snap_dir: Option<PathBuf>,
+    dlq: Option<PathBuf>,
+    mut retire: Option<usize>,
+) {
     use std::io::Write;
     let mut dlq_file: Option<std::fs::File> = None;
+    let mut written = vec![false; retire.unwrap_or(0)];
     for job in rx {
         match job {
             IoJob::Snapshot { meta, state } => {
@@ -967,6 +1014,16 @@ fn io_loop(shared: &EngineShared, rx: channel::Receiver<IoJob>, snap_dir: Option
                 if let Err(e) = snapshot::write(dir, &meta, &state) {
                     shared.fail(e.into());
                     return;
+                }
+                if let Some(n) = retire {
+                    written[meta.shard_idx as usize] = true;
+                    if written.iter().all(|&w| w) {
+                        if let Err(e) = snapshot::remove_from(dir, n) {
+                            shared.fail(e.into());
+                            return;
+                        }
+                        retire = None;
+                    }
                 }
             }
             IoJob::DeadLetter { line } => {
@@ -1039,7 +1096,7 @@ impl<H> Running<H> {
         if let Some(r) = self.reader.take()
             && r.join().is_err()
         {
-            self.shared.fail(ReplayError::Config("internal: the reader thread panicked".into()));
+            self.shared.fail(ReplayError::Internal("the reader thread panicked".into()));
         }
         let mut handlers = Vec::with_capacity(self.shards.len());
         let mut panicked = false;
@@ -1056,7 +1113,7 @@ impl<H> Running<H> {
             return Err(e);
         }
         if panicked {
-            return Err(ReplayError::Config("internal: a shard thread panicked outside its handler".into()));
+            return Err(ReplayError::Internal("a shard thread panicked outside its handler".into()));
         }
         let shards = summaries(&self.shared);
         let covered = shards.iter().map(|s| s.covered).sum();

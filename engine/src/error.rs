@@ -90,6 +90,9 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
+    /// A bug in catchup (an engine thread panicked outside a handler call). Please report it.
+    #[error("internal error (a bug in catchup): {0}")]
+    Internal(String),
     /// An engine thread could not be started.
     #[error("could not start thread: {0}")]
     Thread(std::io::Error),

@@ -89,8 +89,8 @@ pub enum StateLayout {
 ///         self.bytes += event.payload.len() as u64;
 ///         Ok(())
 ///     }
-///     fn snapshot(&self) -> Vec<u8> {
-///         [self.events.to_le_bytes(), self.bytes.to_le_bytes()].concat()
+///     fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+///         Ok([self.events.to_le_bytes(), self.bytes.to_le_bytes()].concat())
 ///     }
 ///     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
 ///         let b: [u8; 16] = bytes.try_into().map_err(|_| HandlerError::new("bad snapshot"))?;
@@ -109,8 +109,10 @@ pub trait ShardHandler: Send + 'static {
         Ok(())
     }
 
-    /// The shard's state as bytes, for a snapshot.
-    fn snapshot(&self) -> Vec<u8>;
+    /// The shard's state as bytes, for a snapshot that will say every event handled so far is done. A
+    /// handler with side effects in flight (buffered writes, a child process) finishes them here; an `Err`
+    /// stops the run without writing this snapshot, so a resume handles those events again.
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError>;
 
     /// Restores state saved by `snapshot`.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError>;

@@ -201,7 +201,7 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         p.apply(&mut entry.state, event, ctx)
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         let mut state = Vec::new();
@@ -210,7 +210,7 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             self.projection.encode(&e.state, &mut state);
             encode_key_entry(&mut out, &e.key, e.covered, &state);
         }
-        out
+        Ok(out)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {

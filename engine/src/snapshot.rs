@@ -159,6 +159,31 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<PathBuf, S
     Ok(path)
 }
 
+/// Removes the snapshots of shards `shard_idx >= n_shards` from `dir` (left by a run with more shards),
+/// then syncs the directory. Returns how many were removed.
+pub fn remove_from(dir: &Path, n_shards: usize) -> Result<usize, SnapshotError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| SnapshotError::Io { op, path: p, source: e }
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io("read directory", dir))? {
+        let path = entry.map_err(io("read directory", dir))?.path();
+        let idx = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("shard-")?.strip_suffix(".snap")?.parse::<u16>().ok());
+        if idx.is_some_and(|i| i as usize >= n_shards) {
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))?;
+    }
+    Ok(removed)
+}
+
 /// Loads every shard snapshot in `dir`. A file that fails its checks is an error naming it: a corrupt
 /// snapshot is never silently ignored.
 pub fn load_all(dir: &Path) -> Result<Vec<(PathBuf, Snapshot)>, SnapshotError> {

@@ -1,3 +1,12 @@
-//! Integration tests of the engine (one binary).
+//! Integration tests of the engine (one binary). The oracle is a plain sequential replay of the log
+//! (`util::oracle`); every test compares the parallel engine against it.
 
+mod config;
+mod corrupt;
+mod follow;
+mod order;
+mod policy;
+mod reshard;
+mod resume;
 mod smoke;
+mod util;

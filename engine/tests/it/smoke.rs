@@ -14,8 +14,8 @@ impl ShardHandler for Recorder {
         self.seen.entry(e.key.to_vec()).or_default().push(u64::from_le_bytes(e.payload.try_into().unwrap()));
         Ok(())
     }
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+        Ok(Vec::new())
     }
     fn restore(&mut self, _bytes: &[u8]) -> Result<(), HandlerError> {
         Ok(())
