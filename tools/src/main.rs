@@ -1,1 +1,533 @@
-fn main() {}
+//! `catchup`: the command line of the catchup event-log replay engine.
+//!
+//! This binary is glue: clap parses flags into the `*Args` structs below; each command in `cmd/` validates
+//! them into its own config (a bad combination is a usage error), runs it against the `catchup-segments` and
+//! `catchup-engine` libraries, prints, and returns how it went. `main` maps that to the exit status:
+//!
+//! | status | meaning |
+//! |-------:|---------|
+//! | 0      | success |
+//! | 1      | failure at run time (bad data, I/O error, corrupt log, failed handler, problems found by `verify`) |
+//! | 2      | usage error (bad flags or values; clap's own errors use 2 too) |
+//! | 130    | interrupted (Ctrl-C or SIGTERM); `replay` first stops cleanly and writes its snapshots and output |
+//!
+//! Data goes to stdout, progress and logs to stderr; progress bars only when stderr is a terminal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod cmd;
+mod exec;
+mod hist;
+mod interrupt;
+mod json;
+mod progress;
+mod projection;
+mod units;
+
+use progress::Ui;
+
+/// How a command ended, when it did not fail with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success: status 0.
+    Ok,
+    /// The command ran but found a problem it already reported (e.g. `verify`): status 1.
+    Failure,
+    /// Stopped by Ctrl-C or SIGTERM after a clean stop: status 130.
+    Interrupted,
+}
+
+/// A usage error found after parsing (a bad combination of flags): status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns a usage error (exit status 2).
+#[macro_export]
+macro_rules! usage {
+    ($($t:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($t)*)))) };
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  catchup demo
+  catchup gen --out /tmp/log --events 2M --keys 10k --zipf 1.1
+  catchup replay /tmp/log --shards 8 --projection sum:amount --out totals.jsonl
+  catchup replay /tmp/log --exec 'jq -c .payload' --out out.jsonl
+  catchup import --out /tmp/orders --key order.id --time at orders.jsonl
+  catchup export /tmp/log --from 1000 --to 2000 | head
+  catchup verify /tmp/log
+  catchup bench --events 5M --handler-ns 0,1000
+
+Exit status: 0 ok, 1 failure, 2 usage error, 130 interrupted.";
+
+/// Parallel, per-key-ordered replay of append-only event logs.
+#[derive(Debug, Parser)]
+#[command(name = "catchup", version, after_help = EXAMPLES, propagate_version = true)]
+struct Cli {
+    /// Print no summaries or notes on stderr (errors are still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a synthetic log (deterministic from the seed).
+    Gen(GenArgs),
+    /// Append JSON Lines to a log (created if missing).
+    Import(ImportArgs),
+    /// Print a log's events as JSON Lines.
+    Export(ExportArgs),
+    /// Replay a log on many shards through a projection or a child process per shard.
+    Replay(ReplayArgs),
+    /// Percentile tables and an SVG chart from a histogram log.
+    Report(ReportArgs),
+    /// Show a log's segments, sizes, positions, times and key count.
+    Inspect(InspectArgs),
+    /// Check every segment of a log; exit 1 and list each problem if any.
+    Verify(VerifyArgs),
+    /// Generate a log in a temporary directory and replay it on all cores.
+    Demo(DemoArgs),
+    /// Benchmark catchup against the scan limit and the alternatives, on one log, in one run.
+    Bench(BenchArgs),
+}
+
+/// `catchup gen`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Each payload is a JSON object
+{\"key\":\"k17\",\"seq\":3,\"amount\":4812,\"pad\":\"xx..\"}: seq counts 1, 2, 3.. per key
+in log order, amount is an integer in 1..=10000, and pad fills the payload to
+--payload-bytes. Keys are k1..kK; with --zipf S key kN is drawn with
+probability proportional to 1/N^S. Timestamps are --start-time + i * --step
+for the i-th event.
+
+Examples:
+  catchup gen --out /tmp/log --events 2M --keys 10k
+  catchup gen --out /tmp/hot --events 1M --keys 1M --zipf 1.2 --seed 7")]
+pub struct GenArgs {
+    /// Directory of the new log (must not hold a log yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Number of events (accepts 2M, 20k, 2_000_000).
+    #[arg(long, value_name = "N", default_value = "1M", value_parser = units::parse_count)]
+    pub events: u64,
+    /// Number of distinct keys.
+    #[arg(long, value_name = "K", default_value = "1000", value_parser = units::parse_count)]
+    pub keys: u64,
+    /// Zipf exponent of key popularity (0 = uniform).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub zipf: f64,
+    /// Payload size in bytes (payloads are padded up to it).
+    #[arg(long, value_name = "B", default_value = "100", value_parser = units::parse_size)]
+    pub payload_bytes: u64,
+    /// Seed of the pseudo-random generator.
+    #[arg(long, value_name = "X", default_value_t = 1)]
+    pub seed: u64,
+    /// Segment file size (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = units::parse_size)]
+    pub segment_bytes: u64,
+    /// Timestamp of the first event: RFC 3339, ns since the epoch, `now`, or a duration ago (e.g. 1h).
+    #[arg(long, value_name = "TIME", default_value = "2025-01-01T00:00:00Z", value_parser = units::parse_time)]
+    pub start_time: u64,
+    /// Time between consecutive events (e.g. 1ms, 250us).
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = units::parse_duration)]
+    pub step: std::time::Duration,
+}
+
+/// `catchup import`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Each input line is one event. Its payload is the line itself, byte for byte
+(without the line ending). Its key is the --key field: a string, or a number
+taken as its text. Its time is the --time field: an integer (in --time-unit,
+default ns since the epoch) or an RFC 3339 string. Without --time, events
+get the current time. Blank lines are skipped.
+
+A bad line stops the import with exit status 1 and a message naming its line
+number: every line before it is in the log, nothing from it on. Reading stdin
+(`-`), lines are committed as they arrive (at the latest when the input
+pauses), so a killed import leaves an exact prefix of its input.
+
+--sync: none = never fsync while importing (fastest); batch = fsync every
+committed batch; interval:MS = fsync in the background every MS milliseconds.
+In every mode a finished import is synced.
+
+With --from-export the input is `catchup export` output: key, timestamp and
+payload come from its fields, so `catchup export A | catchup import
+--from-export --out B` copies a log.
+
+Examples:
+  catchup import --out /tmp/orders --key order.id --time at orders.jsonl
+  tail -F ev.jsonl | catchup import --out /tmp/live --key user --sync batch")]
+pub struct ImportArgs {
+    /// Log directory (created if missing; appended to if present).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Field holding the key; dotted paths reach into objects (e.g. order.id).
+    #[arg(long, value_name = "FIELD", required_unless_present = "from_export")]
+    pub key: Option<String>,
+    /// Field holding the event time: integer (see --time-unit) or RFC 3339 string.
+    #[arg(long, value_name = "FIELD", conflicts_with = "from_export")]
+    pub time: Option<String>,
+    /// Unit of integer --time values.
+    #[arg(long, value_name = "UNIT", default_value = "ns", value_parser = ["ns", "us", "ms", "s"])]
+    pub time_unit: String,
+    /// Durability while importing: none, batch or interval:MS.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    pub sync: String,
+    /// Segment size for new segments.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = units::parse_size)]
+    pub segment_bytes: u64,
+    /// The input is `catchup export` output.
+    #[arg(long, conflicts_with = "key")]
+    pub from_export: bool,
+    /// Input file, or `-` for stdin.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub input: String,
+}
+
+/// `catchup export`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Each line is {\"position\":P,\"timestamp_ns\":T,\"key\":K,\"payload\":V}. A payload
+that is a JSON object, array, number, boolean or null is embedded as JSON,
+byte for byte; any other payload is a JSON string of its text (or
+\"payload_hex\" if it is not UTF-8). Keys that are not UTF-8 appear as
+\"key_hex\".
+
+Examples:
+  catchup export /tmp/log | head
+  catchup export /tmp/log --from 1000 --to 2000 > slice.jsonl
+  catchup export /tmp/log --key k17 | jq .payload.amount")]
+pub struct ExportArgs {
+    /// Log directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// First position to print.
+    #[arg(long, value_name = "POS", conflicts_with = "since")]
+    pub from: Option<u64>,
+    /// Stop before this position.
+    #[arg(long, value_name = "POS")]
+    pub to: Option<u64>,
+    /// Start at the first event (in log order) at or after this time.
+    #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
+    pub since: Option<u64>,
+    /// Only events with this key.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Print at most N events.
+    #[arg(long, value_name = "N", value_parser = units::parse_count)]
+    pub limit: Option<u64>,
+}
+
+/// `catchup replay`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Every key is handled by exactly one shard, in log order.
+
+Output (--out FILE, or stdout when neither --out nor --json is given), one
+line per key, sorted by key, so runs can be diffed:
+  count      {\"key\":\"k1\",\"count\":3}
+  sum:FIELD  {\"key\":\"k1\",\"sum\":250}  (FIELD: dotted path; integers exact)
+  last       {\"key\":\"k1\",\"position\":9,\"timestamp_ns\":...,\"payload\":...}
+With --exec CMD each shard runs `sh -c CMD` (with CATCHUP_SHARD and
+CATCHUP_SHARDS set) and writes its events to the child's stdin as export-style
+JSON Lines; the output is the children's stdout, grouped by shard (shard 0's
+lines first).
+
+Checkpoints: with --checkpoint-dir, shards write snapshots every
+--snapshot-every positions; a killed or interrupted replay run again with the
+same arguments continues from them and gives the same output. A checkpoint
+directory written for another log or another projection/command is refused.
+With --exec, each snapshot ends the shard's child (EOF, wait) so its output is
+on disk first; after a crash the events since the last snapshot go to a new
+child again: at-least-once delivery to children.
+
+Ctrl-C: stops cleanly (drain, snapshots, output as of the stop), exit status
+130. Ctrl-C twice: exit now.
+
+--on-error: stop (default) | skip (record the event in the dead-letter file,
+go on) | retry:N (N more attempts with back-off, then stop) | retry:N:skip
+(then skip). Dead letters: --dead-letters FILE, default
+<checkpoint-dir>/dead-letters.jsonl or ./catchup-dead-letters.jsonl.
+
+Latency percentiles (handler time, queue wait, event age) are sampled on one
+event in --latency-sample-every. --hist-log writes them every second as an
+HdrHistogram interval log for `catchup report`.
+
+Examples:
+  catchup replay /tmp/log --shards 8 --out counts.jsonl
+  catchup replay /tmp/log --projection sum:order.total \\
+      --checkpoint-dir /tmp/ckpt --out totals.jsonl
+  catchup replay /tmp/log --exec 'grep -c .' --shards 4
+  catchup replay /tmp/log --follow --since 10m --projection last
+  catchup replay /tmp/log --json --hist-log run.hlog > summary.json
+  catchup report run.hlog --svg run.svg")]
+pub struct ReplayArgs {
+    /// Log directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Number of shards (threads running handlers); default: all cores.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Built-in keyed projection: count, sum:FIELD or last (default count).
+    #[arg(long, value_name = "PROJECTION", conflicts_with = "exec")]
+    pub projection: Option<String>,
+    /// Pipe each shard's events to `sh -c CMD` instead of a projection.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Directory for snapshots (and --exec output spools); enables resume.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Snapshot when a shard has passed this many positions since its last snapshot.
+    #[arg(long, value_name = "N", requires = "checkpoint_dir", value_parser = units::parse_count)]
+    pub snapshot_every: Option<u64>,
+    /// Also snapshot when this much time has passed (e.g. 30s).
+    #[arg(long, value_name = "DURATION", requires = "checkpoint_dir", value_parser = units::parse_duration)]
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Start at this position (when no snapshot says otherwise).
+    #[arg(long, value_name = "POS", conflicts_with = "since")]
+    pub from: Option<u64>,
+    /// Start at the first event at or after this time: RFC 3339, ns since the epoch, or a duration ago.
+    #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
+    pub since: Option<u64>,
+    /// Stop before this position.
+    #[arg(long, value_name = "POS", conflicts_with = "follow")]
+    pub to: Option<u64>,
+    /// After the backlog, keep following appends until Ctrl-C.
+    #[arg(long)]
+    pub follow: bool,
+    /// What to do when a handler fails: stop, skip, retry:N or retry:N:skip.
+    #[arg(long, value_name = "POLICY", default_value = "stop")]
+    pub on_error: String,
+    /// Dead-letter file (JSON Lines) for skipped events.
+    #[arg(long, value_name = "FILE")]
+    pub dead_letters: Option<PathBuf>,
+    /// Write the results here (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the run summary as one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write HdrHistogram interval logs of the latencies (one interval per second).
+    #[arg(long, value_name = "FILE")]
+    pub hist_log: Option<PathBuf>,
+    /// Time one event in N for the latency histograms.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub latency_sample_every: u32,
+}
+
+/// `catchup report`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Reads HdrHistogram interval logs (as written by `catchup replay --hist-log`;
+all intervals of a tag are merged) or HdrHistogram percentile-distribution
+text (`Value Percentile TotalCount 1/(1-Percentile)`). Several files can be
+compared; each tag or file is one series.
+
+Examples:
+  catchup report run.hlog
+  catchup report run.hlog --svg latency.svg
+  catchup report before.hlog after.hlog --tag handler --svg compare.svg
+  catchup report wrk2.txt --value-unit ms --svg wrk2.svg")]
+pub struct ReportArgs {
+    /// Histogram files.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write an SVG chart of latency by percentile here.
+    #[arg(long, value_name = "OUT")]
+    pub svg: Option<PathBuf>,
+    /// Only series with this tag (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Unit of the values in the files.
+    #[arg(long, value_name = "UNIT", default_value = "ns", value_parser = ["ns", "us", "ms", "s"])]
+    pub value_unit: String,
+    /// Latency axis of the chart: auto (log when series differ by over 100x), linear or log.
+    #[arg(long, value_name = "SCALE", default_value = "auto", value_parser = ["auto", "linear", "log"])]
+    pub y_scale: String,
+    /// Chart title.
+    #[arg(long, value_name = "TEXT", default_value = "Latency by percentile")]
+    pub title: String,
+    /// Print the tables as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `catchup inspect`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The key count is exact (distinct 64-bit key hashes) up to 1,000,000 keys and a
+HyperLogLog estimate (about 0.8% error) above; the output says which.
+
+Examples:
+  catchup inspect /tmp/log
+  catchup inspect /tmp/log --json | jq .records")]
+pub struct InspectArgs {
+    /// Log directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `catchup verify`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Checks headers, every batch's checksum and framing, position continuity, seals
+and index files. Exit 0 when sound; otherwise exit 1 with one line per
+problem: file, byte offset, position, what is wrong, and whether it is a torn
+tail (an interrupted write at the very end, which --repair, or any command
+that opens the log for writing, removes without losing a committed record).
+
+Examples:
+  catchup verify /tmp/log
+  catchup verify /tmp/log --repair")]
+pub struct VerifyArgs {
+    /// Log directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Recover a torn tail (opens the log for writing), then verify again.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `catchup demo`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Generates a log in a temporary directory (removed afterwards unless --keep),
+replays it with the count projection and prints the summary and latency
+percentiles.
+
+Examples:
+  catchup demo
+  catchup demo --events 10M --keys 1M --zipf 1.1 --shards 4")]
+pub struct DemoArgs {
+    /// Number of events.
+    #[arg(long, value_name = "N", default_value = "2M", value_parser = units::parse_count)]
+    pub events: u64,
+    /// Number of keys.
+    #[arg(long, value_name = "K", default_value = "100k", value_parser = units::parse_count)]
+    pub keys: u64,
+    /// Shards; default: all cores.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Zipf exponent of key popularity.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Keep the generated log in this directory instead of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// `catchup bench`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Measures, in one process and on one log, interleaving the repetitions so that
+machine drift hits every variant alike:
+  limit-scan   the verified scan alone (one thread, no hand-off)
+  sequential   one thread calling the handler (the oracle)
+  channels     reader routes by key hash into per-shard crossbeam channels
+  rayon        read all, group by key, par_iter over the groups
+  rings xN     reader routes into one disruptor ring per shard (--rings)
+  catchup xN   the engine with N shards
+The handler burns --handler-ns of CPU per event, reads the payload and folds an
+order-sensitive per-key checksum; every variant's result must equal
+sequential's or the run fails. Peak anon = peak anonymous RSS (mapped log pages
+excluded).
+
+Examples:
+  catchup bench
+  catchup bench --events 10M --keys 100k --zipf 1.0 --handler-ns 0,100,1000 --shards 1,2
+  catchup bench --dir /tmp/benchlog --json > bench.json")]
+pub struct BenchArgs {
+    /// Events in the generated log.
+    #[arg(long, value_name = "N", default_value = "2M", value_parser = units::parse_count)]
+    pub events: u64,
+    /// Distinct keys.
+    #[arg(long, value_name = "K", default_value = "10k", value_parser = units::parse_count)]
+    pub keys: u64,
+    /// Zipf exponent of key popularity (0 = uniform).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub zipf: f64,
+    /// Payload size in bytes.
+    #[arg(long, value_name = "B", default_value = "64", value_parser = units::parse_size)]
+    pub payload_bytes: u64,
+    /// CPU burned per event by the handler, ns (a comma-separated list runs each).
+    #[arg(long, value_name = "NS", default_value = "0,100,1000")]
+    pub handler_ns: String,
+    /// Shard counts for the engine (comma-separated).
+    #[arg(long, value_name = "LIST", default_value = "1,2")]
+    pub shards: String,
+    /// Also run the one-ring-per-shard topology.
+    #[arg(long)]
+    pub rings: bool,
+    /// Repetitions of each variant.
+    #[arg(long, value_name = "R", default_value_t = 5)]
+    pub reps: usize,
+    /// Use (or create) the log in this directory instead of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seed of the generator.
+    #[arg(long, value_name = "X", default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let ui = Ui::new(cli.quiet);
+    match cli.command {
+        Command::Gen(a) => cmd::generate::main(a, &ui),
+        Command::Import(a) => cmd::import::main(a, &ui),
+        Command::Export(a) => cmd::export::main(a, &ui),
+        Command::Replay(a) => cmd::replay::main(a, &ui),
+        Command::Report(a) => cmd::report::main(a, &ui),
+        Command::Inspect(a) => cmd::inspect::main(a, &ui),
+        Command::Verify(a) => cmd::verify::main(a, &ui),
+        Command::Demo(a) => cmd::demo::main(a, &ui),
+        Command::Bench(a) => cmd::bench::main(a, &ui),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Exit::Ok) => ExitCode::SUCCESS,
+        Ok(Exit::Failure) => ExitCode::from(1),
+        Ok(Exit::Interrupted) => ExitCode::from(interrupt::EXIT_INTERRUPTED),
+        // `catchup export | head`: the reader left; that is not our failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("catchup: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                eprintln!("Run `catchup help` or `catchup COMMAND --help` for usage.");
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

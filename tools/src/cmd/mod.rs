@@ -1,0 +1,71 @@
+//! The commands, one file each. Every command validates its clap `*Args` into a `Config` (a bad combination
+//! is a [`crate::UsageError`]) and then runs from the config alone, so other commands (`demo`) can run it too.
+
+pub mod bench;
+pub mod demo;
+pub mod export;
+#[path = "gen.rs"]
+pub mod generate; // `gen` is a reserved word in Rust 2024
+pub mod import;
+pub mod inspect;
+pub mod replay;
+pub mod report;
+pub mod verify;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// True if `dir` holds at least one segment file.
+pub fn holds_log(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+                if e.path().extension().is_some_and(|x| x == "seg") {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    }
+}
+
+/// Writes a file atomically: `fill` writes a temporary file beside `path`, which is synced and renamed over
+/// `path`. Returns what `fill` returned. A `path` that exists and is not a regular file (`/dev/null`, a
+/// FIFO, a symbolic link) is written in place instead: renaming over it would replace it.
+pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<T>) -> Result<T> {
+    use std::io::Write;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let v = fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+        w.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(v);
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".catchup-out-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {} for {}", dir.display(), path.display()))?;
+    let value = {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let v = fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+        w.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        v
+    };
+    // Readable like any file the user creates (a temporary file starts private).
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    tmp.as_file().set_permissions(mode).with_context(|| format!("cannot set permissions of {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("cannot rename the output into {}", path.display()))?;
+    Ok(value)
+}

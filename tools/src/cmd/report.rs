@@ -1,0 +1,109 @@
+//! `catchup report`: percentile tables and an SVG chart from histogram files (interval logs written by
+//! `replay --hist-log`, or HdrHistogram percentile-distribution text).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::hist::{self, REPORT_QUANTILES, Series, YScale};
+use crate::progress::Ui;
+use crate::{Exit, ReportArgs, usage};
+
+/// A validated report.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Input files.
+    pub files: Vec<PathBuf>,
+    /// Chart output.
+    pub svg: Option<PathBuf>,
+    /// Only these tags (all if empty).
+    pub tags: Vec<String>,
+    /// ns per unit of the files' values.
+    pub unit_ns: f64,
+    /// Chart y scale (`None`: decide from the data).
+    pub y_scale: Option<YScale>,
+    /// Chart title.
+    pub title: String,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl Config {
+    /// Validates the flags.
+    pub fn from_args(a: ReportArgs) -> Result<Config> {
+        if a.files.is_empty() {
+            usage!("give at least one histogram file");
+        }
+        let unit_ns = match a.value_unit.as_str() {
+            "ns" => 1.0,
+            "us" => 1e3,
+            "ms" => 1e6,
+            _ => 1e9,
+        };
+        Ok(Config {
+            files: a.files,
+            svg: a.svg,
+            tags: a.tag,
+            unit_ns,
+            y_scale: match a.y_scale.as_str() {
+                "linear" => Some(YScale::Linear),
+                "log" => Some(YScale::Log),
+                _ => None,
+            },
+            title: a.title,
+            json: a.json,
+        })
+    }
+}
+
+/// Reads the files into named series (`tag`, or `file:tag` when several files are given).
+pub fn load(cfg: &Config) -> Result<Vec<Series>> {
+    let mut all = Vec::new();
+    for f in &cfg.files {
+        for mut s in hist::read_series(f, cfg.unit_ns)? {
+            if !cfg.tags.is_empty() && !cfg.tags.contains(&s.name) {
+                continue;
+            }
+            if cfg.files.len() > 1 {
+                let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if s.name != file {
+                    s.name = format!("{file}:{}", s.name);
+                }
+            }
+            all.push(s);
+        }
+    }
+    if all.is_empty() {
+        anyhow::bail!("no histograms with tag {} in the given files", cfg.tags.join(" or "));
+    }
+    Ok(all)
+}
+
+/// `catchup report`.
+pub fn main(args: ReportArgs, ui: &Ui) -> Result<Exit> {
+    let cfg = Config::from_args(args)?;
+    let series = load(&cfg)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if cfg.json {
+        let doc: serde_json::Map<String, serde_json::Value> =
+            series.iter().map(|s| (s.name.clone(), hist::percentiles_json(&s.dist, &REPORT_QUANTILES))).collect();
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        let rows: Vec<(&str, &hist::Dist)> = series.iter().map(|s| (s.name.as_str(), &s.dist)).collect();
+        hist::write_table(&mut out, "latency", &rows, &REPORT_QUANTILES)?;
+        let intervals: usize = series.iter().map(|s| s.intervals).max().unwrap_or(0);
+        if intervals > 0 {
+            writeln!(out, "({intervals} interval{} merged per series)", if intervals == 1 { "" } else { "s" })?;
+        }
+    }
+    if let Some(svg) = &cfg.svg {
+        let scale = cfg.y_scale.unwrap_or_else(|| hist::auto_scale(&series));
+        let chart = hist::svg_chart(&series, &cfg.title, scale);
+        std::fs::write(svg, chart).with_context(|| format!("cannot write chart {}", svg.display()))?;
+        ui.note(format!("wrote chart {}", svg.display()));
+    }
+    Ok(Exit::Ok)
+}

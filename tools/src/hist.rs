@@ -1,0 +1,551 @@
+//! Latency histograms for people: percentile tables, HdrHistogram interval logs (written by `replay
+//! --hist-log`, read by `report`), HdrHistogram's percentile-distribution text, and an SVG chart of latency
+//! by percentile.
+//!
+//! Interval logs hold one line per histogram per interval (one second), tagged `handler`, `queue-wait` or
+//! `event-age`; values (and the "max" column) are nanoseconds.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use catchup_engine::Latencies;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag};
+use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
+
+use crate::units::{TimeUnit, fmt_count, fmt_ns, time_unit_for};
+
+/// Tag of the handler-time histogram in interval logs.
+pub const TAG_HANDLER: &str = "handler";
+/// Tag of the queue-wait histogram.
+pub const TAG_QUEUE_WAIT: &str = "queue-wait";
+/// Tag of the event-age histogram.
+pub const TAG_EVENT_AGE: &str = "event-age";
+
+/// The percentiles of run summaries.
+pub const SUMMARY_QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+/// The percentiles of `report` tables.
+pub const REPORT_QUANTILES: [(&str, f64); 5] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999), ("p99.99", 0.9999)];
+
+/// A latency distribution: a histogram, or points read from a percentile-distribution text.
+#[derive(Debug, Clone)]
+pub enum Dist {
+    /// Values in ns.
+    Hist(Histogram<u64>),
+    /// `(quantile, value in ns)`, quantile increasing, and the total count.
+    Points {
+        /// The points.
+        points: Vec<(f64, f64)>,
+        /// Values recorded.
+        count: u64,
+    },
+}
+
+impl Dist {
+    /// The value at quantile `q` (0..=1), in ns.
+    pub fn value_at(&self, q: f64) -> f64 {
+        match self {
+            Dist::Hist(h) => {
+                if h.is_empty() {
+                    0.0
+                } else if q >= 1.0 {
+                    h.max() as f64
+                } else {
+                    h.value_at_quantile(q) as f64
+                }
+            }
+            Dist::Points { points, .. } => {
+                points.iter().find(|(pq, _)| *pq >= q - 1e-12).or(points.last()).map_or(0.0, |(_, v)| *v)
+            }
+        }
+    }
+
+    /// Largest value, ns.
+    pub fn max(&self) -> f64 {
+        self.value_at(1.0)
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        match self {
+            Dist::Hist(h) => h.len(),
+            Dist::Points { count, .. } => *count,
+        }
+    }
+
+    /// How many "nines" of percentile the data supports: about log10 of the count for a histogram, the
+    /// highest point below 100% for text input.
+    fn nines(&self) -> f64 {
+        match self {
+            Dist::Hist(h) => (h.len().max(1) as f64).log10(),
+            Dist::Points { points, .. } => {
+                points.iter().filter(|(q, _)| *q < 1.0).map(|(q, _)| -(1.0 - q).log10()).fold(0.0, f64::max)
+            }
+        }
+    }
+}
+
+/// A named distribution (`handler`, `file.hlog:queue-wait`, ...).
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Display name.
+    pub name: String,
+    /// The data.
+    pub dist: Dist,
+    /// Interval histograms merged into it (0 for text input).
+    pub intervals: usize,
+}
+
+/// Percentiles of a distribution as a JSON object: `{"count":N,"p50":ns,...,"max":ns}`.
+pub fn percentiles_json(dist: &Dist, quantiles: &[(&str, f64)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("count".into(), dist.count().into());
+    for (name, q) in quantiles {
+        m.insert((*name).into(), (dist.value_at(*q).round() as u64).into());
+    }
+    m.insert("max".into(), (dist.max().round() as u64).into());
+    serde_json::Value::Object(m)
+}
+
+/// Writes a percentile table: one row per series, values in human units.
+pub fn write_table(out: &mut dyn Write, title: &str, rows: &[(&str, &Dist)], quantiles: &[(&str, f64)]) -> Result<()> {
+    let name_w = rows.iter().map(|(n, _)| n.chars().count()).chain([title.chars().count()]).max().unwrap_or(0);
+    write!(out, "{title:<name_w$}")?;
+    for (q, _) in quantiles {
+        write!(out, " {q:>9}")?;
+    }
+    writeln!(out, " {:>9} {:>11}", "max", "count")?;
+    for (name, d) in rows {
+        write!(out, "{name:<name_w$}")?;
+        if d.count() == 0 {
+            writeln!(out, "  (no samples)")?;
+            continue;
+        }
+        for (_, q) in quantiles {
+            write!(out, " {:>9}", fmt_ns(d.value_at(*q)))?;
+        }
+        writeln!(out, " {:>9} {:>11}", fmt_ns(d.max()), fmt_count(d.count()))?;
+    }
+    Ok(())
+}
+
+/// Writes `Latencies` as HdrHistogram interval-log lines, one tagged histogram each per interval.
+pub struct IntervalLog {
+    path: PathBuf,
+    file: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+}
+
+impl std::fmt::Debug for IntervalLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalLog").field("path", &self.path).finish()
+    }
+}
+
+impl IntervalLog {
+    /// Creates (truncates) `path` and writes the log header; interval timestamps count from `base`.
+    pub fn create(path: &Path, base: SystemTime, comment: &str) -> Result<IntervalLog> {
+        let file = File::create(path)
+            .with_context(|| format!("cannot create histogram log {} (check the directory exists)", path.display()))?;
+        let mut log = IntervalLog {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+            serializer: V2DeflateSerializer::new(),
+        };
+        IntervalLogWriterBuilder::new()
+            .add_comment(comment)
+            .add_comment(&format!(
+                "catchup replay latencies in ns; tags: {TAG_HANDLER}, {TAG_QUEUE_WAIT}, {TAG_EVENT_AGE}; read with `catchup \
+                 report`"
+            ))
+            .with_start_time(base)
+            .with_base_time(base)
+            .begin_log_with(&mut log.file, &mut log.serializer)
+            .with_context(|| format!("cannot write histogram log {}", path.display()))?;
+        log.file.flush().with_context(|| format!("cannot write histogram log {}", path.display()))?;
+        Ok(log)
+    }
+
+    /// Appends one interval: `start` is its start since the log's base time.
+    pub fn write(&mut self, lat: &Latencies, start: Duration, duration: Duration) -> Result<()> {
+        for (tag, h) in
+            [(TAG_HANDLER, &lat.handler_ns), (TAG_QUEUE_WAIT, &lat.queue_wait_ns), (TAG_EVENT_AGE, &lat.event_age_ns)]
+        {
+            // A builder with no headers writes nothing: it only lends us an `IntervalLogWriter`.
+            let mut w = IntervalLogWriterBuilder::new()
+                .begin_log_with(&mut self.file, &mut self.serializer)
+                .with_context(|| format!("cannot write histogram log {}", self.path.display()))?;
+            w.write_histogram(h, start, duration, Tag::new(tag))
+                .map_err(|e| anyhow::anyhow!("cannot write histogram log {}: {e:?}", self.path.display()))?;
+        }
+        self.file.flush().with_context(|| format!("cannot write histogram log {}", self.path.display()))
+    }
+
+    /// Flushes and syncs the file.
+    pub fn finish(mut self) -> Result<()> {
+        self.file.flush().with_context(|| format!("cannot write histogram log {}", self.path.display()))?;
+        self.file.get_ref().sync_all().with_context(|| format!("cannot sync histogram log {}", self.path.display()))
+    }
+}
+
+/// Decodes standard base64 (with or without padding).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        match chunk.len() {
+            4 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]),
+            3 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8]),
+            2 => out.push((acc >> 16) as u8),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Reads a histogram file: an HdrHistogram interval log (one series per tag, intervals merged), or a
+/// percentile-distribution text (one series). Values are multiplied by `unit_ns` to get ns.
+pub fn read_series(path: &Path, unit_ns: f64) -> Result<Vec<Series>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let stem = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(series) = read_interval_log(&bytes, path, unit_ns)? {
+        return Ok(series);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if let Some(dist) = read_percentile_text(&text, unit_ns) {
+        return Ok(vec![Series { name: stem, dist, intervals: 0 }]);
+    }
+    bail!(
+        "{}: neither an HdrHistogram interval log (as written by `catchup replay --hist-log`) nor a \
+         percentile-distribution text (lines of `Value Percentile TotalCount 1/(1-Percentile)`)",
+        path.display()
+    )
+}
+
+fn read_interval_log(bytes: &[u8], path: &Path, unit_ns: f64) -> Result<Option<Vec<Series>>> {
+    let mut series: Vec<Series> = Vec::new();
+    for (i, entry) in IntervalLogIterator::new(bytes).enumerate() {
+        let h = match entry {
+            Ok(LogEntry::Interval(h)) => h,
+            Ok(_) => continue,
+            // Not an interval log at all (text formats fail on their first line).
+            Err(_) if series.is_empty() => return Ok(None),
+            Err(e) => bail!("{}: interval log is malformed after {i} entries: {e:?}", path.display()),
+        };
+        let tag = h.tag().map_or("untagged".to_string(), |t| t.as_str().to_string());
+        let raw = base64_decode(h.encoded_histogram())
+            .with_context(|| format!("{}: interval {i} ({tag}) is not valid base64", path.display()))?;
+        let decoded: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut &raw[..])
+            .map_err(|e| anyhow::anyhow!("{}: interval {i} ({tag}) cannot be decoded: {e:?}", path.display()))?;
+        let decoded = if unit_ns == 1.0 { decoded } else { rescale(&decoded, unit_ns)? };
+        match series.iter_mut().find(|s| s.name == tag) {
+            Some(s) => {
+                if let Dist::Hist(agg) = &mut s.dist {
+                    agg.add(&decoded)
+                        .map_err(|e| anyhow::anyhow!("{}: cannot merge interval {i}: {e:?}", path.display()))?;
+                }
+                s.intervals += 1;
+            }
+            None => {
+                let mut agg = decoded;
+                agg.auto(true);
+                series.push(Series { name: tag, dist: Dist::Hist(agg), intervals: 1 });
+            }
+        }
+    }
+    Ok(if series.is_empty() { None } else { Some(series) })
+}
+
+/// A copy of `h` with every value multiplied by `unit_ns`.
+fn rescale(h: &Histogram<u64>, unit_ns: f64) -> Result<Histogram<u64>> {
+    let mut out = Histogram::<u64>::new(3).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    out.auto(true);
+    for v in h.iter_recorded() {
+        let x = (v.value_iterated_to() as f64 * unit_ns).round() as u64;
+        out.record_n(x.max(1), v.count_at_value()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    Ok(out)
+}
+
+/// Parses HdrHistogram's `outputPercentileDistribution` text (or its CSV form).
+fn read_percentile_text(text: &str, unit_ns: f64) -> Option<Dist> {
+    let mut points = Vec::new();
+    let mut count = 0u64;
+    let mut header = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if t.contains("Percentile") {
+            header = true;
+            continue;
+        }
+        let cols: Vec<&str> = t.split(|c: char| c == ',' || c.is_whitespace()).filter(|c| !c.is_empty()).collect();
+        if cols.len() < 2 {
+            return None;
+        }
+        let value: f64 = cols[0].parse().ok()?;
+        let q: f64 = cols[1].parse().ok()?;
+        if !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        if let Some(c) = cols.get(2).and_then(|c| c.parse::<u64>().ok()) {
+            count = count.max(c);
+        }
+        points.push((q, value * unit_ns));
+    }
+    if !header || points.is_empty() {
+        return None;
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(Dist::Points { points, count })
+}
+
+/// How the chart's y axis is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YScale {
+    /// Linear from 0.
+    Linear,
+    /// Logarithmic (decades).
+    Log,
+}
+
+/// Log scale when the series' medians and maxima span more than 100x (a linear axis would flatten the
+/// smaller ones), else linear.
+pub fn auto_scale(series: &[Series]) -> YScale {
+    let lo = series.iter().map(|s| s.dist.value_at(0.5)).filter(|v| *v > 0.0).fold(f64::MAX, f64::min);
+    let hi = series.iter().map(|s| s.dist.max()).fold(0.0, f64::max);
+    if lo < f64::MAX && hi / lo > 100.0 { YScale::Log } else { YScale::Linear }
+}
+
+const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Label of the x tick at `nines` nines: 0 -> `0%`, 1 -> `90%`, 2 -> `99%`, 3 -> `99.9%`.
+fn nines_label(nines: u32) -> String {
+    match nines {
+        0 => "0%".into(),
+        1 => "90%".into(),
+        n => format!("99{}{}%", if n > 2 { "." } else { "" }, "9".repeat(n as usize - 2)),
+    }
+}
+
+/// 1, 2 or 5 times a power of ten, at least `x`.
+fn nice_step(x: f64) -> f64 {
+    let p = 10f64.powf(x.log10().floor());
+    let f = x / p;
+    p * if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+/// A power of ten of ns as a tick label: `1 µs`, `100 ms`, `1000 s` (seconds at most, so labels stay round).
+fn fmt_decade(ns: f64) -> String {
+    let u = time_unit_for(ns.min(1e9));
+    format!("{} {}", (ns / u.ns).round(), u.name)
+}
+
+fn fmt_axis(v: f64, unit: TimeUnit) -> String {
+    let x = v / unit.ns;
+    if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { format!("{x}") }
+}
+
+/// Maps a latency (ns) to a y coordinate.
+type YMap = Box<dyn Fn(f64) -> f64>;
+
+/// An SVG chart of latency by percentile: x is percentile on a "nines" (log) scale, y latency.
+pub fn svg_chart(series: &[Series], title: &str, y_scale: YScale) -> String {
+    const W: f64 = 960.0;
+    const PLOT_H: f64 = 440.0;
+    const LEFT: f64 = 90.0;
+    const RIGHT: f64 = 30.0;
+    const TOP: f64 = 56.0;
+    // Axis title, then one legend line per series.
+    let bottom = 76.0 + 20.0 * series.len() as f64;
+    let h = TOP + PLOT_H + bottom;
+    const STEPS: usize = 400;
+    let pw = W - LEFT - RIGHT;
+    let ph = PLOT_H;
+    let x_max = series.iter().map(|s| s.dist.nines()).fold(0.0, f64::max).ceil().clamp(2.0, 7.0);
+    let curves: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            (0..=STEPS)
+                .map(|i| {
+                    let x = x_max * i as f64 / STEPS as f64;
+                    let q = if i == 0 { 0.0 } else { 1.0 - 10f64.powf(-x) };
+                    (x, s.dist.value_at(q))
+                })
+                .collect()
+        })
+        .collect();
+    let v_max = curves.iter().flatten().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
+    let v_min = curves.iter().flatten().map(|(_, v)| *v).filter(|v| *v > 0.0).fold(f64::MAX, f64::min).min(v_max);
+    let unit = time_unit_for(v_max);
+    // y mapping and ticks.
+    let (y_of, ticks): (YMap, Vec<(f64, String)>) = match y_scale {
+        YScale::Linear => {
+            let step = nice_step(v_max / unit.ns / 5.0) * unit.ns;
+            let top = (v_max / step).ceil() * step;
+            let ticks = (0..=((top / step).round() as usize))
+                .map(|i| i as f64 * step)
+                .map(|v| (v, fmt_axis(v, unit)))
+                .collect();
+            (Box::new(move |v: f64| TOP + ph * (1.0 - v / top)), ticks)
+        }
+        YScale::Log => {
+            let lo = v_min.max(1.0).log10().floor();
+            let hi = v_max.log10().ceil().max(lo + 1.0);
+            let ticks = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).map(|v| (v, fmt_decade(v))).collect();
+            let clamp = move |v: f64| v.max(1.0).log10().clamp(lo, hi);
+            (Box::new(move |v: f64| TOP + ph * (1.0 - (clamp(v) - lo) / (hi - lo))), ticks)
+        }
+    };
+    let x_of = |x: f64| LEFT + pw * x / x_max;
+    let mut s = String::new();
+    let mut w = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    w(format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="Helvetica, Arial, sans-serif" font-size="13">"#
+    ));
+    w(format!(r#"<rect width="{W}" height="{h}" fill="white"/>"#));
+    w(format!(
+        r#"<text x="{}" y="30" text-anchor="middle" font-size="18" font-weight="bold">{}</text>"#,
+        W / 2.0,
+        xml_escape(title)
+    ));
+    // Grid and ticks.
+    for i in 0..=(x_max as u32) {
+        let x = x_of(i as f64);
+        w(format!(r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e0e0e0"/>"##, TOP + ph));
+        w(format!(r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, TOP + ph + 20.0, nines_label(i)));
+    }
+    for (v, label) in &ticks {
+        let y = y_of(*v);
+        w(format!(r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##, LEFT + pw));
+        w(format!(r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 8.0, y + 4.0, xml_escape(label)));
+    }
+    w(format!(r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##));
+    w(format!(
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">percentile</text>"#,
+        LEFT + pw / 2.0,
+        TOP + ph + 46.0
+    ));
+    let y_title = match y_scale {
+        YScale::Linear => format!("latency ({})", unit.name),
+        YScale::Log => "latency (log scale)".to_string(),
+    };
+    w(format!(
+        r#"<text transform="translate(22,{:.1}) rotate(-90)" text-anchor="middle" font-size="14">{}</text>"#,
+        TOP + ph / 2.0,
+        xml_escape(&y_title)
+    ));
+    // Curves.
+    for (i, pts) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let d: Vec<String> = pts.iter().map(|(x, v)| format!("{:.1},{:.1}", x_of(*x), y_of(*v))).collect();
+        w(format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, d.join(" ")));
+    }
+    // Legend, under the axis title.
+    for (i, ser) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let y = TOP + ph + 72.0 + 20.0 * i as f64;
+        let d = &ser.dist;
+        let label = format!(
+            "{}: p50 {}, p99 {}, p99.9 {}, max {} ({} samples)",
+            ser.name,
+            fmt_ns(d.value_at(0.5)),
+            fmt_ns(d.value_at(0.99)),
+            fmt_ns(d.value_at(0.999)),
+            fmt_ns(d.max()),
+            fmt_count(d.count())
+        );
+        w(format!(
+            r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="3"/>"#,
+            LEFT + 14.0,
+            LEFT + 40.0
+        ));
+        w(format!(r#"<text x="{:.1}" y="{:.1}">{}</text>"#, LEFT + 48.0, y + 4.0, xml_escape(&label)));
+    }
+    w("</svg>".to_string());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_steps() {
+        assert_eq!(nines_label(0), "0%");
+        assert_eq!(nines_label(2), "99%");
+        assert_eq!(nines_label(4), "99.99%");
+        assert_eq!(nice_step(3.0), 5.0);
+        assert_eq!(nice_step(0.15), 0.2);
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+    }
+
+    #[test]
+    fn interval_log_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.hlog");
+        let mut lat = Latencies::default();
+        for v in 1..=1000u64 {
+            lat.handler_ns.record(v * 1000).unwrap();
+            lat.queue_wait_ns.record(v).unwrap();
+        }
+        let mut log = IntervalLog::create(&path, SystemTime::now(), "test").unwrap();
+        log.write(&lat, Duration::from_secs(0), Duration::from_secs(1)).unwrap();
+        log.write(&lat, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        log.finish().unwrap();
+        let series = read_series(&path, 1.0).unwrap();
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [TAG_HANDLER, TAG_QUEUE_WAIT, TAG_EVENT_AGE]);
+        assert_eq!(series[0].dist.count(), 2000);
+        assert_eq!(series[0].intervals, 2);
+        let p50 = series[0].dist.value_at(0.5);
+        assert!((490_000.0..=510_000.0).contains(&p50), "{p50}");
+        let svg = svg_chart(&series, "t", YScale::Linear);
+        assert!(svg.starts_with("<svg") && svg.contains("99.9%"));
+    }
+
+    #[test]
+    fn percentile_text() {
+        let text = "       Value     Percentile TotalCount 1/(1-Percentile)\n\n       1.000 0.000000000000          1           1.00\n       5.000 0.500000000000        50           2.00\n      10.000 0.990000000000        99         100.00\n      20.000 1.000000000000       100\n#[Mean    =        5.000, StdDeviation   =        1.000]\n";
+        let d = read_percentile_text(text, 1e6).unwrap();
+        assert_eq!(d.count(), 100);
+        assert_eq!(d.value_at(0.5), 5e6);
+        assert_eq!(d.max(), 20e6);
+    }
+}

@@ -1,0 +1,542 @@
+//! End-to-end tests of the `catchup` binary: real processes, real files, real `kill -9`.
+//!
+//! Logs are small (at most a few hundred thousand events) so the whole binary runs in well under a minute
+//! in a debug build on two cores.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_catchup");
+
+fn catchup() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("catchup-cli-").tempdir().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Small segments: opening a log scans its active segment, which is slow for big ones in debug builds.
+const SEGMENT: [&str; 2] = ["--segment-bytes", "1MiB"];
+
+/// Generates a log; returns its directory.
+fn make_log(dir: &Path, name: &str, events: u64, keys: u64, extra: &[&str]) -> PathBuf {
+    let log = dir.join(name);
+    let mut c = catchup();
+    c.args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", &keys.to_string()]);
+    if !extra.contains(&"--segment-bytes") {
+        c.args(SEGMENT);
+    }
+    c.args(extra).assert().success();
+    log
+}
+
+/// The raw text of each exported payload, in log order.
+fn exported_payloads(log: &Path) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct E<'a> {
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let out = catchup().args(["export", s(log)]).assert().success().get_output().stdout.clone();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<E<'_>>(l).unwrap().payload.get().to_string())
+        .collect()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
+}
+
+fn export(log: &Path) -> Vec<Value> {
+    let out = catchup().args(["export", s(log)]).assert().success().get_output().stdout.clone();
+    json_lines(&String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn replay_output_is_the_same_with_1_and_4_shards() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 20_000, 300, &["--zipf", "1.0", "--segment-bytes", "256KiB"]);
+    for projection in ["count", "last"] {
+        let one = d.path().join(format!("{projection}-1.jsonl"));
+        let four = d.path().join(format!("{projection}-4.jsonl"));
+        for (shards, out) in [("1", &one), ("4", &four)] {
+            catchup()
+                .args(["replay", s(&log), "-q", "--shards", shards, "--projection", projection, "--out", s(out)])
+                .assert()
+                .success();
+        }
+        let (a, b) = (read(&one), read(&four));
+        assert_eq!(a, b, "{projection}: 1 and 4 shards differ");
+        let rows = json_lines(&a);
+        let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "rows are sorted by key");
+        if projection == "count" {
+            assert_eq!(rows.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>(), 20_000);
+        }
+    }
+}
+
+#[test]
+fn sum_projection_equals_a_sum_of_the_export() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 20_000, 500, &["--zipf", "0.8", "--seed", "9"]);
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut last_seq: BTreeMap<String, u64> = BTreeMap::new();
+    for e in export(&log) {
+        let key = e["key"].as_str().unwrap().to_string();
+        assert_eq!(e["payload"]["key"], e["key"]);
+        let seq = e["payload"]["seq"].as_u64().unwrap();
+        let prev = last_seq.insert(key.clone(), seq).unwrap_or(0);
+        assert_eq!(seq, prev + 1, "seq counts 1, 2, 3.. per key in log order");
+        *expected.entry(key).or_default() += e["payload"]["amount"].as_i64().unwrap();
+    }
+    let out = d.path().join("sums.jsonl");
+    catchup()
+        .args(["replay", s(&log), "-q", "--shards", "3", "--projection", "sum:amount", "--out", s(&out)])
+        .assert()
+        .success();
+    let got: BTreeMap<String, i64> = json_lines(&read(&out))
+        .into_iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r["sum"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+/// Starts a replay, kills it with SIGKILL after `after`, and waits for it.
+fn kill_after(args: &[&str], after: Duration) {
+    let mut child =
+        std::process::Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(after);
+    let _ = child.kill(); // SIGKILL; it may have finished already, which the caller's check covers too.
+    let _ = child.wait();
+}
+
+#[test]
+fn killed_replay_resumes_from_its_checkpoints_with_the_same_output() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 200_000, 2_000, &["--zipf", "1.1"]);
+    let reference = d.path().join("reference.jsonl");
+    catchup()
+        .args(["replay", s(&log), "-q", "--shards", "4", "--projection", "sum:amount", "--out", s(&reference)])
+        .assert()
+        .success();
+    let ckpt = d.path().join("ckpt");
+    let out = d.path().join("resumed.jsonl");
+    let args = [
+        "replay",
+        s(&log),
+        "-q",
+        "--shards",
+        "4",
+        "--projection",
+        "sum:amount",
+        "--checkpoint-dir",
+        s(&ckpt),
+        "--snapshot-every",
+        "5000",
+        "--out",
+        s(&out),
+    ];
+    // Kill it twice at different points, then let it finish.
+    kill_after(&args, Duration::from_millis(250));
+    kill_after(&args, Duration::from_millis(150));
+    catchup().args(args).assert().success();
+    assert_eq!(read(&out), read(&reference));
+    // A finished checkpoint directory replays nothing more and gives the same output again.
+    std::fs::remove_file(&out).unwrap();
+    catchup().args(args).assert().success();
+    assert_eq!(read(&out), read(&reference));
+    // Another projection must not reuse it.
+    catchup()
+        .args(["replay", s(&log), "--projection", "count", "--checkpoint-dir", s(&ckpt), "--out", s(&out)])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not match this run"));
+}
+
+#[test]
+fn exec_pipes_each_shard_to_a_child() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 5_000, 100, &[]);
+    let out = d.path().join("cat.jsonl");
+    catchup().args(["replay", s(&log), "-q", "--shards", "3", "--exec", "cat", "--out", s(&out)]).assert().success();
+    let lines = json_lines(&read(&out));
+    assert_eq!(lines.len(), 5_000);
+    let mut positions: Vec<u64> = lines.iter().map(|l| l["position"].as_u64().unwrap()).collect();
+    // Per key, events arrive in log order.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &lines {
+        let p = l["position"].as_u64().unwrap();
+        if let Some(prev) = last.insert(l["key"].as_str().unwrap().to_string(), p) {
+            assert!(prev < p, "key {} out of order", l["key"]);
+        }
+        assert_eq!(l["payload"]["key"], l["key"]);
+    }
+    positions.sort_unstable();
+    assert_eq!(positions, (0..5_000).collect::<Vec<_>>());
+
+    // One child per shard: each prints its shard and how many lines it read.
+    let counted = catchup()
+        .args([
+            "replay",
+            s(&log),
+            "-q",
+            "--shards",
+            "2",
+            "--exec",
+            r#"awk -v s="$CATCHUP_SHARD" 'END { print s, NR }'"#,
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let counted = String::from_utf8(counted).unwrap();
+    let rows: Vec<(u32, u64)> = counted
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next().unwrap().parse().unwrap(), f.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "grouped by shard, in shard order");
+    assert_eq!(rows.iter().map(|r| r.1).sum::<u64>(), 5_000);
+
+    // A child that fails is a failed replay.
+    catchup()
+        .args(["replay", s(&log), "--shards", "2", "--exec", "head -n 1 >/dev/null; exit 3"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("exited with status 3"));
+}
+
+#[test]
+fn killed_exec_replay_resumes_with_complete_output() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 60_000, 500, &[]);
+    let reference = d.path().join("reference.jsonl");
+    catchup()
+        .args(["replay", s(&log), "-q", "--shards", "3", "--exec", "cat", "--out", s(&reference)])
+        .assert()
+        .success();
+    let ckpt = d.path().join("ckpt");
+    let out = d.path().join("out.jsonl");
+    let args = [
+        "replay",
+        s(&log),
+        "-q",
+        "--shards",
+        "3",
+        "--exec",
+        "cat",
+        "--checkpoint-dir",
+        s(&ckpt),
+        "--snapshot-every",
+        "3000",
+        "--out",
+        s(&out),
+    ];
+    kill_after(&args, Duration::from_millis(200));
+    catchup().args(args).assert().success();
+    // With a stateless child (`cat`), at-least-once delivery still yields each line exactly once.
+    assert_eq!(read(&out), read(&reference));
+}
+
+#[test]
+fn interrupt_stops_cleanly_with_status_130() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 3_000, 50, &[]);
+    let out = d.path().join("out.jsonl");
+    let ckpt = d.path().join("ckpt");
+    let mut child = std::process::Command::new(BIN)
+        .args(["replay", s(&log), "-q", "--follow", "--checkpoint-dir", s(&ckpt), "--out", s(&out)])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let rows = json_lines(&read(&out));
+    assert_eq!(rows.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>(), 3_000);
+    assert!(ckpt.join("shard-00000.snap").exists(), "a clean stop writes snapshots");
+}
+
+/// Flips bytes in the middle of a segment's first batch.
+fn corrupt(seg: &Path) {
+    let mut b = std::fs::read(seg).unwrap();
+    for x in &mut b[200..208] {
+        *x ^= 0x5a;
+    }
+    std::fs::write(seg, b).unwrap();
+}
+
+fn segments(log: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn corrupt_and_truncated_logs_fail_naming_the_file() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 20_000, 100, &["--segment-bytes", "256KiB"]);
+    catchup().args(["verify", s(&log)]).assert().success().stdout(predicate::str::contains("ok:"));
+
+    let segs = segments(&log);
+    assert!(segs.len() >= 3);
+    let bad = &segs[1];
+    let name = bad.file_name().unwrap().to_str().unwrap();
+    corrupt(bad);
+    catchup()
+        .args(["verify", s(&log)])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(name).and(predicate::str::contains("byte offset")))
+        .stdout(predicate::str::contains("not a torn tail"));
+    for cmd in [&["replay", s(&log), "--out", s(&d.path().join("x"))][..], &["export", s(&log)], &["inspect", s(&log)]]
+    {
+        catchup().args(cmd).assert().code(1).stderr(predicate::str::contains(name));
+    }
+
+    let log2 = make_log(d.path(), "log2", 20_000, 100, &["--segment-bytes", "256KiB"]);
+    let last = segments(&log2).pop().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    catchup().args(["verify", s(&log2)]).assert().code(1).stdout(predicate::str::contains(name));
+    catchup()
+        .args(["replay", s(&log2), "--out", s(&d.path().join("y"))])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(name));
+}
+
+#[test]
+fn torn_tail_is_reported_as_recoverable_and_repaired() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 1_000, 10, &[]);
+    let seg = segments(&log).pop().unwrap();
+    let used = catchup().args(["inspect", s(&log), "--json"]).assert().success().get_output().stdout.clone();
+    let used = serde_json::from_slice::<Value>(&used).unwrap()["segments"][0]["used_bytes"].as_u64().unwrap();
+    // An interrupted write: a length word and some bytes after the last batch, no valid batch.
+    let mut b = std::fs::read(&seg).unwrap();
+    b[used as usize..used as usize + 12].copy_from_slice(b"\x40\x00\x00\x00garbage!");
+    std::fs::write(&seg, b).unwrap();
+    catchup().args(["verify", s(&log)]).assert().code(1).stdout(predicate::str::contains("torn tail: recoverable"));
+    catchup().args(["verify", "--repair", s(&log)]).assert().success();
+    assert_eq!(export(&log).len(), 1_000);
+}
+
+const GOOD: [&str; 4] = [
+    r#"{"order":{"id":"a-1"},"at":"2025-01-01T00:00:01Z","amount":5}"#,
+    r#"{"order":{"id":17},"at":1735689602000000000,"amount":2.5,"note":"tab\there"}"#,
+    r#"{"order":{"id":"a-1","lines":[1,2,{"x":null}]},"at":"2025-01-01T00:00:03.250+00:00"}"#,
+    r#"{ "order" : { "id" : "b" } , "at" : 4 }"#,
+];
+
+#[test]
+fn import_then_export_round_trips() {
+    let d = tmp();
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, GOOD.join("\n") + "\n\n").unwrap();
+    let log = d.path().join("log");
+    catchup()
+        .args(["import", "-q", "--out", s(&log), "--key", "order.id", "--time", "at", s(&input)])
+        .assert()
+        .success();
+    let events = export(&log);
+    assert_eq!(events.len(), GOOD.len());
+    let keys = ["a-1", "17", "a-1", "b"];
+    let times = [1_735_689_601_000_000_000u64, 1_735_689_602_000_000_000, 1_735_689_603_250_000_000, 4];
+    // The exported payload is the input line byte for byte: compare raw text.
+    let raw =
+        String::from_utf8(catchup().args(["export", s(&log)]).assert().success().get_output().stdout.clone()).unwrap();
+    for (i, line) in raw.lines().enumerate() {
+        #[derive(serde::Deserialize)]
+        struct E<'a> {
+            position: u64,
+            timestamp_ns: u64,
+            key: String,
+            #[serde(borrow)]
+            payload: &'a serde_json::value::RawValue,
+        }
+        let e: E<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (e.position, e.timestamp_ns, e.key.as_str(), e.payload.get()),
+            (i as u64, times[i], keys[i], GOOD[i])
+        );
+    }
+    // Appending to an existing log continues its positions; --from-export copies a log exactly.
+    let copy = d.path().join("copy");
+    catchup()
+        .args(["import", "-q", "--from-export", "--out", s(&copy), "-"])
+        .write_stdin(raw.clone())
+        .assert()
+        .success();
+    let copied = catchup().args(["export", s(&copy)]).assert().success().get_output().stdout.clone();
+    assert_eq!(String::from_utf8(copied).unwrap(), raw);
+}
+
+#[test]
+fn import_stops_at_a_bad_line_and_keeps_exactly_the_lines_before_it() {
+    let d = tmp();
+    let mut lines: Vec<String> = (0..10).map(|i| format!(r#"{{"k":"key{}","i":{i}}}"#, i % 3)).collect();
+    lines.push(r#"{"k":"broken","i":10"#.into());
+    lines.extend((11..14).map(|i| format!(r#"{{"k":"key","i":{i}}}"#)));
+    let text = lines.join("\n") + "\n";
+    for via_stdin in [false, true] {
+        let log = d.path().join(format!("log-{via_stdin}"));
+        let mut c = catchup();
+        c.args(["import", "--out", s(&log), "--key", "k"]).args(SEGMENT);
+        if via_stdin {
+            c.arg("-").write_stdin(text.clone());
+        } else {
+            let input = d.path().join("in.jsonl");
+            std::fs::write(&input, &text).unwrap();
+            c.arg(s(&input));
+        }
+        c.assert().code(1).stderr(predicate::str::contains("line 11"));
+        assert_eq!(exported_payloads(&log), lines[..10], "exactly the lines before the bad one");
+    }
+    // A key of the wrong type names the line too.
+    let log = d.path().join("log-type");
+    catchup()
+        .args(["import", "--out", s(&log), "--key", "k", "-"])
+        .args(SEGMENT)
+        .write_stdin("{\"k\":\"a\"}\n{\"k\":[1]}\n")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("line 2").and(predicate::str::contains("array")));
+    assert_eq!(export(&log).len(), 1);
+}
+
+#[test]
+fn json_summary_and_histogram_report() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 20_000, 100, &[]);
+    let hlog = d.path().join("run.hlog");
+    let out = catchup()
+        .args(["replay", s(&log), "--shards", "2", "--json", "--hist-log", s(&hlog)])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc["events"], 20_000);
+    assert_eq!(doc["per_shard"].as_array().unwrap().len(), 2);
+    for h in ["handler", "queue_wait", "event_age"] {
+        let p = &doc["latency_ns"][h];
+        assert!(p["count"].as_u64().unwrap() > 0, "{h}");
+        assert!(p["p50"].as_u64().unwrap() <= p["p99.9"].as_u64().unwrap());
+        assert!(p["p99.9"].as_u64().unwrap() <= p["max"].as_u64().unwrap());
+    }
+    let svg = d.path().join("chart.svg");
+    catchup()
+        .args(["report", s(&hlog), "--svg", s(&svg)])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("handler").and(predicate::str::contains("queue-wait")));
+    let chart = read(&svg);
+    assert!(chart.starts_with("<svg") && chart.contains("99.9%") && chart.contains("percentile"));
+    let tables = catchup()
+        .args(["report", s(&hlog), "--json", "--tag", "handler"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let tables: Value = serde_json::from_slice(&tables).unwrap();
+    assert_eq!(tables["handler"]["count"], doc["latency_ns"]["handler"]["count"]);
+}
+
+#[test]
+fn inspect_describes_the_log() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 5_000, 40, &["--segment-bytes", "256KiB"]);
+    let out = catchup().args(["inspect", s(&log), "--json"]).assert().success().get_output().stdout.clone();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc["records"], 5_000);
+    assert_eq!(doc["end_position"], 5_000);
+    assert_eq!(doc["keys"], 40);
+    assert_eq!(doc["keys_exact"], true);
+    let segs = doc["segments"].as_array().unwrap();
+    assert_eq!(segs.iter().map(|s| s["records"].as_u64().unwrap()).sum::<u64>(), 5_000);
+    assert_eq!(segs.last().unwrap()["sealed"], false);
+    catchup().args(["inspect", s(&log)]).assert().success().stdout(predicate::str::contains("keys       40"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 100, 5, &[]);
+    catchup()
+        .args(["replay", s(&log), "--projection", "avg"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown projection"));
+    catchup().args(["replay", s(&log), "--on-error", "ignore"]).assert().code(2);
+    catchup().args(["replay", s(&log), "--snapshot-every", "10"]).assert().code(2);
+    catchup().args(["gen", "--events", "10"]).assert().code(2);
+    catchup().args(["import", "--out", s(&log), "--key", "k", "--sync", "sometimes"]).assert().code(2);
+    assert_eq!(export(&log).len(), 100, "a usage error touches nothing");
+    catchup()
+        .args(["replay", s(&d.path().join("missing"))])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("missing"));
+    catchup()
+        .args(["gen", "-q", "--out", s(&log), "--events", "10"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already holds a log"));
+    // A poison event under the default policy stops the run; with skip it is recorded and the run goes on.
+    let imported = d.path().join("mixed");
+    catchup()
+        .args(["import", "-q", "--out", s(&imported), "--key", "k", "-"])
+        .args(SEGMENT)
+        .write_stdin("{\"k\":\"a\",\"n\":1}\n{\"k\":\"a\",\"n\":\"x\"}\n{\"k\":\"a\",\"n\":2}\n")
+        .assert()
+        .success();
+    catchup()
+        .args(["replay", s(&imported), "--projection", "sum:n"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("position 1").and(predicate::str::contains("not a number")));
+    let dlq = d.path().join("dead.jsonl");
+    let out = catchup()
+        .args(["replay", s(&imported), "-q", "--projection", "sum:n", "--on-error", "skip", "--dead-letters", s(&dlq)])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(String::from_utf8(out).unwrap(), "{\"key\":\"a\",\"sum\":3}\n");
+    let dead = json_lines(&read(&dlq));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["position"], 1);
+}
