@@ -48,6 +48,14 @@ pub enum CorruptionKind {
     },
     /// The sparse index file is unreadable (it will be rebuilt; reported by `verify`).
     BadIndex(String),
+    /// The segment file's size is not the `capacity_bytes` its header records: it was truncated (committed
+    /// data may be lost) or extended after creation.
+    SizeMismatch {
+        /// The size recorded in the header when the segment was created.
+        capacity_bytes: u64,
+        /// The file's size now.
+        len_bytes: u64,
+    },
 }
 
 impl std::fmt::Display for CorruptionKind {
@@ -74,6 +82,10 @@ impl std::fmt::Display for CorruptionKind {
                 write!(f, "index {} disagrees with the segment data", index_file.display())
             }
             CorruptionKind::BadIndex(why) => write!(f, "index file is invalid: {why}"),
+            CorruptionKind::SizeMismatch { capacity_bytes, len_bytes } => write!(
+                f,
+                "file is {len_bytes} bytes but was created with {capacity_bytes} (truncated or extended since)"
+            ),
         }
     }
 }

@@ -33,6 +33,31 @@ pub struct IndexEntry {
     pub max_ts_before: u64,
 }
 
+impl IndexEntry {
+    /// Checks the entry against the data before it is followed: a valid, unsealed batch must start at
+    /// `file_offset` with base `position`. Otherwise it is an `IndexMismatch` naming the segment and
+    /// `index_file` unless a scan of the segment finds the data itself corrupt at that batch, which is
+    /// then reported as such (the index was right).
+    pub fn check(&self, segment: &Segment, index_file: &Path) -> Result<(), Corruption> {
+        match segment.read_batch(self.file_offset) {
+            Ok(Some((h, _))) if h.base_position == self.position && !h.sealed => Ok(()),
+            read => {
+                if read.is_err()
+                    && let (_, Some(c)) = SparseIndex::build(segment)
+                    && c.offset == self.file_offset
+                {
+                    return Err(c);
+                }
+                Err(segment.corruption(
+                    self.file_offset,
+                    Some(self.position),
+                    CorruptionKind::IndexMismatch { index_file: index_file.to_path_buf() },
+                ))
+            }
+        }
+    }
+}
+
 /// The sparse index of one segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SparseIndex {
@@ -119,12 +144,14 @@ impl SparseIndex {
     /// are followed are checked against the data: a mismatch is an `IndexMismatch` corruption.
     pub fn complete(self, segment: &Segment, index_file: &Path) -> (SparseIndex, Option<Corruption>) {
         // Only the entry the scan resumes from is checked here; seeks check the entry they follow.
-        if let Some(e) = self.entries.last() {
-            let ok = matches!(segment.read_batch(e.file_offset), Ok(Some((h, _))) if h.base_position == e.position && !h.sealed);
-            if !ok {
-                let kind = CorruptionKind::IndexMismatch { index_file: index_file.to_path_buf() };
-                return (SparseIndex::default(), Some(segment.corruption(e.file_offset, Some(e.position), kind)));
+        if let Some(e) = self.entries.last()
+            && let Err(c) = e.check(segment, index_file)
+        {
+            if matches!(c.kind, CorruptionKind::IndexMismatch { .. }) {
+                return (SparseIndex::default(), Some(c));
             }
+            // The index is right but the data is damaged there: index what comes before the damage.
+            return Self::build(segment);
         }
         if self.entries.is_empty() {
             return Self::build(segment);
@@ -176,9 +203,11 @@ impl SparseIndex {
         if self.max_ts < ts {
             return None;
         }
-        // The first entry whose preceding records already reach `ts` comes after the one we want.
+        // The first entry whose preceding records already reach `ts` comes after the one we want. The first
+        // entry always qualifies: no record of the segment comes before it (its `max_ts_before` of 0 means
+        // "none", so `ts == 0` must not rule it out).
         let i = self.entries.partition_point(|e| e.max_ts_before < ts);
-        i.checked_sub(1).map(|i| &self.entries[i])
+        self.entries.get(i.saturating_sub(1))
     }
 
     /// Encodes the index file.
@@ -215,6 +244,9 @@ impl SparseIndex {
         let version = format::read_u16(bytes, 8);
         if version != format::FORMAT_VERSION {
             return Err(format!("unsupported version {version}"));
+        }
+        if format::read_u16(bytes, 10) != 0 {
+            return Err("non-zero reserved bytes".into());
         }
         let count = format::read_u32(bytes, 12) as usize;
         if count > INDEX_ENTRIES_MAX {

@@ -48,6 +48,14 @@ impl LogReader {
     pub fn refresh(&mut self) -> Result<bool, OpenError> {
         let listed = list_segments(&self.dir)?;
         let known = self.segments.len();
+        // The last known segment may have been replaced by a larger one if it held no batch when mapped.
+        if let Some(last) = self.segments.last()
+            && last.commit_word(SEGMENT_HEADER_SIZE as u64) == 0
+            && last.replaced_on_disk()
+        {
+            let fresh = Segment::open(last.path(), last.base_position())?;
+            *self.segments.last_mut().expect("not empty") = Arc::new(fresh);
+        }
         if listed.len() < known {
             let path = self.segments[known - 1].path().to_path_buf();
             return Err(Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into());
@@ -105,6 +113,19 @@ impl LogReader {
             Start::Timestamp(ts) => c.seek_timestamp(ts)?,
         }
         Ok(c)
+    }
+
+    /// The position after the last committed record (the log's current end).
+    pub fn end_position(&self) -> Result<Position, ReadError> {
+        let c = Cursor {
+            dir: self.dir.clone(),
+            segments: self.segments.clone(),
+            seg_idx: 0,
+            offset: SEGMENT_HEADER_SIZE as u64,
+            next_position: Position(0),
+            skip_below: Position(0),
+        };
+        c.find_end()
     }
 
     /// Loads (or rebuilds) the sparse index of segment `seg_idx`, completed to the segment's current end.
@@ -206,6 +227,7 @@ impl Cursor {
         let index = load_index(&self.dir, seg)?;
         match index.seek_position(p) {
             Some(e) => {
+                e.check(seg, &self.dir.join(index_file_name(seg.base_position())))?;
                 self.offset = e.file_offset;
                 self.next_position = e.position;
             }
@@ -244,7 +266,14 @@ impl Cursor {
                     }
                     break;
                 }
-                Err(c) => return Err(c.into()),
+                // A torn tail is the end of the log here too, as in `next_batch`.
+                Err(c) if self.is_torn_tail(&c) => {
+                    if self.next_position < p {
+                        return Err(ReadError::PastEnd { requested: p, end: self.next_position });
+                    }
+                    break;
+                }
+                Err(c) => return Err(Corruption { position: Some(self.next_position), ..c }.into()),
             }
         }
         self.skip_below = p;
@@ -256,12 +285,19 @@ impl Cursor {
             let seg = self.segments[i].clone();
             let index = load_index(&self.dir, &seg)?;
             let Some(e) = index.seek_timestamp(ts) else { continue };
+            e.check(&seg, &self.dir.join(index_file_name(seg.base_position())))?;
             self.seg_idx = i;
             self.offset = e.file_offset;
             self.next_position = e.position;
             // Walk records to the first one at or after `ts`.
             loop {
-                match seg.read_batch(self.offset)? {
+                let read = match seg.read_batch(self.offset) {
+                    Ok(read) => read,
+                    // A torn tail is the end of the log: no record after it qualifies.
+                    Err(c) if self.is_torn_tail(&c) => None,
+                    Err(c) => return Err(Corruption { position: Some(self.next_position), ..c }.into()),
+                };
+                match read {
                     Some((h, bytes)) if !h.sealed => {
                         if let Some(r) = RecordIter::new(bytes).find(|r| r.timestamp_ns >= ts) {
                             self.skip_below = r.position;
@@ -293,6 +329,27 @@ impl Cursor {
             offset += h.length as u64;
         }
         Ok(pos)
+    }
+
+    /// True if `c`, found at the cursor's batch, is a torn tail: in the last segment, with no valid batch
+    /// after it. A writer that died mid-write leaves one; it is not committed data and reads as the end.
+    fn is_torn_tail(&self, c: &Corruption) -> bool {
+        let seg = &self.segments[self.seg_idx];
+        debug_assert_eq!(c.offset, self.offset);
+        self.seg_idx + 1 == self.segments.len()
+            && seg.find_valid_batch_after(self.offset + 8, self.next_position).is_none()
+    }
+
+    /// At the start of a segment with nothing committed: if the writer replaced the file (its first batch
+    /// did not fit), map the new one. True if it did.
+    fn remap_if_replaced(&mut self) -> Result<bool, ReadError> {
+        let seg = &self.segments[self.seg_idx];
+        if self.offset != SEGMENT_HEADER_SIZE as u64 || !seg.replaced_on_disk() {
+            return Ok(false);
+        }
+        let fresh = Segment::open(seg.path(), seg.base_position())?;
+        self.segments[self.seg_idx] = Arc::new(fresh);
+        Ok(true)
     }
 
     fn check_position(&self, h: &BatchHeader) -> Result<(), Corruption> {
@@ -339,6 +396,9 @@ impl Cursor {
                     return Ok(Some(Batch { segment: seg, offset, header: h, bytes, first_position: first }));
                 }
                 Ok(None) => {
+                    if self.remap_if_replaced()? {
+                        continue;
+                    }
                     if seg_idx + 1 < self.segments.len() {
                         // A later segment exists, so this one must have been sealed before it was created.
                         let seg = &self.segments[seg_idx];
@@ -349,9 +409,7 @@ impl Cursor {
                     return Ok(None);
                 }
                 Err(c) => {
-                    let seg = &self.segments[seg_idx];
-                    let last = seg_idx + 1 == self.segments.len();
-                    if last && seg.find_valid_batch_after(self.offset + 8, self.next_position).is_none() {
+                    if self.is_torn_tail(&c) {
                         return Ok(None);
                     }
                     return Err(ReadError::Corrupt(Corruption { position: Some(self.next_position), ..c }));
@@ -421,10 +479,12 @@ impl Cursor {
     }
 
     fn has_more(&mut self) -> Result<bool, ReadError> {
-        let seg = &self.segments[self.seg_idx];
-        if seg.commit_word(self.offset) == 0 {
+        if self.segments[self.seg_idx].commit_word(self.offset) == 0
+            && (!self.remap_if_replaced()? || self.segments[self.seg_idx].commit_word(self.offset) == 0)
+        {
             return Ok(false);
         }
+        let seg = &self.segments[self.seg_idx];
         match seg.read_batch(self.offset) {
             Ok(Some((h, _))) if h.sealed => {
                 self.check_position(&h)?;

@@ -4,6 +4,7 @@
 //! `(segment, offset)` references to other threads and reads payloads straight from the mapping.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -67,6 +68,9 @@ pub struct Segment {
     path: PathBuf,
     header: SegmentHeader,
     map: Mmap,
+    /// Device and inode of the mapped file, to notice when the path names another file (see
+    /// [`Segment::replaced_on_disk`]).
+    file_id: (u64, u64),
 }
 
 impl std::fmt::Debug for Segment {
@@ -83,7 +87,9 @@ impl Segment {
     /// Maps `path` and checks its header and that its name matches `base`.
     pub fn open(path: &Path, base: Position) -> Result<Segment, OpenError> {
         let file = File::open(path).map_err(|e| IoError::new("open", path, e))?;
-        let len = file.metadata().map_err(|e| IoError::new("stat", path, e))?.len();
+        let meta = file.metadata().map_err(|e| IoError::new("stat", path, e))?;
+        let len = meta.len();
+        let file_id = (meta.dev(), meta.ino());
         let corrupt = |kind| Corruption { file: path.to_path_buf(), offset: 0, position: Some(base), kind };
         if (len as usize) < SEGMENT_HEADER_SIZE {
             return Err(corrupt(CorruptionKind::Header(format::HeaderProblem::Truncated { len: len as usize })).into());
@@ -106,7 +112,27 @@ impl Segment {
         if header.base_position != base {
             return Err(corrupt(CorruptionKind::NameMismatch { header_base: header.base_position }).into());
         }
-        Ok(Segment { path: path.to_path_buf(), header, map })
+        // Segments are renamed into place at their final size and never resized: a different size means the
+        // file was truncated (committed data may be gone) or extended by something else.
+        if header.capacity_bytes != len {
+            return Err(corrupt(CorruptionKind::SizeMismatch {
+                capacity_bytes: header.capacity_bytes,
+                len_bytes: len,
+            })
+            .into());
+        }
+        Ok(Segment { path: path.to_path_buf(), header, map, file_id })
+    }
+
+    /// True if the path no longer names the mapped file. That happens to a segment that holds no batch yet
+    /// when the writer's first batch does not fit in it: the writer replaces it (same name, same base) with
+    /// a larger one. A reader waiting at the start of an empty segment checks this and maps the new file.
+    pub fn replaced_on_disk(&self) -> bool {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != self.file_id,
+            // Gone (or unreadable) is not "replaced": the next listing of the directory reports it.
+            Err(_) => false,
+        }
     }
 
     /// The file's path.

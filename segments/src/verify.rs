@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::Position;
 use crate::error::{Corruption, CorruptionKind, OpenError};
-use crate::format::{BatchProblem, SEGMENT_HEADER_SIZE};
+use crate::format::BatchProblem;
 use crate::index::SparseIndex;
 use crate::segment::{Segment, index_file_name, list_segments};
 
@@ -56,109 +56,194 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
     if segments.is_empty() {
         return Err(OpenError::NotALog { path: dir.to_path_buf() });
     }
-    let mut expected = Position(0);
+    // Where the next segment must start; `None` after damage that hides where the previous one ended.
+    let mut expected = Some(Position(0));
     let n = segments.len();
     for (i, (base, path)) in segments.iter().enumerate() {
         let last = i + 1 == n;
         report.segments += 1;
-        if *base != expected {
+        if expected.is_some_and(|e| e != *base) || (i == 0 && *base != Position(0)) {
             let kind = if i == 0 {
                 CorruptionKind::MissingStart { found: *base }
             } else {
-                CorruptionKind::Gap { expected, found: *base }
+                CorruptionKind::Gap { expected: expected.unwrap_or_default(), found: *base }
             };
             report.problems.push(Problem {
                 corruption: Corruption { file: path.clone(), offset: 0, position: Some(*base), kind },
                 torn_tail: false,
             });
-            expected = *base;
         }
         let seg = match Segment::open(path, *base) {
             Ok(s) => s,
             Err(OpenError::Corrupt(c)) => {
                 report.problems.push(Problem { corruption: c, torn_tail: false });
+                expected = None;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let (index, problem) = SparseIndex::build(&seg);
-        report.records += index.end_position.0 - base.0;
-        expected = index.end_position;
-        if let Some(c) = problem {
-            let resume = c.offset + 8;
-            let torn =
-                last && matches!(
-                    c.kind,
-                    CorruptionKind::Batch(
-                        BatchProblem::BadLength { .. }
-                            | BatchProblem::PastEnd { .. }
-                            | BatchProblem::BadChecksum { .. }
-                    )
-                ) && seg.find_valid_batch_after(resume, expected).is_none();
-            report.problems.push(Problem { corruption: c, torn_tail: torn });
-        } else if let Some(next) = index.sealed_next {
-            if last {
-                // A crash between the seal and the creation of the next segment: the writer creates it.
-                report.problems.push(Problem {
-                    corruption: seg.corruption(
-                        index.end_offset,
-                        Some(next),
-                        CorruptionKind::MissingSuccessor { expected: next },
-                    ),
-                    torn_tail: true,
-                });
+        let scan = scan_segment(&seg, last);
+        report.records += scan.records;
+        report.end_position = scan.end_position;
+        report.problems.extend(scan.problems.iter().cloned());
+        expected = match scan.sealed_next {
+            Some(next) => {
+                if last {
+                    // A crash between the seal and the creation of the next segment: the writer creates it.
+                    report.problems.push(Problem {
+                        corruption: seg.corruption(
+                            scan.end_offset,
+                            Some(next),
+                            CorruptionKind::MissingSuccessor { expected: next },
+                        ),
+                        torn_tail: true,
+                    });
+                }
+                report.end_position = next;
+                Some(next)
             }
-            expected = next;
-        } else if !last {
-            report.problems.push(Problem {
-                corruption: seg.corruption(index.end_offset, Some(expected), CorruptionKind::NotSealed),
-                torn_tail: false,
-            });
-        } else {
-            let after = seg.nonzero_end(index.end_offset);
-            if after > index.end_offset {
-                // Bytes after the last committed batch with no commit word: an interrupted write.
-                let torn = seg.find_valid_batch_after(index.end_offset + 8, expected).is_none();
+            None if !scan.problems.is_empty() => None,
+            None if !last => {
                 report.problems.push(Problem {
-                    corruption: seg.corruption(
-                        index.end_offset,
-                        Some(expected),
-                        CorruptionKind::Batch(BatchProblem::BadLength { length: 0 }),
-                    ),
-                    torn_tail: torn,
-                });
-            }
-        }
-        // The index file, if any, must be readable and agree with the data.
-        let idx_path = dir.join(index_file_name(*base));
-        if let Ok(bytes) = std::fs::read(&idx_path) {
-            match SparseIndex::decode(&bytes, *base) {
-                Err(why) => report.problems.push(Problem {
-                    corruption: Corruption {
-                        file: idx_path.clone(),
-                        offset: 0,
-                        position: Some(*base),
-                        kind: CorruptionKind::BadIndex(why),
-                    },
+                    corruption: seg.corruption(scan.end_offset, Some(scan.end_position), CorruptionKind::NotSealed),
                     torn_tail: false,
-                }),
-                Ok(file_index) => {
-                    let bad = file_index.entries.iter().find(|e| !index.entries.contains(e));
-                    if let Some(e) = bad {
-                        report.problems.push(Problem {
-                            corruption: seg.corruption(
-                                e.file_offset,
-                                Some(e.position),
-                                CorruptionKind::IndexMismatch { index_file: idx_path.clone() },
-                            ),
-                            torn_tail: false,
+                });
+                None
+            }
+            None => {
+                let after = seg.nonzero_end(scan.end_offset);
+                if after > scan.end_offset {
+                    // Bytes after the last committed batch with no commit word: an interrupted write.
+                    let torn = seg.find_valid_batch_after(scan.end_offset + 8, scan.end_position).is_none();
+                    report.problems.push(Problem {
+                        corruption: seg.corruption(
+                            scan.end_offset,
+                            Some(scan.end_position),
+                            CorruptionKind::Batch(BatchProblem::BadLength { length: 0 }),
+                        ),
+                        torn_tail: torn,
+                    });
+                }
+                Some(scan.end_position)
+            }
+        };
+        check_index_file(dir, &seg, &scan, &mut report);
+    }
+    Ok(report)
+}
+
+/// What a verified walk of one segment found.
+#[derive(Debug)]
+struct SegmentScan {
+    /// The index rebuilt from the batches before the first problem.
+    index: SparseIndex,
+    /// Records in batches that verified.
+    records: u64,
+    /// Position after the last batch that verified.
+    end_position: Position,
+    /// Offset after the last batch that verified.
+    end_offset: u64,
+    /// The seal's next base, if the walk reached the seal.
+    sealed_next: Option<Position>,
+    /// Every invalid batch, in order.
+    problems: Vec<Problem>,
+}
+
+/// Walks every batch of `seg`. After an invalid batch the walk resumes at the next valid batch found after
+/// it, if any, so that every damaged place is listed (the records in between are not counted).
+fn scan_segment(seg: &Segment, last: bool) -> SegmentScan {
+    let (index, mut problem) = SparseIndex::build(seg);
+    let mut scan = SegmentScan {
+        records: index.end_position.0 - seg.base_position().0,
+        end_position: index.end_position,
+        end_offset: index.end_offset,
+        sealed_next: index.sealed_next,
+        index,
+        problems: Vec::new(),
+    };
+    while let Some(c) = problem.take() {
+        let resume = seg.find_valid_batch_after(c.offset + 8, scan.end_position);
+        let torn = last
+            && resume.is_none()
+            && matches!(
+                c.kind,
+                CorruptionKind::Batch(
+                    BatchProblem::BadLength { .. } | BatchProblem::PastEnd { .. } | BatchProblem::BadChecksum { .. }
+                )
+            );
+        scan.problems.push(Problem { corruption: c, torn_tail: torn });
+        let Some(mut offset) = resume else { break };
+        // Records between the damage and `offset` are lost: continue from the position found there.
+        let mut expected = None;
+        loop {
+            match seg.read_batch(offset) {
+                Ok(None) => break,
+                Ok(Some((h, _))) => {
+                    let want = *expected.get_or_insert(h.base_position);
+                    if h.base_position != want {
+                        let kind = CorruptionKind::Batch(BatchProblem::PositionMismatch {
+                            expected: want,
+                            found: h.base_position,
                         });
+                        problem = Some(seg.corruption(offset, Some(want), kind));
+                        break;
                     }
+                    if h.sealed {
+                        scan.sealed_next = Some(h.base_position);
+                        break;
+                    }
+                    scan.records += h.record_count as u64;
+                    scan.end_position = h.end_position();
+                    offset += h.length as u64;
+                    scan.end_offset = offset;
+                    expected = Some(h.end_position());
+                }
+                Err(mut c) => {
+                    c.position = expected;
+                    problem = Some(c);
+                    break;
                 }
             }
         }
-        let _ = SEGMENT_HEADER_SIZE;
     }
-    report.end_position = expected;
-    Ok(report)
+    scan
+}
+
+/// Checks the segment's index file, if any: it must decode, and its entries before the first damaged
+/// batch must be the ones a rebuild finds (entries past damage cannot be checked).
+fn check_index_file(dir: &Path, seg: &Segment, scan: &SegmentScan, report: &mut VerifyReport) {
+    let base = seg.base_position();
+    let idx_path = dir.join(index_file_name(base));
+    let Ok(bytes) = std::fs::read(&idx_path) else { return };
+    let checked_below = scan.problems.first().map_or(u64::MAX, |p| p.corruption.offset);
+    match SparseIndex::decode(&bytes, base) {
+        Err(why) => report.problems.push(Problem {
+            corruption: Corruption {
+                file: idx_path,
+                offset: 0,
+                position: Some(base),
+                kind: CorruptionKind::BadIndex(why),
+            },
+            torn_tail: false,
+        }),
+        Ok(file_index) => {
+            let rebuilt = &scan.index.entries;
+            let bad = file_index.entries.iter().filter(|e| e.file_offset < checked_below).find(|e| {
+                rebuilt
+                    .binary_search_by_key(&e.file_offset, |r| r.file_offset)
+                    .map(|i| rebuilt[i] != **e)
+                    .unwrap_or(true)
+            });
+            if let Some(e) = bad {
+                report.problems.push(Problem {
+                    corruption: seg.corruption(
+                        e.file_offset,
+                        Some(e.position),
+                        CorruptionKind::IndexMismatch { index_file: idx_path },
+                    ),
+                    torn_tail: false,
+                });
+            }
+        }
+    }
 }

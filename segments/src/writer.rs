@@ -221,8 +221,7 @@ impl LogWriter {
             Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", &lock_path, e).into()),
         }
         let durable = opts.durability != Durability::None;
-        let mut recovery = RecoveryReport::default();
-        recovery.tmp_files_removed = remove_tmp_files(&dir)?;
+        let mut recovery = RecoveryReport { tmp_files_removed: remove_tmp_files(&dir)?, ..Default::default() };
 
         let mut segments = list_segments(&dir)?;
         if segments.is_empty() {
@@ -447,7 +446,15 @@ impl LogWriter {
         }
         let len = self.pending.len() as u64;
         if self.offset + len + BATCH_HEADER_SIZE as u64 > self.capacity {
-            self.roll(len)?;
+            if self.offset == SEGMENT_HEADER_SIZE as u64 {
+                // Nothing is committed in the active segment (a new log, or a successor created by recovery):
+                // replace it with one big enough for this batch. Sealing it instead would name its own base
+                // as the next segment's, and the successor would have to replace it under the same name.
+                let base = self.base;
+                self.open_next_segment(base, len)?;
+            } else {
+                self.roll(len)?;
+            }
         }
         let base = self.committed;
         let word = format::finish_batch_header(&mut self.pending, base, self.pending_count, 0);
@@ -551,6 +558,8 @@ impl LogWriter {
         self.open_next_segment(next, batch_len)
     }
 
+    /// Creates the segment starting at `base`, big enough for a first batch of `batch_len` bytes, and makes
+    /// it the active one. If a segment with that base exists (it holds no batch), it is replaced atomically.
     fn open_next_segment(&mut self, base: Position, batch_len: u64) -> Result<(), AppendError> {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));

@@ -1,3 +1,11 @@
 //! Integration tests of the segment log (one binary, see house style).
 
+mod bad_input;
+mod corruption;
+mod crash;
+mod follow;
+mod fuzz_parsers;
+mod model;
 mod smoke;
+mod torn_tail;
+mod util;
