@@ -493,8 +493,13 @@ impl Cursor {
             }
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
-            // A batch being written right now can look invalid for an instant; `next_batch` decides.
-            Err(_) => Ok(true),
+            // An invalid batch at the tail with nothing valid after it is a torn tail (a writer died
+            // mid-write) or a write still landing: nothing to read yet, so keep waiting (a new writer zeroes
+            // a torn tail and appends there). Anything else is damage: let `next_batch` report it.
+            Err(_) => {
+                let last = self.seg_idx + 1 == self.segments.len();
+                Ok(!(last && seg.find_valid_batch_after(self.offset + 8, self.next_position).is_none()))
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -226,9 +226,11 @@ impl Segment {
     /// Used after an invalid batch to tell a torn tail (nothing valid follows: truncate) from damage in the
     /// middle of the data (valid batches follow: an error, since truncating would drop them).
     pub fn find_valid_batch_after(&self, from: u64, expected: Position) -> Option<u64> {
+        // Nothing valid can start where every byte to the end is zero.
+        let until = self.nonzero_end(from);
         let len = self.map.len() as u64;
         let mut at = from.div_ceil(8) * 8;
-        while at + format::BATCH_HEADER_SIZE as u64 <= len {
+        while at < until && at + format::BATCH_HEADER_SIZE as u64 <= len {
             let word = self.commit_word(at);
             if word != 0
                 && word.is_multiple_of(8)
@@ -247,20 +249,99 @@ impl Segment {
         None
     }
 
-    /// Offset of the last non-zero byte in `[from, end)` plus one, or `from` when all are zero.
+    /// Offset just past the last non-zero byte in `[from, end of file)`, or `from` when all are zero.
+    ///
+    /// Only the file's data regions are read (`SEEK_DATA`/`SEEK_HOLE`): the preallocated, never-written tail
+    /// of a segment is a hole or an unwritten extent, so this costs what was written, not the file's size.
+    /// Where the file system cannot tell, the whole range is scanned.
     pub fn nonzero_end(&self, from: u64) -> u64 {
-        let len = self.map.len();
-        let mut end = from as usize;
-        let mut i = from as usize;
-        while i < len {
-            // SAFETY: `i < len`, in bounds of the mapping; a volatile read forms no reference to bytes
-            // another process may be writing.
-            let b = unsafe { std::ptr::read_volatile(self.map.as_ptr().add(i)) };
-            if b != 0 {
-                end = i + 1;
+        let len = self.map.len() as u64;
+        let mut end = from;
+        for (start, stop) in data_ranges(&self.path, from.min(len), len) {
+            if let Some(e) = self.last_nonzero_in(start, stop) {
+                end = end.max(e);
             }
-            i += 1;
         }
-        end as u64
+        end
+    }
+
+    /// Offset just past the last non-zero byte in `[start, stop)`, scanning backwards a word at a time.
+    fn last_nonzero_in(&self, start: u64, stop: u64) -> Option<u64> {
+        let (start, stop) = (start as usize, stop as usize);
+        let byte = |i: usize| {
+            // SAFETY: callers pass `i < stop <= map.len()`. A volatile read forms no reference to bytes
+            // another process may be writing.
+            unsafe { std::ptr::read_volatile(self.map.as_ptr().add(i)) }
+        };
+        let mut i = stop;
+        // Unaligned tail bytes, then aligned words, then the unaligned head.
+        while i > start && i % 8 != 0 {
+            i -= 1;
+            if byte(i) != 0 {
+                return Some(i as u64 + 1);
+            }
+        }
+        while i >= start + 8 {
+            // SAFETY: `i - 8 >= start` and `i <= stop <= map.len()`, so the word is in bounds; `i` is a
+            // multiple of 8 and the mapping is page-aligned, so the word is aligned. A relaxed atomic load is
+            // sound even if another process writes the word concurrently.
+            let w = unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(i - 8) as *mut u64) }.load(Ordering::Relaxed);
+            if w != 0 {
+                let last = (0..8).rev().find(|k| byte(i - 8 + k) != 0).expect("a non-zero word has a non-zero byte");
+                return Some((i - 8 + last) as u64 + 1);
+            }
+            i -= 8;
+        }
+        while i > start {
+            i -= 1;
+            if byte(i) != 0 {
+                return Some(i as u64 + 1);
+            }
+        }
+        None
+    }
+}
+
+/// The data regions of `path` within `[from, to)`, per `SEEK_DATA`/`SEEK_HOLE`; `[(from, to)]` when the
+/// file system does not support them or the file cannot be opened.
+fn data_ranges(path: &Path, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let whole = vec![(from, to)];
+    if from >= to {
+        return Vec::new();
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(file) = File::open(path) else { return whole };
+        let fd = file.as_raw_fd();
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            // SAFETY: `fd` is open for the duration of the call; lseek touches no memory.
+            let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = std::io::Error::last_os_error().raw_os_error();
+                // ENXIO: no data at or after `at`. Anything else: the file system cannot tell.
+                return if err == Some(libc::ENXIO) { out } else { whole };
+            }
+            let data = data as u64;
+            if data >= to {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return whole;
+            }
+            let hole = (hole as u64).min(to);
+            out.push((data, hole));
+            at = hole.max(data + 1);
+        }
+        out
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        whole
     }
 }

@@ -97,3 +97,33 @@ fn reader_in_another_process_follows_across_rolls() {
     assert!(rest.iter().any(|l| l.starts_with(&format!("DONE {RECORDS} "))), "{rest:?}");
     w.close().unwrap();
 }
+
+/// Regression: a follower at a torn tail (a writer died mid-write) used to have `wait` return true at once,
+/// so a follow loop spun on a core. It must wait, then see what a new writer appends after recovery.
+#[test]
+fn follower_waits_at_a_torn_tail_and_resumes_after_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(1024, Durability::None)).unwrap();
+    append_det(&mut w, 100, 10);
+    w.close().unwrap();
+    // A torn batch after the last one: a commit word whose body never landed.
+    let last = list_batches(dir.path()).into_iter().last().unwrap();
+    let torn_at = last.offset + last.length as u64;
+    write_at(&last.path, torn_at, &[64, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+
+    let reader = LogReader::open(dir.path()).unwrap();
+    let mut c = reader.cursor(Start::Position(Position(100))).unwrap();
+    assert!(c.next_batch().unwrap().is_none(), "a torn tail reads as the end");
+    let t = Instant::now();
+    assert!(!c.wait(Duration::from_millis(150)).unwrap(), "nothing to read at a torn tail");
+    assert!(t.elapsed() >= Duration::from_millis(140), "wait returned early: {:?}", t.elapsed());
+
+    let mut w = LogWriter::open(dir.path(), small_opts(1024, Durability::None)).unwrap();
+    assert_eq!(w.recovery().torn_at.as_ref().map(|(_, off)| *off), Some(torn_at));
+    w.append(&det_key(100), &det_payload(100), det_ts(100)).unwrap();
+    w.commit().unwrap();
+    assert!(c.wait(Duration::from_secs(5)).unwrap());
+    let b = c.next_batch().unwrap().unwrap();
+    let recs: Vec<_> = b.records().map(|(_, r)| r.position).collect();
+    assert_eq!(recs, vec![Position(100)]);
+}
