@@ -603,24 +603,44 @@ fn reader_loop(
                         local.len() - 1
                     }
                 };
-                for (offset, rec) in batch.records() {
-                    if rec.position.0 >= stop_at {
-                        break 'outer;
-                    }
-                    newest_ts = newest_ts.max(rec.timestamp_ns);
-                    buf.push(Slot {
-                        seg_idx: seg_idx as u32,
-                        offset,
-                        position: rec.position.0,
-                        key_hash: rec.key_hash,
-                        published_ns: 0,
-                    });
-                    if buf.len() == cfg.publish_batch {
-                        if !publish(shared, &mut producer, &mut buf, &mut backoff) {
+                // Records this batch hands out, up to `stop_at`.
+                let first = batch.first_position.0;
+                let end_here = batch.header.end_position().0.min(stop_at).max(first);
+                let mut heads = batch.heads();
+                let mut left = (end_here - first) as usize;
+                if buf.is_empty() && left >= DIRECT_PUBLISH_MIN {
+                    // Big batch: write slots straight into the ring, no intermediate copy.
+                    while left > 0 {
+                        let n = left.min(cfg.publish_batch);
+                        let Some(ts) =
+                            publish_direct(shared, &mut producer, &mut heads, n, seg_idx as u32, &mut backoff)
+                        else {
                             break 'outer;
-                        }
+                        };
+                        newest_ts = newest_ts.max(ts);
                         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                        left -= n;
                     }
+                } else {
+                    for rec in heads.take(left) {
+                        newest_ts = newest_ts.max(rec.timestamp_ns);
+                        buf.push(Slot {
+                            seg_idx: seg_idx as u32,
+                            offset: rec.offset,
+                            position: rec.position.0,
+                            key_hash: rec.key_hash,
+                            published_ns: 0,
+                        });
+                        if buf.len() == cfg.publish_batch {
+                            if !publish(shared, &mut producer, &mut buf, &mut backoff) {
+                                break 'outer;
+                            }
+                            shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if end_here >= stop_at {
+                    break 'outer;
                 }
                 let end = batch.header.end_position().0;
                 shared.end.fetch_max(end.min(stop_at), Ordering::Relaxed);
@@ -663,6 +683,46 @@ fn reader_loop(
     }
     // Dropping the producer tells the pollers to shut down once they have taken everything published.
     drop(producer);
+}
+
+/// Log batches with at least this many records are published straight into the ring.
+const DIRECT_PUBLISH_MIN: usize = 32;
+
+/// Publishes the next `n` records of `heads` straight into ring slots, waiting (with back-off) while the
+/// ring is full. Returns the largest timestamp published, or `None` if the engine aborted meanwhile.
+fn publish_direct(
+    shared: &EngineShared,
+    producer: &mut impl Producer<Slot>,
+    heads: &mut catchup_segments::RecordHeads<'_>,
+    n: usize,
+    seg_idx: u32,
+    backoff: &mut Backoff,
+) -> Option<u64> {
+    let now = shared.started.elapsed().as_nanos() as u64;
+    let mut newest = 0u64;
+    loop {
+        // The closure only runs once `n` slots are free, so `heads` advances exactly once per record.
+        let r = producer.try_batch_publish(n, |iter| {
+            for slot in iter {
+                let h = heads.next().expect("the batch holds the records counted");
+                newest = newest.max(h.timestamp_ns);
+                *slot =
+                    Slot { seg_idx, offset: h.offset, position: h.position.0, key_hash: h.key_hash, published_ns: now };
+            }
+        });
+        match r {
+            Ok(_) => {
+                backoff.reset();
+                return Some(newest);
+            }
+            Err(_) => {
+                if shared.aborted() {
+                    return None;
+                }
+                backoff.snooze();
+            }
+        }
+    }
 }
 
 /// Publishes `buf` into the ring, waiting (with back-off, never a bare spin) while it is full. Returns
@@ -745,7 +805,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let mut last_publish = Instant::now();
         let mut last_snap_pos = self.passed;
         let mut last_snap_time = Instant::now();
-        let mut sample_tick = 0u64;
+        // Counts down to the next sampled event (a division per event would cost more than a no-op handler).
+        let mut sample_countdown = sample_every;
         let mut failed = false;
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
@@ -809,8 +870,11 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     continue;
                 }
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-                sample_tick += 1;
-                let sampled = sample_tick.is_multiple_of(sample_every);
+                sample_countdown -= 1;
+                let sampled = sample_countdown == 0;
+                if sampled {
+                    sample_countdown = sample_every;
+                }
                 let t0 = sampled.then(Instant::now);
                 let outcome = self.handle_with_policy(&event, &ctx);
                 if let Some(t0) = t0 {

@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use error::{AppendError, Corruption, CorruptionKind, IoError, OpenError, ReadError};
 pub use format::{RecordRef, key_hash};
-pub use reader::{Batch, Cursor, LogReader, OwnedRecord, Start};
+pub use reader::{Batch, Cursor, LogReader, OwnedRecord, RecordHead, RecordHeads, Start};
 pub use segment::Segment;
 pub use verify::{Problem, VerifyReport, verify};
 pub use writer::{Durability, LogWriter, RecoveryReport, WriterOptions};

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::Position;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
-use crate::format::{BatchHeader, RecordIter, RecordRef, SEGMENT_HEADER_SIZE};
+use crate::format::{
+    BATCH_HEADER_SIZE, BatchHeader, REC_KEY_HASH_OFFSET, REC_KEY_LEN_OFFSET, REC_PAYLOAD_LEN_OFFSET,
+    REC_POSITION_OFFSET, REC_TIMESTAMP_OFFSET, RECORD_HEADER_SIZE, RecordIter, RecordRef, SEGMENT_HEADER_SIZE,
+    record_size,
+};
 use crate::index::SparseIndex;
 use crate::segment::{Segment, index_file_name, list_segments};
 
@@ -181,6 +185,13 @@ impl<'a> Batch<'a> {
         .filter(move |(_, r)| r.position >= first)
     }
 
+    /// The headers of the records at or after `first_position`, without building key and payload slices:
+    /// what a dispatcher needs to route a record and find it again ([`Segment::record_at`]).
+    #[inline]
+    pub fn heads(&self) -> RecordHeads<'a> {
+        RecordHeads { bytes: self.bytes, at: BATCH_HEADER_SIZE, base_offset: self.offset, first: self.first_position }
+    }
+
     /// Number of records handed out from this batch.
     pub fn len(&self) -> u64 {
         self.header.end_position().0 - self.first_position.0
@@ -189,6 +200,55 @@ impl<'a> Batch<'a> {
     /// True if no record of this batch is handed out.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A record's header fields and where it is, from [`Batch::heads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHead {
+    /// Byte offset of the record in its segment.
+    pub offset: u64,
+    /// Global position.
+    pub position: Position,
+    /// Event time, ns since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// xxh3-64 of the key, seed 0.
+    pub key_hash: u64,
+}
+
+/// Iterator over the record headers of a validated batch.
+#[derive(Debug, Clone)]
+pub struct RecordHeads<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    base_offset: u64,
+    first: Position,
+}
+
+impl Iterator for RecordHeads<'_> {
+    type Item = RecordHead;
+
+    #[inline]
+    fn next(&mut self) -> Option<RecordHead> {
+        loop {
+            // The batch passed `check_batch`, so every header is in bounds; `get` keeps that a checked claim.
+            let h: &[u8; RECORD_HEADER_SIZE] =
+                self.bytes.get(self.at..self.at + RECORD_HEADER_SIZE)?.try_into().ok()?;
+            let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+            let payload_len =
+                u32::from_le_bytes(h[REC_PAYLOAD_LEN_OFFSET..REC_PAYLOAD_LEN_OFFSET + 4].try_into().expect("4 bytes"));
+            let key_len = u16::from_le_bytes([h[REC_KEY_LEN_OFFSET], h[REC_KEY_LEN_OFFSET + 1]]);
+            let head = RecordHead {
+                offset: self.base_offset + self.at as u64,
+                position: Position(word(REC_POSITION_OFFSET)),
+                timestamp_ns: word(REC_TIMESTAMP_OFFSET),
+                key_hash: word(REC_KEY_HASH_OFFSET),
+            };
+            self.at += record_size(key_len as usize, payload_len as usize);
+            if head.position >= self.first {
+                return Some(head);
+            }
+        }
     }
 }
 
