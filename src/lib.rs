@@ -16,3 +16,8 @@ pub use catchup_engine::{
     Projection, ReplayError, RunSummary, Running, ShardHandler, ShardId, WaitStrategy, shard_of,
 };
 pub use catchup_segments::{Durability, LogReader, LogWriter, Position, RecordRef, Start, WriterOptions, verify};
+
+/// The README's code blocks, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
