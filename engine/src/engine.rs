@@ -69,11 +69,12 @@ pub struct CheckpointConfig {
 pub struct EngineConfig {
     /// Number of shards (threads running handlers), 1..=`SHARDS_MAX`.
     pub n_shards: usize,
-    /// Ring slots, a power of two (default 65536).
+    /// Ring slots, a power of two (default 16384: 640 KiB of 40-byte slots, which stay in L2; a bigger ring
+    /// measured slower, see BENCHMARKS.md).
     pub ring_size: usize,
     /// Events per reader publish (default 256).
     pub publish_batch: usize,
-    /// Most events a shard takes from the ring at once (default 4096).
+    /// Most events a shard takes from the ring at once (default 65536, i.e. whatever is available).
     pub consume_batch_max: u64,
     /// How idle threads wait.
     pub wait: WaitStrategy,
@@ -99,9 +100,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             n_shards: 1,
-            ring_size: 1 << 16,
+            ring_size: 1 << 14,
             publish_batch: 256,
-            consume_batch_max: 4096,
+            consume_batch_max: 1 << 16,
             wait: WaitStrategy::default(),
             start: Start::Beginning,
             stop_at: None,
@@ -441,6 +442,7 @@ impl Engine {
                         per_key_restored,
                         segments: Vec::new(),
                         snapshot_failed: false,
+                        sample_countdown: cfg.latency_sample_every as u64,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
                     if let Err(p) = run {
@@ -775,6 +777,28 @@ struct ShardLoop<'a, H> {
     /// The handler failed to produce a snapshot: no later snapshot may be written (it could claim events
     /// whose side effects failed).
     snapshot_failed: bool,
+    /// Counts down to the next event whose latencies are sampled (a division per event would cost more
+    /// than a no-op handler).
+    sample_countdown: u64,
+}
+
+/// Per-ring-batch counts.
+#[derive(Debug, Default)]
+struct Tally {
+    taken: u64,
+    handled: u64,
+    covered: u64,
+    last_ts: Option<u64>,
+}
+
+/// How the fast path of a ring batch ended.
+enum Step {
+    /// Every event of the batch was handled.
+    Done,
+    /// This event's handler returned an error (the policy decides what happens next).
+    Failed(Slot, String),
+    /// The engine is broken (a bug); the failure is recorded.
+    Broken,
 }
 
 enum Outcome {
@@ -805,8 +829,6 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let mut last_publish = Instant::now();
         let mut last_snap_pos = self.passed;
         let mut last_snap_time = Instant::now();
-        // Counts down to the next sampled event (a division per event would cost more than a no-op handler).
-        let mut sample_countdown = sample_every;
         let mut failed = false;
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
@@ -830,28 +852,26 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 Err(Polling::Shutdown) => break,
             };
             backoff.reset();
-            let mut taken = 0u64;
-            let mut handled = 0u64;
-            let mut covered = 0u64;
-            let mut last_ts = None;
-            for slot in &mut guard {
-                taken += 1;
+            let mut tally = Tally::default();
+            let mut events = &mut guard;
+            // The hot loop runs under one `catch_unwind` per ring batch (not per event), so the handler call
+            // inlines. When an event fails (an error or a panic), the policy is applied to that one event here
+            // and the loop resumes after it: the iterator has already moved past it.
+            loop {
+                let mut current = Slot::default();
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current, sample_every)
+                }));
+                let (slot, first_error) = match step {
+                    Ok(Step::Done) => break,
+                    Ok(Step::Broken) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(Step::Failed(slot, e)) => (slot, e),
+                    Err(p) => (current, panic_message(&*p)),
+                };
                 let pos = Position(slot.position);
-                let own = shard_of(slot.key_hash, n) == self.shard;
-                if pos < self.start {
-                    // Below this shard's snapshot (re-read for a shard that starts lower): already in its
-                    // state, so its position stays at the snapshot's rather than going back.
-                    covered += own as u64;
-                    continue;
-                }
-                if !own {
-                    self.passed = Position(pos.0 + 1);
-                    continue;
-                }
-                if slot.seg_idx as usize >= segments.len() {
-                    // The reader registered the segment before publishing this slot (see `segments`).
-                    segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
-                }
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
                     self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
                     failed = true;
@@ -864,28 +884,9 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     key: rec.key,
                     payload: rec.payload,
                 };
-                if self.per_key_restored && self.handler.covered(&event) {
-                    covered += 1;
-                    self.passed = Position(pos.0 + 1);
-                    continue;
-                }
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-                sample_countdown -= 1;
-                let sampled = sample_countdown == 0;
-                if sampled {
-                    sample_countdown = sample_every;
-                }
-                let t0 = sampled.then(Instant::now);
-                let outcome = self.handle_with_policy(&event, &ctx);
-                if let Some(t0) = t0 {
-                    let now = Instant::now();
-                    local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
-                    let since_start = (t0 - self.shared.started).as_nanos() as u64;
-                    local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
-                    local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
-                }
-                match outcome {
-                    Outcome::Done => handled += 1,
+                match self.after_failure(&event, &ctx, first_error) {
+                    Outcome::Done => tally.handled += 1,
                     Outcome::Skipped(why) => {
                         bump(&c.dead_lettered, 1);
                         let line = dead_letter_line(self.shard, &event, &why);
@@ -900,9 +901,10 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                         break;
                     }
                 }
-                last_ts = Some(event.timestamp_ns);
+                tally.last_ts = Some(event.timestamp_ns);
                 self.passed = Position(pos.0 + 1);
             }
+            let Tally { taken, handled, covered, last_ts } = tally;
             drop(guard);
             if !failed && let Err(e) = self.handler.end_of_batch(self.shard) {
                 // The batch's events were handled; the failure is in flushing them.
@@ -981,6 +983,78 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let _ = self.io.send(IoJob::Snapshot { meta, state });
     }
 
+    /// Handles the events of one ring batch until it ends or an event fails. Everything an event changes
+    /// (`passed`, the tally) is updated before the next one starts, so a panic leaves them consistent.
+    #[inline]
+    fn fast_path<'g>(
+        &mut self,
+        events: &mut impl Iterator<Item = &'g Slot>,
+        segments: &mut Vec<Arc<Segment>>,
+        tally: &mut Tally,
+        local: &mut Latencies,
+        current: &mut Slot,
+        sample_every: u64,
+    ) -> Step {
+        let n = self.shared.n_shards;
+        for slot in events {
+            tally.taken += 1;
+            let pos = Position(slot.position);
+            let own = shard_of(slot.key_hash, n) == self.shard;
+            if pos < self.start {
+                // Below this shard's snapshot (re-read for a shard that starts lower): already in its
+                // state, so its position stays at the snapshot's rather than going back.
+                tally.covered += own as u64;
+                continue;
+            }
+            if !own {
+                self.passed = Position(pos.0 + 1);
+                continue;
+            }
+            if slot.seg_idx as usize >= segments.len() {
+                // The reader registered the segment before publishing this slot (see `segments`).
+                *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+            }
+            let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                return Step::Broken;
+            };
+            let event = Event {
+                position: pos,
+                timestamp_ns: rec.timestamp_ns,
+                key_hash: rec.key_hash,
+                key: rec.key,
+                payload: rec.payload,
+            };
+            if self.per_key_restored && self.handler.covered(&event) {
+                tally.covered += 1;
+                self.passed = Position(pos.0 + 1);
+                continue;
+            }
+            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+            *current = *slot;
+            self.sample_countdown -= 1;
+            if self.sample_countdown == 0 {
+                self.sample_countdown = sample_every;
+                let t0 = Instant::now();
+                let r = self.handler.handle(&event, &ctx);
+                let now = Instant::now();
+                local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
+                let since_start = (t0 - self.shared.started).as_nanos() as u64;
+                local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
+                local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
+                if let Err(HandlerError(e)) = r {
+                    return Step::Failed(*slot, e);
+                }
+            } else if let Err(HandlerError(e)) = self.handler.handle(&event, &ctx) {
+                return Step::Failed(*slot, e);
+            }
+            tally.handled += 1;
+            tally.last_ts = Some(event.timestamp_ns);
+            self.passed = Position(pos.0 + 1);
+        }
+        Step::Done
+    }
+
     fn call(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), String> {
         let handler = &mut self.handler;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(event, ctx))) {
@@ -990,11 +1064,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         }
     }
 
-    fn handle_with_policy(&mut self, event: &Event<'_>, ctx: &Ctx) -> Outcome {
-        let first = match self.call(event, ctx) {
-            Ok(()) => return Outcome::Done,
-            Err(e) => e,
-        };
+    /// Applies the error policy to an event whose first attempt failed with `first`.
+    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
         match self.cfg.on_error {
             ErrorPolicy::Stop => Outcome::Fatal(first),
             ErrorPolicy::Skip => Outcome::Skipped(first),

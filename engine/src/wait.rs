@@ -7,7 +7,7 @@
 //! cost a fraction of a percent of a core, and threads that outnumber cores yield instead of starving the
 //! ones doing work.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a thread with nothing to do waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub enum WaitStrategy {
     BusySpin,
     /// Spin, then `yield_now`. Low latency; burns CPU while idle.
     Yield,
-    /// Spin, yield, then sleep with exponential back-off up to `sleep_max`. The default.
+    /// Spin, yield for up to 2 ms, then sleep with exponential back-off up to `sleep_max`. The default.
     Backoff {
         /// Longest sleep between looks (bounds wake-up latency when idle).
         sleep_max: Duration,
@@ -30,8 +30,12 @@ impl Default for WaitStrategy {
 }
 
 const SPINS: u32 = 64;
-const YIELDS: u32 = 16;
-const SLEEP_MIN: Duration = Duration::from_micros(10);
+/// How long a waiting thread keeps yielding before it starts to sleep. A full or empty ring during a
+/// backlog replay is usually a matter of microseconds (the other side is working); sleeping at once would
+/// idle both sides, since a sleep lasts far longer than the wait. Yielding still hands the core to any
+/// runnable thread, so shards that outnumber cores are not starved.
+const YIELD_FOR: Duration = Duration::from_millis(2);
+const SLEEP_MIN: Duration = Duration::from_micros(50);
 
 /// One waiting episode; call [`Backoff::snooze`] each time there is still nothing to do and
 /// [`Backoff::reset`] once there was.
@@ -40,12 +44,15 @@ pub struct Backoff {
     strategy: WaitStrategy,
     step: u32,
     sleep: Duration,
+    /// When this episode started yielding.
+    yielding_since: Option<Instant>,
+    sleeping: bool,
 }
 
 impl Backoff {
     /// A fresh episode.
     pub fn new(strategy: WaitStrategy) -> Self {
-        Backoff { strategy, step: 0, sleep: SLEEP_MIN }
+        Backoff { strategy, step: 0, sleep: SLEEP_MIN, yielding_since: None, sleeping: false }
     }
 
     /// Work was found: the next wait starts from spinning again.
@@ -53,6 +60,8 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.step = 0;
         self.sleep = SLEEP_MIN;
+        self.yielding_since = None;
+        self.sleeping = false;
     }
 
     /// Waits a little, longer each call.
@@ -71,7 +80,12 @@ impl Backoff {
             WaitStrategy::Backoff { sleep_max } => {
                 if self.step < SPINS {
                     std::hint::spin_loop();
-                } else if self.step < SPINS + YIELDS {
+                } else if !self.sleeping {
+                    let since = *self.yielding_since.get_or_insert_with(Instant::now);
+                    // Reading the clock every 16th yield keeps its cost out of the way.
+                    if self.step % 16 == 0 && since.elapsed() >= YIELD_FOR {
+                        self.sleeping = true;
+                    }
                     std::thread::yield_now();
                 } else {
                     std::thread::sleep(self.sleep);
@@ -83,6 +97,6 @@ impl Backoff {
 
     /// True once this episode has started sleeping (the thread is idle, not just briefly starved).
     pub fn is_sleeping(&self) -> bool {
-        matches!(self.strategy, WaitStrategy::Backoff { .. }) && self.step >= SPINS + YIELDS
+        self.sleeping
     }
 }

@@ -143,7 +143,8 @@ pub struct Sample {
     pub events: u64,
     /// Wall time.
     pub elapsed: Duration,
-    /// Peak anonymous resident memory during the run, bytes (mapped log pages excluded).
+    /// Rise of anonymous resident memory during the run above its start, bytes (mapped log pages
+    /// excluded).
     pub peak_anon_bytes: u64,
 }
 
@@ -156,10 +157,13 @@ fn rss_anon_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Samples anonymous RSS every 2 ms while `f` runs and returns the peak.
+/// Samples anonymous RSS every 2 ms while `f` runs and returns how far the peak rose above the RSS at the
+/// start (memory the allocator kept from earlier variants is reused, so this is what `f` itself needed
+/// beyond it; the max over repetitions catches the first run, before anything was kept).
 fn with_peak_rss<R>(f: impl FnOnce() -> R) -> (R, u64) {
     let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(rss_anon_bytes()));
+    let base = rss_anon_bytes();
+    let peak = Arc::new(AtomicU64::new(base));
     let sampler = {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
@@ -173,7 +177,7 @@ fn with_peak_rss<R>(f: impl FnOnce() -> R) -> (R, u64) {
     peak.fetch_max(rss_anon_bytes(), Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    (r, peak.load(Ordering::Relaxed))
+    (r, peak.load(Ordering::Relaxed).saturating_sub(base))
 }
 
 /// Runs one variant over the log; returns the sample and its per-key results (`None` for `limit-scan`).

@@ -450,8 +450,8 @@ machine drift hits every variant alike:
   catchup xN   the engine with N shards
 The handler burns --handler-ns of CPU per event, reads the payload and folds an
 order-sensitive per-key checksum; every variant's result must equal
-sequential's or the run fails. Peak anon = peak anonymous RSS (mapped log pages
-excluded).
+sequential's or the run fails. Peak anon = how far anonymous RSS rose during
+the variant (mapped log pages excluded).
 
 Examples:
   catchup bench
