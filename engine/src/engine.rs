@@ -997,6 +997,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     ) -> Step {
         let n = self.shared.n_shards;
         for slot in events {
+            // First, so a panic anywhere below (even in `covered`) is charged to this event.
+            *current = *slot;
             tally.taken += 1;
             let pos = Position(slot.position);
             let own = shard_of(slot.key_hash, n) == self.shard;
@@ -1031,7 +1033,6 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 continue;
             }
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-            *current = *slot;
             self.sample_countdown -= 1;
             if self.sample_countdown == 0 {
                 self.sample_countdown = sample_every;

@@ -80,6 +80,10 @@ struct Shared {
     durable: AtomicU64,
     flush: Mutex<FlushTarget>,
     wake: Condvar,
+    /// Held across every fsync and the bookkeeping after it. Linux reports a failed fsync once per open
+    /// file; with two threads syncing one file, the one that did not see the error must not go on to
+    /// acknowledge: it takes this lock, then finds the poison the other one set.
+    sync_lock: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -99,6 +103,21 @@ impl Shared {
         }
         // Release pairs with the Acquire in `check_poison`, so whoever sees the flag sees the message.
         self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// fsyncs `file` and, if that worked and nothing is poisoned, marks everything below `upto` durable.
+    fn fsync_upto(&self, file: &File, path: &Path, upto: u64) -> Result<(), AppendError> {
+        let _serial = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_poison()?;
+        if let Err(e) = file.sync_data() {
+            let io = IoError::new("fsync", path, e);
+            self.set_poison(io.to_string());
+            return Err(AppendError::Io(io));
+        }
+        // Release pairs with the Acquire in `durable_position`: whoever sees the new position also sees
+        // that the fsync before it succeeded.
+        self.durable.fetch_max(upto, Ordering::Release);
+        Ok(())
     }
 
     fn check_poison(&self) -> Result<(), AppendError> {
@@ -134,6 +153,12 @@ pub struct LogWriter {
     shared: Arc<Shared>,
     flusher: Option<std::thread::JoinHandle<()>>,
     recovery: RecoveryReport,
+    /// Sealed segments not fsynced yet (`Durability::None` only); `sync` syncs them.
+    unsynced: Vec<(PathBuf, Arc<File>)>,
+    /// A segment was created without syncing the directory (`Durability::None` only).
+    dir_unsynced: bool,
+    /// `finish` ran (from `close`); `Drop` does nothing more.
+    finished: bool,
 }
 
 fn now_ns() -> u64 {
@@ -323,6 +348,7 @@ impl LogWriter {
             durable: AtomicU64::new(0),
             flush: Mutex::new(FlushTarget { file: file.clone(), path: path.clone(), committed: 0, stop: false }),
             wake: Condvar::new(),
+            sync_lock: Mutex::new(()),
         });
         let mut w = LogWriter {
             dir,
@@ -342,6 +368,9 @@ impl LogWriter {
             shared,
             flusher: None,
             recovery,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+            finished: false,
         };
         w.index = rebuild_builder(&index, base);
         w.pending.resize(BATCH_HEADER_SIZE, 0);
@@ -355,7 +384,14 @@ impl LogWriter {
             })?;
             w.recovery.created_missing_successor = true;
         }
-        // What recovery kept was on disk already (recovery fsyncs what it changes); treat it as durable.
+        // What recovery kept may still be only in the page cache (a crashed writer with `None` or `Interval`):
+        // make it durable before calling it so. fsync of a clean file costs next to nothing.
+        for (_, seg_path) in list_segments(&w.dir)? {
+            let f = File::open(&seg_path).map_err(|e| IoError::new("open", &seg_path, e))?;
+            f.sync_data().map_err(|e| IoError::new("fsync", &seg_path, e))?;
+        }
+        sync_dir(&w.dir)?;
+        // Release pairs with the Acquire in `durable_position`.
         w.shared.durable.store(w.committed.0, Ordering::Release);
         w.shared.flush.lock().unwrap_or_else(|e| e.into_inner()).committed = w.committed.0;
         if let Durability::Interval(every) = w.opts.durability {
@@ -480,6 +516,19 @@ impl LogWriter {
     /// Commits, then returns once everything appended before the call is durable.
     pub fn sync(&mut self) -> Result<Position, AppendError> {
         self.commit()?;
+        // Segments sealed and created without syncing (`Durability::None`) first: the position only moves
+        // once every file and directory entry below it is durable.
+        while let Some((path, file)) = self.unsynced.pop() {
+            if let Err(e) = file.sync_data() {
+                return Err(self.poison(IoError::new("fsync", &path, e)));
+            }
+        }
+        if self.dir_unsynced {
+            if let Err(e) = sync_dir(&self.dir) {
+                return Err(self.poison(e));
+            }
+            self.dir_unsynced = false;
+        }
         self.fsync_current()?;
         Ok(self.committed)
     }
@@ -490,15 +539,21 @@ impl LogWriter {
     }
 
     fn finish(&mut self) -> Result<(), AppendError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
         self.stop_flusher();
         self.shared.check_poison()?;
         self.commit()?;
         if self.opts.durability != Durability::None {
-            self.fsync_current()?;
+            self.sync()?;
+            // The index is a cache; failing to write it loses nothing. Written only after the data it
+            // describes is durable: an index that outlived its data (a power loss with nothing synced)
+            // would point at zeros and stop seeks until a writer reopened the log.
+            let idx = self.dir.join(index_file_name(self.base));
+            let _ = self.index.index().save(&idx, self.base, false);
         }
-        let idx = self.dir.join(index_file_name(self.base));
-        // The index is a cache; failing to write it loses nothing.
-        let _ = self.index.index().save(&idx, self.base, false);
         Ok(())
     }
 
@@ -529,11 +584,7 @@ impl LogWriter {
     }
 
     fn fsync_current(&mut self) -> Result<(), AppendError> {
-        if let Err(e) = self.file.sync_data() {
-            return Err(self.poison(IoError::new("fsync", &self.path, e)));
-        }
-        self.shared.durable.fetch_max(self.committed.0, Ordering::AcqRel);
-        Ok(())
+        self.shared.fsync_upto(&self.file, &self.path, self.committed.0)
     }
 
     /// Seals the active segment and starts the next one, big enough for a batch of `batch_len` bytes.
@@ -541,8 +592,8 @@ impl LogWriter {
         let mut seal = [0u8; BATCH_HEADER_SIZE];
         let word = format::finish_batch_header(&mut seal, self.committed, 0, BATCH_FLAG_SEALED);
         seal[..4].copy_from_slice(&word.to_le_bytes());
-        // The seal's body and word go in one write: it holds no records, and a torn seal is simply redone
-        // by recovery (the segment then looks unsealed and stays active).
+        // Body, then word, as for every batch. A torn seal is simply redone by recovery (the segment then
+        // looks unsealed and stays active).
         if let Err(e) = self.file.write_all_at(&seal[4..], self.offset + 4) {
             return Err(self.poison(IoError::new("write", &self.path, e)));
         }
@@ -551,6 +602,8 @@ impl LogWriter {
         }
         if self.opts.durability != Durability::None {
             self.fsync_current()?;
+        } else {
+            self.unsynced.push((self.path.clone(), self.file.clone()));
         }
         let idx = self.dir.join(index_file_name(self.base));
         let _ = self.index.index().save(&idx, self.base, false);
@@ -568,6 +621,7 @@ impl LogWriter {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),
         };
+        self.dir_unsynced |= !durable;
         self.file = Arc::new(file);
         self.path = path;
         self.base = base;
@@ -600,14 +654,10 @@ fn group_commit_loop(shared: &Shared, every: Duration) {
         }
         let (file, path, committed) = (t.file.clone(), t.path.clone(), t.committed);
         drop(t);
-        if committed > shared.durable.load(Ordering::Acquire) && !shared.poisoned.load(Ordering::Acquire) {
-            match file.sync_data() {
-                // Release pairs with the Acquire in `durable_position`.
-                Ok(()) => {
-                    shared.durable.fetch_max(committed, Ordering::AcqRel);
-                }
-                Err(e) => shared.set_poison(IoError::new("fsync", &path, e).to_string()),
-            }
+        // Relaxed: only a hint to skip an fsync with nothing new; `fsync_upto` is what orders.
+        if committed > shared.durable.load(Ordering::Relaxed) {
+            // A failure poisons the writer; the next append or commit reports it.
+            let _ = shared.fsync_upto(&file, &path, committed);
         }
         t = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
         if t.stop {
