@@ -83,7 +83,7 @@ impl Backoff {
                 } else if !self.sleeping {
                     let since = *self.yielding_since.get_or_insert_with(Instant::now);
                     // Reading the clock every 16th yield keeps its cost out of the way.
-                    if self.step % 16 == 0 && since.elapsed() >= YIELD_FOR {
+                    if self.step.is_multiple_of(16) && since.elapsed() >= YIELD_FOR {
                         self.sleeping = true;
                     }
                     std::thread::yield_now();
