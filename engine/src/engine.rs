@@ -592,6 +592,7 @@ fn reader_loop(
     let mut local: Vec<Arc<Segment>> = Vec::new();
     let mut newest_ts = 0u64;
     'outer: loop {
+        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
         if shared.stop.load(Ordering::Acquire) || shared.aborted() {
             break;
         }
@@ -652,12 +653,14 @@ fn reader_loop(
                     break;
                 }
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
                 shared.reader_at_end.store(true, Ordering::Release);
                 if !cfg.follow || cursor.position().0 >= stop_at {
                     break;
                 }
                 // Follow: wait for appends without burning a core.
                 loop {
+                    // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
                     if shared.stop.load(Ordering::Acquire) || shared.aborted() {
                         break 'outer;
                     }
@@ -670,6 +673,7 @@ fn reader_loop(
                         }
                     }
                 }
+                // Release pairs with the Acquire in `progress`.
                 shared.reader_at_end.store(false, Ordering::Release);
             }
             Err(e) => {
@@ -681,6 +685,7 @@ fn reader_loop(
     if !shared.aborted() {
         publish(shared, &mut producer, &mut buf, &mut backoff);
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
         shared.reader_at_end.store(true, Ordering::Release);
     }
     // Dropping the producer tells the pollers to shut down once they have taken everything published.
@@ -930,6 +935,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
         }
         metrics.publish(&mut local);
+        // Release pairs with the Acquire in `progress` and `summaries`.
         self.shared.passed[idx].store(self.passed.0, Ordering::Release);
         // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
         // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not
@@ -1275,6 +1281,7 @@ fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
                 retries: c.retries.load(Ordering::Relaxed),
                 batches: c.batches.load(Ordering::Relaxed),
                 batch_max: c.batch_max.load(Ordering::Relaxed),
+                // Acquire pairs with the shard's Release store of `passed` after each batch.
                 passed: Position(p.load(Ordering::Acquire)),
             }
         })
@@ -1284,6 +1291,7 @@ fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
 impl<H> Drop for Running<H> {
     fn drop(&mut self) {
         // A handle dropped without `wait` stops the threads rather than leaking them.
+        // Relaxed would do (nothing is published through `stop`); Release keeps the pairing uniform with `stop()`.
         self.shared.stop.store(true, Ordering::Release);
         if let Some(r) = self.reader.take() {
             let _ = r.join();

@@ -96,7 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if crc32c::crc32c(&bytes[..56]) != u32_at(bytes, 56) {
         return Err("header checksum mismatch".into());
     }
-    if bytes[60..64] != [0; 4] {
+    if bytes[11] != 0 || bytes[60..64] != [0; 4] {
         return Err("non-zero reserved bytes".into());
     }
     let version = u16_at(bytes, 8);

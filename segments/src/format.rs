@@ -79,11 +79,14 @@ pub const BATCH_SIZE_MAX: usize = 4 << 20;
 pub const BATCH_RECORDS_MAX: usize = BATCH_SIZE_MAX / RECORD_HEADER_SIZE;
 /// Smallest segment the writer creates.
 pub const SEGMENT_SIZE_MIN: u64 = 64 << 10;
+/// Largest segment the writer creates (the sparse index holds an entry per `INDEX_INTERVAL_BYTES` of it).
+pub const SEGMENT_SIZE_MAX: u64 = 64 << 30;
 /// Default segment size: big enough that rolls are rare, small enough to preallocate cheaply.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 256 << 20;
 /// The sparse index gets an entry per this many bytes of batches (at batch starts).
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 
+const _: () = assert!(SEGMENT_SIZE_DEFAULT >= SEGMENT_SIZE_MIN && SEGMENT_SIZE_DEFAULT <= SEGMENT_SIZE_MAX);
 const _: () = assert!(SEGMENT_HEADER_SIZE == 64);
 const _: () = assert!(BATCH_HEADER_SIZE == 24);
 const _: () = assert!(RECORD_HEADER_SIZE == 32);

@@ -20,7 +20,7 @@ pub const INDEX_HEADER_SIZE: usize = 32;
 pub const INDEX_ENTRY_SIZE: usize = 24;
 /// Most entries an index may hold (bounds allocation when loading untrusted files): one per
 /// `INDEX_INTERVAL_BYTES` of a segment of up to 64 GiB.
-pub const INDEX_ENTRIES_MAX: usize = (64 << 30) / INDEX_INTERVAL_BYTES as usize;
+pub const INDEX_ENTRIES_MAX: usize = (format::SEGMENT_SIZE_MAX / INDEX_INTERVAL_BYTES) as usize;
 
 /// One index entry: a batch start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

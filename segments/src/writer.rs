@@ -214,10 +214,11 @@ impl LogWriter {
     /// incomplete files, checks the chain of segments and recovers a torn tail in the last one.
     pub fn open(dir: impl AsRef<Path>, opts: WriterOptions) -> Result<LogWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
-        if opts.segment_size_bytes < SEGMENT_SIZE_MIN {
+        if !(SEGMENT_SIZE_MIN..=format::SEGMENT_SIZE_MAX).contains(&opts.segment_size_bytes) {
             return Err(OpenError::InvalidOption(format!(
-                "segment size {} is below the minimum {SEGMENT_SIZE_MIN}",
-                opts.segment_size_bytes
+                "segment size {} must be in {SEGMENT_SIZE_MIN}..={}",
+                opts.segment_size_bytes,
+                format::SEGMENT_SIZE_MAX
             )));
         }
         if opts.batch_size_bytes == 0 || opts.batch_size_bytes > BATCH_SIZE_MAX {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use catchup_segments::format::{RECORD_SIZE_MAX, SEGMENT_SIZE_MIN, record_size};
+use catchup_segments::format::{RECORD_SIZE_MAX, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN, record_size};
 use catchup_tools::synth::{self, SynthSpec};
 
 use crate::progress::{CountBar, Ui};
@@ -56,8 +56,8 @@ impl Config {
         if a.payload_bytes > PAYLOAD_BYTES_MAX {
             usage!("--payload-bytes {} is above the limit of {PAYLOAD_BYTES_MAX}", a.payload_bytes);
         }
-        if a.segment_bytes < SEGMENT_SIZE_MIN {
-            usage!("--segment-bytes {} is below the minimum of {SEGMENT_SIZE_MIN}", a.segment_bytes);
+        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&a.segment_bytes) {
+            usage!("--segment-bytes {} must be in {SEGMENT_SIZE_MIN}..={SEGMENT_SIZE_MAX}", a.segment_bytes);
         }
         Ok(Config {
             out: a.out,

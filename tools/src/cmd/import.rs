@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use catchup_segments::format::{PAYLOAD_SIZE_MAX, SEGMENT_SIZE_MIN};
+use catchup_segments::format::{PAYLOAD_SIZE_MAX, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use catchup_segments::{Durability, LogWriter, Position, WriterOptions};
 
 use crate::json::{self, FieldPath};
@@ -106,8 +106,8 @@ impl Config {
             Ok(d) => d,
             Err(e) => usage!("{e}"),
         };
-        if a.segment_bytes < SEGMENT_SIZE_MIN {
-            usage!("--segment-bytes {} is below the minimum of {SEGMENT_SIZE_MIN}", a.segment_bytes);
+        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&a.segment_bytes) {
+            usage!("--segment-bytes {} must be in {SEGMENT_SIZE_MIN}..={SEGMENT_SIZE_MAX}", a.segment_bytes);
         }
         let input = if a.input == "-" { Input::Stdin } else { Input::File(a.input.into()) };
         Ok(Config { out: a.out, format, durability, segment_bytes: a.segment_bytes, input })
