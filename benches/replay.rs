@@ -66,6 +66,7 @@ fn main() {
         let mut variants = vec![Variant::LimitScan, Variant::Sequential, Variant::Channels, Variant::Rayon];
         for &n in &shards {
             variants.push(Variant::Rings(n));
+            variants.push(Variant::CatchupOther(n));
             variants.push(Variant::Catchup(n));
         }
         let rows = run_all(&dir, &variants, work, reps).unwrap_or_else(|e| panic!("benchmark failed: {e}"));

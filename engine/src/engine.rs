@@ -1,14 +1,19 @@
-//! The replay engine: one reader thread feeds a `disruptor` ring; N shard threads each take the events
+//! The replay engine: one reader thread feeds `disruptor` rings; N shard threads each handle the events
 //! whose key hash maps to them, in log order; snapshots bound what a restart replays.
 //!
 //! ```text
-//!  segments (mmap) --> reader thread --try_batch_publish--> ring (Slot refs) --> shard 0 .. shard N-1
-//!                       (verifies CRC)                                          (skip foreign keys,
-//!                                                                                handle own, snapshot)
+//!  segments (mmap) --> reader thread --route by shard_of--> ring per shard (Slot refs) --> shard i
+//!                       (verifies CRC)                        (Topology::Routed, default)
+//!                                     --or-- one ring, every shard reads every slot, skips foreign keys
+//!                                                             (Topology::Broadcast)
 //! ```
 //!
 //! **Invariant:** an event is handled by exactly one shard, `shard_of(key_hash, n_shards)`, and each shard
-//! sees the ring in sequence order, which is log order; so every key's events are handled in log order.
+//! sees its events in log order: the reader publishes in log order, a key's events always go to the same
+//! ring, and a shard consumes its ring in sequence order.
+//!
+//! A shard's position (`passed`) moves with the events it handles and, in the routed topology, also when
+//! its ring is empty after the reader said everything below `routed_upto` was routed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +58,18 @@ pub enum ErrorPolicy {
     },
 }
 
+/// How the reader hands events to shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One ring; every shard reads every slot and handles the ones whose key maps to it (the classic
+    /// Disruptor pattern). The reader does no routing; each shard pays a little for every foreign slot.
+    Broadcast,
+    /// One ring per shard; the reader routes each event to its shard's ring. Shards read only their own
+    /// events; the reader does the routing and flushes every ring at the end of each log batch.
+    #[default]
+    Routed,
+}
+
 /// When shards write snapshots.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
@@ -78,6 +95,8 @@ pub struct EngineConfig {
     pub consume_batch_max: u64,
     /// How idle threads wait.
     pub wait: WaitStrategy,
+    /// One shared ring or one ring per shard (see `BENCHMARKS.md` for the measurements).
+    pub topology: Topology,
     /// Where to start when no snapshot says otherwise.
     pub start: Start,
     /// Stop before this position (exclusive), if set.
@@ -104,6 +123,7 @@ impl Default for EngineConfig {
             publish_batch: 256,
             consume_batch_max: 1 << 16,
             wait: WaitStrategy::default(),
+            topology: Topology::default(),
             start: Start::Beginning,
             stop_at: None,
             follow: false,
@@ -239,6 +259,10 @@ struct EngineShared {
     last_ts: Vec<CachePadded<AtomicU64>>,
     /// Log end as known by the reader (Relaxed: a statistic).
     end: AtomicU64,
+    /// Routed topology: every event below this position has been published to its shard's ring.
+    /// Release-stored by the reader after the publishes; Acquire-loaded by a shard that then finds its
+    /// ring empty, which proves it has passed every one of its events below this position.
+    routed_upto: AtomicU64,
     /// Newest event timestamp published (Relaxed: a statistic).
     newest_ts: AtomicU64,
     /// Set by the reader when it reached the end of the log; Release-stored, Acquire-loaded by `progress`.
@@ -386,6 +410,7 @@ impl Engine {
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
             end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
+            routed_upto: AtomicU64::new(start.0),
             newest_ts: AtomicU64::new(0),
             reader_at_end: AtomicBool::new(false),
             segments: RwLock::new(Vec::new()),
@@ -410,16 +435,30 @@ impl Engine {
                 .map_err(ReplayError::Thread)?
         };
 
-        // The ring: one event poller per shard (we run the shard threads ourselves).
-        let mut builder =
-            disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).with_multi_consumer();
+        // The rings: one event poller per shard (we run the shard threads ourselves).
         let mut pollers = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (p, b) = builder.new_event_poller();
-            pollers.push(p);
-            builder = b;
-        }
-        let producer = builder.build();
+        let producers = match config.topology {
+            Topology::Broadcast => {
+                let mut builder =
+                    disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).with_multi_consumer();
+                for _ in 0..n {
+                    let (p, b) = builder.new_event_poller();
+                    pollers.push(p);
+                    builder = b;
+                }
+                Producers::Broadcast(builder.build())
+            }
+            Topology::Routed => {
+                let mut producers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (p, b) =
+                        disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).new_event_poller();
+                    pollers.push(p);
+                    producers.push(b.build());
+                }
+                Producers::Routed(producers)
+            }
+        };
 
         let mut shard_threads = Vec::with_capacity(n);
         for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
@@ -443,6 +482,7 @@ impl Engine {
                         segments: Vec::new(),
                         snapshot_failed: false,
                         sample_countdown: cfg.latency_sample_every as u64,
+                        routed: cfg.topology == Topology::Routed,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
                     if let Err(p) = run {
@@ -460,9 +500,13 @@ impl Engine {
         let reader_thread = {
             let shared = shared.clone();
             let cfg = config.clone();
+            let starts_for_reader = starts.clone();
             std::thread::Builder::new()
                 .name("catchup-reader".into())
-                .spawn(move || reader_loop(&shared, &cfg, reader, start, producer))
+                .spawn(move || match producers {
+                    Producers::Broadcast(p) => reader_loop(&shared, &cfg, reader, start, p),
+                    Producers::Routed(p) => reader_loop_routed(&shared, &cfg, reader, start, &starts_for_reader, p),
+                })
                 .map_err(ReplayError::Thread)?
         };
         Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
@@ -692,6 +736,144 @@ fn reader_loop(
     drop(producer);
 }
 
+/// The producer side of the rings.
+enum Producers {
+    Broadcast(disruptor::SingleProducer<Slot, disruptor::MultiConsumerBarrier>),
+    Routed(Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>),
+}
+
+/// The reader of the routed topology: routes each event into its shard's ring, in batches, and after each
+/// log batch flushes every ring and advances `routed_upto` (so idle shards can move their position).
+fn reader_loop_routed(
+    shared: &EngineShared,
+    cfg: &EngineConfig,
+    reader: LogReader,
+    start: Position,
+    starts: &[Position],
+    mut producers: Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>,
+) {
+    let n = producers.len();
+    let mut bufs: Vec<Vec<Slot>> = (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect();
+    let mut covered = vec![0u64; n];
+    let mut backoff = Backoff::new(cfg.wait);
+    let stop_at = cfg.stop_at.map_or(u64::MAX, |p| p.0);
+    let mut cursor = match reader.cursor(Start::Position(start)) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.fail(e.into());
+            return;
+        }
+    };
+    let mut local: Vec<Arc<Segment>> = Vec::new();
+    let mut newest_ts = 0u64;
+    // Publishes every non-empty buffer, then (Release) says everything below `upto` is routed.
+    let flush_all = |producers: &mut [disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>],
+                     bufs: &mut [Vec<Slot>],
+                     backoff: &mut Backoff,
+                     upto: u64|
+     -> bool {
+        for (p, b) in producers.iter_mut().zip(bufs.iter_mut()) {
+            if !publish(shared, p, b, backoff) {
+                return false;
+            }
+        }
+        // Release pairs with the shard's Acquire load before it checks its ring is empty.
+        shared.routed_upto.fetch_max(upto, Ordering::Release);
+        true
+    };
+    'outer: loop {
+        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
+        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+            break;
+        }
+        match cursor.next_batch() {
+            Ok(Some(batch)) => {
+                let seg_idx = match local.iter().rposition(|s| Arc::ptr_eq(s, batch.segment)) {
+                    Some(i) => i,
+                    None => {
+                        local.push(batch.segment.clone());
+                        shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(batch.segment.clone());
+                        local.len() - 1
+                    }
+                };
+                let first = batch.first_position.0;
+                let end_here = batch.header.end_position().0.min(stop_at).max(first);
+                let mut covered_here = 0u64;
+                for rec in batch.heads().take((end_here - first) as usize) {
+                    let i = shard_of(rec.key_hash, n).0 as usize;
+                    if rec.position < starts[i] {
+                        // Already in that shard's snapshot: counted as re-read, not routed.
+                        covered[i] += 1;
+                        covered_here += 1;
+                        continue;
+                    }
+                    newest_ts = newest_ts.max(rec.timestamp_ns);
+                    bufs[i].push(Slot {
+                        seg_idx: seg_idx as u32,
+                        offset: rec.offset,
+                        position: rec.position.0,
+                        key_hash: rec.key_hash,
+                        published_ns: 0,
+                    });
+                    if bufs[i].len() == cfg.publish_batch
+                        && !publish(shared, &mut producers[i], &mut bufs[i], &mut backoff)
+                    {
+                        break 'outer;
+                    }
+                }
+                if covered_here > 0 {
+                    for (i, c) in covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
+                        bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+                    }
+                }
+                if !flush_all(&mut producers, &mut bufs, &mut backoff, end_here) {
+                    break 'outer;
+                }
+                shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                shared.end.fetch_max(end_here, Ordering::Relaxed);
+                if end_here >= stop_at {
+                    break 'outer;
+                }
+            }
+            Ok(None) => {
+                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
+                shared.reader_at_end.store(true, Ordering::Release);
+                if !cfg.follow || cursor.position().0 >= stop_at {
+                    break;
+                }
+                loop {
+                    // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
+                    if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+                        break 'outer;
+                    }
+                    match cursor.wait(Duration::from_millis(50)) {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(e) => {
+                            shared.fail(e.into());
+                            break 'outer;
+                        }
+                    }
+                }
+                // Release pairs with the Acquire in `progress`.
+                shared.reader_at_end.store(false, Ordering::Release);
+            }
+            Err(e) => {
+                shared.fail(e.into());
+                break;
+            }
+        }
+    }
+    if !shared.aborted() {
+        let upto = cursor.position().0.min(stop_at);
+        flush_all(&mut producers, &mut bufs, &mut backoff, upto);
+        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
+        shared.reader_at_end.store(true, Ordering::Release);
+    }
+    drop(producers);
+}
+
 /// Log batches with at least this many records are published straight into the ring.
 const DIRECT_PUBLISH_MIN: usize = 32;
 
@@ -785,6 +967,8 @@ struct ShardLoop<'a, H> {
     /// Counts down to the next event whose latencies are sampled (a division per event would cost more
     /// than a no-op handler).
     sample_countdown: u64,
+    /// Routed topology: this shard's ring holds only its own events.
+    routed: bool,
 }
 
 /// Per-ring-batch counts.
@@ -840,6 +1024,10 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         loop {
             if self.shared.aborted() {
                 break;
+            }
+            if self.routed && self.pass_routed(&poller) {
+                // Release pairs with the Acquire in `progress`.
+                self.shared.passed[idx].store(self.passed.0, Ordering::Release);
             }
             let mut guard = match poller.take(self.cfg.consume_batch_max) {
                 Ok(g) => g,
@@ -923,6 +1111,9 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             if let Some(ts) = last_ts {
                 self.shared.last_ts[idx].store(ts, Ordering::Relaxed);
             }
+            if self.routed && !failed {
+                self.pass_routed(&poller);
+            }
             // Release pairs with the Acquire in `progress`.
             self.shared.passed[idx].store(self.passed.0, Ordering::Release);
             if failed {
@@ -944,6 +1135,20 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         if self.cfg.checkpoint.is_some() && !failed && !self.snapshot_failed && self.passed > last_snap_pos {
             self.send_snapshot();
         }
+    }
+
+    /// Routed topology: a shard sees only its own events, so its position cannot move over other shards'
+    /// events by itself. If its ring is empty after the reader said everything below `routed_upto` is
+    /// routed, every event of this shard below it has been handled.
+    /// Returns true if the position moved.
+    fn pass_routed(&mut self, poller: &disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) -> bool {
+        // Acquire pairs with the reader's Release store after it published to the rings.
+        let upto = self.shared.routed_upto.load(Ordering::Acquire);
+        if upto > self.passed.0 && upto > self.start.0 && !poller.has_available() {
+            self.passed = Position(upto);
+            return true;
+        }
+        false
     }
 
     fn maybe_snapshot(&mut self, last_pos: &mut Position, last_time: &mut Instant, idle: bool) {
@@ -1007,7 +1212,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             *current = *slot;
             tally.taken += 1;
             let pos = Position(slot.position);
-            let own = shard_of(slot.key_hash, n) == self.shard;
+            let own = self.routed || shard_of(slot.key_hash, n) == self.shard;
             if pos < self.start {
                 // Below this shard's snapshot (re-read for a shard that starts lower): already in its
                 // state, so its position stays at the snapshot's rather than going back.

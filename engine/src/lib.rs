@@ -40,7 +40,7 @@ pub mod wait;
 
 pub use catchup_segments::{Position, Start};
 pub use engine::{
-    CheckpointConfig, Engine, EngineConfig, ErrorPolicy, Progress, RunSummary, Running, ShardSummary, log_id,
+    CheckpointConfig, Engine, EngineConfig, ErrorPolicy, Progress, RunSummary, Running, ShardSummary, Topology, log_id,
 };
 pub use error::{HandlerFailure, ReplayError, SnapshotError};
 pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};

@@ -9,7 +9,8 @@
 //! - `rayon`: read everything, group by key, `par_iter` over the groups (per-key order kept, but the whole
 //!   backlog is read and held first).
 //! - `rings`: the reader routes into one `disruptor` ring per shard (the alternative engine topology).
-//! - `catchup`: the engine (one ring, every shard sees every slot and keeps its own keys).
+//! - `catchup`: the engine with its default topology; `catchup/<other>`: with the other one
+//!   (broadcast: one ring, every shard sees every slot and keeps its own keys; routed: one ring per shard).
 //!
 //! The handler burns a calibrated amount of CPU per event, reads the payload, and folds an order-sensitive
 //! per-key checksum, so a variant that reorders a key's events or drops one fails the run.
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use catchup_engine::keyed::PassThroughHasher;
 use catchup_engine::wait::Backoff;
-use catchup_engine::{Ctx, Engine, EngineConfig, Event, HandlerError, ShardHandler, ShardId, WaitStrategy, shard_of};
+use catchup_engine::{
+    Ctx, Engine, EngineConfig, Event, HandlerError, ShardHandler, ShardId, Topology, WaitStrategy, shard_of,
+};
 use catchup_segments::{LogReader, Segment, Start};
 use disruptor::{BusySpin, Polling, Producer};
 use rayon::prelude::*;
@@ -44,8 +47,10 @@ pub enum Variant {
     Rayon,
     /// One disruptor ring per shard, reader routes.
     Rings(usize),
-    /// The engine with this many shards.
+    /// The engine with this many shards (default topology).
     Catchup(usize),
+    /// The engine with this many shards and the other topology than the default.
+    CatchupOther(usize),
 }
 
 impl std::fmt::Display for Variant {
@@ -57,6 +62,7 @@ impl std::fmt::Display for Variant {
             Variant::Rayon => write!(f, "rayon"),
             Variant::Rings(n) => write!(f, "rings x{n}"),
             Variant::Catchup(n) => write!(f, "catchup x{n}"),
+            Variant::CatchupOther(n) => write!(f, "catchup/{} x{n}", topology_name(other_topology())),
         }
     }
 }
@@ -207,7 +213,8 @@ pub fn run_variant(log: &Path, variant: Variant, work: Work) -> (Sample, Option<
         Variant::Channels => channels(&reader, work, std::thread::available_parallelism().map_or(2, |n| n.get())),
         Variant::Rayon => rayon_groups(&reader, work),
         Variant::Rings(n) => rings(&reader, work, n),
-        Variant::Catchup(n) => engine(log, work, n),
+        Variant::Catchup(n) => engine(log, work, n, Topology::default()),
+        Variant::CatchupOther(n) => engine(log, work, n, other_topology()),
     });
     let elapsed = t.elapsed();
     (Sample { variant, events, elapsed, peak_anon_bytes: peak }, results)
@@ -368,8 +375,23 @@ impl ShardHandler for BenchHandler {
     }
 }
 
-fn engine(log: &Path, work: Work, n: usize) -> (u64, Option<KeyResults>) {
-    let cfg = EngineConfig { n_shards: n, ..Default::default() };
+/// The topology that is not the engine's default.
+pub fn other_topology() -> Topology {
+    match Topology::default() {
+        Topology::Broadcast => Topology::Routed,
+        Topology::Routed => Topology::Broadcast,
+    }
+}
+
+fn topology_name(t: Topology) -> &'static str {
+    match t {
+        Topology::Broadcast => "broadcast",
+        Topology::Routed => "routed",
+    }
+}
+
+fn engine(log: &Path, work: Work, n: usize, topology: Topology) -> (u64, Option<KeyResults>) {
+    let cfg = EngineConfig { n_shards: n, topology, ..Default::default() };
     let s = Engine::run(log, cfg, |_: ShardId| BenchHandler { work, res: KeyResults::default() }).expect("engine run");
     let events = s.shards.iter().map(|x| x.handled).sum();
     (events, Some(merge(s.handlers.into_iter().map(|h| h.res))))

@@ -447,7 +447,8 @@ machine drift hits every variant alike:
   channels     reader routes by key hash into per-shard crossbeam channels
   rayon        read all, group by key, par_iter over the groups
   rings xN     reader routes into one disruptor ring per shard (--rings)
-  catchup xN   the engine with N shards
+  catchup xN   the engine with N shards (its default topology)
+  catchup/T xN the engine with the other topology T (--rings)
 The handler burns --handler-ns of CPU per event, reads the payload and folds an
 order-sensitive per-key checksum; every variant's result must equal
 sequential's or the run fails. Peak anon = how far anonymous RSS rose during
@@ -476,7 +477,7 @@ pub struct BenchArgs {
     /// Shard counts for the engine (comma-separated).
     #[arg(long, value_name = "LIST", default_value = "1,2")]
     pub shards: String,
-    /// Also run the one-ring-per-shard topology.
+    /// Also run the hand-rolled ring-per-shard prototype and the engine's other topology.
     #[arg(long)]
     pub rings: bool,
     /// Repetitions of each variant.

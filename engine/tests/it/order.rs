@@ -18,11 +18,15 @@ struct Case {
     ring_size: usize,
     publish_batch: usize,
     consume_batch_max: u64,
+    topology: Topology,
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (0usize..2500, 1usize..=200, 1u32..=4, any::<u64>(), 1usize..=16, 1u32..=12, any::<u64>(), 1u64..=5000).prop_map(
-        |(n_events, n_keys, skew, seed, n_shards, ring_log2, publish, consume_batch_max)| {
+    (
+        (0usize..2500, 1usize..=200, 1u32..=4, any::<u64>()),
+        (1usize..=16, 1u32..=12, any::<u64>(), 1u64..=5000, any::<bool>()),
+    )
+        .prop_map(|((n_events, n_keys, skew, seed), (n_shards, ring_log2, publish, consume_batch_max, routed))| {
             let ring_size = 1usize << ring_log2;
             Case {
                 spec: LogSpec { n_events, n_keys, skew, seed },
@@ -30,9 +34,9 @@ fn case() -> impl Strategy<Value = Case> {
                 ring_size,
                 publish_batch: 1 + (publish % ring_size as u64) as usize,
                 consume_batch_max,
+                topology: if routed { Topology::Routed } else { Topology::Broadcast },
             }
-        },
-    )
+        })
 }
 
 fn config(c: &Case) -> EngineConfig {
@@ -41,6 +45,7 @@ fn config(c: &Case) -> EngineConfig {
         ring_size: c.ring_size,
         publish_batch: c.publish_batch,
         consume_batch_max: c.consume_batch_max,
+        topology: c.topology,
         latency_sample_every: 7,
         ..Default::default()
     }

@@ -47,6 +47,7 @@ struct Case {
     every_events: u64,
     steps: Vec<(Interrupt, Mess)>,
     keyed: bool,
+    topology: Topology,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -57,24 +58,27 @@ fn case() -> impl Strategy<Value = Case> {
         1u64..=600,
         1u64..=300,
         prop::collection::vec((interrupt(), any::<bool>(), prop::option::of(0u16..8)), 1..4),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
-        .prop_map(|((n_events, n_keys, skew, seed), n_shards, ring_log2, consume, every_events, steps, keyed)| {
-            Case {
-                spec: LogSpec { n_events, n_keys, skew, seed },
-                n_shards,
-                ring_size: 1 << ring_log2,
-                consume_batch_max: consume,
-                every_events,
-                steps: steps
-                    .into_iter()
-                    .map(|(i, stray_tmp, drop_shard)| {
-                        (i, Mess { stray_tmp, drop_shard: drop_shard.filter(|&s| (s as usize) < n_shards) })
-                    })
-                    .collect(),
-                keyed,
-            }
-        })
+        .prop_map(
+            |((n_events, n_keys, skew, seed), n_shards, ring_log2, consume, every_events, steps, (keyed, routed))| {
+                Case {
+                    spec: LogSpec { n_events, n_keys, skew, seed },
+                    n_shards,
+                    ring_size: 1 << ring_log2,
+                    consume_batch_max: consume,
+                    every_events,
+                    steps: steps
+                        .into_iter()
+                        .map(|(i, stray_tmp, drop_shard)| {
+                            (i, Mess { stray_tmp, drop_shard: drop_shard.filter(|&s| (s as usize) < n_shards) })
+                        })
+                        .collect(),
+                    keyed,
+                    topology: if routed { Topology::Routed } else { Topology::Broadcast },
+                }
+            },
+        )
 }
 
 /// Runs once with `cfg`, interrupted per `how`; returns each shard's passed position and the states.
@@ -160,6 +164,7 @@ proptest! {
             publish_batch: c.ring_size.min(64),
             consume_batch_max: c.consume_batch_max,
             checkpoint: checkpoint(ckpt.path(), c.every_events),
+            topology: c.topology,
             ..Default::default()
         };
         for &(how, mess) in &c.steps {
@@ -395,7 +400,13 @@ fn a_restart_rereads_a_bounded_number_of_events() {
         assert_states_eq(&states, &oracle_all(&recs), "resumed after the crash");
         let rehandled = hooks2.seen_positions().iter().filter(|p| handled_before.contains(p)).count() as u64;
         let reread = s.covered + rehandled;
-        let bound = every_events + ring_size as u64 + consume;
+        // Broadcast: one ring holds everything in flight. Routed: a blocked shard's full ring of its own
+        // events spans about `n_shards` rings' worth of log positions, all of which the reader has read.
+        let rings = match cfg.topology {
+            Topology::Broadcast => 1,
+            Topology::Routed => n_shards as u64,
+        };
+        let bound = every_events + rings * ring_size as u64 + consume;
         assert!(
             reread <= bound,
             "shards {n_shards}, ring {ring_size}, every {every_events}, consume {consume}: re-read {reread} \

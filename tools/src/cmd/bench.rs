@@ -81,6 +81,7 @@ pub fn main(args: BenchArgs, ui: &Ui) -> Result<Exit> {
         let mut variants = vec![Variant::LimitScan, Variant::Sequential, Variant::Channels, Variant::Rayon];
         if args.rings {
             variants.extend(shards.iter().map(|&n| Variant::Rings(n)));
+            variants.extend(shards.iter().map(|&n| Variant::CatchupOther(n)));
         }
         variants.extend(shards.iter().map(|&n| Variant::Catchup(n)));
         let rows = run_all(&dir, &variants, work, args.reps).map_err(|e| anyhow::anyhow!("benchmark failed: {e}"))?;
