@@ -1033,7 +1033,10 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 Ok(g) => g,
                 Err(Polling::NoEvents) => {
                     if backoff.is_sleeping() {
-                        self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, true);
+                        // Broadcast: an idle shard's position cannot move, so only the time rule can apply.
+                        // Routed: it moves with `routed_upto` while other shards work, and a shard that
+                        // never snapshots would make a restart re-read from its old position.
+                        self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, !self.routed);
                         if last_publish.elapsed() > Duration::from_millis(50) {
                             metrics.publish(&mut local);
                             last_publish = Instant::now();

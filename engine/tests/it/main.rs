@@ -4,6 +4,7 @@
 mod config;
 mod corrupt;
 mod follow;
+mod fuzz_snapshot;
 mod order;
 mod policy;
 mod reshard;

@@ -462,3 +462,44 @@ fn crash_mid_snapshot_resumes_correctly() {
         assert_eq!(covered, others);
     }
 }
+
+/// Regression: with the routed topology a shard that owns no key never takes a batch, so it only snapshotted
+/// at the very end; after a crash the reader restarted from its old position and re-read the whole log. An
+/// idle routed shard now snapshots by count as its position moves with the reader.
+#[test]
+fn an_idle_routed_shard_snapshots_while_others_work() {
+    struct Slow;
+    impl ShardHandler for Slow {
+        fn handle(&mut self, _e: &Event<'_>, _c: &Ctx) -> Result<(), HandlerError> {
+            std::thread::sleep(Duration::from_micros(300));
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _b: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let log = temp_log(&LogSpec { n_events: 4000, n_keys: 1, skew: 1, seed: 3 });
+    let ckpt = mem_tempdir();
+    let cfg = EngineConfig {
+        n_shards: 4,
+        topology: Topology::Routed,
+        ring_size: 64,
+        publish_batch: 16,
+        checkpoint: checkpoint(ckpt.path(), 100),
+        ..Default::default()
+    };
+    let running = Engine::start(log.path(), cfg, |_| Slow).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while running.progress().watermark < Position(1500) {
+        assert!(std::time::Instant::now() < deadline, "no progress: {:?}", running.progress());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every shard, including the three that own no key, has a snapshot well past the start by now.
+    let positions: Vec<Position> = (0..4u16).map(|i| load_snap(ckpt.path(), i).meta.position).collect();
+    running.stop();
+    within(30, "stop", move || running.wait().map(|_| ())).unwrap();
+    assert!(positions.iter().all(|p| *p >= Position(1000)), "snapshot positions {positions:?}");
+}
