@@ -642,14 +642,7 @@ fn reader_loop(
         }
         match cursor.next_batch() {
             Ok(Some(batch)) => {
-                let seg_idx = match local.iter().rposition(|s| Arc::ptr_eq(s, batch.segment)) {
-                    Some(i) => i,
-                    None => {
-                        local.push(batch.segment.clone());
-                        shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(batch.segment.clone());
-                        local.len() - 1
-                    }
-                };
+                let seg_idx = register_segment(shared, &mut local, batch.segment);
                 // Records this batch hands out, up to `stop_at`.
                 let first = batch.first_position.0;
                 let end_here = batch.header.end_position().0.min(stop_at).max(first);
@@ -702,20 +695,8 @@ fn reader_loop(
                 if !cfg.follow || cursor.position().0 >= stop_at {
                     break;
                 }
-                // Follow: wait for appends without burning a core.
-                loop {
-                    // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-                    if shared.stop.load(Ordering::Acquire) || shared.aborted() {
-                        break 'outer;
-                    }
-                    match cursor.wait(Duration::from_millis(50)) {
-                        Ok(true) => break,
-                        Ok(false) => {}
-                        Err(e) => {
-                            shared.fail(e.into());
-                            break 'outer;
-                        }
-                    }
+                if !wait_for_appends(shared, &mut cursor) {
+                    break 'outer;
                 }
                 // Release pairs with the Acquire in `progress`.
                 shared.reader_at_end.store(false, Ordering::Release);
@@ -734,6 +715,39 @@ fn reader_loop(
     }
     // Dropping the producer tells the pollers to shut down once they have taken everything published.
     drop(producer);
+}
+
+/// Follow mode: waits (without burning a core) until the log has more, or the engine is stopping. Returns
+/// false to stop.
+fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor) -> bool {
+    loop {
+        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
+        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+            return false;
+        }
+        match cursor.wait(Duration::from_millis(50)) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                shared.fail(e.into());
+                return false;
+            }
+        }
+    }
+}
+
+/// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
+/// appended to before any slot naming the segment is published (so a shard that finds an index past its
+/// copy of the table can always re-read it).
+fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
+    match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
+        Some(i) => i,
+        None => {
+            local.push(segment.clone());
+            shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(segment.clone());
+            local.len() - 1
+        }
+    }
 }
 
 /// The producer side of the rings.
@@ -788,14 +802,7 @@ fn reader_loop_routed(
         }
         match cursor.next_batch() {
             Ok(Some(batch)) => {
-                let seg_idx = match local.iter().rposition(|s| Arc::ptr_eq(s, batch.segment)) {
-                    Some(i) => i,
-                    None => {
-                        local.push(batch.segment.clone());
-                        shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(batch.segment.clone());
-                        local.len() - 1
-                    }
-                };
+                let seg_idx = register_segment(shared, &mut local, batch.segment);
                 let first = batch.first_position.0;
                 let end_here = batch.header.end_position().0.min(stop_at).max(first);
                 let mut covered_here = 0u64;
@@ -841,19 +848,8 @@ fn reader_loop_routed(
                 if !cfg.follow || cursor.position().0 >= stop_at {
                     break;
                 }
-                loop {
-                    // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-                    if shared.stop.load(Ordering::Acquire) || shared.aborted() {
-                        break 'outer;
-                    }
-                    match cursor.wait(Duration::from_millis(50)) {
-                        Ok(true) => break,
-                        Ok(false) => {}
-                        Err(e) => {
-                            shared.fail(e.into());
-                            break 'outer;
-                        }
-                    }
+                if !wait_for_appends(shared, &mut cursor) {
+                    break 'outer;
                 }
                 // Release pairs with the Acquire in `progress`.
                 shared.reader_at_end.store(false, Ordering::Release);
