@@ -197,6 +197,9 @@ pub struct Progress {
     pub caught_up: bool,
     /// `end - watermark`.
     pub lag_events: u64,
+    /// Positions the reader has published that not every shard has passed yet (`published - watermark`):
+    /// how full the rings are, in log positions.
+    pub in_flight: u64,
     /// Newest event time published minus the oldest "last handled" event time among shards that are
     /// behind, in ns (0 when caught up).
     pub lag_ns: u64,
@@ -225,6 +228,8 @@ pub struct ShardSummary {
     pub batches: u64,
     /// Largest batch taken.
     pub batch_max: u64,
+    /// Ring slots taken (`slots / batches` is the mean batch size).
+    pub slots: u64,
     /// Position the shard passed.
     pub passed: Position,
 }
@@ -259,6 +264,8 @@ struct EngineShared {
     last_ts: Vec<CachePadded<AtomicU64>>,
     /// Log end as known by the reader (Relaxed: a statistic).
     end: AtomicU64,
+    /// Every position below this has been published to the rings (Relaxed: a statistic).
+    published: AtomicU64,
     /// Routed topology: every event below this position has been published to its shard's ring.
     /// Release-stored by the reader after the publishes; Acquire-loaded by a shard that then finds its
     /// ring empty, which proves it has passed every one of its events below this position.
@@ -317,6 +324,7 @@ impl EngineShared {
             replay_end: self.replay_end,
             caught_up: at_end && lag_events == 0,
             lag_events,
+            in_flight: self.published.load(Ordering::Relaxed).saturating_sub(watermark),
             lag_ns,
             handled,
             elapsed,
@@ -411,6 +419,7 @@ impl Engine {
             // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
             end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
             routed_upto: AtomicU64::new(start.0),
+            published: AtomicU64::new(start.0),
             newest_ts: AtomicU64::new(0),
             reader_at_end: AtomicBool::new(false),
             segments: RwLock::new(Vec::new()),
@@ -793,6 +802,7 @@ fn reader_loop_routed(
         }
         // Release pairs with the shard's Acquire load before it checks its ring is empty.
         shared.routed_upto.fetch_max(upto, Ordering::Release);
+        shared.published.fetch_max(upto, Ordering::Relaxed);
         true
     };
     'outer: loop {
@@ -885,12 +895,14 @@ fn publish_direct(
 ) -> Option<u64> {
     let now = shared.started.elapsed().as_nanos() as u64;
     let mut newest = 0u64;
+    let mut last = 0u64;
     loop {
         // The closure only runs once `n` slots are free, so `heads` advances exactly once per record.
         let r = producer.try_batch_publish(n, |iter| {
             for slot in iter {
                 let h = heads.next().expect("the batch holds the records counted");
                 newest = newest.max(h.timestamp_ns);
+                last = h.position.0;
                 *slot =
                     Slot { seg_idx, offset: h.offset, position: h.position.0, key_hash: h.key_hash, published_ns: now };
             }
@@ -898,6 +910,7 @@ fn publish_direct(
         match r {
             Ok(_) => {
                 backoff.reset();
+                shared.published.fetch_max(last + 1, Ordering::Relaxed);
                 return Some(newest);
             }
             Err(_) => {
@@ -933,6 +946,8 @@ fn publish(
         match r {
             Ok(_) => {
                 backoff.reset();
+                let last = buf.last().expect("not empty").position;
+                shared.published.fetch_max(last + 1, Ordering::Relaxed);
                 buf.clear();
                 return true;
             }
@@ -1107,6 +1122,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             bump(&c.covered, covered);
             bump(&c.batches, 1);
             c.batch_max.fetch_max(taken, Ordering::Relaxed);
+            bump(&c.slots, taken);
             if let Some(ts) = last_ts {
                 self.shared.last_ts[idx].store(ts, Ordering::Relaxed);
             }
@@ -1485,6 +1501,7 @@ fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
                 retries: c.retries.load(Ordering::Relaxed),
                 batches: c.batches.load(Ordering::Relaxed),
                 batch_max: c.batch_max.load(Ordering::Relaxed),
+                slots: c.slots.load(Ordering::Relaxed),
                 // Acquire pairs with the shard's Release store of `passed` after each batch.
                 passed: Position(p.load(Ordering::Acquire)),
             }

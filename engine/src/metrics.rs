@@ -71,6 +71,9 @@ pub struct ShardCounters {
     pub batches: AtomicU64,
     /// Largest batch taken from the ring.
     pub batch_max: AtomicU64,
+    /// Ring slots taken (own and, with the broadcast topology, foreign events): `slots / batches` is the
+    /// mean batch size.
+    pub slots: AtomicU64,
 }
 
 /// Shared metrics of one shard.

@@ -56,10 +56,12 @@ fn check_summary<H>(s: &RunSummary<H>, c: &Case) {
     assert_eq!(s.progress.watermark, Position(n), "watermark at the end");
     assert!(s.progress.caught_up, "a finished run is caught up");
     assert_eq!(s.covered, 0, "nothing is covered without a checkpoint");
+    assert_eq!(s.progress.in_flight, 0, "nothing in flight at the end");
     assert_eq!(s.shards.iter().map(|x| x.handled).sum::<u64>(), n, "every event handled once");
     for x in &s.shards {
         assert_eq!(x.passed, Position(n));
         assert!(x.batch_max <= c.consume_batch_max.min(c.ring_size as u64), "batch over the consume limit");
+        assert!(x.slots >= x.handled && x.slots <= x.batches * x.batch_max, "slot count {x:?}");
     }
 }
 
