@@ -5,6 +5,8 @@
 //! - [`LogReader`] maps segments read-only and hands out zero-copy [`RecordRef`]s batch by batch from the
 //!   start, a position or a timestamp, and follows appends made by another process.
 //! - [`verify`] lists every problem in a log, naming file, byte offset and position.
+//! - [`Storage`] is the seam the writer writes through ([`FsStorage`] in production);
+//!   [`testing::FaultyStorage`] injects crashes and I/O errors behind it.
 //!
 //! The byte layout is specified in `docs/segment-format.md`; [`format`] implements it. This crate knows
 //! nothing of shards or handlers.
@@ -15,6 +17,8 @@ pub mod format;
 pub mod index;
 pub mod reader;
 pub mod segment;
+pub mod storage;
+pub mod testing;
 pub mod verify;
 pub mod writer;
 
@@ -22,6 +26,7 @@ pub use error::{AppendError, Corruption, CorruptionKind, IoError, OpenError, Rea
 pub use format::{RecordRef, key_hash};
 pub use reader::{Batch, Cursor, LogReader, OwnedRecord, RecordHead, RecordHeads, Start};
 pub use segment::Segment;
+pub use storage::{FsStorage, Storage, StorageFile};
 pub use verify::{Problem, VerifyReport, verify};
 pub use writer::{Durability, LogWriter, RecoveryReport, WriterOptions};
 

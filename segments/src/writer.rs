@@ -5,10 +5,12 @@
 //! then its commit word, so readers in any process see whole batches only. `sync` makes everything
 //! committed durable. A failed write or fsync poisons the writer: after "fsyncgate" we cannot know what
 //! reached the disk, so it acknowledges nothing more; reopening runs recovery from what is actually there.
+//!
+//! Segment files are created, written and synced through a [`Storage`] (the file system unless
+//! [`LogWriter::open_with_storage`] names another), so tests can inject crashes and I/O errors there.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -22,6 +24,7 @@ use crate::format::{
 };
 use crate::index::{IndexBuilder, SparseIndex};
 use crate::segment::{LOCK_FILE, Segment, index_file_name, list_segments, segment_file_name};
+use crate::storage::{FsStorage, Storage, StorageFile};
 
 /// When committed data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +91,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct FlushTarget {
-    file: Arc<File>,
+    file: Arc<dyn StorageFile>,
     path: PathBuf,
     /// Position below which everything is committed to `file` (or to earlier, already synced segments).
     committed: u64,
@@ -106,10 +109,10 @@ impl Shared {
     }
 
     /// fsyncs `file` and, if that worked and nothing is poisoned, marks everything below `upto` durable.
-    fn fsync_upto(&self, file: &File, path: &Path, upto: u64) -> Result<(), AppendError> {
+    fn fsync_upto(&self, file: &dyn StorageFile, path: &Path, upto: u64) -> Result<(), AppendError> {
         let _serial = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.check_poison()?;
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = file.sync() {
             let io = IoError::new("fsync", path, e);
             self.set_poison(io.to_string());
             return Err(AppendError::Io(io));
@@ -135,7 +138,9 @@ pub struct LogWriter {
     dir: PathBuf,
     opts: WriterOptions,
     _lock: File,
-    file: Arc<File>,
+    /// Where segment files are created, written and synced (the file system, or a test's fault injector).
+    storage: Arc<dyn Storage>,
+    file: Arc<dyn StorageFile>,
     path: PathBuf,
     base: Position,
     capacity: u64,
@@ -154,7 +159,7 @@ pub struct LogWriter {
     flusher: Option<std::thread::JoinHandle<()>>,
     recovery: RecoveryReport,
     /// Sealed segments not fsynced yet (`Durability::None` only); `sync` syncs them.
-    unsynced: Vec<(PathBuf, Arc<File>)>,
+    unsynced: Vec<(PathBuf, Arc<dyn StorageFile>)>,
     /// A segment was created without syncing the directory (`Durability::None` only).
     dir_unsynced: bool,
     /// `finish` ran (from `close`); `Drop` does nothing more.
@@ -165,46 +170,28 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), IoError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| IoError::new("fsync directory", dir, e))
+fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), IoError> {
+    storage.sync_dir(dir).map_err(|e| IoError::new("fsync directory", dir, e))
 }
 
-/// Reserves `len` bytes of disk for `file` so later writes cannot fail for lack of space.
-fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), IoError> {
-    file.set_len(len).map_err(|e| IoError::new("set length of", path, e))?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `file` is an open descriptor for the duration of the call; fallocate touches no memory.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-        // Filesystems without fallocate (EOPNOTSUPP, EINVAL) keep the sparse file: space is then claimed
-        // as batches are written, and a full disk shows up as a write error there.
-        if rc != 0 && rc != libc::EOPNOTSUPP && rc != libc::EINVAL && rc != libc::ENOSYS {
-            return Err(IoError::new("preallocate", path, std::io::Error::from_raw_os_error(rc)));
-        }
-    }
-    Ok(())
-}
-
-fn create_segment(dir: &Path, base: Position, capacity: u64, durable: bool) -> Result<(File, PathBuf), IoError> {
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Position,
+    capacity: u64,
+    durable: bool,
+) -> Result<(Arc<dyn StorageFile>, PathBuf), IoError> {
     let path = dir.join(segment_file_name(base));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(base)));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| IoError::new("create", &tmp, e))?;
-    preallocate(&file, &tmp, capacity)?;
+    let file = storage.create(&tmp, capacity).map_err(|e| IoError::new("create", &tmp, e))?;
     let header = SegmentHeader { base_position: base, created_ns: now_ns(), capacity_bytes: capacity };
-    file.write_all_at(&header.encode(), 0).map_err(|e| IoError::new("write", &tmp, e))?;
+    file.write_at(&header.encode(), 0).map_err(|e| IoError::new("write", &tmp, e))?;
     if durable {
-        file.sync_all().map_err(|e| IoError::new("fsync", &tmp, e))?;
+        file.sync().map_err(|e| IoError::new("fsync", &tmp, e))?;
     }
-    std::fs::rename(&tmp, &path).map_err(|e| IoError::new("rename", &path, e))?;
+    storage.rename(&tmp, &path).map_err(|e| IoError::new("rename", &path, e))?;
     if durable {
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
     }
     Ok((file, path))
 }
@@ -213,6 +200,17 @@ impl LogWriter {
     /// Opens (creating if needed) the log in `dir` for appending. Takes the writer lock, removes
     /// incomplete files, checks the chain of segments and recovers a torn tail in the last one.
     pub fn open(dir: impl AsRef<Path>, opts: WriterOptions) -> Result<LogWriter, OpenError> {
+        LogWriter::open_with_storage(dir, opts, Arc::new(FsStorage))
+    }
+
+    /// As [`LogWriter::open`], with every creation, write and sync of a segment file (recovery's included)
+    /// going through `storage`. Recovery reads the real files in `dir`, so `storage` must keep them current
+    /// (as [`FsStorage`] and [`FaultyStorage`](crate::testing::FaultyStorage) do).
+    pub fn open_with_storage(
+        dir: impl AsRef<Path>,
+        opts: WriterOptions,
+        storage: Arc<dyn Storage>,
+    ) -> Result<LogWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         if !(SEGMENT_SIZE_MIN..=format::SEGMENT_SIZE_MAX).contains(&opts.segment_size_bytes) {
             return Err(OpenError::InvalidOption(format!(
@@ -252,7 +250,7 @@ impl LogWriter {
         let mut segments = list_segments(&dir)?;
         if segments.is_empty() {
             let cap = opts.segment_size_bytes;
-            let (_, path) = create_segment(&dir, Position(0), cap, durable)?;
+            let (_, path) = create_segment(&*storage, &dir, Position(0), cap, durable)?;
             segments.push((Position(0), path));
         }
         if segments[0].0 != Position(0) {
@@ -335,14 +333,13 @@ impl LogWriter {
         }
         let garbage_end = seg.nonzero_end(search_from);
         drop(seg);
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| IoError::new("open", &path, e))?;
+        let file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
         if garbage_end > search_from {
-            zero_range(&file, &path, search_from, garbage_end)?;
-            file.sync_data().map_err(|e| IoError::new("fsync", &path, e))?;
+            zero_range(&*file, &path, search_from, garbage_end)?;
+            file.sync().map_err(|e| IoError::new("fsync", &path, e))?;
             recovery.torn_bytes_zeroed = garbage_end - search_from;
             recovery.torn_at = Some((path.clone(), search_from));
         }
-        let file = Arc::new(file);
         let shared = Arc::new(Shared {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
@@ -355,6 +352,7 @@ impl LogWriter {
             dir,
             opts,
             _lock: lock,
+            storage,
             file,
             path,
             base,
@@ -388,10 +386,10 @@ impl LogWriter {
         // What recovery kept may still be only in the page cache (a crashed writer with `None` or `Interval`):
         // make it durable before calling it so. fsync of a clean file costs next to nothing.
         for (_, seg_path) in list_segments(&w.dir)? {
-            let f = File::open(&seg_path).map_err(|e| IoError::new("open", &seg_path, e))?;
-            f.sync_data().map_err(|e| IoError::new("fsync", &seg_path, e))?;
+            let f = w.storage.open(&seg_path).map_err(|e| IoError::new("open", &seg_path, e))?;
+            f.sync().map_err(|e| IoError::new("fsync", &seg_path, e))?;
         }
-        sync_dir(&w.dir)?;
+        sync_dir(&*w.storage, &w.dir)?;
         // Release pairs with the Acquire in `durable_position`.
         w.shared.durable.store(w.committed.0, Ordering::Release);
         w.shared.flush.lock().unwrap_or_else(|e| e.into_inner()).committed = w.committed.0;
@@ -520,12 +518,18 @@ impl LogWriter {
         // Segments sealed and created without syncing (`Durability::None`) first: the position only moves
         // once every file and directory entry below it is durable.
         while let Some((path, file)) = self.unsynced.pop() {
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = file.sync() {
                 return Err(self.poison(IoError::new("fsync", &path, e)));
             }
         }
         if self.dir_unsynced {
-            if let Err(e) = sync_dir(&self.dir) {
+            // The active segment's data before its name: had the name become durable first, a power loss in
+            // between would leave a segment whose header is zeros, and recovery refuses that (found by the
+            // crash sweep, `faults::crash_sweep`, `Durability::None`, `CrashMode::DropAll`).
+            if let Err(e) = self.file.sync() {
+                return Err(self.poison(IoError::new("fsync", &self.path, e)));
+            }
+            if let Err(e) = sync_dir(&*self.storage, &self.dir) {
                 return Err(self.poison(e));
             }
             self.dir_unsynced = false;
@@ -570,10 +574,10 @@ impl LogWriter {
         // Body first, commit word last: a reader (or recovery) never trusts a batch whose word is missing,
         // and the CRC catches a word that reached the disk without its body.
         let body = &self.pending[4..];
-        if let Err(e) = self.file.write_all_at(body, offset + 4) {
+        if let Err(e) = self.file.write_at(body, offset + 4) {
             return Err(self.poison(IoError::new("write", &self.path, e)));
         }
-        if let Err(e) = self.file.write_all_at(&word.to_le_bytes(), offset) {
+        if let Err(e) = self.file.write_at(&word.to_le_bytes(), offset) {
             return Err(self.poison(IoError::new("write", &self.path, e)));
         }
         Ok(())
@@ -585,7 +589,7 @@ impl LogWriter {
     }
 
     fn fsync_current(&mut self) -> Result<(), AppendError> {
-        self.shared.fsync_upto(&self.file, &self.path, self.committed.0)
+        self.shared.fsync_upto(&*self.file, &self.path, self.committed.0)
     }
 
     /// Seals the active segment and starts the next one, big enough for a batch of `batch_len` bytes.
@@ -595,10 +599,10 @@ impl LogWriter {
         seal[..4].copy_from_slice(&word.to_le_bytes());
         // Body, then word, as for every batch. A torn seal is simply redone by recovery (the segment then
         // looks unsealed and stays active).
-        if let Err(e) = self.file.write_all_at(&seal[4..], self.offset + 4) {
+        if let Err(e) = self.file.write_at(&seal[4..], self.offset + 4) {
             return Err(self.poison(IoError::new("write", &self.path, e)));
         }
-        if let Err(e) = self.file.write_all_at(&seal[..4], self.offset) {
+        if let Err(e) = self.file.write_at(&seal[..4], self.offset) {
             return Err(self.poison(IoError::new("write", &self.path, e)));
         }
         if self.opts.durability != Durability::None {
@@ -618,12 +622,12 @@ impl LogWriter {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));
         let durable = self.opts.durability != Durability::None;
-        let (file, path) = match create_segment(&self.dir, base, capacity, durable) {
+        let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable) {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),
         };
         self.dir_unsynced |= !durable;
-        self.file = Arc::new(file);
+        self.file = file;
         self.path = path;
         self.base = base;
         self.capacity = capacity;
@@ -658,7 +662,7 @@ fn group_commit_loop(shared: &Shared, every: Duration) {
         // Relaxed: only a hint to skip an fsync with nothing new; `fsync_upto` is what orders.
         if committed > shared.durable.load(Ordering::Relaxed) {
             // A failure poisons the writer; the next append or commit reports it.
-            let _ = shared.fsync_upto(&file, &path, committed);
+            let _ = shared.fsync_upto(&*file, &path, committed);
         }
         t = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
         if t.stop {
@@ -681,12 +685,12 @@ fn remove_tmp_files(dir: &Path) -> Result<usize, IoError> {
     Ok(n)
 }
 
-fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<(), IoError> {
+fn zero_range(file: &dyn StorageFile, path: &Path, from: u64, to: u64) -> Result<(), IoError> {
     let zeros = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(zeros.len());
-        file.write_all_at(&zeros[..n], at).map_err(|e| IoError::new("zero torn tail of", path, e))?;
+        file.write_at(&zeros[..n], at).map_err(|e| IoError::new("zero torn tail of", path, e))?;
         at += n as u64;
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod bad_input;
 mod corruption;
 mod crash;
+mod faults;
 mod follow;
 mod fuzz_parsers;
 mod model;
