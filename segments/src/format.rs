@@ -398,19 +398,22 @@ pub fn check_batch(bytes: &[u8], length: u32) -> Result<BatchRead, BatchProblem>
     if base.checked_add(count as u64).is_none() {
         return Err(BatchProblem::BadHeader("position overflow"));
     }
-    // Walk the records: each must fit, be within limits, and carry the next position.
+    // Walk the records: each must fit, be within limits, and carry the next position. Each header is
+    // bounds-checked once, as a whole, and its fields read from the fixed-size array.
     let mut at = BATCH_HEADER_SIZE;
     for i in 0..count {
-        let rest = len - at;
-        if rest < RECORD_HEADER_SIZE {
+        let Some(h) = b.get(at..at + RECORD_HEADER_SIZE) else {
             return Err(BatchProblem::BadRecord { index: i, what: "record header runs past the batch" });
-        }
-        let pos = read_u64(b, at + REC_POSITION_OFFSET);
+        };
+        let h: &[u8; RECORD_HEADER_SIZE] = h.try_into().expect("RECORD_HEADER_SIZE bytes");
+        let pos = u64::from_le_bytes(h[REC_POSITION_OFFSET..REC_POSITION_OFFSET + 8].try_into().expect("8"));
         if pos != base + i as u64 {
             return Err(BatchProblem::BadRecord { index: i, what: "record position is not contiguous" });
         }
-        let payload_len = read_u32(b, at + REC_PAYLOAD_LEN_OFFSET) as usize;
-        let key_len = read_u16(b, at + REC_KEY_LEN_OFFSET) as usize;
+        let payload_len =
+            u32::from_le_bytes(h[REC_PAYLOAD_LEN_OFFSET..REC_PAYLOAD_LEN_OFFSET + 4].try_into().expect("4")) as usize;
+        let key_len = u16::from_le_bytes([h[REC_KEY_LEN_OFFSET], h[REC_KEY_LEN_OFFSET + 1]]) as usize;
+        let flags = u16::from_le_bytes([h[REC_FLAGS_OFFSET], h[REC_FLAGS_OFFSET + 1]]);
         if key_len > KEY_SIZE_MAX {
             return Err(BatchProblem::BadRecord { index: i, what: "key longer than KEY_SIZE_MAX" });
         }
@@ -421,10 +424,10 @@ pub fn check_batch(bytes: &[u8], length: u32) -> Result<BatchRead, BatchProblem>
         if size > RECORD_SIZE_MAX {
             return Err(BatchProblem::BadRecord { index: i, what: "record larger than RECORD_SIZE_MAX" });
         }
-        if size > rest {
+        if size > len - at {
             return Err(BatchProblem::BadRecord { index: i, what: "record runs past the batch" });
         }
-        if read_u16(b, at + REC_FLAGS_OFFSET) != 0 {
+        if flags != 0 {
             return Err(BatchProblem::BadRecord { index: i, what: "unknown record flags" });
         }
         at += size;
