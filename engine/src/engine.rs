@@ -1369,34 +1369,38 @@ fn io_loop(
     use std::io::Write;
     let mut dlq_file: Option<std::fs::File> = None;
     let mut written = vec![false; retire.unwrap_or(0)];
-    for job in rx {
-        match job {
-            IoJob::Snapshot { meta, state } => {
-                let Some(dir) = &snap_dir else { continue };
-                if let Err(e) = snapshot::write(dir, &meta, &state) {
-                    shared.fail(e.into());
-                    return;
-                }
-                if let Some(n) = retire {
-                    written[meta.shard_idx as usize] = true;
-                    if written.iter().all(|&w| w) {
-                        if let Err(e) = snapshot::remove_from(dir, n) {
-                            shared.fail(e.into());
-                            return;
-                        }
-                        retire = None;
+    let mut newest: Vec<Option<(SnapshotMeta, Vec<u8>)>> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    // Each round takes everything queued: dead letters are written (in order, one fsync) before any
+    // snapshot of the round, since a snapshot may cover the events they record; of the snapshots, only the
+    // newest per shard is written (the older ones are superseded), so a slow disk never builds a backlog
+    // of stale snapshots that a crash would throw away.
+    while let Ok(first) = rx.recv() {
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match job {
+                IoJob::DeadLetter { line } => lines.push(line),
+                IoJob::Snapshot { meta, state } => {
+                    let i = meta.shard_idx as usize;
+                    if newest.len() <= i {
+                        newest.resize_with(i + 1, || None);
+                    }
+                    if newest[i].as_ref().is_none_or(|(m, _)| m.position <= meta.position) {
+                        newest[i] = Some((meta, state));
                     }
                 }
             }
-            IoJob::DeadLetter { line } => {
-                let Some(path) = &dlq else { continue };
+        }
+        if !lines.is_empty() {
+            if let Some(path) = &dlq {
                 let r = (|| {
                     if dlq_file.is_none() {
                         dlq_file = Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?);
                     }
                     let f = dlq_file.as_mut().expect("opened above");
-                    f.write_all(line.as_bytes())?;
-                    f.write_all(b"\n")?;
+                    for line in &lines {
+                        f.write_all(line.as_bytes())?;
+                        f.write_all(b"\n")?;
+                    }
                     // A dead letter is the only record of a skipped event: make it durable before the
                     // shard's checkpoint can move past the event.
                     f.sync_data()
@@ -1404,6 +1408,24 @@ fn io_loop(
                 if let Err(source) = r {
                     shared.fail(ReplayError::DeadLetter { path: path.clone(), source });
                     return;
+                }
+            }
+            lines.clear();
+        }
+        for (meta, state) in newest.iter_mut().filter_map(Option::take) {
+            let Some(dir) = &snap_dir else { continue };
+            if let Err(e) = snapshot::write(dir, &meta, &state) {
+                shared.fail(e.into());
+                return;
+            }
+            if let Some(n) = retire {
+                written[meta.shard_idx as usize] = true;
+                if written.iter().all(|&w| w) {
+                    if let Err(e) = snapshot::remove_from(dir, n) {
+                        shared.fail(e.into());
+                        return;
+                    }
+                    retire = None;
                 }
             }
         }

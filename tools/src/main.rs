@@ -254,7 +254,8 @@ same arguments continues from them and gives the same output. A checkpoint
 directory written for another log or another projection/command is refused.
 With --exec, each snapshot ends the shard's child (EOF, wait) so its output is
 on disk first; after a crash the events since the last snapshot go to a new
-child again: at-least-once delivery to children.
+child again: at-least-once delivery to children. If catchup is killed (kill -9)
+mid-write, a child may read a last line without its newline: ignore it.
 
 Ctrl-C: stops cleanly (drain, snapshots, output as of the stop), exit status
 130. Ctrl-C twice: exit now.
