@@ -85,6 +85,8 @@ struct State {
     /// Operations attempted so far.
     ops: u64,
     fail_at: Option<u64>,
+    /// The OS error the failing operation returns (`EIO` unless set).
+    fail_errno: i32,
     /// The failed operation: its number and what it was.
     failed: Option<(u64, &'static str)>,
 }
@@ -95,7 +97,8 @@ impl State {
         self.ops += 1;
         if self.fail_at == Some(self.ops) {
             self.failed = Some((self.ops, what));
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            let errno = if self.fail_errno == 0 { libc::EIO } else { self.fail_errno };
+            return Err(io::Error::from_raw_os_error(errno));
         }
         Ok(())
     }
@@ -126,7 +129,14 @@ impl FaultyStorage {
 
     /// Makes operation number `n` (counted from 1 over all operations) fail with `EIO`.
     pub fn fail_at(&self, n: u64) {
-        lock(&self.state).fail_at = Some(n);
+        self.fail_at_with(n, libc::EIO);
+    }
+
+    /// Makes operation number `n` fail with the OS error `errno` (e.g. `libc::ENOSPC` for a full disk).
+    pub fn fail_at_with(&self, n: u64, errno: i32) {
+        let mut s = lock(&self.state);
+        s.fail_at = Some(n);
+        s.fail_errno = errno;
     }
 
     /// The failed operation, if the chosen one was reached: its number and kind.

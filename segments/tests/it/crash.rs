@@ -22,6 +22,7 @@ const CHILD_ENV: &str = "CATCHUP_CRASH_CHILD";
 
 fn durability(mode: &str) -> Durability {
     match mode {
+        "none" => Durability::None,
         "every-batch" => Durability::EveryBatch,
         "interval" => Durability::Interval(Duration::from_millis(5)),
         other => panic!("unknown mode {other}"),
@@ -143,6 +144,12 @@ fn crash_loop(mode: &str) {
     }
     assert!(total_acked > 0, "{mode}: no child ever acknowledged a record");
     eprintln!("crash_loop({mode}): {iters} kills, {recoveries} left something to recover, {committed_before} records");
+}
+
+/// `None` acknowledges durability only at the child's explicit `sync()` (one commit in ten).
+#[test]
+fn kill_9_while_appending_none() {
+    crash_loop("none");
 }
 
 #[test]

@@ -368,3 +368,38 @@ fn none_sync_makes_segment_data_durable_before_its_name() {
     assert_eq!(got, Recovered::Ok(recs.len() as u64));
     w.close().unwrap();
 }
+
+/// A full disk while appending (the next write fails with `ENOSPC`): a clear error naming the segment file
+/// and the cause, the writer refuses everything after it, and reopening the log loses nothing that was
+/// acknowledged durable.
+#[test]
+fn disk_full_while_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    let opts = small_opts(1024, Durability::None);
+    let mut w = LogWriter::open_with_storage(dir.path(), opts.clone(), Arc::new(storage.clone())).unwrap();
+    append_det(&mut w, 200, 10);
+    let durable = w.sync().unwrap();
+    assert_eq!(w.durable_position(), durable);
+    storage.fail_at_with(storage.ops() + 1, libc::ENOSPC);
+    let err = loop {
+        let p = w.next_position().0;
+        match w.append(&det_key(p), &det_payload(p), det_ts(p)).and_then(|_| w.commit()) {
+            Ok(_) => assert!(p < 10_000, "the injected failure never surfaced"),
+            Err(e) => break e,
+        }
+    };
+    let msg = err.to_string();
+    assert!(matches!(err, AppendError::Io(_)), "{msg}");
+    assert!(msg.contains("No space left on device") && msg.contains(".seg"), "{msg}");
+    assert!(matches!(w.append(b"k", b"v", 1), Err(AppendError::Poisoned(_))));
+    assert!(matches!(w.sync(), Err(AppendError::Poisoned(_))));
+    drop(w);
+    let w = LogWriter::open(dir.path(), opts).unwrap();
+    assert!(w.next_position() >= durable);
+    drop(w);
+    let recs = read_all(dir.path()).unwrap();
+    check_det(&recs);
+    assert!(recs.len() as u64 >= durable.0, "{} records, {durable} acknowledged durable", recs.len());
+    assert!(verify(dir.path()).unwrap().is_sound());
+}
