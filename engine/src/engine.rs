@@ -181,6 +181,14 @@ struct Slot {
     published_ns: u64,
 }
 
+impl Slot {
+    /// The slot for a record of segment `seg_idx`; `published_ns` is set when it is published.
+    #[inline]
+    fn new(seg_idx: u32, rec: &catchup_segments::RecordHead) -> Slot {
+        Slot { seg_idx, offset: rec.offset, position: rec.position.0, key_hash: rec.key_hash, published_ns: 0 }
+    }
+}
+
 /// Where a run stands, for progress bars and health checks.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -512,9 +520,25 @@ impl Engine {
             let starts_for_reader = starts.clone();
             std::thread::Builder::new()
                 .name("catchup-reader".into())
-                .spawn(move || match producers {
-                    Producers::Broadcast(p) => reader_loop(&shared, &cfg, reader, start, p),
-                    Producers::Routed(p) => reader_loop_routed(&shared, &cfg, reader, start, &starts_for_reader, p),
+                .spawn(move || {
+                    let backoff = Backoff::new(cfg.wait);
+                    match producers {
+                        Producers::Broadcast(producer) => {
+                            let buf = Vec::with_capacity(cfg.publish_batch);
+                            reader_loop(&shared, &cfg, reader, start, Broadcast { producer, buf, backoff })
+                        }
+                        Producers::Routed(producers) => {
+                            let n = producers.len();
+                            let rings = Routed {
+                                producers,
+                                bufs: (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect(),
+                                starts: starts_for_reader,
+                                covered: vec![0; n],
+                                backoff,
+                            };
+                            reader_loop(&shared, &cfg, reader, start, rings)
+                        }
+                    }
                 })
                 .map_err(ReplayError::Thread)?
         };
@@ -630,10 +654,8 @@ fn reader_loop(
     cfg: &EngineConfig,
     reader: LogReader,
     start: Position,
-    mut producer: impl Producer<Slot>,
+    mut rings: impl Dispatch,
 ) {
-    let mut buf: Vec<Slot> = Vec::with_capacity(cfg.publish_batch);
-    let mut backoff = Backoff::new(cfg.wait);
     let stop_at = cfg.stop_at.map_or(u64::MAX, |p| p.0);
     let mut cursor = match reader.cursor(Start::Position(start)) {
         Ok(c) => c,
@@ -644,68 +666,34 @@ fn reader_loop(
     };
     let mut local: Vec<Arc<Segment>> = Vec::new();
     let mut newest_ts = 0u64;
-    'outer: loop {
+    loop {
         // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
         if shared.stop.load(Ordering::Acquire) || shared.aborted() {
             break;
         }
         match cursor.next_batch() {
             Ok(Some(batch)) => {
-                let seg_idx = register_segment(shared, &mut local, batch.segment);
+                let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
                 // Records this batch hands out, up to `stop_at`.
-                let first = batch.first_position.0;
-                let end_here = batch.header.end_position().0.min(stop_at).max(first);
-                let mut heads = batch.heads();
-                let mut left = (end_here - first) as usize;
-                if buf.is_empty() && left >= DIRECT_PUBLISH_MIN {
-                    // Big batch: write slots straight into the ring, no intermediate copy.
-                    while left > 0 {
-                        let n = left.min(cfg.publish_batch);
-                        let Some(ts) =
-                            publish_direct(shared, &mut producer, &mut heads, n, seg_idx as u32, &mut backoff)
-                        else {
-                            break 'outer;
-                        };
-                        newest_ts = newest_ts.max(ts);
-                        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-                        left -= n;
-                    }
-                } else {
-                    for rec in heads.take(left) {
-                        newest_ts = newest_ts.max(rec.timestamp_ns);
-                        buf.push(Slot {
-                            seg_idx: seg_idx as u32,
-                            offset: rec.offset,
-                            position: rec.position.0,
-                            key_hash: rec.key_hash,
-                            published_ns: 0,
-                        });
-                        if buf.len() == cfg.publish_batch {
-                            if !publish(shared, &mut producer, &mut buf, &mut backoff) {
-                                break 'outer;
-                            }
-                            shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-                        }
-                    }
-                }
-                if end_here >= stop_at {
-                    break 'outer;
-                }
-                let end = batch.header.end_position().0;
-                shared.end.fetch_max(end.min(stop_at), Ordering::Relaxed);
-            }
-            Ok(None) => {
-                if !publish(shared, &mut producer, &mut buf, &mut backoff) {
+                let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
+                if !rings.batch(shared, cfg, &batch, seg_idx, end_here, &mut newest_ts) {
                     break;
                 }
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-                shared.reader_at_end.store(true, Ordering::Release);
-                if !cfg.follow || cursor.position().0 >= stop_at {
+                shared.end.fetch_max(end_here, Ordering::Relaxed);
+                if end_here >= stop_at {
                     break;
                 }
-                if !wait_for_appends(shared, &mut cursor) {
-                    break 'outer;
+            }
+            Ok(None) => {
+                // Shards must see everything read so far while the reader waits for more.
+                if !rings.flush(shared, cursor.position().0.min(stop_at)) {
+                    break;
+                }
+                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
+                shared.reader_at_end.store(true, Ordering::Release);
+                if !cfg.follow || cursor.position().0 >= stop_at || !wait_for_appends(shared, &mut cursor) {
+                    break;
                 }
                 // Release pairs with the Acquire in `progress`.
                 shared.reader_at_end.store(false, Ordering::Release);
@@ -716,14 +704,13 @@ fn reader_loop(
             }
         }
     }
-    if !shared.aborted() {
-        publish(shared, &mut producer, &mut buf, &mut backoff);
+    if !shared.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
         // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
         shared.reader_at_end.store(true, Ordering::Release);
     }
-    // Dropping the producer tells the pollers to shut down once they have taken everything published.
-    drop(producer);
+    // Dropping the producers tells the pollers to shut down once they have taken everything published.
+    drop(rings);
 }
 
 /// Follow mode: waits (without burning a core) until the log has more, or the engine is stopping. Returns
@@ -759,44 +746,129 @@ fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segmen
     }
 }
 
-/// The producer side of the rings.
+/// The producer side of the rings, as built for the topology.
 enum Producers {
     Broadcast(disruptor::SingleProducer<Slot, disruptor::MultiConsumerBarrier>),
     Routed(Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>),
 }
 
-/// The reader of the routed topology: routes each event into its shard's ring, in batches, and after each
-/// log batch flushes every ring and advances `routed_upto` (so idle shards can move their position).
-fn reader_loop_routed(
-    shared: &EngineShared,
-    cfg: &EngineConfig,
-    reader: LogReader,
-    start: Position,
-    starts: &[Position],
-    mut producers: Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>,
-) {
-    let n = producers.len();
-    let mut bufs: Vec<Vec<Slot>> = (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect();
-    let mut covered = vec![0u64; n];
-    let mut backoff = Backoff::new(cfg.wait);
-    let stop_at = cfg.stop_at.map_or(u64::MAX, |p| p.0);
-    let mut cursor = match reader.cursor(Start::Position(start)) {
-        Ok(c) => c,
-        Err(e) => {
-            shared.fail(e.into());
-            return;
+/// How the reader hands a log batch's records to the rings: the only part of the reader that depends on
+/// the topology.
+trait Dispatch {
+    /// Hands over the records of `batch` below `end_here`, raising `newest_ts` to their latest timestamp.
+    /// Returns false if the engine aborted meanwhile.
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool;
+
+    /// Publishes whatever is buffered; afterwards every record below `upto` has been handed over.
+    fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool;
+}
+
+/// One ring that every shard reads.
+struct Broadcast {
+    producer: disruptor::SingleProducer<Slot, disruptor::MultiConsumerBarrier>,
+    buf: Vec<Slot>,
+    backoff: Backoff,
+}
+
+impl Dispatch for Broadcast {
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool {
+        let mut heads = batch.heads();
+        let mut left = (end_here - batch.first_position.0) as usize;
+        if self.buf.is_empty() && left >= DIRECT_PUBLISH_MIN {
+            // Big batch: write slots straight into the ring, no intermediate copy.
+            while left > 0 {
+                let n = left.min(cfg.publish_batch);
+                let Some(ts) = publish_direct(shared, &mut self.producer, &mut heads, n, seg_idx, &mut self.backoff)
+                else {
+                    return false;
+                };
+                *newest_ts = (*newest_ts).max(ts);
+                left -= n;
+            }
+            return true;
         }
-    };
-    let mut local: Vec<Arc<Segment>> = Vec::new();
-    let mut newest_ts = 0u64;
-    // Publishes every non-empty buffer, then (Release) says everything below `upto` is routed.
-    let flush_all = |producers: &mut [disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>],
-                     bufs: &mut [Vec<Slot>],
-                     backoff: &mut Backoff,
-                     upto: u64|
-     -> bool {
-        for (p, b) in producers.iter_mut().zip(bufs.iter_mut()) {
-            if !publish(shared, p, b, backoff) {
+        for rec in heads.take(left) {
+            *newest_ts = (*newest_ts).max(rec.timestamp_ns);
+            self.buf.push(Slot::new(seg_idx, &rec));
+            if self.buf.len() == cfg.publish_batch
+                && !publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn flush(&mut self, shared: &EngineShared, _upto: u64) -> bool {
+        publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+    }
+}
+
+/// One ring per shard: the reader routes each record to its shard's ring, and after each log batch flushes
+/// every ring and advances `routed_upto` (so idle shards can move their position).
+struct Routed {
+    producers: Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>,
+    bufs: Vec<Vec<Slot>>,
+    /// Each shard's start: records below it are already in that shard's snapshot.
+    starts: Vec<Position>,
+    /// Per shard, records of the current batch skipped because a snapshot covers them.
+    covered: Vec<u64>,
+    backoff: Backoff,
+}
+
+impl Dispatch for Routed {
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool {
+        let n = self.producers.len();
+        let mut newest = *newest_ts;
+        for rec in batch.heads().take((end_here - batch.first_position.0) as usize) {
+            let i = shard_of(rec.key_hash, n).0 as usize;
+            if rec.position < self.starts[i] {
+                // Already in that shard's snapshot: counted as re-read, not routed.
+                self.covered[i] += 1;
+                continue;
+            }
+            newest = newest.max(rec.timestamp_ns);
+            self.bufs[i].push(Slot::new(seg_idx, &rec));
+            if self.bufs[i].len() == cfg.publish_batch
+                && !publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff)
+            {
+                return false;
+            }
+        }
+        *newest_ts = newest;
+        for (i, c) in self.covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
+            bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+        }
+        self.flush(shared, end_here)
+    }
+
+    fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool {
+        for (p, b) in self.producers.iter_mut().zip(self.bufs.iter_mut()) {
+            if !publish(shared, p, b, &mut self.backoff) {
                 return false;
             }
         }
@@ -804,80 +876,7 @@ fn reader_loop_routed(
         shared.routed_upto.fetch_max(upto, Ordering::Release);
         shared.published.fetch_max(upto, Ordering::Relaxed);
         true
-    };
-    'outer: loop {
-        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
-            break;
-        }
-        match cursor.next_batch() {
-            Ok(Some(batch)) => {
-                let seg_idx = register_segment(shared, &mut local, batch.segment);
-                let first = batch.first_position.0;
-                let end_here = batch.header.end_position().0.min(stop_at).max(first);
-                let mut covered_here = 0u64;
-                for rec in batch.heads().take((end_here - first) as usize) {
-                    let i = shard_of(rec.key_hash, n).0 as usize;
-                    if rec.position < starts[i] {
-                        // Already in that shard's snapshot: counted as re-read, not routed.
-                        covered[i] += 1;
-                        covered_here += 1;
-                        continue;
-                    }
-                    newest_ts = newest_ts.max(rec.timestamp_ns);
-                    bufs[i].push(Slot {
-                        seg_idx: seg_idx as u32,
-                        offset: rec.offset,
-                        position: rec.position.0,
-                        key_hash: rec.key_hash,
-                        published_ns: 0,
-                    });
-                    if bufs[i].len() == cfg.publish_batch
-                        && !publish(shared, &mut producers[i], &mut bufs[i], &mut backoff)
-                    {
-                        break 'outer;
-                    }
-                }
-                if covered_here > 0 {
-                    for (i, c) in covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
-                        bump(&shared.metrics[i].counters.covered, std::mem::take(c));
-                    }
-                }
-                if !flush_all(&mut producers, &mut bufs, &mut backoff, end_here) {
-                    break 'outer;
-                }
-                shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-                shared.end.fetch_max(end_here, Ordering::Relaxed);
-                if end_here >= stop_at {
-                    break 'outer;
-                }
-            }
-            Ok(None) => {
-                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-                shared.reader_at_end.store(true, Ordering::Release);
-                if !cfg.follow || cursor.position().0 >= stop_at {
-                    break;
-                }
-                if !wait_for_appends(shared, &mut cursor) {
-                    break 'outer;
-                }
-                // Release pairs with the Acquire in `progress`.
-                shared.reader_at_end.store(false, Ordering::Release);
-            }
-            Err(e) => {
-                shared.fail(e.into());
-                break;
-            }
-        }
     }
-    if !shared.aborted() {
-        let upto = cursor.position().0.min(stop_at);
-        flush_all(&mut producers, &mut bufs, &mut backoff, upto);
-        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-        shared.reader_at_end.store(true, Ordering::Release);
-    }
-    drop(producers);
 }
 
 /// Log batches with at least this many records are published straight into the ring.
@@ -903,8 +902,7 @@ fn publish_direct(
                 let h = heads.next().expect("the batch holds the records counted");
                 newest = newest.max(h.timestamp_ns);
                 last = h.position.0;
-                *slot =
-                    Slot { seg_idx, offset: h.offset, position: h.position.0, key_hash: h.key_hash, published_ns: now };
+                *slot = Slot { published_ns: now, ..Slot::new(seg_idx, &h) };
             }
         });
         match r {

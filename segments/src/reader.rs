@@ -103,14 +103,7 @@ impl LogReader {
 
     /// A cursor at `start`.
     pub fn cursor(&self, start: Start) -> Result<Cursor, ReadError> {
-        let mut c = Cursor {
-            dir: self.dir.clone(),
-            segments: self.segments.clone(),
-            seg_idx: 0,
-            offset: SEGMENT_HEADER_SIZE as u64,
-            next_position: Position(0),
-            skip_below: Position(0),
-        };
+        let mut c = self.cursor_at_first_record();
         match start {
             Start::Beginning => {}
             Start::Position(p) => c.seek_position(p)?,
@@ -121,15 +114,18 @@ impl LogReader {
 
     /// The position after the last committed record (the log's current end).
     pub fn end_position(&self) -> Result<Position, ReadError> {
-        let c = Cursor {
+        self.cursor_at_first_record().find_end()
+    }
+
+    fn cursor_at_first_record(&self) -> Cursor {
+        Cursor {
             dir: self.dir.clone(),
             segments: self.segments.clone(),
             seg_idx: 0,
             offset: SEGMENT_HEADER_SIZE as u64,
             next_position: Position(0),
             skip_below: Position(0),
-        };
-        c.find_end()
+        }
     }
 
     /// Loads (or rebuilds) the sparse index of segment `seg_idx`, completed to the segment's current end.
