@@ -23,7 +23,7 @@ const N_LIVE: usize = 4000;
 /// Runs the test named `test` of this binary in a child process with `env` set; returns its stdout.
 fn run_child(test: &str, env: (&str, &str)) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(env.0, env.1)
         .output()
         .unwrap();
@@ -40,6 +40,7 @@ fn run_child(test: &str, env: (&str, &str)) -> String {
 /// Child mode: append `N_LIVE` records to the log in `$CATCHUP_IT_CHILD_APPEND`, committing small batches
 /// with short pauses, with 64 KiB segments (so it rolls several times).
 #[test]
+#[ignore = "the child process of the follow test, which runs it; does nothing on its own"]
 fn child_appender() {
     let Ok(dir) = std::env::var(CHILD_APPEND) else { return };
     let mut w = LogWriter::open(&dir, writer_opts()).unwrap();
@@ -126,6 +127,7 @@ fn cpu_time() -> Duration {
 /// Child mode: follow a log with 4 shards, wait until caught up and idle, and print the CPU the whole
 /// process used over 300 ms, as a fraction of one core.
 #[test]
+#[ignore = "the child process of the idle-CPU test, which runs it; does nothing on its own"]
 fn child_idle_probe() {
     let Ok(dir) = std::env::var(CHILD_IDLE) else { return };
     let log = Path::new(&dir);
