@@ -29,10 +29,11 @@ use disruptor::{BusySpin, Polling, Producer};
 use crate::error::{HandlerFailure, ReplayError, SnapshotError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
 use crate::keyed::{decode_key_entries, encode_key_entry};
-use crate::metrics::{Latencies, ShardMetrics, bump};
+use crate::metrics::{self, Latencies, ShardMetrics, bump};
+use crate::policy::{self, Outcome, json_string, panic_message};
 use crate::shard::{SHARDS_MAX, ShardId, shard_of};
 use crate::snapshot::{self, SnapshotMeta};
-use crate::wait::{Backoff, WaitStrategy};
+use crate::wait::{Backoff, Pacer, WaitStrategy};
 
 /// Largest ring the engine builds (slots).
 pub const RING_SIZE_MAX: usize = 1 << 24;
@@ -113,6 +114,8 @@ pub struct EngineConfig {
     pub latency_sample_every: u32,
     /// Identity of the handler configuration, stored in snapshots and checked on resume.
     pub fingerprint: u64,
+    /// Hand out at most this many events per second (averaged since the start; None = as fast as possible).
+    pub max_rate: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +135,7 @@ impl Default for EngineConfig {
             dead_letters: None,
             latency_sample_every: 64,
             fingerprint: 0,
+            max_rate: None,
         }
     }
 }
@@ -361,7 +365,7 @@ pub struct Running<H> {
 #[derive(Debug)]
 pub struct Engine;
 
-fn wall_ns() -> u64 {
+pub(crate) fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -413,7 +417,7 @@ impl Engine {
                 path: cp.dir.clone(),
                 source: e,
             })?;
-            per_key_restored = restore(&cp.dir, &config, log_id(&reader), &mut handlers, &mut starts)?;
+            per_key_restored = restore(&cp.dir, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
         }
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
@@ -548,9 +552,9 @@ impl Engine {
 
 /// Loads snapshots into the handlers and sets each shard's start. Returns true if per-key states were
 /// redistributed (so handlers must check per-key coverage).
-fn restore<H: ShardHandler>(
+pub(crate) fn restore<H: ShardHandler>(
     dir: &Path,
-    config: &EngineConfig,
+    fingerprint: u64,
     log_id: u64,
     handlers: &mut [H],
     starts: &mut [Position],
@@ -566,10 +570,10 @@ fn restore<H: ShardHandler>(
         if s.meta.log_id != log_id {
             return Err(mismatch("it was written for a different log".into()).into());
         }
-        if s.meta.fingerprint != config.fingerprint {
+        if s.meta.fingerprint != fingerprint {
             return Err(mismatch(format!(
                 "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
-                s.meta.fingerprint, config.fingerprint
+                s.meta.fingerprint, fingerprint
             ))
             .into());
         }
@@ -666,6 +670,7 @@ fn reader_loop(
     };
     let mut local: Vec<Arc<Segment>> = Vec::new();
     let mut newest_ts = 0u64;
+    let mut pacer = Pacer::new(cfg.max_rate);
     loop {
         // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
         if shared.stop.load(Ordering::Acquire) || shared.aborted() {
@@ -683,6 +688,15 @@ fn reader_loop(
                 shared.end.fetch_max(end_here, Ordering::Relaxed);
                 if end_here >= stop_at {
                     break;
+                }
+                if let Some(p) = &mut pacer {
+                    // Shards must not wait on a batch the pacer holds back.
+                    if !rings.flush(shared, end_here) {
+                        break;
+                    }
+                    p.pace(end_here - batch.first_position.0, || {
+                        shared.stop.load(Ordering::Acquire) || shared.aborted()
+                    });
                 }
             }
             Ok(None) => {
@@ -999,22 +1013,6 @@ enum Step {
     Broken,
 }
 
-enum Outcome {
-    Done,
-    Skipped(String),
-    Fatal(String),
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        format!("panic: {s}")
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        format!("panic: {s}")
-    } else {
-        "panic".to_string()
-    }
-}
-
 impl<H: ShardHandler> ShardLoop<'_, H> {
     fn run(&mut self, mut poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) {
         let idx = self.shard.0 as usize;
@@ -1280,39 +1278,11 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         Step::Done
     }
 
-    fn call(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), String> {
-        let handler = &mut self.handler;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(event, ctx))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(HandlerError(e))) => Err(e),
-            Err(p) => Err(panic_message(&*p)),
-        }
-    }
-
     /// Applies the error policy to an event whose first attempt failed with `first`.
     fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
-        match self.cfg.on_error {
-            ErrorPolicy::Stop => Outcome::Fatal(first),
-            ErrorPolicy::Skip => Outcome::Skipped(first),
-            ErrorPolicy::Retry { attempts, backoff, then_skip } => {
-                let mut last = first;
-                let mut wait = backoff;
-                for _ in 0..attempts {
-                    if self.shared.aborted() {
-                        return Outcome::Fatal(last);
-                    }
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(1));
-                    bump(&self.shared.metrics[self.shard.0 as usize].counters.retries, 1);
-                    match self.call(event, ctx) {
-                        Ok(()) => return Outcome::Done,
-                        Err(e) => last = e,
-                    }
-                }
-                let why = format!("{last} (after {} attempts)", attempts + 1);
-                if then_skip { Outcome::Skipped(why) } else { Outcome::Fatal(why) }
-            }
-        }
+        let retries = &self.shared.metrics[self.shard.0 as usize].counters.retries;
+        let shared = self.shared;
+        policy::after_failure(&mut self.handler, self.cfg.on_error, event, ctx, first, &|| shared.aborted(), retries)
     }
 
     fn fail(&self, position: Position, key: &[u8], cause: String) {
@@ -1323,22 +1293,6 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             cause,
         }));
     }
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// One dead-letter line: `{"position":P,"shard":S,"timestamp_ns":T,"key":"...","error":"..."}`.
@@ -1438,22 +1392,12 @@ impl<H> Running<H> {
 
     /// Latency histograms since the start, merged over shards.
     pub fn latencies(&self) -> Latencies {
-        let mut all = Latencies::default();
-        for m in &self.shared.metrics {
-            all.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        all
+        metrics::merged_total(&self.shared.metrics)
     }
 
     /// Latency histograms since the last call (for interval logs), merged over shards.
     pub fn take_interval(&self) -> Latencies {
-        let mut all = Latencies::default();
-        for m in &self.shared.metrics {
-            let mut i = m.interval.lock().unwrap_or_else(|e| e.into_inner());
-            all.add(&i);
-            i.reset();
-        }
-        all
+        metrics::take_merged_interval(&self.shared.metrics)
     }
 
     /// Per-shard counters so far.

@@ -90,6 +90,9 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kafka source failed (broker, topic, group or offset problem), with what was being done.
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// A bug in catchup (an engine thread panicked outside a handler call). Please report it.
     #[error("internal error (a bug in catchup): {0}")]
     Internal(String),

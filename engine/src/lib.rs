@@ -32,8 +32,11 @@
 pub mod engine;
 pub mod error;
 pub mod handler;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod keyed;
 pub mod metrics;
+mod policy;
 pub mod shard;
 pub mod snapshot;
 pub mod wait;

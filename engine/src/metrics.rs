@@ -99,6 +99,26 @@ impl ShardMetrics {
     }
 }
 
+/// Every shard's histograms since the start, merged.
+pub(crate) fn merged_total(shards: &[ShardMetrics]) -> Latencies {
+    let mut all = Latencies::default();
+    for m in shards {
+        all.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    all
+}
+
+/// Every shard's histograms since the last call, merged; the shards' interval histograms restart.
+pub(crate) fn take_merged_interval(shards: &[ShardMetrics]) -> Latencies {
+    let mut all = Latencies::default();
+    for m in shards {
+        let mut i = m.interval.lock().unwrap_or_else(|e| e.into_inner());
+        all.add(&i);
+        i.reset();
+    }
+    all
+}
+
 /// Adds `n` to a Relaxed counter.
 #[inline]
 pub(crate) fn bump(c: &AtomicU64, n: u64) {

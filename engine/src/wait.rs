@@ -100,3 +100,48 @@ impl Backoff {
         self.sleeping
     }
 }
+
+/// Paces a producer to at most `per_s` events per second on average since it started (a backfill that must
+/// not overload what its handlers write to). Checked between batches, so bursts are one batch long.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    per_s: f64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// A pacer for `per_s` events per second, or None for no limit.
+    pub(crate) fn new(per_s: Option<u64>) -> Option<Pacer> {
+        per_s.map(|r| Pacer { per_s: r.max(1) as f64, started: Instant::now(), sent: 0 })
+    }
+
+    /// Counts `n` more events and sleeps until they fit the rate, or until `stop()` says to give up.
+    pub(crate) fn pace(&mut self, n: u64, stop: impl Fn() -> bool) {
+        self.sent += n;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.per_s);
+        loop {
+            let elapsed = self.started.elapsed();
+            if elapsed >= due || stop() {
+                return;
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(10)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    #[test]
+    fn no_limit_is_none_and_stop_ends_the_wait() {
+        assert!(Pacer::new(None).is_none());
+        let mut p = Pacer::new(Some(1)).unwrap();
+        // 1,000 events at 1 per second would take 1,000 s: the stop check returns at once.
+        let t = Instant::now();
+        p.pace(1000, || true);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(p.sent, 1000);
+    }
+}

@@ -1,0 +1,226 @@
+//! Kafka consumption benchmark: one catchup process with 1..N shards beside a plain single-threaded
+//! rdkafka consumer running the same handler, on the same topic, in one run.
+//!
+//! ```text
+//! cargo bench --bench kafka -- --brokers HOST:PORT --topic TOPIC [--handler-ns 0,1000] [--shards 1,2]
+//!                              [--reps 3]
+//! ```
+//! The topic must exist and hold the events (`scripts/bench-kafka.sh` starts tansu, fills a topic with
+//! `catchup export --to-kafka` and runs this). Each run reads the whole topic from offset 0: the baseline
+//! assigns every partition to itself; catchup joins a fresh consumer group (no checkpoint directory). The
+//! rate is events over the time from the first event handled to the last, so the group join (seconds on
+//! some brokers) is not counted; it is printed apart. Every run must handle every event exactly once.
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test against librdkafka's mock
+//! cluster: a small topic, one repetition, the same checks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use catchup::engine::kafka::{self, KafkaConfig, KafkaUrl};
+use catchup::engine::{Ctx, Event, HandlerError, ShardHandler};
+use catchup_tools::bench::Work;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}: {v}")))
+        .unwrap_or(default)
+}
+
+fn list(args: &[String], name: &str, default: &str) -> Vec<u64> {
+    let raw: String = arg(args, name, default.to_string());
+    raw.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad list for {name}: {raw}"))).collect()
+}
+
+/// One run: events handled, events per second, seconds until the first event (the group join).
+type Sample = (u64, f64, f64);
+
+/// First and last event times (ns since the run's start) and the event count, shared by all handlers.
+#[derive(Debug, Default)]
+struct Span {
+    first: AtomicU64,
+    last: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Span {
+    fn new() -> Span {
+        Span { first: AtomicU64::new(u64::MAX), ..Default::default() }
+    }
+
+    fn seen(&self, t0: Instant, n: u64) {
+        let now = t0.elapsed().as_nanos() as u64;
+        self.first.fetch_min(now, Ordering::Relaxed);
+        self.last.fetch_max(now, Ordering::Relaxed);
+        self.events.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn result(&self) -> Sample {
+        let n = self.events.load(Ordering::Relaxed);
+        let first = self.first.load(Ordering::Relaxed);
+        let secs = self.last.load(Ordering::Relaxed).saturating_sub(first) as f64 / 1e9;
+        (n, n as f64 / secs.max(1e-9), first as f64 / 1e9)
+    }
+}
+
+struct Spin {
+    work: Work,
+    acc: u64,
+    span: Arc<Span>,
+    t0: Instant,
+    pending: u64,
+}
+
+impl ShardHandler for Spin {
+    fn handle(&mut self, event: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+        self.acc ^= self.work.run(event.key_hash);
+        self.pending += 1;
+        Ok(())
+    }
+    fn end_of_batch(&mut self, _: catchup::engine::ShardId) -> Result<(), HandlerError> {
+        self.span.seen(self.t0, std::mem::take(&mut self.pending));
+        Ok(())
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+        Ok(self.acc.to_le_bytes().to_vec())
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn partitions(brokers: &str, topic: &str) -> Vec<i32> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(30)).unwrap();
+    md.topics()[0].partitions().iter().map(|p| p.id()).collect()
+}
+
+/// The plain consumer: one thread, every partition assigned from offset 0, until each reports its end.
+fn baseline(brokers: &str, topic: &str, parts: &[i32], work: Work) -> Sample {
+    let t0 = Instant::now();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "catchup-bench-baseline")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for &p in parts {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0)).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let span = Span::new();
+    let mut open: BTreeSet<i32> = parts.iter().copied().collect();
+    let mut acc = 0u64;
+    while !open.is_empty() {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = m.key().unwrap_or(&[]);
+                acc ^= work.run(catchup::segments::key_hash(key));
+                // After the handler, as catchup's handlers note their batches after handling them.
+                span.seen(t0, 1);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("baseline consumer: {e}"),
+            None => {}
+        }
+    }
+    std::hint::black_box(acc);
+    span.result()
+}
+
+fn catchup_run(brokers: &str, topic: &str, shards: usize, work: Work, run: usize) -> Sample {
+    let t0 = Instant::now();
+    let span = Arc::new(Span::new());
+    let url = KafkaUrl { brokers: brokers.to_string(), topic: topic.to_string() };
+    let group = format!("catchup-bench-{}-{run}-{}", std::process::id(), t0.elapsed().as_nanos());
+    let mut cfg = KafkaConfig::new(url, group);
+    cfg.n_shards = shards;
+    let s = span.clone();
+    let running = kafka::start(cfg, move |_, n| {
+        (0..n).map(|_| Spin { work, acc: 0, span: s.clone(), t0, pending: 0 }).collect::<Vec<_>>()
+    })
+    .unwrap();
+    running.wait().unwrap();
+    span.result()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let mock;
+    let (brokers, topic, expected) = if smoke {
+        mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let topic = "smoke".to_string();
+        mock.create_topic(&topic, 4, 1).unwrap();
+        let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().unwrap();
+        for i in 0..2_000u32 {
+            let key = format!("k{}", i % 97);
+            p.send(BaseRecord::to(&topic).key(&key).payload(&i.to_le_bytes()[..])).unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        (mock.bootstrap_servers(), topic, Some(2_000))
+    } else {
+        let brokers: String = arg(&args, "--brokers", String::new());
+        let topic: String = arg(&args, "--topic", String::new());
+        assert!(!brokers.is_empty() && !topic.is_empty(), "give --brokers HOST:PORT and --topic TOPIC");
+        (brokers, topic, None)
+    };
+    let handler_ns = list(&args, "--handler-ns", if smoke { "0" } else { "0,1000" });
+    let shards = list(&args, "--shards", if smoke { "2" } else { "1,2" });
+    let reps: usize = arg(&args, "--reps", if smoke { 1 } else { 3 });
+    let parts = partitions(&brokers, &topic);
+    println!("kafka bench: topic {topic} ({} partitions) on {brokers}, {reps} reps, median rates", parts.len());
+    println!("{:>10} {:>22} {:>14} {:>10} {:>14}", "handler", "variant", "events/s", "vs plain", "join (s)");
+    let mut run = 0;
+    for &ns in &handler_ns {
+        let work = Work::calibrate(ns);
+        let mut rows: Vec<(String, Vec<Sample>)> = vec![("plain rdkafka".into(), Vec::new())];
+        rows.extend(shards.iter().map(|s| (format!("catchup x{s}"), Vec::new())));
+        // Interleaved repetitions, so drift on a noisy machine hits every variant alike.
+        for _ in 0..reps {
+            rows[0].1.push(baseline(&brokers, &topic, &parts, work));
+            for (i, &s) in shards.iter().enumerate() {
+                run += 1;
+                rows[i + 1].1.push(catchup_run(&brokers, &topic, s as usize, work, run));
+            }
+        }
+        let count = rows[0].1[0].0;
+        if let Some(e) = expected {
+            assert_eq!(count, e, "the plain consumer saw {count} events, the topic holds {e}");
+        }
+        let median = |v: &[Sample], f: fn(&Sample) -> f64| {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        let base = median(&rows[0].1, |r| r.1);
+        for (name, samples) in &rows {
+            for s in samples {
+                assert_eq!(s.0, count, "{name} handled {} events, the topic holds {count}", s.0);
+            }
+            let rate = median(samples, |r| r.1);
+            println!(
+                "{:>10} {:>22} {:>14.0} {:>9.2}x {:>14.2}",
+                format!("{ns} ns"),
+                name,
+                rate,
+                rate / base,
+                median(samples, |r| r.2)
+            );
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Poison-event handling shared by every source: one guarded handler call, and the error policy applied
+//! to an event whose first attempt failed.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::engine::ErrorPolicy;
+use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
+use crate::metrics::bump;
+
+/// What became of a failed event.
+pub(crate) enum Outcome {
+    /// A retry succeeded.
+    Done,
+    /// Given up and to be dead-lettered, with the last error.
+    Skipped(String),
+    /// Given up and the run must stop, with the last error.
+    Fatal(String),
+}
+
+/// A panic payload as text.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Calls the handler once, turning a panic into an error.
+pub(crate) fn call<H: ShardHandler>(handler: &mut H, event: &Event<'_>, ctx: &Ctx) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(event, ctx))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(HandlerError(e))) => Err(e),
+        Err(p) => Err(panic_message(&*p)),
+    }
+}
+
+/// Applies `policy` to an event whose first attempt failed with `first`. Retries stop early once
+/// `aborted()` says the run is over; each retry bumps `retries`.
+pub(crate) fn after_failure<H: ShardHandler>(
+    handler: &mut H,
+    policy: ErrorPolicy,
+    event: &Event<'_>,
+    ctx: &Ctx,
+    first: String,
+    aborted: &dyn Fn() -> bool,
+    retries: &AtomicU64,
+) -> Outcome {
+    match policy {
+        ErrorPolicy::Stop => Outcome::Fatal(first),
+        ErrorPolicy::Skip => Outcome::Skipped(first),
+        ErrorPolicy::Retry { attempts, backoff, then_skip } => {
+            let mut last = first;
+            let mut wait = backoff;
+            for _ in 0..attempts {
+                if aborted() {
+                    return Outcome::Fatal(last);
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(1));
+                bump(retries, 1);
+                match call(handler, event, ctx) {
+                    Ok(()) => return Outcome::Done,
+                    Err(e) => last = e,
+                }
+            }
+            let why = format!("{last} (after {} attempts)", attempts + 1);
+            if then_skip { Outcome::Skipped(why) } else { Outcome::Fatal(why) }
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
