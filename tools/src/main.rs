@@ -23,6 +23,7 @@ mod exec;
 mod hist;
 mod interrupt;
 mod json;
+mod kafka;
 mod progress;
 mod projection;
 mod units;
@@ -91,7 +92,7 @@ enum Command {
     /// Print a log's events as JSON Lines.
     Export(ExportArgs),
     /// Replay a log on many shards through a projection or a child process per shard.
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Percentile tables and an SVG chart from a histogram log.
     Report(ReportArgs),
     /// Show a log's segments, sizes, positions, times and key count.
@@ -208,14 +209,29 @@ byte for byte; any other payload is a JSON string of its text (or
 \"payload_hex\" if it is not UTF-8). Keys that are not UTF-8 appear as
 \"key_hex\".
 
+With --to-kafka kafka://HOST:PORT/TOPIC the events are produced to the topic
+instead: the event key is the record key (so a key's events share a partition
+and keep their order), the payload is the value, and headers carry the log
+position (catchup-pos), the event time in ns (catchup-ts-ns) and the log's
+identity (catchup-log), all u64 little-endian. The partition is chosen from
+the key hash. Run again, it goes on where the topic ends, without duplicates:
+the last record of each partition says which positions are already there.
+
 Examples:
   catchup export /tmp/log | head
   catchup export /tmp/log --from 1000 --to 2000 > slice.jsonl
-  catchup export /tmp/log --key k17 | jq .payload.amount")]
+  catchup export /tmp/log --key k17 | jq .payload.amount
+  catchup export /tmp/log --to-kafka kafka://127.0.0.1:9092/orders")]
 pub struct ExportArgs {
     /// Log directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// Produce to this Kafka topic (kafka://HOST:PORT[,HOST:PORT...]/TOPIC) instead of printing.
+    #[arg(long = "to-kafka", value_name = "URL", conflicts_with_all = ["from", "since", "key", "limit"])]
+    pub to_kafka: Option<String>,
+    /// Extra librdkafka property for the producer (repeatable), e.g. linger.ms=20.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "to_kafka")]
+    pub kafka_options: Vec<String>,
     /// First position to print.
     #[arg(long, value_name = "POS", conflicts_with = "since")]
     pub from: Option<u64>,
@@ -260,6 +276,18 @@ mid-write, a child may read a last line without its newline: ignore it.
 Ctrl-C: stops cleanly (drain, snapshots, output as of the stop), exit status
 130. Ctrl-C twice: exit now.
 
+Kafka: with --source kafka://HOST:PORT/TOPIC --group G the events come from a
+topic; every process started with the same group gets a share of its
+partitions, and inside each process the events are spread over --shards by
+key. Offsets are the checkpoint: only an offset below which every event is
+handled is committed, and with --checkpoint-dir (shared by the whole group)
+each partition's state is snapshotted first, so a partition that moves to
+another process resumes there from its snapshot. Without --follow a process
+stops once the group has committed every partition up to where it ended
+when the process started; --out then holds the keys of the partitions this
+process owned at the end. With --exec there is a child per partition and
+shard.
+
 --on-error: stop (default) | skip (record the event in the dead-letter file,
 go on) | retry:N (N more attempts with back-off, then stop) | retry:N:skip
 (then skip). Dead letters: --dead-letters FILE, default
@@ -276,11 +304,22 @@ Examples:
   catchup replay /tmp/log --exec 'grep -c .' --shards 4
   catchup replay /tmp/log --follow --since 10m --projection last
   catchup replay /tmp/log --json --hist-log run.hlog > summary.json
+  catchup replay --source kafka://127.0.0.1:9092/orders --group totals \\
+      --shards 4 --checkpoint-dir /shared/ckpt --out totals.jsonl
   catchup report run.hlog --svg run.svg")]
 pub struct ReplayArgs {
     /// Log directory.
-    #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    #[arg(value_name = "DIR", required_unless_present = "source", conflicts_with = "source")]
+    pub dir: Option<PathBuf>,
+    /// Consume a Kafka topic instead of a log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC (needs --group).
+    #[arg(long, value_name = "URL", requires = "group", conflicts_with_all = ["from", "since", "to"])]
+    pub source: Option<String>,
+    /// Kafka consumer group: processes in one group share the topic's partitions.
+    #[arg(long, value_name = "GROUP", requires = "source")]
+    pub group: Option<String>,
+    /// Extra librdkafka property for the Kafka consumer (repeatable), e.g. session.timeout.ms=6000.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "source")]
+    pub kafka_options: Vec<String>,
     /// Number of shards (threads running handlers); default: all cores.
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -329,6 +368,10 @@ pub struct ReplayArgs {
     /// Time one event in N for the latency histograms.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub latency_sample_every: u32,
+    /// Hand out at most N events per second (e.g. 50k), so a backfill does not swamp what the handlers
+    /// write to.
+    #[arg(long, value_name = "N", value_parser = units::parse_count)]
+    pub max_rate: Option<u64>,
 }
 
 /// `catchup report`.
@@ -501,7 +544,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Gen(a) => cmd::generate::main(a, &ui),
         Command::Import(a) => cmd::import::main(a, &ui),
         Command::Export(a) => cmd::export::main(a, &ui),
-        Command::Replay(a) => cmd::replay::main(a, &ui),
+        Command::Replay(a) => cmd::replay::main(*a, &ui),
         Command::Report(a) => cmd::report::main(a, &ui),
         Command::Inspect(a) => cmd::inspect::main(a, &ui),
         Command::Verify(a) => cmd::verify::main(a, &ui),

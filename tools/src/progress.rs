@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use catchup_engine::Progress;
+use catchup_engine::kafka::KafkaProgress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::units::{fmt_count, fmt_ns, fmt_rate};
@@ -131,6 +132,32 @@ impl ReplayBar {
         // Past the backlog (following live appends), how far behind the newest event the shards are.
         if p.watermark >= p.replay_end && p.lag_ns > 0 && !p.caught_up {
             msg.push_str(&format!("  lag {}", fmt_ns(p.lag_ns as f64)));
+        }
+        if stopping {
+            msg.push_str("  stopping (Ctrl-C again to abort)");
+        }
+        b.set_message(msg);
+    }
+
+    /// Shows a Kafka run: events handled, rate, lag (records behind the partitions' ends), partitions owned
+    /// and rebalances.
+    pub fn update_kafka(&self, p: &KafkaProgress, stopping: bool) {
+        let Some(b) = &self.bar else { return };
+        let done = p.handled + p.covered;
+        let total = (done + p.lag_events.max(0) as u64).max(1);
+        b.set_length(total);
+        b.set_position(done.min(total));
+        let parts: Vec<String> = p.partitions.iter().map(|x| x.partition.to_string()).collect();
+        let mut msg = format!(
+            "{} events  {}  lag {}  partitions [{}]  rebalances {}",
+            fmt_count(p.handled),
+            fmt_rate(p.rate_per_s),
+            fmt_count(p.lag_events.max(0) as u64),
+            parts.join(","),
+            p.rebalances
+        );
+        if p.caught_up {
+            msg.push_str("  caught up");
         }
         if stopping {
             msg.push_str("  stopping (Ctrl-C again to abort)");

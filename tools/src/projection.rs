@@ -52,21 +52,24 @@ pub trait Render: Projection {
     fn render(&self, state: &Self::State, out: &mut Vec<u8>);
 }
 
-/// Writes every key's state as JSON Lines sorted by key bytes. Returns the number of keys.
+/// Writes every key's state, over all `views`, as JSON Lines sorted by key bytes. Returns the number of
+/// lines.
 pub fn write_sorted<P: Render>(
     projection: &P,
-    view: &KeyedView<P>,
+    views: &[KeyedView<P>],
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<u64> {
-    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(view.len());
-    view.for_each(|key, state| {
-        let mut line = Vec::with_capacity(64);
-        line.push(b'{');
-        json::push_key_field(&mut line, key);
-        projection.render(state, &mut line);
-        line.extend_from_slice(b"}\n");
-        rows.push((key.to_vec(), line));
-    });
+    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(views.iter().map(KeyedView::len).sum());
+    for view in views {
+        view.for_each(|key, state| {
+            let mut line = Vec::with_capacity(64);
+            line.push(b'{');
+            json::push_key_field(&mut line, key);
+            projection.render(state, &mut line);
+            line.extend_from_slice(b"}\n");
+            rows.push((key.to_vec(), line));
+        });
+    }
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (_, line) in &rows {
         out.write_all(line)?;

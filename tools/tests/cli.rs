@@ -540,3 +540,41 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["position"], 1);
 }
+
+#[test]
+fn kafka_flags_are_checked_before_connecting() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 10, 2, &[]);
+    let src = "kafka://127.0.0.1:1/orders";
+    catchup().args(["replay", "--source", src]).assert().code(2).stderr(predicate::str::contains("--group"));
+    catchup().args(["replay", "--source", "kafka://nohost/orders", "--group", "g"]).assert().code(2);
+    catchup().args(["replay", "--source", "http://h:1/t", "--group", "g"]).assert().code(2);
+    catchup().args(["replay", s(&log), "--source", src, "--group", "g"]).assert().code(2);
+    catchup().args(["replay", "--source", src, "--group", "g", "--from", "5"]).assert().code(2);
+    catchup()
+        .args(["replay", "--source", src, "--group", "g", "--exec", "cat"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--checkpoint-dir"));
+    catchup().args(["replay", "--source", src, "--group", "g", "--kafka-option", "novalue"]).assert().code(2);
+    catchup().args(["export", s(&log), "--to-kafka", "kafka://h:1"]).assert().code(2);
+    catchup().args(["replay", s(&log), "--max-rate", "0"]).assert().code(2);
+}
+
+/// `--max-rate` is a limit: 3,000 events at 10,000 per second cannot take less than 0.3 s (however fast or
+/// slow the machine, the run can only be slower).
+#[test]
+fn max_rate_paces_a_replay() {
+    let d = tmp();
+    let log = make_log(d.path(), "log", 3_000, 20, &[]);
+    let t = std::time::Instant::now();
+    let out = catchup()
+        .args(["replay", s(&log), "-q", "--max-rate", "10k", "--out", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 20);
+}

@@ -61,6 +61,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
     println!("{}", generate::describe(&gcfg, &gstats));
     let rcfg = replay::Config {
         log_dir: dir.clone(),
+        kafka: None,
         n_shards,
         handler: replay::HandlerSpec::Projection(ProjectionSpec::Count),
         checkpoint: None,
@@ -73,6 +74,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         json: false,
         hist_log: None,
         latency_sample_every: 64,
+        max_rate: None,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -73,7 +73,31 @@ pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
 }
 
 /// `catchup export`.
-pub fn main(args: ExportArgs, _ui: &Ui) -> Result<Exit> {
+pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
+    if let Some(to) = &args.to_kafka {
+        let url = match catchup_engine::kafka::KafkaUrl::parse(to) {
+            Ok(u) => u,
+            Err(e) => usage!("--to-kafka: {e}"),
+        };
+        let mut options = Vec::new();
+        for o in &args.kafka_options {
+            match crate::cmd::replay::parse_kafka_option(o) {
+                Ok(kv) => options.push(kv),
+                Err(e) => usage!("{e}"),
+            }
+        }
+        let st = crate::kafka::export(&args.dir, &url, &options, ui)?;
+        let resumed = if st.resumed_at == 0 {
+            String::new()
+        } else {
+            format!(
+                "; resumed at position {} (the topic already held everything below it, and {} events after it)",
+                st.resumed_at, st.already_there
+            )
+        };
+        ui.note(format!("exported {} events to {url} ({} partitions){resumed}", st.produced, st.partitions));
+        return Ok(Exit::Ok);
+    }
     let cfg = Config::from_args(args)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -23,6 +23,7 @@ use crate::progress::{ReplayBar, Ui};
 use crate::projection::{Count, Last, ProjectionSpec, Render, Sum, write_sorted};
 use crate::units::{fmt_count, fmt_rate};
 use crate::{Exit, ReplayArgs, usage};
+use catchup_engine::kafka::KafkaUrl;
 
 /// Default `--snapshot-every`.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 1_000_000;
@@ -31,9 +32,9 @@ pub const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Most retries `retry:N` accepts.
 pub const RETRIES_MAX: u32 = 100;
 /// How often the watcher looks at the engine (short, so the measured time ends when the run does).
-const WATCH_EVERY: Duration = Duration::from_millis(5);
+pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// Length of one `--hist-log` interval.
-const HIST_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const HIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Version of the fingerprint's canonical text; bump when its meaning changes.
 const FINGERPRINT_PREFIX: &str = "catchup-replay/v1";
 
@@ -57,11 +58,32 @@ pub enum Output {
     Discard,
 }
 
+/// A Kafka topic as the source (`--source`).
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// Brokers and topic.
+    pub url: KafkaUrl,
+    /// Consumer group.
+    pub group: String,
+    /// `--kafka-option` pairs.
+    pub options: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE` (`--kafka-option`).
+pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("--kafka-option `{s}`: use KEY=VALUE (a librdkafka property)")),
+    }
+}
+
 /// A validated replay.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Log directory.
+    /// Log directory (empty with a Kafka source).
     pub log_dir: PathBuf,
+    /// The Kafka source, if the events come from a topic.
+    pub kafka: Option<KafkaSource>,
     /// Shards.
     pub n_shards: usize,
     /// Handler.
@@ -86,6 +108,8 @@ pub struct Config {
     pub hist_log: Option<PathBuf>,
     /// Latency sampling.
     pub latency_sample_every: u32,
+    /// Events per second at most.
+    pub max_rate: Option<u64>,
 }
 
 /// Parses `stop`, `skip`, `retry:N` or `retry:N:skip`.
@@ -116,6 +140,25 @@ fn cores() -> usize {
 impl Config {
     /// Validates the flags.
     pub fn from_args(a: ReplayArgs) -> Result<Config> {
+        let (log_dir, kafka) = match (a.dir, a.source) {
+            (Some(dir), None) => (dir, None),
+            (None, Some(url)) => {
+                let url = match KafkaUrl::parse(&url) {
+                    Ok(u) => u,
+                    Err(e) => usage!("--source: {e}"),
+                };
+                let Some(group) = a.group.filter(|g| !g.is_empty()) else { usage!("--source needs --group") };
+                let mut options = Vec::new();
+                for o in &a.kafka_options {
+                    match parse_kafka_option(o) {
+                        Ok(kv) => options.push(kv),
+                        Err(e) => usage!("{e}"),
+                    }
+                }
+                (PathBuf::new(), Some(KafkaSource { url, group, options }))
+            }
+            _ => usage!("give a log directory or --source kafka://HOST:PORT/TOPIC"),
+        };
         let n_shards = a.shards.unwrap_or_else(|| cores().min(SHARDS_MAX));
         if n_shards == 0 || n_shards > SHARDS_MAX {
             usage!("--shards {n_shards} must be in 1..={SHARDS_MAX}");
@@ -138,6 +181,9 @@ impl Config {
         if a.snapshot_interval.is_some_and(|d| d.is_zero()) {
             usage!("--snapshot-interval must be above zero");
         }
+        if a.max_rate == Some(0) {
+            usage!("--max-rate must be at least 1");
+        }
         if a.latency_sample_every == 0 {
             usage!("--latency-sample-every must be at least 1");
         }
@@ -145,6 +191,12 @@ impl Config {
             && t < f
         {
             usage!("--to {t} is before --from {f}");
+        }
+        if kafka.is_some() && matches!(handler, HandlerSpec::Exec(_)) && a.checkpoint_dir.is_none() {
+            usage!(
+                "with --source, --exec needs --checkpoint-dir (shared by the group): each partition's child output \
+                 is spooled there, so it moves with the partition"
+            );
         }
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
@@ -173,7 +225,8 @@ impl Config {
             (None, None) => Start::Beginning,
         };
         Ok(Config {
-            log_dir: a.dir,
+            log_dir,
+            kafka,
             n_shards,
             handler,
             checkpoint,
@@ -186,6 +239,7 @@ impl Config {
             json: a.json,
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
+            max_rate: a.max_rate,
         })
     }
 
@@ -209,7 +263,16 @@ impl Config {
             dead_letters: Some(self.dead_letters.clone()),
             latency_sample_every: self.latency_sample_every,
             fingerprint: self.fingerprint(),
+            max_rate: self.max_rate,
             ..EngineConfig::default()
+        }
+    }
+
+    /// The source, for messages: the log directory, or the topic and group.
+    pub fn source_name(&self) -> String {
+        match &self.kafka {
+            Some(k) => format!("{} (group {})", k.url, k.group),
+            None => self.log_dir.display().to_string(),
         }
     }
 
@@ -253,6 +316,8 @@ pub struct Stats {
     pub dead_letters: Option<PathBuf>,
     /// Where results went and how many lines.
     pub output: Option<(String, u64)>,
+    /// With a Kafka source: partitions, lag and rebalances.
+    pub kafka: Option<crate::kafka::KafkaStats>,
 }
 
 impl Stats {
@@ -281,16 +346,22 @@ impl Stats {
         let n = self.shards.len();
         writeln!(
             out,
-            "{} {} events in {:.3} s ({} events/s) with {n} shard{}, {}; positions {}..{}{}",
+            "{} {} events in {:.3} s ({} events/s) with {n} shard{}, {}; {}",
             if self.interrupted { "interrupted after" } else { "replayed" },
             fmt_count(self.handled),
             self.elapsed.as_secs_f64(),
             fmt_rate(self.rate()).trim_end_matches("/s").trim_end(),
             if n == 1 { "" } else { "s" },
             self.handler,
-            fmt_count(self.start.0),
-            fmt_count(self.watermark.0),
-            if self.caught_up { " (end of log)" } else { "" },
+            match &self.kafka {
+                Some(k) => format!("from {}{}", k.url, if self.caught_up { " (caught up)" } else { "" }),
+                None => format!(
+                    "positions {}..{}{}",
+                    fmt_count(self.start.0),
+                    fmt_count(self.watermark.0),
+                    if self.caught_up { " (end of log)" } else { "" }
+                ),
+            },
         )?;
         let per: Vec<String> =
             self.shards.iter().enumerate().map(|(i, s)| format!("{i}: {}", fmt_count(s.handled))).collect();
@@ -311,6 +382,9 @@ impl Stats {
         }
         if let Some((to, lines)) = &self.output {
             writeln!(out, "  wrote {} lines to {to}", fmt_count(*lines))?;
+        }
+        if let Some(k) = &self.kafka {
+            k.write_text(out)?;
         }
         let dists = self.dists();
         let rows: Vec<(&str, &Dist)> = dists.iter().map(|(n, d)| (*n, d)).collect();
@@ -348,13 +422,14 @@ impl Stats {
             "output": self.output.as_ref().map(|(to, lines)| serde_json::json!({"to": to, "lines": lines})),
             "latency_sample_every": self.sample_every,
             "latency_ns": lat,
+            "kafka": self.kafka.as_ref().map(crate::kafka::KafkaStats::to_json),
         })
     }
 }
 
 /// Turns an engine error into one that says what to do.
-fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
-    let dir = cfg.log_dir.display();
+pub(crate) fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
+    let dir = cfg.source_name();
     match e {
         ReplayError::Snapshot(SnapshotError::Mismatch { path, why }) => anyhow::anyhow!(
             "checkpoint {} does not match this run: {why}\n  use another --checkpoint-dir, or delete {} to start \
@@ -364,6 +439,11 @@ fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
         ),
         ReplayError::Handler(f) => {
             let resume = match &cfg.checkpoint {
+                Some(c) if cfg.kafka.is_some() => format!(
+                    "snapshots in {} and the group's committed offsets stay below the event: run again to resume \
+                     there",
+                    c.dir.display()
+                ),
                 Some(c) => format!(
                     "snapshots in {} stay below position {}: run again to resume there",
                     c.dir.display(),
@@ -384,38 +464,58 @@ fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
     }
 }
 
-/// Runs the engine and watches it: progress bar, interval log, Ctrl-C. Returns the summary and whether it
-/// was interrupted.
-fn drive<H: ShardHandler>(
-    cfg: &Config,
-    ui: &Ui,
-    factory: impl FnMut(ShardId) -> H,
-) -> Result<(RunSummary<H>, bool, Duration)> {
-    interrupt::install()?;
-    let mut hist_log = match &cfg.hist_log {
+/// A started run, as the watcher sees it.
+pub(crate) trait Watched {
+    fn is_finished(&self) -> bool;
+    fn stop(&self);
+    fn take_interval(&self) -> Latencies;
+    fn show(&self, bar: &ReplayBar, stopping: bool);
+}
+
+impl<H> Watched for catchup_engine::Running<H> {
+    fn is_finished(&self) -> bool {
+        self.is_finished()
+    }
+    fn stop(&self) {
+        self.stop()
+    }
+    fn take_interval(&self) -> Latencies {
+        self.take_interval()
+    }
+    fn show(&self, bar: &ReplayBar, stopping: bool) {
+        bar.update(&self.progress(), stopping)
+    }
+}
+
+/// Opens `--hist-log`, if asked for.
+pub(crate) fn open_hist_log(cfg: &Config) -> Result<Option<IntervalLog>> {
+    Ok(match &cfg.hist_log {
         Some(p) => Some(IntervalLog::create(
             p,
             SystemTime::now(),
-            &format!("catchup replay {} ({}, {} shards)", cfg.log_dir.display(), cfg.handler_name(), cfg.n_shards),
+            &format!("catchup replay {} ({}, {} shards)", cfg.source_name(), cfg.handler_name(), cfg.n_shards),
         )?),
         None => None,
-    };
-    let started = Instant::now();
-    let running = Engine::start(&cfg.log_dir, cfg.engine_config(), factory).map_err(|e| explain(e, cfg))?;
+    })
+}
+
+/// Watches a run until it ends: progress bar, interval log, Ctrl-C (a clean stop). Returns whether it was
+/// interrupted.
+pub(crate) fn watch(ui: &Ui, run: &impl Watched, mut hist_log: Option<IntervalLog>, started: Instant) -> Result<bool> {
     let bar = ReplayBar::new(ui);
     let mut interval_start = Instant::now();
     let mut stopping = false;
-    while !running.is_finished() {
+    while !run.is_finished() {
         if !stopping && interrupt::requested() {
-            running.stop();
+            run.stop();
             stopping = true;
         }
-        bar.update(&running.progress(), stopping);
+        run.show(&bar, stopping);
         if let Some(log) = &mut hist_log
             && interval_start.elapsed() >= HIST_INTERVAL
         {
             let now = Instant::now();
-            log.write(&running.take_interval(), interval_start - started, now - interval_start)?;
+            log.write(&run.take_interval(), interval_start - started, now - interval_start)?;
             interval_start = now;
         }
         std::thread::sleep(WATCH_EVERY);
@@ -423,15 +523,29 @@ fn drive<H: ShardHandler>(
     bar.finish();
     if let Some(mut log) = hist_log {
         let now = Instant::now();
-        log.write(&running.take_interval(), interval_start - started, now - interval_start)?;
+        log.write(&run.take_interval(), interval_start - started, now - interval_start)?;
         log.finish()?;
     }
+    Ok(stopping)
+}
+
+/// Runs the engine and watches it. Returns the summary, whether it was interrupted, and the wall time.
+fn drive<H: ShardHandler>(
+    cfg: &Config,
+    ui: &Ui,
+    factory: impl FnMut(ShardId) -> H,
+) -> Result<(RunSummary<H>, bool, Duration)> {
+    interrupt::install()?;
+    let hist_log = open_hist_log(cfg)?;
+    let started = Instant::now();
+    let running = Engine::start(&cfg.log_dir, cfg.engine_config(), factory).map_err(|e| explain(e, cfg))?;
+    let interrupted = watch(ui, &running, hist_log, started)?;
     let summary = running.wait().map_err(|e| explain(e, cfg))?;
-    Ok((summary, stopping, started.elapsed()))
+    Ok((summary, interrupted, started.elapsed()))
 }
 
 /// Writes results per `cfg.output`; `fill` writes them and returns the line count.
-fn write_output(
+pub(crate) fn write_output(
     cfg: &Config,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
 ) -> Result<Option<(String, u64)>> {
@@ -473,6 +587,7 @@ fn stats<H>(
         sample_every: cfg.latency_sample_every,
         dead_letters: dead.then(|| cfg.dead_letters.clone()),
         output,
+        kafka: None,
     }
 }
 
@@ -480,14 +595,14 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<
     let keyed = catchup_engine::Keyed::new(projection.clone(), cfg.n_shards);
     let view = keyed.view();
     let (summary, interrupted, elapsed) = drive(cfg, ui, |s| keyed.handler(s))?;
-    let output = write_output(cfg, |w| write_sorted(&projection, &view, w))?;
+    let output = write_output(cfg, |w| write_sorted(&projection, std::slice::from_ref(&view), w))?;
     Ok(stats(cfg, &summary, interrupted, elapsed, output))
 }
 
-fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
-    // With checkpoints the spools live beside the snapshots (they are part of the resumable state);
-    // otherwise in a temporary directory removed at the end.
-    let (spool_dir, _tmp) = match &cfg.checkpoint {
+/// Where `--exec` spools go: beside the snapshots with checkpoints (they are part of the resumable state),
+/// otherwise in a temporary directory removed when the guard drops.
+pub(crate) fn spool_dir(cfg: &Config) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match &cfg.checkpoint {
         Some(c) => {
             let d = c.dir.join("exec-output");
             std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -500,7 +615,11 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
                 .context("cannot create a temporary directory")?;
             (t.path().to_path_buf(), Some(t))
         }
-    };
+    })
+}
+
+fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
+    let (spool_dir, _tmp) = spool_dir(cfg)?;
     let spec = ExecSpec { cmd: cmd.into(), spool_dir, durable: cfg.checkpoint.is_some(), n_shards: cfg.n_shards };
     let (mut summary, interrupted, elapsed) = drive(cfg, ui, |s| ExecHandler::new(spec.clone(), s))?;
     let mut spools = Vec::with_capacity(summary.handlers.len());
@@ -513,6 +632,9 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
 
 /// Runs the replay and writes its results; returns the figures.
 pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
+    if let Some(k) = &cfg.kafka {
+        return crate::kafka::run(cfg, k, ui);
+    }
     if !cfg.log_dir.is_dir() {
         anyhow::bail!("log directory {} does not exist", cfg.log_dir.display());
     }

@@ -1,0 +1,477 @@
+//! The Kafka side of the command line.
+//!
+//! - `replay --source kafka://HOST:PORT/TOPIC --group G`: the engine's `kafka` module, watched like a log
+//!   replay (progress, `--hist-log`, Ctrl-C), with the same projections, `--exec`, `--out` and summary.
+//! - `export DIR --to-kafka kafka://HOST:PORT/TOPIC`: a log mirrored into a topic, resumable without
+//!   duplicates (see [`export`]).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use catchup_engine::kafka::{
+    self, HEADER_LOG_ID, HEADER_POSITION, HEADER_TIMESTAMP_NS, KafkaConfig, KafkaRunning, KafkaSummary, KafkaUrl,
+    PartitionFactory, PartitionProgress,
+};
+use catchup_engine::{Keyed, KeyedView, Latencies, Position, ShardHandler, ShardId, shard_of};
+use catchup_segments::{LogReader, Start};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::cmd::replay::{self, Config, KafkaSource, Stats, Watched};
+use crate::exec::{self, ExecHandler, ExecSpec};
+use crate::interrupt;
+use crate::progress::{CountBar, ReplayBar, Ui};
+use crate::projection::{Count, Last, ProjectionSpec, Render, Sum, write_sorted};
+use crate::units::fmt_count;
+
+/// Where the partitions stood at the end of a Kafka replay.
+#[derive(Debug, Clone)]
+pub struct KafkaStats {
+    /// The topic.
+    pub url: String,
+    /// The group.
+    pub group: String,
+    /// Partitions owned at the end.
+    pub partitions: Vec<PartitionProgress>,
+    /// Rebalances seen.
+    pub rebalances: u64,
+    /// The latest rebalance events.
+    pub rebalance_log: Vec<String>,
+    /// Records dropped because their partition had moved to another member.
+    pub stale: u64,
+    /// Problems that cost time, not data, and the latest one.
+    pub warnings: u64,
+    /// The latest warning.
+    pub last_warning: Option<String>,
+}
+
+impl KafkaStats {
+    fn new(k: &KafkaSource, p: &kafka::KafkaProgress) -> KafkaStats {
+        KafkaStats {
+            url: k.url.to_string(),
+            group: k.group.clone(),
+            partitions: p.partitions.clone(),
+            rebalances: p.rebalances,
+            rebalance_log: p.rebalance_log.clone(),
+            stale: p.stale,
+            warnings: p.warnings,
+            last_warning: p.last_warning.clone(),
+        }
+    }
+
+    /// Lines for the text summary.
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "  kafka {} group {}: {} rebalance{} ({})",
+            self.url,
+            self.group,
+            self.rebalances,
+            if self.rebalances == 1 { "" } else { "s" },
+            self.rebalance_log.join(", ")
+        )?;
+        if let Some(w) = &self.last_warning {
+            writeln!(out, "  {} warning{}, the latest: {w}", self.warnings, if self.warnings == 1 { "" } else { "s" })?;
+        }
+        for p in &self.partitions {
+            writeln!(
+                out,
+                "  partition {:>3}  started {}  handled {}  committed {}  end {}  lag {}",
+                p.partition,
+                fmt_count(p.start.max(0) as u64),
+                fmt_count(p.handled.max(0) as u64),
+                if p.committed < 0 { "-".to_string() } else { fmt_count(p.committed as u64) },
+                fmt_count(p.high.max(0) as u64),
+                fmt_count(p.lag.max(0) as u64)
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The `kafka` object of the JSON summary.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": self.url,
+            "group": self.group,
+            "rebalances": self.rebalances,
+            "rebalance_log": self.rebalance_log,
+            "stale": self.stale,
+            "warnings": self.warnings,
+            "last_warning": self.last_warning,
+            "lag": self.partitions.iter().map(|p| p.lag).sum::<i64>(),
+            "partitions": self.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition,
+                "start": p.start,
+                "dispatched": p.dispatched,
+                "handled": p.handled,
+                "committed": p.committed,
+                "high_watermark": p.high,
+                "lag": p.lag,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl<H> Watched for KafkaRunning<H> {
+    fn is_finished(&self) -> bool {
+        self.is_finished()
+    }
+    fn stop(&self) {
+        self.stop()
+    }
+    fn take_interval(&self) -> Latencies {
+        self.take_interval()
+    }
+    fn show(&self, bar: &ReplayBar, stopping: bool) {
+        bar.update_kafka(&self.progress(), stopping)
+    }
+}
+
+fn kafka_config(cfg: &Config, k: &KafkaSource) -> KafkaConfig {
+    let mut c = KafkaConfig::new(k.url.clone(), k.group.clone());
+    c.n_shards = cfg.n_shards;
+    c.checkpoint = cfg.checkpoint.clone();
+    c.on_error = cfg.on_error;
+    c.dead_letters = Some(cfg.dead_letters.clone());
+    c.follow = cfg.follow;
+    c.fingerprint = cfg.fingerprint();
+    c.latency_sample_every = cfg.latency_sample_every;
+    c.max_rate = cfg.max_rate;
+    c.client = k.options.clone();
+    c
+}
+
+fn drive<H: ShardHandler>(
+    cfg: &Config,
+    k: &KafkaSource,
+    ui: &Ui,
+    factory: impl PartitionFactory<H>,
+) -> Result<(KafkaSummary<H>, bool, Duration)> {
+    interrupt::install()?;
+    let hist_log = replay::open_hist_log(cfg)?;
+    let started = Instant::now();
+    let running = kafka::start(kafka_config(cfg, k), factory).map_err(|e| replay::explain(e, cfg))?;
+    let interrupted = replay::watch(ui, &running, hist_log, started)?;
+    let summary = running.wait().map_err(|e| replay::explain(e, cfg))?;
+    Ok((summary, interrupted, started.elapsed()))
+}
+
+fn stats<H>(
+    cfg: &Config,
+    k: &KafkaSource,
+    s: &KafkaSummary<H>,
+    interrupted: bool,
+    elapsed: Duration,
+    output: Option<(String, u64)>,
+) -> Stats {
+    let dead = s.shards.iter().any(|x| x.dead_lettered > 0);
+    Stats {
+        handler: cfg.handler_name(),
+        handled: s.progress.handled,
+        elapsed,
+        start: Position(0),
+        watermark: Position(0),
+        caught_up: s.progress.caught_up,
+        interrupted,
+        shards: s.shards.clone(),
+        covered: s.progress.covered,
+        latencies: s.latencies.clone(),
+        sample_every: cfg.latency_sample_every,
+        dead_letters: dead.then(|| cfg.dead_letters.clone()),
+        output,
+        kafka: Some(KafkaStats::new(k, &s.progress)),
+    }
+}
+
+/// `replay --source kafka://...`.
+pub fn run(cfg: &Config, k: &KafkaSource, ui: &Ui) -> Result<Stats> {
+    match &cfg.handler {
+        replay::HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, k, ui, Count),
+        replay::HandlerSpec::Projection(ProjectionSpec::Sum(f)) => run_keyed(cfg, k, ui, Sum::new(f.clone())),
+        replay::HandlerSpec::Projection(ProjectionSpec::Last) => run_keyed(cfg, k, ui, Last),
+        replay::HandlerSpec::Exec(cmd) => run_exec(cfg, k, ui, cmd),
+    }
+}
+
+/// Each partition gets its own keyed state (so it can move alone); the output is the keys of the
+/// partitions this process owned at the end.
+fn run_keyed<P: Render + Clone>(cfg: &Config, k: &KafkaSource, ui: &Ui, projection: P) -> Result<Stats> {
+    let views: Arc<Mutex<BTreeMap<i32, KeyedView<P>>>> = Arc::default();
+    let factory = {
+        let views = views.clone();
+        let projection = projection.clone();
+        move |partition: i32, n: usize| {
+            let keyed = Keyed::new(projection.clone(), n);
+            views.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, keyed.view());
+            (0..n).map(|s| keyed.handler(ShardId(s as u16))).collect::<Vec<_>>()
+        }
+    };
+    let (summary, interrupted, elapsed) = drive(cfg, k, ui, factory)?;
+    let views = views.lock().unwrap_or_else(|e| e.into_inner());
+    let owned: Vec<KeyedView<P>> = summary.partitions.keys().filter_map(|p| views.get(p).cloned()).collect();
+    let output = replay::write_output(cfg, |w| write_sorted(&projection, &owned, w))?;
+    Ok(stats(cfg, k, &summary, interrupted, elapsed, output))
+}
+
+/// A child per partition and shard; spools per partition (`exec-output/partition-P/`), concatenated in
+/// partition, then shard order.
+fn run_exec(cfg: &Config, k: &KafkaSource, ui: &Ui, cmd: &str) -> Result<Stats> {
+    let (spool_root, _tmp) = replay::spool_dir(cfg)?;
+    let durable = cfg.checkpoint.is_some();
+    let cmd: Arc<str> = cmd.into();
+    let factory = {
+        let spool_root = spool_root.clone();
+        move |partition: i32, n: usize| {
+            let spool_dir = spool_root.join(format!("partition-{partition}"));
+            // A failure shows up as the handler's error when it opens its spool there.
+            let _ = std::fs::create_dir_all(&spool_dir);
+            let spec = ExecSpec { cmd: cmd.clone(), spool_dir, durable, n_shards: n };
+            (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
+        }
+    };
+    let (mut summary, interrupted, elapsed) = drive(cfg, k, ui, factory)?;
+    let mut spools = Vec::new();
+    for hs in summary.partitions.values_mut() {
+        for h in hs {
+            spools.push(h.finish().map_err(|e| anyhow::anyhow!("replay of {} failed: {e}", cfg.source_name()))?);
+        }
+    }
+    let output = replay::write_output(cfg, |w| exec::concat_spools(&spools, w))?;
+    Ok(stats(cfg, k, &summary, interrupted, elapsed, output))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// export --to-kafka
+
+/// The figures of an export to Kafka.
+#[derive(Debug, Clone, Default)]
+pub struct ExportStats {
+    /// Records produced by this run.
+    pub produced: u64,
+    /// Records of the log found already in the topic (from an earlier run), not produced again.
+    pub already_there: u64,
+    /// The log position this run started reading at.
+    pub resumed_at: u64,
+    /// Partitions of the topic.
+    pub partitions: usize,
+}
+
+#[derive(Default)]
+struct Deliveries {
+    delivered: AtomicU64,
+    /// The first failed delivery: partition, position and error.
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, m)) => {
+                let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                if f.is_none() {
+                    *f = Some(format!("delivery to partition {} failed: {e}", m.partition()));
+                }
+            }
+        }
+    }
+}
+
+/// A u64 header value.
+fn header_u64(m: &impl Message, name: &str) -> Option<u64> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(u64::from_le_bytes)
+}
+
+/// Polls `consumer` for the first record of partition `p` (or its end, None) within 30 s.
+fn next_record(consumer: &BaseConsumer, url: &KafkaUrl, p: i32) -> Result<Option<rdkafka::message::OwnedMessage>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.partition() == p => return Ok(Some(m.detach())),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(q))) if q == p => return Ok(None),
+            Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => return Err(e).with_context(|| format!("cannot read {url} partition {p}")),
+        }
+    }
+    anyhow::bail!("cannot read {url} partition {p}: no answer within 30 s")
+}
+
+/// The log position of the last record of each partition, from its `catchup-pos` header (None: empty).
+///
+/// The end of a partition comes from a fetch response (librdkafka caches its high watermark), not from a
+/// "latest offset" query, which some brokers answer wrongly.
+fn last_positions(
+    url: &KafkaUrl,
+    options: &[(String, String)],
+    log_id: u64,
+    partitions: &[i32],
+) -> Result<Vec<Option<u64>>> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &url.brokers)
+        .set("group.id", "catchup-export-probe")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
+    for (k, v) in options {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create().with_context(|| format!("cannot create a consumer for {url}"))?;
+    let mut out = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let at = |offset: Offset| -> Result<()> {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&url.topic, p, offset)?;
+            consumer.assign(&tpl)?;
+            Ok(())
+        };
+        // Offset 0, not "beginning": that resolves through an offset query some brokers get wrong; a partition
+        // whose start was deleted resets to its earliest record.
+        at(Offset::Offset(0))?;
+        let Some(first) = next_record(&consumer, url, p)? else {
+            out.push(None);
+            continue;
+        };
+        let high = kafka::fetched_high_watermark(consumer.client(), &url.topic, p)
+            .with_context(|| format!("{url} partition {p}: no high watermark after a fetch"))?;
+        let last = if first.offset() == high - 1 {
+            first
+        } else {
+            at(Offset::Offset(high - 1))?;
+            next_record(&consumer, url, p)?
+                .with_context(|| format!("{url} partition {p}: no record at offset {} below its end", high - 1))?
+        };
+        match (header_u64(&last, HEADER_POSITION), header_u64(&last, HEADER_LOG_ID)) {
+            (Some(pos), Some(id)) if id == log_id => out.push(Some(pos)),
+            (Some(_), Some(id)) => anyhow::bail!(
+                "{url} partition {p} holds records exported from another log (id {id:#x}, this log is {log_id:#x}): \
+                 use another topic"
+            ),
+            _ => anyhow::bail!(
+                "{url} partition {p} holds records not written by `catchup export` (offset {} has no \
+                 {HEADER_POSITION}/{HEADER_LOG_ID} headers): use another topic",
+                last.offset()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Mirrors the log in `dir` into the topic. The key is the record key and the partition is
+/// `shard_of(key_hash, partitions)` (so one key, one partition, in log order). Every record carries its
+/// position; a second run reads the last record of each partition, starts at the lowest position not yet
+/// in every partition, and skips the records whose partition already holds them. With the idempotent
+/// producer (order kept per partition), that exports each record exactly once, however the first run ended.
+/// The topic's partition count must not change between runs (the key-to-partition map would).
+pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui) -> Result<ExportStats> {
+    let reader = LogReader::open(dir).with_context(|| format!("cannot open log {}", dir.display()))?;
+    let log_id = catchup_engine::log_id(&reader);
+    let end = reader.end_position().with_context(|| format!("cannot read log {}", dir.display()))?.0;
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &url.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000");
+    for (k, v) in options {
+        pc.set(k, v);
+    }
+    let producer: BaseProducer<Deliveries> =
+        pc.create_with_context(Deliveries::default()).with_context(|| format!("cannot create a producer for {url}"))?;
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(&url.topic), Duration::from_secs(30))
+        .with_context(|| format!("cannot read the metadata of {url} (is the broker up?)"))?;
+    let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == url.topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            let mut v: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            v.sort_unstable();
+            v
+        }
+        _ => anyhow::bail!("{url}: no such topic (create it first, with as many partitions as you want consumers)"),
+    };
+    let n = partitions.len();
+    if partitions.iter().enumerate().any(|(i, &p)| p != i as i32) {
+        anyhow::bail!("{url}: partitions are not numbered 0..{n}");
+    }
+    let last = last_positions(url, options, log_id, &partitions)?;
+    // Every position below the lowest "next" of any partition is in the topic.
+    let start = last.iter().map(|l| l.map_or(0, |p| p + 1)).min().unwrap_or(0);
+    let mut st = ExportStats { resumed_at: start, partitions: n, ..Default::default() };
+    let bar = CountBar::new(ui, Some(end.saturating_sub(start)), "export");
+    let mut cursor = reader.cursor(Start::Position(Position(start)))?;
+    let fail = |producer: &BaseProducer<Deliveries>| -> Result<()> {
+        if let Some(e) = producer.context().failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            anyhow::bail!("export to {url} failed: {e}; run it again to resume without duplicates");
+        }
+        Ok(())
+    };
+    let mut seen = 0u64;
+    while let Some(batch) = cursor
+        .next_batch()
+        .with_context(|| format!("cannot read log {} (run `catchup verify` on it)", dir.display()))?
+    {
+        for (_, r) in batch.records() {
+            seen += 1;
+            let p = shard_of(r.key_hash, n).0 as usize;
+            if last[p].is_some_and(|l| r.position.0 <= l) {
+                st.already_there += 1;
+                continue;
+            }
+            let headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header { key: HEADER_POSITION, value: Some(&r.position.0.to_le_bytes()) })
+                .insert(Header { key: HEADER_TIMESTAMP_NS, value: Some(&r.timestamp_ns.to_le_bytes()) })
+                .insert(Header { key: HEADER_LOG_ID, value: Some(&log_id.to_le_bytes()) });
+            let mut record = BaseRecord::to(&url.topic)
+                .partition(p as i32)
+                .key(r.key)
+                .payload(r.payload)
+                .timestamp((r.timestamp_ns / 1_000_000) as i64)
+                .headers(headers);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
+                        // The local queue is full: serve delivery reports until there is room.
+                        record = back;
+                        producer.poll(Duration::from_millis(50));
+                        fail(&producer)?;
+                    }
+                    Err((e, _)) => {
+                        return Err(e).with_context(|| format!("cannot produce position {} to {url}", r.position));
+                    }
+                }
+            }
+            st.produced += 1;
+        }
+        producer.poll(Duration::ZERO);
+        fail(&producer)?;
+        bar.set(seen);
+    }
+    producer.flush(Duration::from_secs(120)).with_context(|| {
+        format!("export to {url}: not every record was acknowledged; run it again to resume without duplicates")
+    })?;
+    fail(&producer)?;
+    bar.finish();
+    Ok(st)
+}

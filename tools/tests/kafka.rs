@@ -1,0 +1,441 @@
+//! Scale-out through Kafka, end to end: real `catchup` processes against a real Kafka-protocol broker.
+//!
+//! Every test is `#[ignore]`d because it needs the broker: `scripts/kafka-tests.sh` (part of the README's
+//! test command) installs tansu if missing, starts it on 127.0.0.1, runs these with `--ignored` and
+//! `CATCHUP_KAFKA=HOST:PORT`, and stops it. Each test uses its own topic and group.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_catchup");
+
+/// Short session timeout so a killed member's partitions move within seconds.
+const FAST_GROUP: [&str; 4] =
+    ["--kafka-option", "session.timeout.ms=6000", "--kafka-option", "heartbeat.interval.ms=500"];
+
+thread_local! {
+    /// The broker of the current test when it is not the one of `CATCHUP_KAFKA` (the in-process mock).
+    static BROKER: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn broker() -> String {
+    BROKER.with(|b| b.borrow().clone()).unwrap_or_else(|| {
+        std::env::var("CATCHUP_KAFKA")
+            .expect("CATCHUP_KAFKA=HOST:PORT is not set: run these through scripts/kafka-tests.sh")
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("catchup-kafka-").tempdir().unwrap()
+}
+
+fn catchup(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = catchup(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "catchup {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A topic name unique to this test run.
+fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn create_topic(name: &str, partitions: u32) {
+    let tansu = std::env::var("CATCHUP_TANSU").unwrap_or_else(|_| "tansu".into());
+    let out = Command::new(tansu)
+        .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker"])
+        .arg(format!("tcp://{}", broker()))
+        .output()
+        .expect("tansu runs");
+    assert!(out.status.success(), "tansu topic create {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn url(topic: &str) -> String {
+    format!("kafka://{}/{topic}", broker())
+}
+
+fn gen_log(dir: &Path, name: &str, events: u64, keys: u64, seed: u64) -> PathBuf {
+    let log = dir.join(name);
+    run_ok(&[
+        "gen",
+        "-q",
+        "--out",
+        s(&log),
+        "--events",
+        &events.to_string(),
+        "--keys",
+        &keys.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--segment-bytes",
+        "1MiB",
+    ]);
+    log
+}
+
+/// Exports with one record per producer batch: tansu 0.6 serves a fetch from an offset inside a batch
+/// starting at the next batch (skipping the rest of it), and members resume at arbitrary offsets.
+fn export(log: &Path, topic: &str) -> String {
+    let out = run_ok(&["export", s(log), "--to-kafka", &url(topic), "--kafka-option", "batch.num.messages=1"]);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Key -> line of a projection's output.
+fn lines_by_key(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["key"].as_str().unwrap().to_string(), l.to_string())
+        })
+        .collect()
+}
+
+fn local_replay(log: &Path, projection: &str) -> BTreeMap<String, String> {
+    let out = run_ok(&["replay", s(log), "-q", "--shards", "2", "--projection", projection, "--out", "-"]);
+    lines_by_key(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Merges the outputs of a group's members: a key may appear in several (a partition that moved at the end
+/// is written by both of its owners), but always with the same line.
+fn merge(outputs: &[PathBuf]) -> BTreeMap<String, String> {
+    let mut all = BTreeMap::new();
+    for p in outputs {
+        let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        for (k, line) in lines_by_key(&text) {
+            if let Some(prev) = all.insert(k.clone(), line.clone()) {
+                assert_eq!(prev, line, "members disagree on key {k}");
+            }
+        }
+    }
+    all
+}
+
+struct Member {
+    child: Child,
+    out: PathBuf,
+    summary: PathBuf,
+}
+
+fn start_member(topic: &str, group: &str, ckpt: &Path, dir: &Path, i: usize, extra: &[&str]) -> Member {
+    let out = dir.join(format!("out-{i}.jsonl"));
+    let summary = dir.join(format!("summary-{i}.json"));
+    let mut args: Vec<String> = [
+        "replay",
+        "--source",
+        &url(topic),
+        "--group",
+        group,
+        "--shards",
+        "2",
+        "--projection",
+        "sum:amount",
+        "--checkpoint-dir",
+        s(ckpt),
+        "--out",
+        s(&out),
+        "--json",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    args.extend(FAST_GROUP.iter().map(|x| x.to_string()));
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(std::fs::File::create(&summary).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Member { child, out, summary }
+}
+
+fn wait_ok(m: &mut Member, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = m.child.try_wait().unwrap() {
+            assert!(st.success(), "member failed: {st}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = m.child.kill();
+            panic!("member did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serde_json::from_str(&std::fs::read_to_string(&m.summary).unwrap()).unwrap()
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
+fn export_is_resumable_without_duplicates() {
+    let d = tmp();
+    let log = gen_log(d.path(), "log", 3_000, 50, 1);
+    let t = topic("export");
+    create_topic(&t, 4);
+    let first = export(&log, &t);
+    assert!(first.contains("exported 3000 events"), "{first}");
+    // Nothing new: nothing produced.
+    let again = export(&log, &t);
+    assert!(again.contains("exported 0 events"), "{again}");
+    assert!(again.contains("resumed at position"), "{again}");
+    // Append to the log and export again: only the new events go out.
+    let more = gen_log(d.path(), "more", 500, 50, 2);
+    let lines = run_ok(&["export", s(&more)]).stdout;
+    let mut import =
+        catchup(&["import", "-q", "--from-export", "--out", s(&log), "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(import.stdin.as_mut().unwrap(), &lines).unwrap();
+    drop(import.stdin.take());
+    assert!(import.wait().unwrap().success());
+    let third = export(&log, &t);
+    assert!(third.contains("exported 500 events"), "{third}");
+    // The topic holds exactly the log: one member reading it all gives the local result.
+    let g = format!("{t}-check");
+    let ckpt = d.path().join("ckpt");
+    let mut m = start_member(&t, &g, &ckpt, d.path(), 0, &[]);
+    let summary = wait_ok(&mut m, Duration::from_secs(120));
+    assert_eq!(summary["events"], 3_500);
+    assert_eq!(merge(&[m.out]), local_replay(&log, "sum:amount"));
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
+fn export_refuses_a_topic_of_another_log() {
+    let d = tmp();
+    let a = gen_log(d.path(), "a", 200, 10, 1);
+    let b = gen_log(d.path(), "b", 200, 10, 1);
+    let t = topic("other");
+    create_topic(&t, 2);
+    export(&a, &t);
+    let out =
+        catchup(&["export", s(&b), "--to-kafka", &url(&t), "--kafka-option", "batch.num.messages=1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported from another log"), "{out:?}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
+fn per_key_order_holds_across_partitions_and_shards() {
+    let d = tmp();
+    let log = gen_log(d.path(), "log", 6_000, 80, 3);
+    let t = topic("order");
+    create_topic(&t, 4);
+    export(&log, &t);
+    // Each child checks that every key's seq goes up by one in what it is given (a child may start mid-way
+    // through a key: each snapshot ends a child and the next event starts a new one).
+    let checker = r#"awk '{ match($0, /"key":"[^"]*"/); k = substr($0, RSTART, RLENGTH);
+        match($0, /"seq":[0-9]+/); q = substr($0, RSTART + 6, RLENGTH - 6) + 0;
+        if ((k in last) && q != last[k] + 1) print "BAD " k " " q " after " last[k]; last[k] = q; n++ }
+        END { print "events " n }'"#;
+    let out = run_ok(&[
+        "replay",
+        "-q",
+        "--source",
+        &url(&t),
+        "--group",
+        &format!("{t}-g"),
+        "--shards",
+        "3",
+        "--exec",
+        checker,
+        "--checkpoint-dir",
+        s(&d.path().join("ckpt")),
+        "--out",
+        "-",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("BAD"), "out of order:\n{text}");
+    let total: u64 = text.lines().filter_map(|l| l.strip_prefix("events ")).map(|n| n.parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 6_000, "{text}");
+    // One child per partition and shard that got events.
+    assert!(text.lines().count() > 4, "{text}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
+fn three_members_match_a_local_replay_then_resume_from_commits() {
+    let d = tmp();
+    let log = gen_log(d.path(), "log", 20_000, 300, 4);
+    let t = topic("group");
+    create_topic(&t, 4);
+    export(&log, &t);
+    let g = format!("{t}-g");
+    let ckpt = d.path().join("ckpt");
+    let mut members: Vec<Member> =
+        // Paced, so every member gets a share before the backlog is gone.
+        (0..3).map(|i| start_member(&t, &g, &ckpt, d.path(), i, &["--snapshot-every", "1000", "--max-rate", "4000"])).collect();
+    let summaries: Vec<Value> = members.iter_mut().map(|m| wait_ok(m, Duration::from_secs(180))).collect();
+    let outs: Vec<PathBuf> = members.iter().map(|m| m.out.clone()).collect();
+    assert_eq!(merge(&outs), local_replay(&log, "sum:amount"));
+    let handled: u64 = summaries.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+    assert!(handled >= 20_000, "{summaries:?}");
+
+    // More events, then the whole group again: it resumes from the committed offsets and the snapshots.
+    let more = gen_log(d.path(), "more", 2_000, 300, 5);
+    let lines = run_ok(&["export", s(&more)]).stdout;
+    let mut import =
+        catchup(&["import", "-q", "--from-export", "--out", s(&log), "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(import.stdin.as_mut().unwrap(), &lines).unwrap();
+    drop(import.stdin.take());
+    assert!(import.wait().unwrap().success());
+    export(&log, &t);
+    let dir2 = d.path().join("second");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let mut members: Vec<Member> = (0..3).map(|i| start_member(&t, &g, &ckpt, &dir2, i, &[])).collect();
+    let summaries: Vec<Value> = members.iter_mut().map(|m| wait_ok(m, Duration::from_secs(180))).collect();
+    let handled: u64 = summaries.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+    assert!((2_000..6_000).contains(&handled), "the restart handled {handled} events, not just the 2,000 new ones");
+    let outs: Vec<PathBuf> = members.iter().map(|m| m.out.clone()).collect();
+    assert_eq!(merge(&outs), local_replay(&log, "sum:amount"));
+}
+
+/// SIGKILL one member of three mid-way: its partitions move to the others, which resume them from its
+/// snapshots and commits, and the group's output is still exactly the local replay's.
+///
+/// Runs against librdkafka's mock cluster (a Kafka-protocol broker on 127.0.0.1, hosted by this test
+/// process), not tansu: tansu 0.6 evicts a member whose session timed out without starting a new
+/// generation, and its SyncGroup keeps the old assignment, so a dead member's partitions are never handed
+/// out again (tansu-broker `coordinator/group/administrator.rs`, `Formed::heartbeat` and `Formed::sync`).
+#[test]
+fn a_killed_member_s_partitions_move_and_the_output_is_unchanged() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    BROKER.with(|b| *b.borrow_mut() = Some(mock.bootstrap_servers()));
+    let d = tmp();
+    let log = gen_log(d.path(), "log", 40_000, 500, 6);
+    let t = topic("kill");
+    mock.create_topic(&t, 4, 1).unwrap();
+    export(&log, &t);
+    let g = format!("{t}-g");
+    let ckpt = d.path().join("ckpt");
+    // Paced, so the members are mid-way when one dies; member 0 slowest, so it still has work when it is
+    // killed (a member that finished its partitions is only waiting for the rest of the group).
+    let extra = ["--snapshot-every", "500", "--max-rate", "4000"];
+    let slow = ["--snapshot-every", "500", "--max-rate", "1000"];
+    // Member 0 starts alone (so it owns every partition and does real work), the others join, and once the
+    // partitions are spread member 0 is killed mid-way.
+    let mut members = vec![start_member(&t, &g, &ckpt, d.path(), 0, &slow)];
+    let parts = ckpt.join("kafka").join(&t);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_count(&parts) == 0 {
+        assert!(Instant::now() < deadline, "member 0 wrote no snapshot within 60 s");
+        assert!(members[0].child.try_wait().unwrap().is_none(), "member 0 finished before the others joined");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    members.extend((1..3).map(|i| start_member(&t, &g, &ckpt, d.path(), i, &extra)));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(members[0].child.try_wait().unwrap().is_none(), "member 0 finished before it could be killed");
+    members[0].child.kill().unwrap();
+    members[0].child.wait().unwrap();
+    let survivors: Vec<Value> = members[1..].iter_mut().map(|m| wait_ok(m, Duration::from_secs(240))).collect();
+    let outs: Vec<PathBuf> = members[1..].iter().map(|m| m.out.clone()).collect();
+    assert_eq!(merge(&outs), local_replay(&log, "sum:amount"), "survivors: {survivors:?}");
+    // The survivors picked up where member 0's snapshots and commits left its partitions, not from zero.
+    let resumed: Vec<i64> = survivors
+        .iter()
+        .flat_map(|s| s["kafka"]["partitions"].as_array().unwrap().iter().map(|p| p["start"].as_i64().unwrap()))
+        .filter(|&start| start > 0)
+        .collect();
+    assert!(!resumed.is_empty(), "no partition was resumed from member 0's work: {survivors:?}");
+    let handled: u64 = survivors.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+    assert!(handled < 40_000, "the survivors handled {handled} of 40,000 events: member 0's work was redone");
+    // Events below a resumed partition's start were handled by member 0 and kept; anything the survivors
+    // handled beyond the rest was handled twice.
+    let kept: i64 = resumed.iter().sum();
+    eprintln!(
+        "kill test: survivors handled {handled} events; member 0's kept work {kept}; handled twice {}",
+        handled as i64 - (40_000 - kept)
+    );
+}
+
+fn snapshot_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    std::fs::read_dir(e.path())
+                        .map(|r| r.flatten().filter(|f| f.path().extension().is_some_and(|x| x == "snap")).count())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
+fn poison_events_stop_the_run_or_go_to_the_dead_letters() {
+    let d = tmp();
+    let log = d.path().join("log");
+    let mut import =
+        catchup(&["import", "-q", "--out", s(&log), "--key", "k", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(
+        import.stdin.as_mut().unwrap(),
+        b"{\"k\":\"a\",\"n\":1}\n{\"k\":\"a\",\"n\":\"x\"}\n{\"k\":\"b\",\"n\":2}\n{\"k\":\"a\",\"n\":3}\n",
+    )
+    .unwrap();
+    drop(import.stdin.take());
+    assert!(import.wait().unwrap().success());
+    let t = topic("poison");
+    create_topic(&t, 2);
+    export(&log, &t);
+    // The default policy stops, naming the partition and offset; the group commits nothing past it.
+    let out = catchup(&[
+        "replay",
+        "-q",
+        "--source",
+        &url(&t),
+        "--group",
+        &format!("{t}-stop"),
+        "--projection",
+        "sum:n",
+        "--checkpoint-dir",
+        s(&d.path().join("ck1")),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a number") && err.contains("partition") && err.contains("offset 1"), "{err}");
+    // Skip: recorded in the dead-letter file, and the run goes on.
+    let dlq = d.path().join("dead.jsonl");
+    let out = run_ok(&[
+        "replay",
+        "-q",
+        "--source",
+        &url(&t),
+        "--group",
+        &format!("{t}-skip"),
+        "--projection",
+        "sum:n",
+        "--on-error",
+        "skip",
+        "--dead-letters",
+        s(&dlq),
+        "--out",
+        "-",
+    ]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "{\"key\":\"a\",\"sum\":4}\n{\"key\":\"b\",\"sum\":2}\n");
+    let dead = std::fs::read_to_string(&dlq).unwrap();
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    let v: Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!((v["topic"].as_str(), v["offset"].as_i64(), v["key"].as_str()), (Some(t.as_str()), Some(1), Some("a")));
+}
