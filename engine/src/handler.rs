@@ -117,6 +117,13 @@ pub trait ShardHandler: Send + 'static {
     /// Restores state saved by `snapshot`.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError>;
 
+    /// Finishes side effects in flight without taking a snapshot: the Kafka source calls it before it
+    /// commits offsets that cover the events handled so far when there is no checkpoint directory (with
+    /// one, `snapshot` does this). An `Err` stops the run before that commit.
+    fn flush(&mut self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
     /// How the snapshot bytes are laid out. Keyed projections override this; raw handlers keep `PerShard`.
     fn state_layout(&self) -> StateLayout {
         StateLayout::PerShard

@@ -210,7 +210,8 @@ pub struct KafkaProgress {
     pub handled: u64,
     /// Events skipped because a snapshot already covered them.
     pub covered: u64,
-    /// Records received from partitions this process no longer owned (dropped; their new owner reads them).
+    /// Records dropped on arrival: of partitions this process no longer owned (their new owner reads them),
+    /// or fetched a second time.
     pub stale: u64,
     /// Rebalances seen (assignments and revocations).
     pub rebalances: u64,
@@ -347,6 +348,29 @@ struct Batch {
     sent_ns: u64,
 }
 
+impl Batch {
+    /// Keeps only the records whose partition passes `keep`.
+    fn retain(&mut self, keep: impl Fn(i32) -> bool) {
+        if self.items.iter().all(|it| keep(it.partition)) {
+            return;
+        }
+        let mut data = Vec::with_capacity(self.data.len());
+        let mut at = 0usize;
+        self.items.retain(|it| {
+            let len = it.key_len as usize + it.payload_len as usize;
+            let span = at..at + len;
+            at += len;
+            if keep(it.partition) {
+                data.extend_from_slice(&self.data[span]);
+                true
+            } else {
+                false
+            }
+        });
+        self.data = data;
+    }
+}
+
 enum ToShard<H> {
     Events(Batch),
     /// Take over a partition's handler; skip its records below `start`; check per-key coverage if the
@@ -469,16 +493,17 @@ fn shard_loop<H: ShardHandler>(
                     continue;
                 }
                 let mut states = Vec::new();
-                if snapshot {
-                    for (&p, part) in parts.iter_mut() {
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part.handler.snapshot()));
-                        let r = match r {
-                            Ok(Ok(b)) => Ok(b),
-                            Ok(Err(e)) => Err(e.0),
-                            Err(p) => Err(policy::panic_message(&*p)),
-                        };
-                        states.push((p, r));
-                    }
+                for (&p, part) in parts.iter_mut() {
+                    // Without snapshots, `flush` finishes the side effects the commit will cover.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if snapshot { part.handler.snapshot() } else { part.handler.flush().map(|()| Vec::new()) }
+                    }));
+                    let r = match r {
+                        Ok(Ok(b)) => Ok(b),
+                        Ok(Err(e)) => Err(e.0),
+                        Err(p) => Err(policy::panic_message(&*p)),
+                    };
+                    states.push((p, r));
                 }
                 metrics.publish(&mut local);
                 if acks.send(Ack { shard: cx.idx, id, states }).is_err() {
@@ -678,7 +703,12 @@ struct Coord<H, F> {
     partitions: Vec<i32>,
     /// Shards were stopped: rebalance callbacks only release.
     closed: bool,
+    /// Commits refused in a row (a rebalance in progress is normal; a long run of refusals is not).
+    refused: u32,
 }
+
+/// Commits refused in a row before the run gives up.
+const COMMITS_REFUSED_MAX: u32 = 100;
 
 struct KafkaContext<H, F> {
     coord: Mutex<Coord<H, F>>,
@@ -737,6 +767,9 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     }
 
     fn on_assign(&mut self, consumer: &Kc<H, F>, tpl: &mut TopicPartitionList) -> Result<(), ReplayError> {
+        if self.closed {
+            return Err(ReplayError::Internal("partitions assigned while closing".into()));
+        }
         let topic = self.topic().to_string();
         let parts: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
         let committed = consumer
@@ -835,6 +868,17 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             return Ok(());
         }
         let result = if lost || self.shared.aborted() {
+            // Nothing of these partitions may reach the shards any more, and a barrier still running must
+            // not write or commit for them.
+            for b in &mut self.bufs {
+                b.retain(|partition| !parts.contains(&partition));
+            }
+            if let Some(pending) = &mut self.pending {
+                for p in parts {
+                    pending.upto.remove(p);
+                    pending.states.remove(p);
+                }
+            }
             Ok(())
         } else {
             self.flush();
@@ -861,8 +905,19 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         };
         let offset = m.offset();
         if offset < owned.next {
-            // Fetched again after a seek: already dispatched or covered.
+            // Already dispatched (a fetch repeated by the client): counted, not handled twice.
+            bump(&self.shared.stale, 1);
             return;
+        }
+        if offset > owned.next && owned.next == owned.start && owned.start > 0 {
+            // The first record after resuming is not the one asked for. Legitimate on a compacted topic or
+            // after a transaction marker; but a broker that serves a fetch starting inside a batch from the
+            // next batch (tansu 0.6) loses records here, so say so.
+            self.shared.warn(format!(
+                "partition {p}: resumed at offset {}, but the first record fetched is at {offset} (compaction, or a \
+                 broker that skipped the rest of a batch)",
+                owned.start
+            ));
         }
         owned.next = offset + 1;
         let key = m.key().unwrap_or(&[]);
@@ -985,6 +1040,12 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
 
     /// Every record dispatched before the barrier is handled: write its snapshots, then commit.
     fn complete(&mut self, consumer: &Kc<H, F>, mut pending: Pending) -> Result<(), ReplayError> {
+        if consumer.assignment_lost() {
+            // Presumed dead by the group: another member may own these partitions now.
+            self.shared.warn("assignment lost: this barrier's snapshots and commit were dropped".into());
+            self.publish_progress();
+            return Ok(());
+        }
         let topic = self.cfg.url.topic.clone();
         let n = self.cfg.n_shards;
         let mut commit = TopicPartitionList::new();
@@ -1034,13 +1095,23 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             // (at least once). The next barrier tries again.
             match consumer.commit(&commit, CommitMode::Sync) {
                 Ok(()) => {
+                    self.refused = 0;
                     for e in commit.elements() {
                         if let (Some(o), Offset::Offset(at)) = (self.owned.get_mut(&e.partition()), e.offset()) {
                             o.committed = at;
                         }
                     }
                 }
-                Err(e) => self.shared.warn(format!("commit refused: {e}")),
+                Err(e) => {
+                    self.refused += 1;
+                    if self.refused >= COMMITS_REFUSED_MAX {
+                        return Err(kafka_err(
+                            format!("{} commits in a row refused for group {}", self.refused, self.cfg.group),
+                            e,
+                        ));
+                    }
+                    self.shared.warn(format!("commit refused: {e}"));
+                }
             }
         }
         self.publish_progress();
@@ -1060,7 +1131,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         let by_count =
             self.cfg.checkpoint.as_ref().and_then(|c| c.every_events).is_some_and(|n| self.since_barrier >= n);
         let by_time = self.cfg.barrier_every().is_some_and(|every| self.last_barrier.elapsed() >= every);
-        let at_end = !self.cfg.follow && self.all_at_end();
+        let at_end = !self.cfg.follow && self.all_at_end() && self.last_barrier.elapsed() >= Duration::from_millis(200);
         by_count || by_time || at_end
     }
 
@@ -1137,6 +1208,28 @@ pub fn fetched_high_watermark<C: ClientContext>(
         rdkafka::bindings::rd_kafka_get_watermark_offsets(client.native_ptr(), topic.as_ptr(), p, &mut low, &mut high)
     };
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+/// Errors that retrying cannot fix: the run stops with them. Anything else (transport failures, a broker
+/// restarting, a coordinator moving) is a warning; librdkafka retries it.
+fn fatal_consume_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    match e {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            C::OffsetOutOfRange
+                | C::AutoOffsetReset
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::Fatal
+        ),
+        _ => false,
+    }
 }
 
 /// Asks whether the group is done with the whole topic: a probe consumer (no group membership) is put at
@@ -1228,9 +1321,12 @@ fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(consumer: &Kc<H, F>, share
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => lock().on_eof(p),
                 Some(Err(e)) => {
-                    // librdkafka retries transport errors itself; anything it hands us is a lasting problem
-                    // (a topic deleted, an authorization failure, a fatal error).
-                    return Err(kafka_err(format!("consume {topic}"), e));
+                    // librdkafka reports transient trouble too (a broker restarting, a connection dropped) and
+                    // retries it itself: only lasting problems stop the run.
+                    if fatal_consume_error(&e) {
+                        return Err(kafka_err(format!("consume {topic}"), e));
+                    }
+                    shared.warn(format!("consume {topic}: {e}"));
                 }
             }
         }
@@ -1313,9 +1409,12 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
         // End-of-partition events say where the backlog ends.
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // Every partition is assigned at an explicit offset (snapshot, commit, or its low watermark): one
+        // out of range means the topic was recreated or truncated under the checkpoint, which must stop the
+        // run rather than silently restart the partition somewhere else.
+        .set("auto.offset.reset", "error");
     for (k, v) in &cfg.client {
         client.set(k, v);
     }
@@ -1369,6 +1468,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         last_barrier: Instant::now(),
         partitions: Vec::new(),
         closed: false,
+        refused: 0,
         cfg,
     };
     let consumer: Kc<H, F> = client
@@ -1531,6 +1631,28 @@ mod tests {
         assert_ne!(partition_log_id("t", 0), partition_log_id("t", 1));
         assert_ne!(partition_log_id("t", 1), partition_log_id("t1", 1));
         assert_eq!(partition_dir(Path::new("/c"), "t", 3), Path::new("/c/kafka/t/partition-3"));
+    }
+
+    #[test]
+    fn batch_retain_keeps_bytes_aligned_with_items() {
+        let mut b = Batch::default();
+        for (p, key, payload) in [(0, "a", "one"), (1, "bb", "two!"), (0, "c", ""), (2, "", "x")] {
+            b.data.extend_from_slice(key.as_bytes());
+            b.data.extend_from_slice(payload.as_bytes());
+            b.items.push(Item {
+                partition: p,
+                offset: 0,
+                timestamp_ns: 0,
+                key_hash: 0,
+                key_len: key.len() as u32,
+                payload_len: payload.len() as u32,
+            });
+        }
+        b.retain(|p| p != 1);
+        assert_eq!(b.items.iter().map(|i| i.partition).collect::<Vec<_>>(), [0, 0, 2]);
+        assert_eq!(b.data, b"aonecx");
+        b.retain(|p| p == 2);
+        assert_eq!((b.items.len(), b.data.as_slice()), (1, &b"x"[..]));
     }
 
     #[test]

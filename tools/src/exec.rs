@@ -241,6 +241,11 @@ impl ShardHandler for ExecHandler {
         Ok(b)
     }
 
+    fn flush(&mut self) -> Result<(), HandlerError> {
+        // Every event sent so far is about to be committed: the child must have answered them.
+        self.inner.close_epoch().map_err(HandlerError)
+    }
+
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
         let inner = &mut self.inner;
         if bytes.len() != 16 || &bytes[..8] != STATE_MAGIC {

@@ -355,8 +355,15 @@ fn last_positions(
             first
         } else {
             at(Offset::Offset(high - 1))?;
-            next_record(&consumer, url, p)?
-                .with_context(|| format!("{url} partition {p}: no record at offset {} below its end", high - 1))?
+            let m = next_record(&consumer, url, p)?
+                .with_context(|| format!("{url} partition {p}: no record at offset {} below its end", high - 1))?;
+            anyhow::ensure!(
+                m.offset() == high - 1,
+                "{url} partition {p}: asked for its last record (offset {}), the broker sent offset {}",
+                high - 1,
+                m.offset()
+            );
+            m
         };
         match (header_u64(&last, HEADER_POSITION), header_u64(&last, HEADER_LOG_ID)) {
             (Some(pos), Some(id)) if id == log_id => out.push(Some(pos)),
@@ -385,14 +392,13 @@ pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui)
     let log_id = catchup_engine::log_id(&reader);
     let end = reader.end_position().with_context(|| format!("cannot read log {}", dir.display()))?.0;
     let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", &url.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "120000");
+    pc.set("bootstrap.servers", &url.brokers).set("linger.ms", "5").set("message.timeout.ms", "120000");
     for (k, v) in options {
         pc.set(k, v);
     }
+    // The resume rule needs every partition to hold a gapless prefix of what was sent to it, in order: not
+    // overridable. (A record that times out stops the producer instead of leaving a gap behind later ones.)
+    pc.set("enable.idempotence", "true").set("acks", "all").set("enable.gapless.guarantee", "true");
     let producer: BaseProducer<Deliveries> =
         pc.create_with_context(Deliveries::default()).with_context(|| format!("cannot create a producer for {url}"))?;
     let metadata = producer

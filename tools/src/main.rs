@@ -286,7 +286,8 @@ another process resumes there from its snapshot. Without --follow a process
 stops once the group has committed every partition up to where it ended
 when the process started; --out then holds the keys of the partitions this
 process owned at the end. With --exec there is a child per partition and
-shard.
+shard. CATCHUP_KAFKA_TRACE=1 prints rebalances and warnings on stderr as they
+happen.
 
 --on-error: stop (default) | skip (record the event in the dead-letter file,
 go on) | retry:N (N more attempts with back-off, then stop) | retry:N:skip
