@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-500000}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 command -v tansu >/dev/null 2>&1 || cargo install tansu --version "${TANSU_VERSION:-0.6.0}" --features dynostore --locked
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 work="$(mktemp -d -t catchup-bench-kafka.XXXXXX)"

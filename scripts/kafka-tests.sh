@@ -10,11 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
-if ! command -v tansu >/dev/null 2>&1; then
+if ! command -v tansu >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]]; then
     echo "kafka-tests: installing tansu $TANSU_VERSION (cargo install, takes a while the first time)" >&2
     cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked
 fi
-TANSU="$(command -v tansu)"
+TANSU="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
 
 port="${KAFKA_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 log="$(mktemp -t catchup-tansu.XXXXXX.log)"

@@ -29,6 +29,41 @@
 //! assignment by timing out does not write snapshots or commit).
 //!
 //! Each partition has its own handlers (one per shard): a partition's state can move without the others.
+//!
+//! ```no_run
+//! use catchup_engine::kafka::{self, KafkaConfig, KafkaUrl};
+//! use catchup_engine::{CheckpointConfig, Ctx, Event, HandlerError, Keyed, Projection, ShardId};
+//!
+//! struct Count;
+//! impl Projection for Count {
+//!     type State = u64;
+//!     fn init(&self, _key: &[u8]) -> u64 { 0 }
+//!     fn apply(&self, n: &mut u64, _e: &Event<'_>, _c: &Ctx) -> Result<(), HandlerError> { *n += 1; Ok(()) }
+//!     fn encode(&self, n: &u64, out: &mut Vec<u8>) { out.extend_from_slice(&n.to_le_bytes()) }
+//!     fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+//!         Ok(u64::from_le_bytes(b.try_into().map_err(|_| HandlerError::new("bad count"))?))
+//!     }
+//! }
+//!
+//! let url = KafkaUrl::parse("kafka://127.0.0.1:9092/orders").expect("valid address");
+//! let mut config = KafkaConfig::new(url, "order-counts");
+//! config.n_shards = 4;
+//! config.checkpoint = Some(CheckpointConfig {
+//!     dir: "/shared/ck".into(), // seen by every member of the group
+//!     every_events: Some(100_000),
+//!     every: None,
+//! });
+//! config.follow = true; // an embedded consumer keeps going after the backlog
+//! // One keyed state per partition, so a partition's state can move to another process on its own.
+//! let running = kafka::start(config, |_partition: i32, n: usize| {
+//!     let keyed = Keyed::new(Count, n);
+//!     (0..n).map(|s| keyed.handler(ShardId(s as u16))).collect::<Vec<_>>()
+//! })?;
+//! println!("lag {} events", running.progress().lag_events);
+//! let summary = running.wait()?; // after `running.stop()` from elsewhere, or an error
+//! println!("{} partitions owned at the end", summary.partitions.len());
+//! # Ok::<(), catchup_engine::ReplayError>(())
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

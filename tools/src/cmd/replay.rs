@@ -403,8 +403,9 @@ impl Stats {
             "seconds": self.elapsed.as_secs_f64(),
             "events_per_s": self.rate(),
             "shards": self.shards.len(),
-            "start": self.start.0,
-            "watermark": self.watermark.0,
+            // Log positions; a Kafka run has offsets per partition instead (under "kafka").
+            "start": self.kafka.is_none().then_some(self.start.0),
+            "watermark": self.kafka.is_none().then_some(self.watermark.0),
             "caught_up": self.caught_up,
             "interrupted": self.interrupted,
             "covered": self.covered,
