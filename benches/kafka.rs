@@ -21,23 +21,10 @@ use std::time::{Duration, Instant};
 
 use catchup::engine::kafka::{self, KafkaConfig, KafkaUrl};
 use catchup::engine::{Ctx, Event, HandlerError, ShardHandler};
-use catchup_tools::bench::Work;
+use catchup_tools::bench::{Work, arg, list};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}: {v}")))
-        .unwrap_or(default)
-}
-
-fn list(args: &[String], name: &str, default: &str) -> Vec<u64> {
-    let raw: String = arg(args, name, default.to_string());
-    raw.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad list for {name}: {raw}"))).collect()
-}
 
 /// One run: events handled, events per second, seconds until the first event (the group join).
 type Sample = (u64, f64, f64);

@@ -8,21 +8,8 @@
 
 use std::path::PathBuf;
 
-use catchup_tools::bench::{Variant, Work, run_all};
+use catchup_tools::bench::{Variant, Work, arg, list, run_all};
 use catchup_tools::synth::{SynthSpec, generate};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}: {v}")))
-        .unwrap_or(default)
-}
-
-fn list(args: &[String], name: &str, default: &str) -> Vec<u64> {
-    let raw: String = arg(args, name, default.to_string());
-    raw.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad list for {name}: {raw}"))).collect()
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -485,3 +485,19 @@ pub fn run_all(log: &Path, variants: &[Variant], work: Work, reps: usize) -> Res
     }
     Ok(rows)
 }
+
+/// `--name VALUE` from a benchmark's raw arguments, or `default` (benchmarks take no clap parser: `cargo
+/// bench` passes its own flags through).
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}: {v}")))
+        .unwrap_or(default)
+}
+
+/// `--name 1,2,4` from a benchmark's raw arguments, or `default`.
+pub fn list(args: &[String], name: &str, default: &str) -> Vec<u64> {
+    let raw: String = arg(args, name, default.to_string());
+    raw.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad list for {name}: {raw}"))).collect()
+}

@@ -95,6 +95,25 @@ fn gen_log(dir: &Path, name: &str, events: u64, keys: u64, seed: u64) -> PathBuf
 
 /// Exports with one record per producer batch: tansu 0.6 serves a fetch from an offset inside a batch
 /// starting at the next batch (skipping the rest of it), and members resume at arbitrary offsets.
+/// Appends the events of log `from` to log `to` (`export | import --from-export`).
+fn append_log(to: &Path, from: &Path) {
+    let lines = run_ok(&["export", s(from)]).stdout;
+    let mut import =
+        catchup(&["import", "-q", "--from-export", "--out", s(to), "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(import.stdin.as_mut().unwrap(), &lines).unwrap();
+    drop(import.stdin.take());
+    assert!(import.wait().unwrap().success());
+}
+
+/// A generated log, mirrored into a new topic of `partitions` partitions: (log, topic).
+fn exported_log(dir: &Path, name: &str, events: u64, keys: u64, seed: u64, partitions: u32) -> (PathBuf, String) {
+    let log = gen_log(dir, "log", events, keys, seed);
+    let t = topic(name);
+    create_topic(&t, partitions);
+    export(&log, &t);
+    (log, t)
+}
+
 fn export(log: &Path, topic: &str) -> String {
     let out = run_ok(&["export", s(log), "--to-kafka", &url(topic), "--kafka-option", "batch.num.messages=1"]);
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -200,12 +219,7 @@ fn export_is_resumable_without_duplicates() {
     assert!(again.contains("resumed at position"), "{again}");
     // Append to the log and export again: only the new events go out.
     let more = gen_log(d.path(), "more", 500, 50, 2);
-    let lines = run_ok(&["export", s(&more)]).stdout;
-    let mut import =
-        catchup(&["import", "-q", "--from-export", "--out", s(&log), "-"]).stdin(Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(import.stdin.as_mut().unwrap(), &lines).unwrap();
-    drop(import.stdin.take());
-    assert!(import.wait().unwrap().success());
+    append_log(&log, &more);
     let third = export(&log, &t);
     assert!(third.contains("exported 500 events"), "{third}");
     // The topic holds exactly the log: one member reading it all gives the local result.
@@ -236,10 +250,7 @@ fn export_refuses_a_topic_of_another_log() {
 #[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
 fn per_key_order_holds_across_partitions_and_shards() {
     let d = tmp();
-    let log = gen_log(d.path(), "log", 6_000, 80, 3);
-    let t = topic("order");
-    create_topic(&t, 4);
-    export(&log, &t);
+    let (_, t) = exported_log(d.path(), "order", 6_000, 80, 3, 4);
     // Each child checks that every key's seq goes up by one in what it is given (a child may start mid-way
     // through a key: each snapshot ends a child and the next event starts a new one).
     let checker = r#"awk '{ match($0, /"key":"[^"]*"/); k = substr($0, RSTART, RLENGTH);
@@ -274,10 +285,7 @@ fn per_key_order_holds_across_partitions_and_shards() {
 #[ignore = "needs a Kafka broker: scripts/kafka-tests.sh"]
 fn three_members_match_a_local_replay_then_resume_from_commits() {
     let d = tmp();
-    let log = gen_log(d.path(), "log", 20_000, 300, 4);
-    let t = topic("group");
-    create_topic(&t, 4);
-    export(&log, &t);
+    let (log, t) = exported_log(d.path(), "group", 20_000, 300, 4, 4);
     let g = format!("{t}-g");
     let ckpt = d.path().join("ckpt");
     let mut members: Vec<Member> =
@@ -291,12 +299,7 @@ fn three_members_match_a_local_replay_then_resume_from_commits() {
 
     // More events, then the whole group again: it resumes from the committed offsets and the snapshots.
     let more = gen_log(d.path(), "more", 2_000, 300, 5);
-    let lines = run_ok(&["export", s(&more)]).stdout;
-    let mut import =
-        catchup(&["import", "-q", "--from-export", "--out", s(&log), "-"]).stdin(Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(import.stdin.as_mut().unwrap(), &lines).unwrap();
-    drop(import.stdin.take());
-    assert!(import.wait().unwrap().success());
+    append_log(&log, &more);
     export(&log, &t);
     let dir2 = d.path().join("second");
     std::fs::create_dir_all(&dir2).unwrap();
