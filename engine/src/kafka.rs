@@ -277,6 +277,31 @@ pub struct KafkaSummary<H> {
     pub latencies: Latencies,
     /// Per-shard counters (`passed` is not used: positions are per partition).
     pub shards: Vec<ShardSummary>,
+    /// The run ended because the whole group was done with the backlog: every partition of the topic is
+    /// handled and committed (and, with a checkpoint directory, snapshotted) to its end, so
+    /// [`restore_partition`] can load the final state of the partitions other members owned.
+    pub group_done: bool,
+    /// Every partition of the topic.
+    pub topic_partitions: Vec<i32>,
+}
+
+/// Restores the handlers of partition `p` of `topic` from its snapshots in `checkpoint_dir` (written by
+/// any member of the group). Returns the offset the restored state reaches (the lowest shard position), or
+/// None if the partition has no snapshot.
+pub fn restore_partition<H: ShardHandler>(
+    checkpoint_dir: &Path,
+    topic: &str,
+    p: i32,
+    fingerprint: u64,
+    handlers: &mut [H],
+) -> Result<Option<i64>, ReplayError> {
+    let dir = partition_dir(checkpoint_dir, topic, p);
+    if !dir.is_dir() || snapshot::load_all(&dir)?.is_empty() {
+        return Ok(None);
+    }
+    let mut starts = vec![Position(0); handlers.len()];
+    restore(&dir, fingerprint, partition_log_id(topic, p), handlers, &mut starts)?;
+    Ok(starts.iter().map(|s| s.0 as i64).min())
 }
 
 /// Makes the handlers of one partition: `(partition, n_shards) -> one handler per shard`.
@@ -292,6 +317,10 @@ struct Shared {
     failure: Mutex<Option<ReplayError>>,
     metrics: Vec<ShardMetrics>,
     stale: AtomicU64,
+    /// Set by the poll thread when it ends the run because the group is done (Relaxed: read after the
+    /// thread is joined).
+    group_done: AtomicBool,
+    topic_partitions: Mutex<Vec<i32>>,
     rebalances: AtomicU64,
     rebalance_log: Mutex<Vec<String>>,
     warnings: AtomicU64,
@@ -742,6 +771,9 @@ struct Coord<H, F> {
     refused: u32,
 }
 
+/// When following, the least time between two barriers that only say "caught up".
+const FOLLOW_SETTLE: Duration = Duration::from_secs(5);
+
 /// Commits refused in a row before the run gives up.
 const COMMITS_REFUSED_MAX: u32 = 100;
 
@@ -757,6 +789,14 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
         // Eager protocols hand over the whole assignment each time; cooperative ones (cooperative-sticky, or
         // `group.protocol=consumer`) add and remove partitions incrementally.
         let incremental = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        if coord.closed {
+            // Leaving (the shards are gone): take nothing, give everything back.
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                let _ = if incremental { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+            }
+            coord.owned.clear();
+            return;
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = coord.on_assign(consumer, tpl) {
@@ -802,9 +842,6 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     }
 
     fn on_assign(&mut self, consumer: &Kc<H, F>, tpl: &mut TopicPartitionList) -> Result<(), ReplayError> {
-        if self.closed {
-            return Err(ReplayError::Internal("partitions assigned while closing".into()));
-        }
         let topic = self.topic().to_string();
         let parts: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
         let committed = consumer
@@ -896,12 +933,6 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     /// committed, then their handlers are dropped. A lost assignment (this member was presumed dead) commits
     /// and writes nothing: another member may own the partitions already, and its snapshots and commits win.
     fn on_revoke(&mut self, consumer: &Kc<H, F>, lost: bool, parts: &[i32]) -> Result<(), ReplayError> {
-        if self.closed {
-            for p in parts {
-                self.owned.remove(p);
-            }
-            return Ok(());
-        }
         let result = if lost || self.shared.aborted() {
             // Nothing of these partitions may reach the shards any more, and a barrier still running must
             // not write or commit for them.
@@ -1166,7 +1197,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         let by_count =
             self.cfg.checkpoint.as_ref().and_then(|c| c.every_events).is_some_and(|n| self.since_barrier >= n);
         let by_time = self.cfg.barrier_every().is_some_and(|every| self.last_barrier.elapsed() >= every);
-        let at_end = !self.cfg.follow && self.all_at_end() && self.last_barrier.elapsed() >= Duration::from_millis(200);
+        // Caught up with every owned partition: commit (and snapshot) what is handled. At the end of a backlog
+        // that lets the run finish; when following, it keeps a restart close, at most every few seconds.
+        let settle = if self.cfg.follow { FOLLOW_SETTLE } else { Duration::from_millis(200) };
+        let at_end = self.all_at_end() && self.last_barrier.elapsed() >= settle;
         by_count || by_time || at_end
     }
 
@@ -1389,7 +1423,10 @@ fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(consumer: &Kc<H, F>, share
             last_group_check = Some(Instant::now());
             match group_done(consumer, &probe, &topic, &partitions) {
                 // Leave with everything handled also snapshotted and committed.
-                Ok(true) => return lock().barrier_now(consumer),
+                Ok(true) => {
+                    shared.group_done.store(true, Ordering::Relaxed);
+                    return lock().barrier_now(consumer);
+                }
                 Ok(false) => {}
                 // The group is rebalancing, or the coordinator is busy: ask again later.
                 Err(e) => shared.warn(format!("checking whether the group is done: {e}")),
@@ -1421,6 +1458,8 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         failure: Mutex::new(None),
         metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
         stale: AtomicU64::new(0),
+        group_done: AtomicBool::new(false),
+        topic_partitions: Mutex::new(Vec::new()),
         rebalances: AtomicU64::new(0),
         rebalance_log: Mutex::new(Vec::new()),
         warnings: AtomicU64::new(0),
@@ -1522,6 +1561,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         }
         None => return Err(ReplayError::Kafka(format!("{url}: no such topic"))),
     };
+    *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions.clone();
     consumer.context().coord.lock().unwrap_or_else(|e| e.into_inner()).partitions = partitions;
     consumer.subscribe(&[&topic]).map_err(|e| kafka_err(format!("subscribe to {topic}"), e))?;
 
@@ -1624,6 +1664,8 @@ impl<H> KafkaRunning<H> {
                     }
                 })
                 .collect(),
+            group_done: self.shared.group_done.load(Ordering::Relaxed),
+            topic_partitions: self.shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 }

@@ -215,7 +215,18 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, k: &KafkaSource, ui: &Ui, projecti
     };
     let (summary, interrupted, elapsed) = drive(cfg, k, ui, factory)?;
     let views = views.lock().unwrap_or_else(|e| e.into_inner());
-    let owned: Vec<KeyedView<P>> = summary.partitions.keys().filter_map(|p| views.get(p).cloned()).collect();
+    let mut owned: Vec<KeyedView<P>> = summary.partitions.keys().filter_map(|p| views.get(p).cloned()).collect();
+    // When the whole group is done, the other partitions' final states are in the shared checkpoint
+    // directory: every member writes the complete result.
+    if let (true, Some(cp)) = (summary.group_done, &cfg.checkpoint) {
+        for &p in summary.topic_partitions.iter().filter(|p| !summary.partitions.contains_key(p)) {
+            let keyed = Keyed::new(projection.clone(), cfg.n_shards);
+            let mut handlers: Vec<_> = (0..cfg.n_shards).map(|s| keyed.handler(ShardId(s as u16))).collect();
+            kafka::restore_partition(&cp.dir, &k.url.topic, p, cfg.fingerprint(), &mut handlers)
+                .map_err(|e| replay::explain(e, cfg))?;
+            owned.push(keyed.view());
+        }
+    }
     let output = replay::write_output(cfg, |w| write_sorted(&projection, &owned, w))?;
     Ok(stats(cfg, k, &summary, interrupted, elapsed, output))
 }

@@ -283,9 +283,11 @@ key. Offsets are the checkpoint: only an offset below which every event is
 handled is committed, and with --checkpoint-dir (shared by the whole group)
 each partition's state is snapshotted first, so a partition that moves to
 another process resumes there from its snapshot. Without --follow a process
-stops once the group has committed every partition up to where it ended
-when the process started; --out then holds the keys of the partitions this
-process owned at the end. With --exec there is a child per partition and
+stops once the group has handled and committed every partition to its end.
+Then, with --checkpoint-dir, every member's --out holds the whole result
+(the partitions it did not own are read from their snapshots); after Ctrl-C,
+with --follow, or with --exec, it holds the partitions this process owned at
+the end. With --exec there is a child per partition and
 shard. CATCHUP_KAFKA_TRACE=1 prints rebalances and warnings on stderr as they
 happen.
 
