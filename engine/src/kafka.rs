@@ -154,8 +154,8 @@ pub struct KafkaConfig {
     pub on_error: ErrorPolicy,
     /// Dead-letter log (JSON Lines), required by the skipping policies.
     pub dead_letters: Option<PathBuf>,
-    /// Keep consuming after the backlog; otherwise stop once the group has committed every partition up to
-    /// where it ended when this process started.
+    /// Keep consuming after the backlog; otherwise stop once every partition of the topic is handled and
+    /// committed by the group up to its end (records appended meanwhile included).
     pub follow: bool,
     /// Identity of the handler configuration, stored in snapshots and checked on restore.
     pub fingerprint: u64,
