@@ -391,6 +391,24 @@ fn a_killed_member_costs_a_bounded_amount_of_redone_work() {
     eprintln!("redone-work test: {total} deliveries of 40000 events: {twice} handled twice; {:?}", run.summaries);
 }
 
+/// The kill with the cooperative (incremental) protocol: members give up and get single partitions instead
+/// of everything at each rebalance.
+#[test]
+#[ignore = "slow (about 40 s); run by scripts/kafka-tests.sh"]
+fn a_killed_member_with_cooperative_rebalancing() {
+    let d = tmp();
+    let coop = ["--projection", "sum:amount", "--kafka-option", "partition.assignment.strategy=cooperative-sticky"];
+    let run = kill_member_0(&d, &coop);
+    let local = local_replay(&run.log, "sum:amount");
+    for m in &run.survivors {
+        assert_eq!(merge(std::slice::from_ref(&m.out)), local, "{}: survivors {:?}", m.out.display(), run.summaries);
+    }
+    eprintln!(
+        "cooperative kill test: {:?}",
+        run.summaries.iter().map(|s| &s["kafka"]["rebalance_log"]).collect::<Vec<_>>()
+    );
+}
+
 struct KillRun {
     log: PathBuf,
     survivors: Vec<Member>,
