@@ -311,11 +311,15 @@ impl<H, F: FnMut(i32, usize) -> Vec<H> + Send + 'static> PartitionFactory<H> for
 #[derive(Debug)]
 struct Shared {
     n_shards: usize,
+    /// Clean stop requested: Release-stored by `KafkaRunning::stop`, Acquire-loaded by the poll loop (it
+    /// publishes nothing else through the flag; the pairing only orders the request before the drain).
     stop: AtomicBool,
     /// Release-stored by `fail`; Acquire-loaded by every loop that checks it (so the failure is visible).
     abort: AtomicBool,
     failure: Mutex<Option<ReplayError>>,
     metrics: Vec<ShardMetrics>,
+    /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
+    /// rebalances, warnings.
     stale: AtomicU64,
     /// Set by the poll thread when it ends the run because the group is done (Relaxed: read after the
     /// thread is joined).
@@ -326,6 +330,7 @@ struct Shared {
     warnings: AtomicU64,
     last_warning: Mutex<Option<String>>,
     partitions: Mutex<Vec<PartitionProgress>>,
+    /// Every owned partition handled and committed to its end (Relaxed: a statistic for progress).
     caught_up: AtomicBool,
     started: Instant,
 }
