@@ -170,8 +170,11 @@ fn main() {
     let shards = list(&args, "--shards", if smoke { "2" } else { "1,2" });
     let reps: usize = arg(&args, "--reps", if smoke { 1 } else { 3 });
     let parts = partitions(&brokers, &topic);
-    println!("kafka bench: topic {topic} ({} partitions) on {brokers}, {reps} reps, median rates", parts.len());
-    println!("{:>10} {:>22} {:>14} {:>10} {:>14}", "handler", "variant", "events/s", "vs plain", "join (s)");
+    println!("kafka bench: topic {topic} ({} partitions) on {brokers}, {reps} reps: median, min and max", parts.len());
+    println!(
+        "{:>10} {:>16} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "handler", "variant", "events/s", "min", "max", "vs plain", "join (s)"
+    );
     let mut run = 0;
     for &ns in &handler_ns {
         let work = Work::calibrate(ns);
@@ -189,22 +192,26 @@ fn main() {
         if let Some(e) = expected {
             assert_eq!(count, e, "the plain consumer saw {count} events, the topic holds {e}");
         }
-        let median = |v: &[Sample], f: fn(&Sample) -> f64| {
+        let sorted = |v: &[Sample], f: fn(&Sample) -> f64| {
             let mut x: Vec<f64> = v.iter().map(f).collect();
             x.sort_by(f64::total_cmp);
-            x[x.len() / 2]
+            x
         };
+        let median = |v: &[Sample], f: fn(&Sample) -> f64| sorted(v, f)[v.len() / 2];
         let base = median(&rows[0].1, |r| r.1);
         for (name, samples) in &rows {
             for s in samples {
                 assert_eq!(s.0, count, "{name} handled {} events, the topic holds {count}", s.0);
             }
-            let rate = median(samples, |r| r.1);
+            let rates = sorted(samples, |r| r.1);
+            let rate = rates[rates.len() / 2];
             println!(
-                "{:>10} {:>22} {:>14.0} {:>9.2}x {:>14.2}",
+                "{:>10} {:>16} {:>10.0} {:>10.0} {:>10.0} {:>8.2}x {:>9.2}",
                 format!("{ns} ns"),
                 name,
                 rate,
+                rates[0],
+                rates[rates.len() - 1],
                 rate / base,
                 median(samples, |r| r.2)
             );

@@ -417,7 +417,9 @@ impl Engine {
                 path: cp.dir.clone(),
                 source: e,
             })?;
-            per_key_restored = restore(&cp.dir, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
+            let snaps = snapshot::load_all(&cp.dir)?;
+            per_key_restored =
+                restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
         }
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
@@ -550,22 +552,23 @@ impl Engine {
     }
 }
 
-/// Loads snapshots into the handlers and sets each shard's start. Returns true if per-key states were
-/// redistributed (so handlers must check per-key coverage).
+/// Loads the snapshots `snaps` (read from `dir` by `snapshot::load_all`) into the handlers and sets each
+/// shard's start. Returns true if per-key states were redistributed (so handlers must check per-key
+/// coverage).
 pub(crate) fn restore<H: ShardHandler>(
     dir: &Path,
+    snaps: &[(PathBuf, snapshot::Snapshot)],
     fingerprint: u64,
     log_id: u64,
     handlers: &mut [H],
     starts: &mut [Position],
 ) -> Result<bool, ReplayError> {
-    let snaps = snapshot::load_all(dir)?;
     if snaps.is_empty() {
         return Ok(false);
     }
     let n = handlers.len();
     let layout = handlers[0].state_layout();
-    for (path, s) in &snaps {
+    for (path, s) in snaps {
         let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
         if s.meta.log_id != log_id {
             return Err(mismatch("it was written for a different log".into()).into());
@@ -582,7 +585,7 @@ pub(crate) fn restore<H: ShardHandler>(
         }
     }
     if snaps.iter().all(|(_, s)| s.meta.n_shards as usize == n) {
-        for (path, s) in &snaps {
+        for (path, s) in snaps {
             let i = s.meta.shard_idx as usize;
             let state = match layout {
                 StateLayout::PerShard => s.state.clone(),
@@ -610,7 +613,7 @@ pub(crate) fn restore<H: ShardHandler>(
     // Every run restores every key it finds, so for each key the entry with the highest `covered` (at least
     // its file's position) is the newest, and it is the one kept.
     let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
-    for (path, s) in &snaps {
+    for (path, s) in snaps {
         for entry in decode_key_entries(&s.state) {
             let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
             let covered = covered.max(s.meta.position);

@@ -296,11 +296,12 @@ pub fn restore_partition<H: ShardHandler>(
     handlers: &mut [H],
 ) -> Result<Option<i64>, ReplayError> {
     let dir = partition_dir(checkpoint_dir, topic, p);
-    if !dir.is_dir() || snapshot::load_all(&dir)?.is_empty() {
+    let snaps = if dir.is_dir() { snapshot::load_all(&dir)? } else { Vec::new() };
+    if snaps.is_empty() {
         return Ok(None);
     }
     let mut starts = vec![Position(0); handlers.len()];
-    restore(&dir, fingerprint, partition_log_id(topic, p), handlers, &mut starts)?;
+    restore(&dir, &snaps, fingerprint, partition_log_id(topic, p), handlers, &mut starts)?;
     Ok(starts.iter().map(|s| s.0 as i64).min())
 }
 
@@ -324,6 +325,7 @@ struct Shared {
     /// Set by the poll thread when it ends the run because the group is done (Relaxed: read after the
     /// thread is joined).
     group_done: AtomicBool,
+    /// The topic's partitions, read from its metadata before the poll thread starts.
     topic_partitions: Mutex<Vec<i32>>,
     rebalances: AtomicU64,
     rebalance_log: Mutex<Vec<String>>,
@@ -733,10 +735,9 @@ struct Owned {
     snapshotted: i64,
     /// High watermark from the latest fetch response (-1: not fetched yet).
     high: i64,
-    /// The consumer reported the end of the partition when `next` was this (the end as of then).
+    /// The consumer reported the end of the partition when `next` was this (the end as of then); None until
+    /// the first end of this assignment.
     eof_at: Option<i64>,
-    /// Shards were told where live records start (at the first end of partition).
-    live_told: bool,
     /// Each shard's start: a shard restored from a newer snapshot than the others skips below it, and its
     /// state covers at least that far.
     shard_starts: Vec<i64>,
@@ -746,9 +747,9 @@ struct Owned {
     retire: bool,
 }
 
+/// A barrier under way. Its answers carry states exactly when there is a checkpoint directory.
 struct Pending {
     id: u64,
-    snapshot: bool,
     /// Per partition: the offset the barrier covers (everything below was dispatched before it).
     upto: BTreeMap<i32, i64>,
     acks: usize,
@@ -768,8 +769,6 @@ struct Coord<H, F> {
     /// Events dispatched since the last barrier started.
     since_barrier: u64,
     last_barrier: Instant,
-    /// The topic's partitions.
-    partitions: Vec<i32>,
     /// Shards were stopped: rebalance callbacks only release.
     closed: bool,
     /// Commits refused in a row (a rebalance in progress is normal; a long run of refusals is not).
@@ -881,10 +880,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     path: dir.clone(),
                     source,
                 })?;
-                let have = !snapshot::load_all(&dir)?.is_empty();
-                if have {
-                    check_covered =
-                        restore(&dir, self.cfg.fingerprint, partition_log_id(&topic, p), &mut handlers, &mut starts)?;
+                let snaps = snapshot::load_all(&dir)?;
+                if !snaps.is_empty() {
+                    let id = partition_log_id(&topic, p);
+                    check_covered = restore(&dir, &snaps, self.cfg.fingerprint, id, &mut handlers, &mut starts)?;
                 } else if let Some(c) = committed
                     && c > low
                 {
@@ -922,7 +921,6 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     snapshotted: start,
                     high: -1,
                     eof_at: None,
-                    live_told: false,
                     shard_starts: starts.iter().map(|s| s.0 as i64).collect(),
                     layout,
                     retire: check_covered,
@@ -1055,7 +1053,6 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         }
         self.pending = Some(Pending {
             id,
-            snapshot,
             upto: self.owned.iter().map(|(&p, o)| (p, o.next)).collect(),
             acks: 0,
             states: BTreeMap::new(),
@@ -1126,7 +1123,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             let mut durable = upto;
             if let Some(cp) = &self.cfg.checkpoint {
                 durable = o.snapshotted;
-                if pending.snapshot && upto > o.snapshotted {
+                if upto > o.snapshotted {
                     let Some(states) = pending.states.remove(&p) else {
                         return Err(ReplayError::Internal(format!("barrier lacks partition {p}'s state")));
                     };
@@ -1234,10 +1231,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     fn on_eof(&mut self, p: i32) {
         self.flush();
         let Some(o) = self.owned.get_mut(&p) else { return };
+        // The first end of this assignment: the shards learn where live records start.
+        let first = o.eof_at.is_none();
         o.eof_at = Some(o.next);
         o.high = o.high.max(o.next);
-        if !o.live_told {
-            o.live_told = true;
+        if first {
             for tx in &self.to_shards {
                 let _ = tx.send(ToShard::LiveFrom { partition: p, offset: o.next });
             }
@@ -1367,7 +1365,8 @@ fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(consumer: &Kc<H, F>, share
             pc.set(k, v);
         }
         let probe: BaseConsumer = pc.create().map_err(|e| kafka_err("create the probe consumer", e))?;
-        (c.cfg.url.topic.clone(), c.cfg.follow, c.partitions.clone(), probe)
+        let partitions = shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (c.cfg.url.topic.clone(), c.cfg.follow, partitions, probe)
     };
     let mut last_refresh = Instant::now();
     let mut last_group_check: Option<Instant> = None;
@@ -1545,7 +1544,6 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         next_barrier: 0,
         since_barrier: 0,
         last_barrier: Instant::now(),
-        partitions: Vec::new(),
         closed: false,
         refused: 0,
         cfg,
@@ -1566,8 +1564,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         }
         None => return Err(ReplayError::Kafka(format!("{url}: no such topic"))),
     };
-    *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions.clone();
-    consumer.context().coord.lock().unwrap_or_else(|e| e.into_inner()).partitions = partitions;
+    *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions;
     consumer.subscribe(&[&topic]).map_err(|e| kafka_err(format!("subscribe to {topic}"), e))?;
 
     let poll = {
