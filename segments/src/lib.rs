@@ -16,6 +16,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod reader;
+pub mod recovery_point;
 pub mod segment;
 pub mod storage;
 pub mod testing;
@@ -24,6 +25,7 @@ pub mod writer;
 
 pub use error::{AppendError, Corruption, CorruptionKind, IoError, OpenError, ReadError};
 pub use format::{RecordRef, key_hash};
+pub use recovery_point::{RecoveryPoint, RecoveryPointError, read_recovery_point};
 pub use reader::{Batch, Cursor, LogReader, OwnedRecord, RecordHead, RecordHeads, Start};
 pub use segment::Segment;
 pub use storage::{FsStorage, Storage, StorageFile};
