@@ -418,6 +418,7 @@ impl Engine {
                 source: e,
             })?;
             let snaps = snapshot::load_all(&cp.dir)?;
+            check_bindings(&reader, &snaps)?;
             per_key_restored =
                 restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
         }
@@ -444,11 +445,15 @@ impl Engine {
         });
         let log_id = log_id(&reader);
 
-        // I/O thread: snapshots and dead letters.
+        // I/O thread: snapshots and dead letters. It has its own view of the log to bind each snapshot to
+        // the record below its position.
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir = config.checkpoint.as_ref().map(|c| c.dir.clone());
+            let snap_dir = match &config.checkpoint {
+                Some(c) => Some((c.dir.clone(), LogReader::open(log_dir.as_ref())?)),
+                None => None,
+            };
             let dlq = config.dead_letters.clone();
             // After a redistribution, files of another shard count are retired once this run's are complete.
             let retire = per_key_restored.then_some(n);
@@ -550,6 +555,54 @@ impl Engine {
         };
         Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
     }
+}
+
+/// Checks every snapshot's [`snapshot::Binding`] against the log: the record just below its bound position
+/// must be the one it was taken over. Refuses with [`SnapshotError::LogChanged`] (naming the file, the
+/// position and the way out) if it is not, or if the log now ends before that position.
+pub(crate) fn check_bindings(reader: &LogReader, snaps: &[(PathBuf, snapshot::Snapshot)]) -> Result<(), ReplayError> {
+    let mut end = None;
+    for (path, s) in snaps {
+        let b = s.binding;
+        if b.position == Position(0) {
+            // Binds nothing: a snapshot at position 0 covers no event. (A Kafka partition snapshot is never
+            // loaded here.)
+            if s.meta.position != Position(0) {
+                return Err(SnapshotError::Invalid {
+                    path: path.clone(),
+                    why: format!("position {} is not bound to the log's content", s.meta.position),
+                }
+                .into());
+            }
+            continue;
+        }
+        let changed = |why: String| SnapshotError::LogChanged { path: path.clone(), position: b.position, why };
+        match snapshot::binding_at(reader, b.position)? {
+            Some(now) if now == b => {}
+            Some(now) => {
+                return Err(changed(format!(
+                    "the record at position {} is not the one this checkpoint was taken over (checksum {:#010x}, \
+                     the checkpoint has {:#010x})",
+                    b.position.0 - 1,
+                    now.crc,
+                    b.crc
+                ))
+                .into());
+            }
+            None => {
+                let end = match end {
+                    Some(e) => e,
+                    None => *end.insert(reader.end_position()?),
+                };
+                return Err(changed(format!(
+                    "the log now ends at position {end}, below this checkpoint's position {}",
+                    b.position
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads the snapshots `snaps` (read from `dir` by `snapshot::load_all`) into the handlers and sets each
@@ -1317,7 +1370,7 @@ fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
 fn io_loop(
     shared: &EngineShared,
     rx: channel::Receiver<IoJob>,
-    snap_dir: Option<PathBuf>,
+    mut snap_dir: Option<(PathBuf, LogReader)>,
     dlq: Option<PathBuf>,
     mut retire: Option<usize>,
 ) {
@@ -1368,9 +1421,11 @@ fn io_loop(
             lines.clear();
         }
         for (meta, state) in newest.iter_mut().filter_map(Option::take) {
-            let Some(dir) = &snap_dir else { continue };
-            if let Err(e) = snapshot::write(dir, &meta, &state) {
-                shared.fail(e.into());
+            let Some((dir, log)) = &mut snap_dir else { continue };
+            let bound_and_written =
+                bind(log, dir, &meta, &state).and_then(|b| Ok(snapshot::write_bound(dir, &meta, &b, &state)?));
+            if let Err(e) = bound_and_written {
+                shared.fail(e);
                 return;
             }
             if let Some(n) = retire {
@@ -1384,6 +1439,34 @@ fn io_loop(
                 }
             }
         }
+    }
+}
+
+/// The binding of a snapshot about to be written into `dir`: the record below its position, or below the
+/// highest `covered` position of its per-key entries if that is higher (a key restored from a file of
+/// another shard count can claim events above this shard's position). Looked up in `log`, refreshed once if
+/// the log has grown into segments it has not mapped yet (follow mode).
+fn bind(log: &mut LogReader, dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<snapshot::Binding, ReplayError> {
+    let path = || dir.join(snapshot::snapshot_file_name(meta.shard_idx));
+    let mut upto = meta.position;
+    if meta.layout == StateLayout::PerKey {
+        for entry in decode_key_entries(state) {
+            let (_, covered, _) = entry.map_err(|why| SnapshotError::Invalid { path: path(), why })?;
+            upto = upto.max(covered);
+        }
+    }
+    if let Some(b) = snapshot::binding_at(log, upto)? {
+        return Ok(b);
+    }
+    log.refresh()?;
+    match snapshot::binding_at(log, upto)? {
+        Some(b) => Ok(b),
+        None => Err(SnapshotError::LogChanged {
+            path: path(),
+            position: upto,
+            why: format!("the log ends at position {} while this replay has read up to there", log.end_position()?),
+        }
+        .into()),
     }
 }
 

@@ -38,6 +38,33 @@ pub enum SnapshotError {
         /// What differs.
         why: String,
     },
+    /// The log changed under this checkpoint: the record just below the snapshot's (bound) position is not
+    /// the one the snapshot was taken over, or the log now ends before it. Resuming would keep the state of
+    /// events that are no longer in the log.
+    #[error(
+        "{}: the log changed under this checkpoint at position {position}: {why}; delete the checkpoint \
+         directory to rebuild from scratch, or restore the log this checkpoint was taken from",
+        path.display()
+    )]
+    LogChanged {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The bound position (the record at `position - 1` is the one checked).
+        position: Position,
+        /// What differs.
+        why: String,
+    },
+    /// A snapshot of format version 1, written before snapshots were bound to the log's content: it cannot
+    /// be checked against the log, so it is refused rather than trusted.
+    #[error(
+        "{}: snapshot format version 1 is not bound to the log's content (written by an older catchup), so this \
+         checkpoint cannot be checked against the log; delete the checkpoint directory to rebuild from scratch",
+        path.display()
+    )]
+    Unbound {
+        /// The snapshot file.
+        path: PathBuf,
+    },
     /// The handler rejected its snapshot state.
     #[error("{}: handler could not restore its snapshot: {why}", path.display())]
     Restore {

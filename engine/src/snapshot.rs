@@ -1,10 +1,14 @@
 //! Shard snapshots: a shard's state plus the log position it reflects, written atomically and checked
 //! with checksums when written and when loaded. Layout: `docs/snapshot-format.md`.
+//!
+//! A snapshot is bound to the log's content (a [`Binding`]: the CRC-32C of the record just below its
+//! position), so that a resume notices when the log was cut and re-appended under it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use catchup_segments::Position;
+use catchup_segments::format::record_size;
+use catchup_segments::{LogReader, Position, ReadError, Start};
 
 use crate::error::SnapshotError;
 use crate::handler::StateLayout;
@@ -12,9 +16,77 @@ use crate::handler::StateLayout;
 /// `CATCHSNP`: the first eight bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CATCHSNP";
 /// Snapshot format version written and read.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// The last version without a [`Binding`]: recognised only to refuse it with a message.
+pub const SNAPSHOT_VERSION_UNBOUND: u16 = 1;
 /// Size of the snapshot header.
-pub const SNAPSHOT_HEADER_SIZE: usize = 64;
+pub const SNAPSHOT_HEADER_SIZE: usize = 80;
+
+// Header field offsets, in the order of `docs/snapshot-format.md`.
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = MAGIC_AT + 8;
+const LAYOUT_AT: usize = VERSION_AT + 2;
+const RESERVED1_AT: usize = LAYOUT_AT + 1;
+const SHARD_IDX_AT: usize = RESERVED1_AT + 1;
+const N_SHARDS_AT: usize = SHARD_IDX_AT + 2;
+const POSITION_AT: usize = N_SHARDS_AT + 2;
+const LOG_ID_AT: usize = POSITION_AT + 8;
+const FINGERPRINT_AT: usize = LOG_ID_AT + 8;
+const CREATED_NS_AT: usize = FINGERPRINT_AT + 8;
+const STATE_LEN_AT: usize = CREATED_NS_AT + 8;
+const BOUND_POSITION_AT: usize = STATE_LEN_AT + 8;
+const BOUND_CRC_AT: usize = BOUND_POSITION_AT + 8;
+const RESERVED2_AT: usize = BOUND_CRC_AT + 4;
+/// The header checksum covers every byte before it.
+pub const HEADER_CRC_AT: usize = RESERVED2_AT + 4;
+const RESERVED3_AT: usize = HEADER_CRC_AT + 4;
+const _: () = assert!(RESERVED3_AT + 4 == SNAPSHOT_HEADER_SIZE);
+const _: () = assert!(SNAPSHOT_HEADER_SIZE.is_multiple_of(8));
+
+/// What ties a snapshot to the content of the log it was taken from: the CRC-32C of the record at
+/// `position - 1`, over its bytes as stored in the segment (record header, key, payload, padding; the header
+/// holds the position). A resume recomputes it from the log and refuses the snapshot if it differs, so a
+/// log that was cut and re-appended under a checkpoint is never resumed as if nothing had happened.
+///
+/// `position` is the snapshot's position, or higher for per-key state holding a key whose `covered` position
+/// is above it (after a reshard): the binding then guards everything the state claims. `position == 0`
+/// (with `crc == 0`) binds nothing: a snapshot at the start of the log, or a Kafka partition snapshot (whose
+/// offsets come from the broker, not from a segment log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Binding {
+    /// The record at `position - 1` is the one bound (0: nothing bound).
+    pub position: Position,
+    /// CRC-32C of that record's stored bytes (0 when nothing is bound).
+    pub crc: u32,
+}
+
+impl Binding {
+    /// Binds nothing.
+    pub const NONE: Binding = Binding { position: Position(0), crc: 0 };
+}
+
+/// The binding of `position` in `reader`'s log: the CRC-32C of the stored bytes of the record at
+/// `position - 1`. `Ok(None)` if the log ends before `position` (as far as `reader` has mapped it).
+pub fn binding_at(reader: &LogReader, position: Position) -> Result<Option<Binding>, ReadError> {
+    if position == Position(0) {
+        return Ok(Some(Binding::NONE));
+    }
+    let at = Position(position.0 - 1);
+    let mut cursor = match reader.cursor(Start::Position(at)) {
+        Ok(c) => c,
+        Err(ReadError::PastEnd { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(batch) = cursor.next_batch()? else { return Ok(None) };
+    let Some((offset, rec)) = batch.records().next() else { return Ok(None) };
+    if rec.position != at {
+        // The cursor seeks to exactly `at`; anything else is a bug in the reader, not bad data.
+        return Ok(None);
+    }
+    let start = (offset - batch.offset) as usize;
+    let stored = &batch.bytes[start..start + record_size(rec.key.len(), rec.payload.len())];
+    Ok(Some(Binding { position, crc: crc32c::crc32c(stored) }))
+}
 /// Largest state a snapshot may hold.
 pub const SNAPSHOT_STATE_SIZE_MAX: u64 = 64 << 30;
 
@@ -43,6 +115,8 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     /// Header fields.
     pub meta: SnapshotMeta,
+    /// What ties it to the log's content (checked on resume by the engine; [`Binding::NONE`] for Kafka).
+    pub binding: Binding,
     /// The handler's state bytes.
     pub state: Vec<u8>,
 }
@@ -53,23 +127,25 @@ pub fn snapshot_file_name(shard_idx: u16) -> String {
 }
 
 /// Encodes a snapshot file.
-pub fn encode(meta: &SnapshotMeta, state: &[u8]) -> Vec<u8> {
+pub fn encode(meta: &SnapshotMeta, binding: &Binding, state: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; SNAPSHOT_HEADER_SIZE];
-    b[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    b[8..10].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    b[10] = match meta.layout {
+    b[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&SNAPSHOT_MAGIC);
+    b[VERSION_AT..VERSION_AT + 2].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    b[LAYOUT_AT] = match meta.layout {
         StateLayout::PerShard => 0,
         StateLayout::PerKey => 1,
     };
-    b[12..14].copy_from_slice(&meta.shard_idx.to_le_bytes());
-    b[14..16].copy_from_slice(&meta.n_shards.to_le_bytes());
-    b[16..24].copy_from_slice(&meta.position.0.to_le_bytes());
-    b[24..32].copy_from_slice(&meta.log_id.to_le_bytes());
-    b[32..40].copy_from_slice(&meta.fingerprint.to_le_bytes());
-    b[40..48].copy_from_slice(&meta.created_ns.to_le_bytes());
-    b[48..56].copy_from_slice(&(state.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c(&b[..56]);
-    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    b[SHARD_IDX_AT..SHARD_IDX_AT + 2].copy_from_slice(&meta.shard_idx.to_le_bytes());
+    b[N_SHARDS_AT..N_SHARDS_AT + 2].copy_from_slice(&meta.n_shards.to_le_bytes());
+    b[POSITION_AT..POSITION_AT + 8].copy_from_slice(&meta.position.0.to_le_bytes());
+    b[LOG_ID_AT..LOG_ID_AT + 8].copy_from_slice(&meta.log_id.to_le_bytes());
+    b[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&meta.fingerprint.to_le_bytes());
+    b[CREATED_NS_AT..CREATED_NS_AT + 8].copy_from_slice(&meta.created_ns.to_le_bytes());
+    b[STATE_LEN_AT..STATE_LEN_AT + 8].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    b[BOUND_POSITION_AT..BOUND_POSITION_AT + 8].copy_from_slice(&binding.position.0.to_le_bytes());
+    b[BOUND_CRC_AT..BOUND_CRC_AT + 4].copy_from_slice(&binding.crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
+    b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     b.extend_from_slice(state);
     b.extend_from_slice(&crc32c::crc32c(state).to_le_bytes());
     b
@@ -90,25 +166,29 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if bytes.len() < SNAPSHOT_HEADER_SIZE + 4 {
         return Err(format!("{} bytes, shorter than a snapshot header", bytes.len()));
     }
-    if bytes[0..8] != SNAPSHOT_MAGIC {
+    if bytes[MAGIC_AT..MAGIC_AT + 8] != SNAPSHOT_MAGIC {
         return Err("bad magic (not a catchup snapshot)".into());
     }
-    if crc32c::crc32c(&bytes[..56]) != u32_at(bytes, 56) {
-        return Err("header checksum mismatch".into());
-    }
-    if bytes[11] != 0 || bytes[60..64] != [0; 4] {
-        return Err("non-zero reserved bytes".into());
-    }
-    let version = u16_at(bytes, 8);
+    // The version is looked at before the header checksum, whose place depends on it.
+    let version = u16_at(bytes, VERSION_AT);
     if version != SNAPSHOT_VERSION {
         return Err(format!("snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION})"));
     }
-    let layout = match bytes[10] {
+    if crc32c::crc32c(&bytes[..HEADER_CRC_AT]) != u32_at(bytes, HEADER_CRC_AT) {
+        return Err("header checksum mismatch".into());
+    }
+    if bytes[RESERVED1_AT] != 0
+        || bytes[RESERVED2_AT..RESERVED2_AT + 4] != [0; 4]
+        || bytes[RESERVED3_AT..RESERVED3_AT + 4] != [0; 4]
+    {
+        return Err("non-zero reserved bytes".into());
+    }
+    let layout = match bytes[LAYOUT_AT] {
         0 => StateLayout::PerShard,
         1 => StateLayout::PerKey,
         x => return Err(format!("unknown state layout {x}")),
     };
-    let state_len = u64_at(bytes, 48);
+    let state_len = u64_at(bytes, STATE_LEN_AT);
     if state_len > SNAPSHOT_STATE_SIZE_MAX || state_len + SNAPSHOT_HEADER_SIZE as u64 + 4 != bytes.len() as u64 {
         return Err(format!("state length {state_len} does not match the file size {}", bytes.len()));
     }
@@ -118,26 +198,39 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     }
     let meta = SnapshotMeta {
         layout,
-        shard_idx: u16_at(bytes, 12),
-        n_shards: u16_at(bytes, 14),
-        position: Position(u64_at(bytes, 16)),
-        log_id: u64_at(bytes, 24),
-        fingerprint: u64_at(bytes, 32),
-        created_ns: u64_at(bytes, 40),
+        shard_idx: u16_at(bytes, SHARD_IDX_AT),
+        n_shards: u16_at(bytes, N_SHARDS_AT),
+        position: Position(u64_at(bytes, POSITION_AT)),
+        log_id: u64_at(bytes, LOG_ID_AT),
+        fingerprint: u64_at(bytes, FINGERPRINT_AT),
+        created_ns: u64_at(bytes, CREATED_NS_AT),
     };
     if meta.n_shards == 0 || meta.shard_idx >= meta.n_shards {
         return Err(format!("shard {} of {} is out of range", meta.shard_idx, meta.n_shards));
     }
-    Ok(Snapshot { meta, state: state.to_vec() })
+    let binding = Binding { position: Position(u64_at(bytes, BOUND_POSITION_AT)), crc: u32_at(bytes, BOUND_CRC_AT) };
+    if binding.position == Position(0) && binding.crc != 0 {
+        return Err(format!("binding checksum {:#010x} without a bound position", binding.crc));
+    }
+    if binding.position != Position(0) && binding.position < meta.position {
+        return Err(format!("bound position {} is below the snapshot's position {}", binding.position, meta.position));
+    }
+    Ok(Snapshot { meta, binding, state: state.to_vec() })
+}
+
+/// Writes an unbound snapshot ([`Binding::NONE`]): what a Kafka partition snapshot is, its offsets being
+/// the broker's. See [`write_bound`].
+pub fn write(dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<PathBuf, SnapshotError> {
+    write_bound(dir, meta, &Binding::NONE, state)
 }
 
 /// Writes a snapshot atomically: tmp file, fsync, rename over the old one, fsync the directory.
 /// The encoded bytes are decoded again before they are written (checked at both ends).
-pub fn write(dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<PathBuf, SnapshotError> {
+pub fn write_bound(dir: &Path, meta: &SnapshotMeta, binding: &Binding, state: &[u8]) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(snapshot_file_name(meta.shard_idx));
-    let bytes = encode(meta, state);
+    let bytes = encode(meta, binding, state);
     match decode(&bytes) {
-        Ok(s) if s.meta == *meta => {}
+        Ok(s) if s.meta == *meta && s.binding == *binding => {}
         other => {
             return Err(SnapshotError::Invalid {
                 path,
@@ -202,6 +295,12 @@ pub fn load_all(dir: &Path) -> Result<Vec<(PathBuf, Snapshot)>, SnapshotError> {
         }
         let bytes =
             std::fs::read(&path).map_err(|e| SnapshotError::Io { op: "read", path: path.clone(), source: e })?;
+        if bytes.len() >= VERSION_AT + 2
+            && bytes[MAGIC_AT..MAGIC_AT + 8] == SNAPSHOT_MAGIC
+            && u16_at(&bytes, VERSION_AT) == SNAPSHOT_VERSION_UNBOUND
+        {
+            return Err(SnapshotError::Unbound { path });
+        }
         let snap = decode(&bytes).map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
         if path.file_name().and_then(|n| n.to_str()) != Some(snapshot_file_name(snap.meta.shard_idx).as_str()) {
             return Err(SnapshotError::Invalid {
@@ -231,16 +330,47 @@ mod tests {
         }
     }
 
+    const BOUND: Binding = Binding { position: Position(120), crc: 0xdead_beef };
+
     #[test]
     fn round_trip_and_every_flip_detected() {
-        let b = encode(&meta(), b"state bytes");
+        let b = encode(&meta(), &BOUND, b"state bytes");
         let s = decode(&b).unwrap();
-        assert_eq!((s.meta, &s.state[..]), (meta(), &b"state bytes"[..]));
+        assert_eq!((s.meta, s.binding, &s.state[..]), (meta(), BOUND, &b"state bytes"[..]));
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x10;
             assert!(decode(&c).is_err(), "flip at byte {i} undetected");
         }
         assert!(decode(&b[..b.len() - 1]).is_err());
+    }
+
+    /// A binding checksum without a bound position, or a bound position below the snapshot's, cannot be
+    /// written by the engine: decode refuses it even with valid checksums.
+    #[test]
+    fn inconsistent_bindings_are_refused() {
+        for bad in [Binding { position: Position(0), crc: 1 }, Binding { position: Position(98), crc: 1 }] {
+            let b = encode(&meta(), &bad, b"");
+            assert!(decode(&b).is_err(), "{bad:?} accepted");
+        }
+        assert!(decode(&encode(&meta(), &Binding::NONE, b"")).is_ok());
+    }
+
+    /// A version-1 file (64-byte header, no binding) is refused by `load_all` with `Unbound`, naming it.
+    #[test]
+    fn version_1_files_are_refused_as_unbound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v1 = vec![0u8; 64];
+        v1[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+        v1[14..16].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[..56]);
+        v1[56..60].copy_from_slice(&crc.to_le_bytes());
+        v1.extend_from_slice(&crc32c::crc32c(b"").to_le_bytes());
+        std::fs::write(dir.path().join(snapshot_file_name(0)), &v1).unwrap();
+        match load_all(dir.path()) {
+            Err(SnapshotError::Unbound { path }) => assert_eq!(path, dir.path().join(snapshot_file_name(0))),
+            other => panic!("expected Unbound, got {other:?}"),
+        }
     }
 }

@@ -10,14 +10,14 @@
 
 use catchup_engine::StateLayout;
 use catchup_engine::keyed::decode_key_entries;
-use catchup_engine::snapshot::{self, SNAPSHOT_HEADER_SIZE};
+use catchup_engine::snapshot::{self, HEADER_CRC_AT, SNAPSHOT_HEADER_SIZE};
 use libfuzzer_sys::fuzz_target;
 
 /// Recomputes both checksums, where the input is long enough to hold them.
 fn reseal(mut b: Vec<u8>) -> Vec<u8> {
     if b.len() >= SNAPSHOT_HEADER_SIZE + 4 {
-        let crc = crc32c::crc32c(&b[..56]);
-        b[56..60].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
+        b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         let n = b.len();
         let crc = crc32c::crc32c(&b[SNAPSHOT_HEADER_SIZE..n - 4]);
         b[n - 4..].copy_from_slice(&crc.to_le_bytes());
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let bytes = if mode & 1 == 1 { reseal(rest.to_vec()) } else { rest.to_vec() };
     let Ok(snap) = snapshot::decode(&bytes) else { return };
-    assert_eq!(snapshot::encode(&snap.meta, &snap.state), bytes);
+    assert_eq!(snapshot::encode(&snap.meta, &snap.binding, &snap.state), bytes);
     assert!(snap.meta.shard_idx < snap.meta.n_shards);
     if snap.meta.layout == StateLayout::PerKey {
         let mut seen_error = false;

@@ -8,14 +8,14 @@
 //! (reserved bytes, version, layout, state length, shard range) and the per-key entry parser.
 
 use catchup_engine::keyed::{decode_key_entries, encode_key_entry};
-use catchup_engine::snapshot::{self, SNAPSHOT_HEADER_SIZE, SnapshotMeta};
+use catchup_engine::snapshot::{self, Binding, HEADER_CRC_AT, SNAPSHOT_HEADER_SIZE, SnapshotMeta};
 use catchup_engine::{Position, StateLayout};
 use proptest::prelude::*;
 
 /// The fuzz target's body.
 fn check_snapshot_contract(bytes: &[u8]) -> Result<(), TestCaseError> {
     let Ok(snap) = snapshot::decode(bytes) else { return Ok(()) };
-    prop_assert_eq!(snapshot::encode(&snap.meta, &snap.state), bytes);
+    prop_assert_eq!(snapshot::encode(&snap.meta, &snap.binding, &snap.state), bytes);
     prop_assert!(snap.meta.shard_idx < snap.meta.n_shards);
     if snap.meta.layout == StateLayout::PerKey {
         let mut seen_error = false;
@@ -42,6 +42,15 @@ fn meta() -> impl Strategy<Value = SnapshotMeta> {
             created_ns,
         },
     )
+}
+
+/// A binding as the engine writes one: none, or at or above the snapshot's position.
+fn binding(position: u64) -> impl Strategy<Value = Binding> {
+    prop_oneof![
+        Just(Binding::NONE),
+        (0u64..1000, any::<u32>())
+            .prop_map(move |(above, crc)| Binding { position: Position(position.saturating_add(above).max(1)), crc }),
+    ]
 }
 
 /// Per-key state: well-formed entries, as the engine writes them.
@@ -84,8 +93,8 @@ fn reseal(mut b: Vec<u8>) -> Vec<u8> {
     if b.len() < SNAPSHOT_HEADER_SIZE + 4 {
         return b;
     }
-    let crc = crc32c::crc32c(&b[..56]);
-    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
+    b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     let n = b.len();
     let crc = crc32c::crc32c(&b[SNAPSHOT_HEADER_SIZE..n - 4]);
     b[n - 4..].copy_from_slice(&crc.to_le_bytes());
@@ -108,10 +117,11 @@ proptest! {
     }
 
     #[test]
-    fn valid_snapshots_round_trip(m in meta(), state in key_entries()) {
-        let bytes = snapshot::encode(&m, &state);
+    fn valid_snapshots_round_trip((m, b) in meta().prop_flat_map(|m| (Just(m), binding(m.position.0))), state in key_entries()) {
+        let bytes = snapshot::encode(&m, &b, &state);
         let snap = snapshot::decode(&bytes).map_err(TestCaseError::fail)?;
         prop_assert_eq!(snap.meta, m);
+        prop_assert_eq!(snap.binding, b);
         prop_assert_eq!(&snap.state, &state);
         if m.layout == StateLayout::PerKey {
             prop_assert!(decode_key_entries(&snap.state).all(|e| e.is_ok()));
@@ -121,8 +131,8 @@ proptest! {
 
     /// Almost valid: mutated, then resealed (both checksums recomputed) or not.
     #[test]
-    fn almost_valid_snapshots(m in meta(), state in key_entries(), mu in mutation(), resealed in any::<bool>()) {
-        let bytes = mutate(snapshot::encode(&m, &state), &mu);
+    fn almost_valid_snapshots((m, b) in meta().prop_flat_map(|m| (Just(m), binding(m.position.0))), state in key_entries(), mu in mutation(), resealed in any::<bool>()) {
+        let bytes = mutate(snapshot::encode(&m, &b, &state), &mu);
         check_snapshot_contract(&if resealed { reseal(bytes) } else { bytes })?;
     }
 
@@ -131,7 +141,7 @@ proptest! {
     #[test]
     fn damaged_per_key_state_in_a_valid_snapshot(m in meta(), state in key_entries(), mu in mutation()) {
         let m = SnapshotMeta { layout: StateLayout::PerKey, ..m };
-        let bytes = snapshot::encode(&m, &mutate(state, &mu));
+        let bytes = snapshot::encode(&m, &Binding::NONE, &mutate(state, &mu));
         prop_assert!(snapshot::decode(&bytes).is_ok());
         check_snapshot_contract(&bytes)?;
     }

@@ -1,6 +1,7 @@
 //! Integration tests of the engine (one binary). The oracle is a plain sequential replay of the log
 //! (`util::oracle`); every test compares the parallel engine against it.
 
+mod binding;
 mod config;
 mod corrupt;
 mod follow;
