@@ -241,8 +241,8 @@ mod tests {
             offset: 4096,
             log_id: 42,
             last_batch_crc: 0xdead_beef,
-            clean: sequence % 3 == 0,
-            poisoned: sequence % 5 == 0,
+            clean: sequence.is_multiple_of(3),
+            poisoned: sequence.is_multiple_of(5),
         }
     }
 

@@ -22,12 +22,23 @@ pub trait StorageFile: Send + Sync + Debug {
     fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every write made so far to this file durable (`fdatasync`).
     fn sync(&self) -> io::Result<()>;
+    /// Reserves disk space for `[offset, offset + len)` inside the file's size, so that later writes there
+    /// cannot fail for lack of space. A file system that cannot reserve space (`EOPNOTSUPP`) is not an
+    /// error: a full disk then shows up as a write error. The default does nothing.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+    /// Starts writing the file's dirty pages back without waiting (a hint; `sync` is what makes data
+    /// durable). The default does nothing.
+    fn start_writeback(&self) {}
 }
 
 /// The directory and file operations of the writer's write path.
 pub trait Storage: Send + Sync + Debug {
-    /// Creates `path` (replacing any file there) with `len_bytes` bytes of zeros, preallocated so that later
-    /// writes inside it cannot fail for lack of space, and opens it for writing.
+    /// Creates `path` (replacing any file there) with `len_bytes` bytes of zeros, and opens it for writing.
+    /// No disk space is reserved (the file is sparse): the writer reserves it in steps with
+    /// [`StorageFile::allocate`] ahead of its writes, so a small log takes little space.
     fn create(&self, path: &Path, len_bytes: u64) -> io::Result<Arc<dyn StorageFile>>;
     /// Opens the existing file `path` for writing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
@@ -53,12 +64,24 @@ impl StorageFile for FsFile {
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        preallocate(&self.0, offset, len)
+    }
+    fn start_writeback(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor is open for the duration of the call; sync_file_range touches no
+            // memory. A failure is harmless (a hint): `sync` reports what matters.
+            let _ = unsafe { libc::sync_file_range(self.0.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+    }
 }
 
 impl Storage for FsStorage {
     fn create(&self, path: &Path, len_bytes: u64) -> io::Result<Arc<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        preallocate(&file, len_bytes)?;
+        file.set_len(len_bytes)?;
         Ok(Arc::new(FsFile(file)))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
@@ -72,14 +95,15 @@ impl Storage for FsStorage {
     }
 }
 
-/// Sets the file's length to `len` and reserves the disk space for it.
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    file.set_len(len)?;
+/// Reserves the disk space for `[offset, offset + len)` of `file` (inside its size, which does not change).
+fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: `file` is an open descriptor for the duration of the call; fallocate touches no memory.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
         // Filesystems without fallocate (EOPNOTSUPP, EINVAL) keep the sparse file: space is then claimed
         // as batches are written, and a full disk shows up as a write error there.
         if rc != 0 && rc != libc::EOPNOTSUPP && rc != libc::EINVAL && rc != libc::ENOSYS {

@@ -6,6 +6,7 @@ mod crash;
 mod faults;
 mod follow;
 mod fuzz_parsers;
+mod hygiene;
 mod model;
 mod smoke;
 mod torn_tail;

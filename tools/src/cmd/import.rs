@@ -244,7 +244,16 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
                 first.0,
                 first.0 + n
             ),
-            Err(e) => format!("and committing the lines before it failed too: {e}"),
+            Err(e) => {
+                // The writer is poisoned: say exactly what is safe, from what it acknowledged durable.
+                let durable = writer.durable_position().0.max(first.0);
+                format!(
+                    "and committing the lines before it failed too: {e}\n  durable: the {} events of this import \
+                     below position {durable} (positions {}..{durable}); everything after may be lost",
+                    fmt_count(durable - first.0),
+                    first.0
+                )
+            }
         };
         anyhow::anyhow!("{name}: line {line_no}: {why}\n  {kept}")
     };
@@ -285,14 +294,25 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
         // Streaming: commit whenever the input pauses (the next read would block), so a killed import
         // leaves an exact prefix of what it read.
         if streaming && (reader.buffer().is_empty() || since_commit >= STREAM_COMMIT_LINES_MAX) {
-            writer.commit().with_context(|| format!("cannot commit to {}", cfg.out.display()))?;
+            if let Err(e) = writer.commit() {
+                return Err(fail(&mut writer, line_no, format!("cannot commit to {}: {e}", cfg.out.display())));
+            }
             since_commit = 0;
         }
         if line_no & 0x3ff == 0 {
             bar.set(writer.next_position().0 - first.0);
         }
     }
-    writer.sync().with_context(|| format!("cannot sync {}", cfg.out.display()))?;
+    if let Err(e) = writer.sync() {
+        let durable = writer.durable_position().0.max(first.0);
+        anyhow::bail!(
+            "cannot sync {}: {e}\n  durable: the {} events of this import below position {durable} (positions \
+             {}..{durable}); everything after may be lost",
+            cfg.out.display(),
+            fmt_count(durable - first.0),
+            first.0
+        );
+    }
     let end = writer.next_position();
     writer.close().with_context(|| format!("cannot close {}", cfg.out.display()))?;
     bar.finish();
