@@ -437,9 +437,11 @@ pub struct InspectArgs {
 #[command(after_help = "\
 Checks headers, every batch's checksum and framing, position continuity, seals
 and index files. Exit 0 when sound; otherwise exit 1 with one line per
-problem: file, byte offset, position, what is wrong, and whether it is a torn
-tail (an interrupted write at the very end, which --repair, or any command
-that opens the log for writing, removes without losing a committed record).
+problem: file, byte offset, position, what is wrong, and what kind of problem
+it is: a torn tail (an interrupted write at the very end, which --repair, or
+any command that opens the log for writing, removes without losing a committed
+record), an index-file problem (a cache that readers rebuild: committed data is
+not affected; --repair rewrites it), or damage to committed data.
 
 Examples:
   catchup verify /tmp/log
@@ -448,7 +450,8 @@ pub struct VerifyArgs {
     /// Log directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// Recover a torn tail (opens the log for writing), then verify again.
+    /// Recover a torn tail (opens the log for writing; refused while another writer holds the log), rewrite
+    /// bad index files, then verify again.
     #[arg(long)]
     pub repair: bool,
     /// Print one JSON document.
