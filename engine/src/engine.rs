@@ -418,9 +418,11 @@ impl Engine {
                 source: e,
             })?;
             let snaps = snapshot::load_all(&cp.dir)?;
-            check_bindings(&reader, &snaps)?;
             per_key_restored =
                 restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
+            // After the identity checks of `restore` (a snapshot of another log is a `Mismatch`); a failure
+            // here drops the restored handlers with the run.
+            check_bindings(&reader, &snaps)?;
         }
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
