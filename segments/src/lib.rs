@@ -18,6 +18,7 @@ pub mod index;
 pub mod reader;
 pub mod recovery_point;
 pub mod segment;
+pub mod sigbus;
 pub mod storage;
 pub mod testing;
 pub mod verify;
@@ -25,8 +26,8 @@ pub mod writer;
 
 pub use error::{AppendError, Corruption, CorruptionKind, IoError, OpenError, ReadError};
 pub use format::{RecordRef, key_hash};
-pub use recovery_point::{RecoveryPoint, RecoveryPointError, read_recovery_point};
 pub use reader::{Batch, Cursor, LogReader, OwnedRecord, RecordHead, RecordHeads, Start};
+pub use recovery_point::{RecoveryPoint, RecoveryPointError, read_recovery_point};
 pub use segment::Segment;
 pub use storage::{FsStorage, Storage, StorageFile};
 pub use verify::{Problem, VerifyReport, verify};
