@@ -71,6 +71,8 @@ pub enum CorruptionKind {
         /// The recovery point's durable position, when it is in or after this segment.
         durable: Option<Position>,
     },
+    /// The recovery-point file cannot be used (no valid slot, unreadable, or it names another log).
+    BadRecoveryPoint(String),
     /// A directory entry named like a segment is not a regular file (a FIFO, a directory, a device...).
     NotARegularFile {
         /// What it is.
@@ -136,6 +138,7 @@ impl std::fmt::Display for CorruptionKind {
                 "every byte of the segment is zero, but the recovery point records a durable end ({durable}) in or \
                  after it: synced records are missing"
             ),
+            CorruptionKind::BadRecoveryPoint(why) => write!(f, "recovery point unusable: {why}"),
             CorruptionKind::NotARegularFile { file_type } => {
                 write!(f, "named like a segment but is a {file_type}, not a regular file")
             }

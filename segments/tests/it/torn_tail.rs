@@ -347,8 +347,10 @@ fn truncated_files_are_errors_not_panics() {
             other => panic!("{ctx}: reading: {other:?}"),
         }
         let report = verify(&work).unwrap();
+        // An emptied last segment after a seal is an unfinished creation (no record in it): recoverable.
+        let unfinished_creation = len == 0 && seg_base > 0;
         assert!(
-            report.problems.iter().any(|p| p.corruption.file == file && !p.torn_tail),
+            report.problems.iter().any(|p| p.corruption.file == file && p.torn_tail == unfinished_creation),
             "{ctx}: {:?}",
             report.problems
         );
