@@ -434,13 +434,14 @@ pub struct Cursor {
     tail_verdict: Option<TailVerdict>,
 }
 
-/// A cached verdict that the tail at `(segment, offset, word)` is the end of the log (nothing valid behind
+/// A cached verdict that the tail at `(segment, offset, word, crc)` is the end of the log (nothing valid behind
 /// it, nothing durable above it), valid while the segment file's stamp is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TailVerdict {
     segment: usize,
     offset: u64,
-    word: u32,
+    /// The commit word and CRC field at `offset`.
+    word: (u32, u32),
     stamp: FileStamp,
 }
 
@@ -509,7 +510,10 @@ impl Cursor {
         if problem.is_none() && self.remap_if_replaced()? {
             return Ok(false);
         }
-        let word = seg.commit_word(offset);
+        // The batch's commit word and CRC field: a new batch written here (by a live writer, or by a new one
+        // after recovery cut a torn tail) changes at least one of them.
+        let ident = |seg: &Segment| (seg.commit_word(offset), seg.commit_word(offset + 4));
+        let word = ident(&seg);
         let stamp = FileStamp::of(seg.path());
         let key = |stamp| TailVerdict { segment: Arc::as_ptr(&seg) as usize, offset, word, stamp };
         if let Some(s) = stamp
@@ -522,11 +526,11 @@ impl Cursor {
             Some(_) => seg.find_valid_batch_after(offset + 8, expected),
         };
         // A live writer may have committed at `offset` since `word` was loaded (and then the batch found
-        // behind it): a changed word is no verdict, the caller reads again. The fence orders the load after
-        // the reads of the bytes behind (the writer wrote this word before them).
+        // behind it): a changed batch is no verdict, the caller reads again. The fence orders these loads
+        // after the reads of the bytes behind (the writer wrote this batch before them).
         let moved = |seg: &Segment| {
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            seg.commit_word(offset) != word
+            ident(seg) != word
         };
         if let Some(at) = behind {
             if moved(&seg) {
