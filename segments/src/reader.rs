@@ -484,7 +484,7 @@ impl Cursor {
     }
 
     /// At the cursor's batch boundary there is no valid batch: the commit word is zero (`problem` is
-    /// `None`) or the batch is invalid (`problem`). `Ok(())` if that is the end of the log for now (nothing
+    /// `None`) or the batch is invalid (`problem`). `Ok(true)` if that is the end of the log for now (nothing
     /// committed yet, or a torn tail); the error otherwise: a zero word or invalid batch with a valid batch
     /// behind it, one below the recovery point's durable end or in a log closed cleanly, or a segment that
     /// ends without its seal while a later one exists. See the module docs. A verdict of "the end" is
@@ -520,6 +520,14 @@ impl Cursor {
             && self.tail_verdict == Some(key(s))
         {
             return Ok(true);
+        }
+        // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
+        let stale = match problem {
+            None => word.0 != 0,
+            Some(_) => seg.read_batch(offset).is_ok(),
+        };
+        if stale {
+            return Ok(false);
         }
         let behind = match problem {
             None => seg.valid_batch_behind_zero_word(offset, expected),
