@@ -18,9 +18,10 @@
 //! [`CorruptionKind::DurableDataDamaged`]. So is a log that ends below the recovery point. A log without the
 //! file keeps the old rule.
 //!
-//! In follow mode ([`Cursor::wait`]) that verdict is cached per (segment, offset, commit word, file
-//! identity, size and modification time), so an idle follower at the tail of a log whose preallocated
-//! space is not a hole (a copied log) does not rescan it at every poll.
+//! In follow mode ([`Cursor::wait`]) a verdict of "the end" is cached per (segment, offset, commit word and
+//! CRC field there) and kept while the file's identity, size and modification time stay the same (looked
+//! at every 100 ms), so an idle follower at the tail of a log whose preallocated space is not a hole (a
+//! copied log) does not rescan it at every poll.
 //!
 //! # Segments are opened lazily
 //!
@@ -436,14 +437,21 @@ pub struct Cursor {
 
 /// A cached verdict that the tail at `(segment, offset, word, crc)` is the end of the log (nothing valid behind
 /// it, nothing durable above it), valid while the segment file's stamp is unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct TailVerdict {
     segment: usize,
     offset: u64,
     /// The commit word and CRC field at `offset`.
     word: (u32, u32),
     stamp: FileStamp,
+    /// When `stamp` was last compared with the file.
+    checked: Instant,
 }
+
+/// How often a cached tail verdict looks at whether the file changed (bytes written behind a zero word
+/// without that word are a lost write, never a live writer's doing, so this only bounds how late a follower
+/// notices damage done under it).
+const TAIL_RECHECK: Duration = Duration::from_millis(100);
 
 /// How long a follower sleeps between looks once its backoff has grown (bounds idle CPU and wake latency).
 pub const FOLLOW_SLEEP_MAX: Duration = Duration::from_millis(2);
@@ -514,13 +522,21 @@ impl Cursor {
         // after recovery cut a torn tail) changes at least one of them.
         let ident = |seg: &Segment| (seg.commit_word(offset), seg.commit_word(offset + 4));
         let word = ident(&seg);
-        let stamp = FileStamp::of(seg.path());
-        let key = |stamp| TailVerdict { segment: Arc::as_ptr(&seg) as usize, offset, word, stamp };
-        if let Some(s) = stamp
-            && self.tail_verdict == Some(key(s))
+        let segment = Arc::as_ptr(&seg) as usize;
+        if let Some(v) = &mut self.tail_verdict
+            && (v.segment, v.offset, v.word) == (segment, offset, word)
         {
-            return Ok(true);
+            // Same place, same bytes at it: still the end while the file is unchanged, which is looked at
+            // (one `stat`) at most every `TAIL_RECHECK`.
+            if v.checked.elapsed() < TAIL_RECHECK {
+                return Ok(true);
+            }
+            if FileStamp::of(seg.path()) == Some(v.stamp) {
+                v.checked = Instant::now();
+                return Ok(true);
+            }
         }
+        let stamp = FileStamp::of(seg.path());
         // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
         let stale = match problem {
             None => word.0 != 0,
@@ -572,7 +588,7 @@ impl Cursor {
             let kind = CorruptionKind::DurableDataDamaged { problem: what, durable: rp.position, clean: rp.clean };
             return Err(seg.corruption(offset, Some(expected), kind).into());
         }
-        self.tail_verdict = stamp.map(key);
+        self.tail_verdict = stamp.map(|stamp| TailVerdict { segment, offset, word, stamp, checked: Instant::now() });
         Ok(true)
     }
 
