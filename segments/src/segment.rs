@@ -49,8 +49,12 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, OpenError> 
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         let base =
             if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) { stem.parse::<u64>().ok() } else { None };
-        // `metadata` follows a symbolic link to what it names; only a regular file can be a segment.
-        let file_type = std::fs::metadata(&path).map_err(|e| IoError::new("stat", &path, e))?.file_type();
+        // Only a regular file can be a segment (a symbolic link is followed to what it names). The entry's
+        // type usually comes with the listing, so this costs no call per segment.
+        let mut file_type = entry.file_type().map_err(|e| IoError::new("stat", &path, e))?;
+        if file_type.is_symlink() {
+            file_type = std::fs::metadata(&path).map_err(|e| IoError::new("stat", &path, e))?.file_type();
+        }
         if !file_type.is_file() {
             return Err(Corruption {
                 file: path,
