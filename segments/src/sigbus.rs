@@ -178,10 +178,11 @@ impl Msg {
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO` handler; for SIGBUS `si_addr` is the
-    // faulting address.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    for slot in REGISTRY.iter() {
+    // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO` handler. `si_addr` is the faulting
+    // address when the kernel raised the signal for a fault (`si_code > 0`); a SIGBUS sent with `kill`
+    // (`si_code <= 0`) has none, and goes to the previous handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    for slot in REGISTRY.iter().filter(|_| code > 0) {
         // Acquire pairs with the `Release` store of `TAG_READY` in `register`.
         let s = slot.state.load(Ordering::Acquire);
         if s & TAG_MASK != TAG_READY {
