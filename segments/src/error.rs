@@ -48,6 +48,36 @@ pub enum CorruptionKind {
     },
     /// The sparse index file is unreadable (it will be rebuilt; reported by `verify`).
     BadIndex(String),
+    /// A zero batch length word (which reads as "no batch yet") with a valid batch behind it: a write was
+    /// lost (records between here and `next_batch_offset` are missing), never the end of the log.
+    ZeroLengthWord {
+        /// Byte offset of the valid batch found behind it.
+        next_batch_offset: u64,
+    },
+    /// The data ends or is invalid below the durable end that the log's recovery point records, or is
+    /// invalid in a log whose recovery point says the writer closed cleanly: synced records are missing or
+    /// damaged. Never a torn tail.
+    DurableDataDamaged {
+        /// What is wrong at this place.
+        problem: String,
+        /// The recovery point's durable position.
+        durable: Position,
+        /// True if the recovery point says the writer closed cleanly.
+        clean: bool,
+    },
+    /// Every byte of the segment file is zero: a creation whose name reached the disk but not its header.
+    /// Holds no record; an error only when the recovery point records a durable end in or after it.
+    ZeroedSegment {
+        /// The recovery point's durable position, when it is in or after this segment.
+        durable: Option<Position>,
+    },
+    /// The recovery-point file cannot be used (no valid slot, unreadable, or it names another log).
+    BadRecoveryPoint(String),
+    /// A directory entry named like a segment is not a regular file (a FIFO, a directory, a device...).
+    NotARegularFile {
+        /// What it is.
+        file_type: String,
+    },
     /// The segment file's size is not the `capacity_bytes` its header records: it was truncated (committed
     /// data may be lost) or extended after creation.
     SizeMismatch {
@@ -81,7 +111,37 @@ impl std::fmt::Display for CorruptionKind {
             CorruptionKind::IndexMismatch { index_file } => {
                 write!(f, "index {} disagrees with the segment data", index_file.display())
             }
-            CorruptionKind::BadIndex(why) => write!(f, "index file is invalid: {why}"),
+            CorruptionKind::BadIndex(why) => {
+                write!(f, "index file invalid ({why}): a cache, rebuilt from the data (segment data not affected)")
+            }
+            CorruptionKind::ZeroLengthWord { next_batch_offset } => write!(
+                f,
+                "batch length word is zero but a valid batch follows at byte offset {next_batch_offset}: a lost \
+                 write, the records in between are missing (not the end of the log)"
+            ),
+            CorruptionKind::DurableDataDamaged { problem, durable, clean: false } => write!(
+                f,
+                "{problem}, below the durable end {durable} recorded in the recovery point: synced records are \
+                 damaged or missing (not a torn tail)"
+            ),
+            CorruptionKind::DurableDataDamaged { problem, durable, clean: true } => write!(
+                f,
+                "{problem}, in a log whose recovery point says the writer closed cleanly at {durable}: \
+                 acknowledged records are damaged or missing (not a torn tail)"
+            ),
+            CorruptionKind::ZeroedSegment { durable: None } => write!(
+                f,
+                "every byte of the segment is zero: a segment creation that never became durable (it holds no record)"
+            ),
+            CorruptionKind::ZeroedSegment { durable: Some(durable) } => write!(
+                f,
+                "every byte of the segment is zero, but the recovery point records a durable end ({durable}) in or \
+                 after it: synced records are missing"
+            ),
+            CorruptionKind::BadRecoveryPoint(why) => write!(f, "recovery point unusable: {why}"),
+            CorruptionKind::NotARegularFile { file_type } => {
+                write!(f, "named like a segment but is a {file_type}, not a regular file")
+            }
             CorruptionKind::SizeMismatch { capacity_bytes, len_bytes } => write!(
                 f,
                 "file is {len_bytes} bytes but was created with {capacity_bytes} (truncated or extended since)"
@@ -105,17 +165,27 @@ pub struct Corruption {
 }
 
 /// An I/O failure on a named file.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
+///
+/// Its message embeds the OS error's text ("open FILE: Permission denied (os error 13)"), so it does not
+/// also expose it through [`std::error::Error::source`]: an error chain (anyhow's `{:#}`) prints it once.
+/// The OS error itself is the `source` field.
+#[derive(Debug)]
 pub struct IoError {
     /// What was being done ("open", "write", "fsync"...).
     pub op: &'static str,
     /// The file or directory.
     pub path: PathBuf,
     /// The OS error.
-    #[source]
     pub source: std::io::Error,
 }
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for IoError {}
 
 impl IoError {
     pub(crate) fn new(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -184,6 +254,34 @@ pub enum ReadError {
     /// Corrupt data.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    /// The log's recovery-point file exists but cannot be used.
+    #[error(transparent)]
+    RecoveryPoint(#[from] crate::recovery_point::RecoveryPointError),
+    /// A durable-only reader was asked to read a log that has no recovery point: nothing says which records
+    /// are durable.
+    #[error(
+        "{}: no recovery point (the log was last written by an older version), so a durable-only reader cannot \
+         tell which records are synced; open it once for writing with this version of catchup (which creates the \
+         file), or read without durable-only",
+        dir.display()
+    )]
+    NoRecoveryPoint {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// The recovery point belongs to another log (its `log_id` is not segment 0's `created_ns`).
+    #[error(
+        "{}: the recovery point belongs to another log (log id {found}, segment 0 says {expected})",
+        path.display()
+    )]
+    ForeignRecoveryPoint {
+        /// The recovery-point file.
+        path: PathBuf,
+        /// The log id segment 0 records.
+        expected: u64,
+        /// The log id the recovery point records.
+        found: u64,
+    },
     /// The requested position is past the end of the log.
     #[error("position {requested} is past the end of the log ({end})")]
     PastEnd {

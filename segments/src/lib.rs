@@ -18,6 +18,7 @@ pub mod index;
 pub mod reader;
 pub mod recovery_point;
 pub mod segment;
+pub mod sigbus;
 pub mod storage;
 pub mod testing;
 pub mod verify;

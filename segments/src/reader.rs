@@ -1,9 +1,48 @@
 //! Read-only access to a log: zero-copy iteration from the start, a position or a timestamp, and
 //! following appends made later by another process, across segment rolls.
 //!
-//! A reader takes no lock and never writes. It trusts nothing it reads: every batch's CRC and framing are
+//! A reader takes no lock and never writes log data (it may write back a sealed segment's index that it
+//! had to rebuild, best effort: a cache). It trusts nothing it reads: every batch's CRC and framing are
 //! checked before any record of it is handed out.
+//!
+//! # Where the log ends
+//!
+//! A zero commit word reads as "no batch here yet" only when nothing valid lies behind it: a writer never
+//! commits a batch before the one in front of it, so a zero word with a valid batch behind it is a lost
+//! write ([`CorruptionKind::ZeroLengthWord`]), an error naming file, byte offset and position, on every
+//! path (`next_batch`, seeks, [`LogReader::end_position`], [`Cursor::wait`]). An invalid batch at the end
+//! of the last segment with nothing valid behind it is a torn tail (an interrupted, never-acknowledged
+//! write) and reads as the end, unless the log's recovery point (`recovery.point`, see
+//! [`crate::recovery_point`]) says it is durable: at a position below the recovery point's `position`, or
+//! anywhere in a log whose recovery point says the writer closed cleanly, it is
+//! [`CorruptionKind::DurableDataDamaged`]. So is a log that ends below the recovery point. A log without the
+//! file keeps the old rule.
+//!
+//! In follow mode ([`Cursor::wait`]) a verdict of "the end" is cached per (segment, offset, commit word and
+//! CRC field there) and kept while the file's identity, size and modification time stay the same (looked
+//! at every 100 ms), so an idle follower at the tail of a log whose preallocated space is not a hole (a
+//! copied log) does not rescan it at every poll.
+//!
+//! # Segments are opened lazily
+//!
+//! [`LogReader::open`] maps the segments in order and stops at the first one it cannot map (bad header,
+//! wrong size, unreadable): the records before it stay readable, and a cursor that reaches it fails with
+//! that segment's error. A last segment whose bytes are all zero (a creation whose name reached the disk but
+//! not its header, e.g. a power cut after a roll with `Durability::None`) reads as an empty active segment,
+//! the end of the log at the previous seal, unless the recovery point says the durable end is in or after
+//! it ([`CorruptionKind::ZeroedSegment`]). Only a bad first segment makes `open` fail.
+//!
+//! # Durable-only readers
+//!
+//! Other processes see a batch as soon as it is committed, before it is synced. A reader made with
+//! [`LogReader::durable_only`]`(true)` hands out only records below the recovery point's `position` (every
+//! record below it was synced): its cursors stop there, re-read the recovery point when they reach it (in
+//! [`Cursor::next_batch`] and [`Cursor::wait`]) and go on as it moves. [`LogReader::end_position`] is then
+//! the durable end. A log without a recovery point cannot be read durable-only
+//! ([`ReadError::NoRecoveryPoint`]: open it once for writing with this version, or read without
+//! durable-only). The check on the hot path is one comparison per batch.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +55,8 @@ use crate::format::{
     record_size,
 };
 use crate::index::SparseIndex;
-use crate::segment::{Segment, index_file_name, list_segments};
+use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, RecoveryPointError, read_recovery_point};
+use crate::segment::{Segment, file_is_all_zero, index_file_name, list_segments};
 
 /// Where a cursor starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,61 +73,78 @@ pub enum Start {
 #[derive(Debug)]
 pub struct LogReader {
     dir: PathBuf,
+    /// The segments mapped so far, in order: a prefix of the listed ones.
     segments: Vec<Arc<Segment>>,
+    /// What is known of the segments listed after `segments`.
+    beyond: Beyond,
+    durable_only: bool,
+}
+
+/// What lies after the mapped segments.
+#[derive(Debug, Clone, Default)]
+struct Beyond {
+    /// A listed segment could not be mapped (its error is reported when a cursor reaches it).
+    blocked: bool,
+    /// The last listed segment is all zeros (an unfinished creation, read as absent), as seen at this file
+    /// state: not read again until the file changes.
+    zero_last: Option<FileStamp>,
+}
+
+/// Identity, size and modification time of a file: what must stay the same for a cached verdict about its
+/// bytes to stay true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
 }
 
 impl LogReader {
-    /// Opens the log in `dir`. Maps every segment and checks headers, names and that bases increase.
+    /// Opens the log in `dir`. Maps the segments in order, checking headers, names and that bases increase,
+    /// up to the first segment that cannot be mapped (reported when a cursor reaches it; see the module
+    /// docs). Fails if the directory holds no segment or the first one cannot be mapped.
     pub fn open(dir: impl AsRef<Path>) -> Result<LogReader, OpenError> {
         let dir = dir.as_ref().to_path_buf();
-        let mut r = LogReader { dir, segments: Vec::new() };
-        r.refresh()?;
+        let mut r = LogReader { dir, segments: Vec::new(), beyond: Beyond::default(), durable_only: false };
+        let deferred = map_more(&r.dir, &mut r.segments, &mut r.beyond)?;
         if r.segments.is_empty() {
-            return Err(OpenError::NotALog { path: r.dir });
+            return Err(deferred.unwrap_or(OpenError::NotALog { path: r.dir }));
         }
         Ok(r)
     }
 
-    /// Picks up segments created since the last look. Returns true if there are new ones.
+    /// In durable-only mode (`on`), cursors made from this reader hand out only records below the durable
+    /// position that the log's recovery point records, and [`LogReader::end_position`] is that position.
+    /// See the module docs.
+    pub fn durable_only(mut self, on: bool) -> Self {
+        self.durable_only = on;
+        self
+    }
+
+    /// The durable position the log's recovery point records now (every record below it is synced), or
+    /// `None` if the log has no recovery point (last written by an older version).
+    pub fn durable_position(&self) -> Result<Option<Position>, ReadError> {
+        Ok(checked_recovery_point(&self.dir, &self.segments[0])?.map(|rp| rp.position))
+    }
+
+    /// Picks up segments created since the last look. Returns true if there are new ones. A new segment
+    /// that cannot be mapped stops the look there without an error; a cursor that reaches it reports it.
     pub fn refresh(&mut self) -> Result<bool, OpenError> {
-        let listed = list_segments(&self.dir)?;
         let known = self.segments.len();
-        // The last known segment may have been replaced by a larger one if it held no batch when mapped.
-        if let Some(last) = self.segments.last()
-            && last.commit_word(SEGMENT_HEADER_SIZE as u64) == 0
-            && last.replaced_on_disk()
-        {
-            let fresh = Segment::open(last.path(), last.base_position())?;
-            *self.segments.last_mut().expect("not empty") = Arc::new(fresh);
-        }
-        if listed.len() < known {
-            let path = self.segments[known - 1].path().to_path_buf();
-            return Err(Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into());
-        }
-        for (i, (base, path)) in listed.into_iter().enumerate() {
-            if i < known {
-                if self.segments[i].base_position() != base {
-                    return Err(Corruption {
-                        file: path,
-                        offset: 0,
-                        position: Some(base),
-                        kind: CorruptionKind::Gap { expected: self.segments[i].base_position(), found: base },
-                    }
-                    .into());
-                }
-                continue;
-            }
-            if i == 0 && base != Position(0) {
-                return Err(Corruption {
-                    file: path,
-                    offset: 0,
-                    position: Some(base),
-                    kind: CorruptionKind::MissingStart { found: base },
-                }
-                .into());
-            }
-            self.segments.push(Arc::new(Segment::open(&path, base)?));
-        }
+        map_more(&self.dir, &mut self.segments, &mut self.beyond)?;
         Ok(self.segments.len() > known)
     }
 
@@ -96,14 +153,14 @@ impl LogReader {
         &self.dir
     }
 
-    /// The mapped segments, in order.
+    /// The mapped segments, in order (up to the first one that could not be mapped).
     pub fn segments(&self) -> &[Arc<Segment>] {
         &self.segments
     }
 
-    /// A cursor at `start`.
+    /// A cursor at `start`. In durable-only mode, fails if the log has no recovery point.
     pub fn cursor(&self, start: Start) -> Result<Cursor, ReadError> {
-        let mut c = self.cursor_at_first_record();
+        let mut c = self.cursor_at_first_record()?;
         match start {
             Start::Beginning => {}
             Start::Position(p) => c.seek_position(p)?,
@@ -112,20 +169,29 @@ impl LogReader {
         Ok(c)
     }
 
-    /// The position after the last committed record (the log's current end).
+    /// The position after the last committed record (the log's current end); in durable-only mode, the
+    /// durable end (the smaller of the two).
     pub fn end_position(&self) -> Result<Position, ReadError> {
-        self.cursor_at_first_record().find_end()
+        self.cursor_at_first_record()?.find_end()
     }
 
-    fn cursor_at_first_record(&self) -> Cursor {
-        Cursor {
+    fn cursor_at_first_record(&self) -> Result<Cursor, ReadError> {
+        let mut c = Cursor {
             dir: self.dir.clone(),
             segments: self.segments.clone(),
+            beyond: self.beyond.clone(),
             seg_idx: 0,
             offset: SEGMENT_HEADER_SIZE as u64,
             next_position: Position(0),
             skip_below: Position(0),
+            durable_only: self.durable_only,
+            limit: Position(u64::MAX),
+            tail_verdict: None,
+        };
+        if self.durable_only {
+            c.limit = c.durable_limit()?;
         }
+        Ok(c)
     }
 
     /// Loads (or rebuilds) the sparse index of segment `seg_idx`, completed to the segment's current end.
@@ -134,16 +200,115 @@ impl LogReader {
     }
 }
 
+/// Maps the segments listed after `segments`, in order, up to the first one that cannot be mapped, whose
+/// error is returned as `Ok(Some(_))` (and `beyond.blocked` set). An all-zero last segment is not mapped and
+/// is no error (see the module docs) unless the recovery point says the durable end is in or after it.
+fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -> Result<Option<OpenError>, OpenError> {
+    let listed = list_segments(dir)?;
+    let known = segments.len();
+    // The last known segment may have been replaced by a larger one if it held no batch when mapped.
+    if let Some(last) = segments.last()
+        && last.commit_word(SEGMENT_HEADER_SIZE as u64) == 0
+        && last.replaced_on_disk()
+    {
+        let fresh = Segment::open(last.path(), last.base_position())?;
+        *segments.last_mut().expect("not empty") = Arc::new(fresh);
+    }
+    if listed.len() < known {
+        let path = segments[known - 1].path().to_path_buf();
+        return Err(Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into());
+    }
+    beyond.blocked = false;
+    let n = listed.len();
+    for (i, (base, path)) in listed.into_iter().enumerate() {
+        if i < known {
+            if segments[i].base_position() != base {
+                return Err(Corruption {
+                    file: path,
+                    offset: 0,
+                    position: Some(base),
+                    kind: CorruptionKind::Gap { expected: segments[i].base_position(), found: base },
+                }
+                .into());
+            }
+            continue;
+        }
+        if i == 0 && base != Position(0) {
+            return Err(Corruption {
+                file: path,
+                offset: 0,
+                position: Some(base),
+                kind: CorruptionKind::MissingStart { found: base },
+            }
+            .into());
+        }
+        // Unchanged since it was found all zero: still an unfinished creation.
+        if i + 1 == n && i > 0 && beyond.zero_last.is_some() && beyond.zero_last == FileStamp::of(&path) {
+            return Ok(None);
+        }
+        beyond.zero_last = None;
+        match Segment::open(&path, base) {
+            Ok(s) => segments.push(Arc::new(s)),
+            Err(e) => {
+                // Corrupt, not an I/O error: a header that does not decode, or a size that does not match.
+                if i + 1 == n && i > 0 && matches!(e, OpenError::Corrupt(_)) {
+                    let stamp = FileStamp::of(&path);
+                    if file_is_all_zero(&path)? {
+                        let rp = checked_recovery_point(dir, &segments[0]).ok().flatten();
+                        if let Some(rp) = rp.filter(|rp| rp.segment_base >= base || rp.position > base) {
+                            beyond.blocked = true;
+                            let kind = CorruptionKind::ZeroedSegment { durable: Some(rp.position) };
+                            return Ok(Some(Corruption { file: path, offset: 0, position: Some(base), kind }.into()));
+                        }
+                        beyond.zero_last = stamp;
+                        return Ok(None);
+                    }
+                }
+                beyond.blocked = true;
+                return Ok(Some(e));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The log's recovery point, checked to belong to this log (its `log_id` is segment 0's `created_ns`).
+fn checked_recovery_point(dir: &Path, first: &Segment) -> Result<Option<RecoveryPoint>, ReadError> {
+    let Some(rp) = read_recovery_point(dir)? else { return Ok(None) };
+    if rp.log_id != first.header().created_ns {
+        return Err(ReadError::ForeignRecoveryPoint {
+            path: dir.join(RECOVERY_POINT_FILE),
+            expected: first.header().created_ns,
+            found: rp.log_id,
+        });
+    }
+    Ok(Some(rp))
+}
+
 fn load_index(dir: &Path, seg: &Segment) -> Result<SparseIndex, Corruption> {
     let path = dir.join(index_file_name(seg.base_position()));
-    let (index, problem) = match std::fs::read(&path) {
+    let (index, problem, rebuilt) = match std::fs::read(&path) {
         Ok(bytes) => match SparseIndex::decode(&bytes, seg.base_position()) {
-            Ok(idx) => idx.complete(seg, &path),
+            Ok(idx) => {
+                let (index, problem) = idx.complete(seg, &path);
+                (index, problem, false)
+            }
             // An unreadable index is a stale cache: rebuild it (`verify` reports it).
-            Err(_) => SparseIndex::build(seg),
+            Err(_) => {
+                let (index, problem) = SparseIndex::build(seg);
+                (index, problem, true)
+            }
         },
-        Err(_) => SparseIndex::build(seg),
+        Err(_) => {
+            let (index, problem) = SparseIndex::build(seg);
+            (index, problem, true)
+        }
     };
+    if rebuilt && problem.is_none() && index.sealed_next.is_some() {
+        // A sealed segment's index never changes: write it back so that the next open does not rescan
+        // (tmp, rename). Best effort: a read-only directory or a full disk only costs the next rescan.
+        let _ = index.save(&path, seg.base_position(), false);
+    }
     match problem {
         Some(c) if matches!(c.kind, CorruptionKind::IndexMismatch { .. }) => Err(c),
         // A torn or corrupt batch stops the index where it is; reading reports the problem itself.
@@ -249,10 +414,12 @@ impl Iterator for RecordHeads<'_> {
 }
 
 /// A position in a log that walks forward batch by batch.
+/// A position in a log that walks forward batch by batch.
 #[derive(Debug)]
 pub struct Cursor {
     dir: PathBuf,
     segments: Vec<Arc<Segment>>,
+    beyond: Beyond,
     seg_idx: usize,
     /// Offset of the next batch in the current segment.
     offset: u64,
@@ -260,7 +427,31 @@ pub struct Cursor {
     next_position: Position,
     /// Records below this are skipped (set by a seek into a batch).
     skip_below: Position,
+    /// Durable-only mode: `limit` is the recovery point's position, re-read when the cursor reaches it.
+    durable_only: bool,
+    /// No record at or above this is handed out (`u64::MAX` unless durable-only).
+    limit: Position,
+    /// The last "nothing to read here yet" verdict at the tail (see [`Cursor::check_tail`]).
+    tail_verdict: Option<TailVerdict>,
 }
+
+/// A cached verdict that the tail at `(segment, offset, word, crc)` is the end of the log (nothing valid behind
+/// it, nothing durable above it), valid while the segment file's stamp is unchanged.
+#[derive(Debug, Clone, Copy)]
+struct TailVerdict {
+    segment: usize,
+    offset: u64,
+    /// The commit word and CRC field at `offset`.
+    word: (u32, u32),
+    stamp: FileStamp,
+    /// When `stamp` was last compared with the file.
+    checked: Instant,
+}
+
+/// How often a cached tail verdict looks at whether the file changed (bytes written behind a zero word
+/// without that word are a lost write, never a live writer's doing, so this only bounds how late a follower
+/// notices damage done under it).
+const TAIL_RECHECK: Duration = Duration::from_millis(100);
 
 /// How long a follower sleeps between looks once its backoff has grown (bounds idle CPU and wake latency).
 pub const FOLLOW_SLEEP_MAX: Duration = Duration::from_millis(2);
@@ -274,6 +465,131 @@ impl Cursor {
     /// The segments the cursor knows.
     pub fn segments(&self) -> &[Arc<Segment>] {
         &self.segments
+    }
+
+    /// The recovery point's position, for a durable-only cursor.
+    fn durable_limit(&self) -> Result<Position, ReadError> {
+        match checked_recovery_point(&self.dir, &self.segments[0])? {
+            Some(rp) => Ok(rp.position),
+            None => Err(ReadError::NoRecoveryPoint { dir: self.dir.clone() }),
+        }
+    }
+
+    /// At a batch ending at `end` above the limit: re-reads the recovery point (durable-only) and says
+    /// whether the batch may be handed out now.
+    #[cold]
+    fn reaches_limit(&mut self, end: Position) -> Result<bool, ReadError> {
+        if !self.durable_only {
+            return Ok(true);
+        }
+        self.limit = self.durable_limit()?;
+        Ok(end <= self.limit)
+    }
+
+    /// True if the cursor's segment is the last one of the log (no later segment listed).
+    fn in_last_segment(&self) -> bool {
+        self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked
+    }
+
+    /// At the cursor's batch boundary there is no valid batch: the commit word is zero (`problem` is
+    /// `None`) or the batch is invalid (`problem`). `Ok(true)` if that is the end of the log for now (nothing
+    /// committed yet, or a torn tail); the error otherwise: a zero word or invalid batch with a valid batch
+    /// behind it, one below the recovery point's durable end or in a log closed cleanly, or a segment that
+    /// ends without its seal while a later one exists. See the module docs. A verdict of "the end" is
+    /// cached until the commit word or the file changes (W6: no rescan per poll). `Ok(false)`: the commit
+    /// word changed meanwhile (a live writer committed there), read again.
+    fn check_tail(&mut self, problem: Option<Corruption>) -> Result<bool, ReadError> {
+        let seg = self.segments[self.seg_idx].clone();
+        let (offset, expected) = (self.offset, self.next_position);
+        let with_position = |c: Corruption| Corruption { position: Some(expected), ..c };
+        if !self.in_last_segment() {
+            return Err(match problem {
+                Some(c) => with_position(c),
+                None => match seg.valid_batch_behind_zero_word(offset, expected) {
+                    Some(at) => {
+                        seg.corruption(offset, Some(expected), CorruptionKind::ZeroLengthWord { next_batch_offset: at })
+                    }
+                    None => seg.corruption(offset, Some(expected), CorruptionKind::NotSealed),
+                },
+            }
+            .into());
+        }
+        // An empty segment the writer replaced with a larger one: not the end (read the new file).
+        if problem.is_none() && self.remap_if_replaced()? {
+            return Ok(false);
+        }
+        // The batch's commit word and CRC field: a new batch written here (by a live writer, or by a new one
+        // after recovery cut a torn tail) changes at least one of them.
+        let ident = |seg: &Segment| (seg.commit_word(offset), seg.commit_word(offset + 4));
+        let word = ident(&seg);
+        let segment = Arc::as_ptr(&seg) as usize;
+        if let Some(v) = &mut self.tail_verdict
+            && (v.segment, v.offset, v.word) == (segment, offset, word)
+        {
+            // Same place, same bytes at it: still the end while the file is unchanged, which is looked at
+            // (one `stat`) at most every `TAIL_RECHECK`.
+            if v.checked.elapsed() < TAIL_RECHECK {
+                return Ok(true);
+            }
+            if FileStamp::of(seg.path()) == Some(v.stamp) {
+                v.checked = Instant::now();
+                return Ok(true);
+            }
+        }
+        let stamp = FileStamp::of(seg.path());
+        // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
+        let stale = match problem {
+            None => word.0 != 0,
+            Some(_) => seg.read_batch(offset).is_ok(),
+        };
+        if stale {
+            return Ok(false);
+        }
+        let behind = match problem {
+            None => seg.valid_batch_behind_zero_word(offset, expected),
+            Some(_) => seg.find_valid_batch_after(offset + 8, expected),
+        };
+        // A live writer may have committed at `offset` since `word` was loaded (and then the batch found
+        // behind it): a changed batch is no verdict, the caller reads again. The fence orders these loads
+        // after the reads of the bytes behind (the writer wrote this batch before them).
+        let moved = |seg: &Segment| {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            ident(seg) != word
+        };
+        if let Some(at) = behind {
+            if moved(&seg) {
+                return Ok(false);
+            }
+            return Err(match problem {
+                Some(c) => with_position(c),
+                None => {
+                    seg.corruption(offset, Some(expected), CorruptionKind::ZeroLengthWord { next_batch_offset: at })
+                }
+            }
+            .into());
+        }
+        let rp = match checked_recovery_point(&self.dir, &self.segments[0]) {
+            Ok(rp) => rp,
+            // An unusable recovery-point file: the old rule (a durable-only cursor reports it elsewhere).
+            Err(ReadError::RecoveryPoint(RecoveryPointError::Invalid { .. })) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(rp) = rp
+            && (expected < rp.position || (rp.clean && problem.is_some()))
+        {
+            // The recovery point may have moved past a batch committed here after `word` was loaded.
+            if moved(&seg) {
+                return Ok(false);
+            }
+            let what = match &problem {
+                Some(c) => c.kind.to_string(),
+                None => "the log ends here (zero batch length word)".to_string(),
+            };
+            let kind = CorruptionKind::DurableDataDamaged { problem: what, durable: rp.position, clean: rp.clean };
+            return Err(seg.corruption(offset, Some(expected), kind).into());
+        }
+        self.tail_verdict = stamp.map(|stamp| TailVerdict { segment, offset, word, stamp, checked: Instant::now() });
+        Ok(true)
     }
 
     fn seek_position(&mut self, p: Position) -> Result<(), ReadError> {
@@ -294,7 +610,7 @@ impl Cursor {
         }
         // Hop batch headers (validated) until the batch that holds `p`.
         loop {
-            let seg = &self.segments[self.seg_idx];
+            let seg = self.segments[self.seg_idx].clone();
             match seg.read_batch(self.offset) {
                 Ok(Some((h, _))) if !h.sealed && h.end_position() <= p => {
                     self.check_position(&h)?;
@@ -302,34 +618,34 @@ impl Cursor {
                     self.next_position = h.end_position();
                 }
                 Ok(Some((h, _))) if h.sealed => {
-                    if h.base_position < p && self.seg_idx + 1 >= self.segments.len() {
-                        return Err(ReadError::PastEnd { requested: p, end: h.base_position });
-                    }
                     self.check_position(&h)?;
                     // The next segment is where `p` lives; its base is `h.base_position`.
-                    if self.seg_idx + 1 < self.segments.len() {
-                        self.seg_idx += 1;
-                        self.offset = SEGMENT_HEADER_SIZE as u64;
+                    if self.advance_segment(h.base_position)? {
                         self.next_position = h.base_position;
                         continue;
+                    }
+                    if h.base_position < p {
+                        return Err(ReadError::PastEnd { requested: p, end: h.base_position });
                     }
                     break;
                 }
                 Ok(Some(_)) => break,
-                Ok(None) => {
+                // A zero word or an invalid batch: the end of the log if `check_tail` says so (as in
+                // `next_batch`), else an error.
+                read => {
+                    if let Ok(None) = read
+                        && self.remap_if_replaced()?
+                    {
+                        continue;
+                    }
+                    if !self.check_tail(read.err())? {
+                        continue;
+                    }
                     if self.next_position < p {
                         return Err(ReadError::PastEnd { requested: p, end: self.next_position });
                     }
                     break;
                 }
-                // A torn tail is the end of the log here too, as in `next_batch`.
-                Err(c) if self.is_torn_tail(&c) => {
-                    if self.next_position < p {
-                        return Err(ReadError::PastEnd { requested: p, end: self.next_position });
-                    }
-                    break;
-                }
-                Err(c) => return Err(Corruption { position: Some(self.next_position), ..c }.into()),
             }
         }
         self.skip_below = p;
@@ -337,24 +653,23 @@ impl Cursor {
     }
 
     fn seek_timestamp(&mut self, ts: u64) -> Result<(), ReadError> {
-        for i in 0..self.segments.len() {
+        let mut i = 0;
+        while i < self.segments.len() {
             let seg = self.segments[i].clone();
             let index = load_index(&self.dir, &seg)?;
-            let Some(e) = index.seek_timestamp(ts) else { continue };
+            let Some(e) = index.seek_timestamp(ts) else {
+                i += 1;
+                continue;
+            };
             e.check(&seg, &self.dir.join(index_file_name(seg.base_position())))?;
             self.seg_idx = i;
             self.offset = e.file_offset;
             self.next_position = e.position;
             // Walk records to the first one at or after `ts`.
             loop {
-                let read = match seg.read_batch(self.offset) {
-                    Ok(read) => read,
-                    // A torn tail is the end of the log: no record after it qualifies.
-                    Err(c) if self.is_torn_tail(&c) => None,
-                    Err(c) => return Err(Corruption { position: Some(self.next_position), ..c }.into()),
-                };
-                match read {
-                    Some((h, bytes)) if !h.sealed => {
+                let seg = self.segments[i].clone();
+                match seg.read_batch(self.offset) {
+                    Ok(Some((h, bytes))) if !h.sealed => {
                         if let Some(r) = RecordIter::new(bytes).find(|r| r.timestamp_ns >= ts) {
                             self.skip_below = r.position;
                             return Ok(());
@@ -362,38 +677,61 @@ impl Cursor {
                         self.offset += h.length as u64;
                         self.next_position = h.end_position();
                     }
-                    _ => break,
+                    Ok(Some(_)) => break,
+                    // The end of the data here: the end of the log if `check_tail` says so (no record after
+                    // it qualifies), else an error.
+                    read => {
+                        if !self.check_tail(read.err())? {
+                            continue;
+                        }
+                        break;
+                    }
                 }
             }
+            i += 1;
         }
         // No record qualifies: start at the end.
         let end = self.find_end()?;
         self.seek_position(end)
     }
 
-    fn find_end(&self) -> Result<Position, ReadError> {
+    /// Walks from the last mapped segment's index to the end of the log (moving the cursor there).
+    fn find_end(&mut self) -> Result<Position, ReadError> {
         let last = self.segments.len() - 1;
         let index = load_index(&self.dir, &self.segments[last])?;
-        let seg = &self.segments[last];
-        let mut offset = index.end_offset;
-        let mut pos = index.end_position;
-        while let Ok(Some((h, _))) = seg.read_batch(offset) {
-            pos = if h.sealed { h.base_position } else { h.end_position() };
-            if h.sealed {
-                break;
+        self.seg_idx = last;
+        self.offset = index.end_offset;
+        self.next_position = index.end_position;
+        loop {
+            let seg = self.segments[self.seg_idx].clone();
+            match seg.read_batch(self.offset) {
+                Ok(Some((h, _))) => {
+                    self.check_position(&h)?;
+                    if h.sealed {
+                        if self.advance_segment(h.base_position)? {
+                            self.next_position = h.base_position;
+                            continue;
+                        }
+                        self.next_position = h.base_position;
+                        break;
+                    }
+                    self.offset += h.length as u64;
+                    self.next_position = h.end_position();
+                }
+                read => {
+                    if let Ok(None) = read
+                        && self.remap_if_replaced()?
+                    {
+                        continue;
+                    }
+                    if !self.check_tail(read.err())? {
+                        continue;
+                    }
+                    break;
+                }
             }
-            offset += h.length as u64;
         }
-        Ok(pos)
-    }
-
-    /// True if `c`, found at the cursor's batch, is a torn tail: in the last segment, with no valid batch
-    /// after it. A writer that died mid-write leaves one; it is not committed data and reads as the end.
-    fn is_torn_tail(&self, c: &Corruption) -> bool {
-        let seg = &self.segments[self.seg_idx];
-        debug_assert_eq!(c.offset, self.offset);
-        self.seg_idx + 1 == self.segments.len()
-            && seg.find_valid_batch_after(self.offset + 8, self.next_position).is_none()
+        Ok(self.next_position.min(self.limit))
     }
 
     /// At the start of a segment with nothing committed: if the writer replaced the file (its first batch
@@ -423,10 +761,12 @@ impl Cursor {
         Ok(())
     }
 
-    /// The next committed batch, or `None` at the current end of the log.
+    /// The next committed batch, or `None` at the current end of the log (in durable-only mode, the
+    /// durable end).
     ///
-    /// A torn tail (an invalid batch in the last segment with nothing valid after it, left by a writer
-    /// that died mid-write) is not committed data and reads as the end. Any other invalid data is an error.
+    /// A torn tail (an invalid batch at the end of the last segment with nothing valid after it, left by a
+    /// writer that died mid-write, and not below the recovery point) is not committed data and reads as the
+    /// end. Any other invalid data, including a zero commit word with a valid batch behind it, is an error.
     pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, ReadError> {
         loop {
             let seg_idx = self.seg_idx;
@@ -440,6 +780,10 @@ impl Cursor {
                         }
                         continue;
                     }
+                    // One comparison on the hot path (`limit` is `u64::MAX` unless durable-only).
+                    if h.end_position() > self.limit && !self.reaches_limit(h.end_position())? {
+                        return Ok(None);
+                    }
                     let offset = self.offset;
                     self.offset += h.length as u64;
                     self.next_position = h.end_position();
@@ -452,34 +796,29 @@ impl Cursor {
                     return Ok(Some(Batch { segment: seg, offset, header: h, bytes, first_position: first }));
                 }
                 Ok(None) => {
-                    if self.remap_if_replaced()? {
+                    if self.remap_if_replaced()? || !self.check_tail(None)? {
                         continue;
-                    }
-                    if seg_idx + 1 < self.segments.len() {
-                        // A later segment exists, so this one must have been sealed before it was created.
-                        let seg = &self.segments[seg_idx];
-                        return Err(seg
-                            .corruption(self.offset, Some(self.next_position), CorruptionKind::NotSealed)
-                            .into());
                     }
                     return Ok(None);
                 }
                 Err(c) => {
-                    if self.is_torn_tail(&c) {
-                        return Ok(None);
+                    if !self.check_tail(Some(c))? {
+                        continue;
                     }
-                    return Err(ReadError::Corrupt(Corruption { position: Some(self.next_position), ..c }));
+                    return Ok(None);
                 }
             }
         }
     }
 
-    /// Moves to the segment after a seal, picking up newly created files. False if it does not exist yet.
+    /// Moves to the segment after a seal, picking up newly created files. False if it does not exist yet
+    /// (or is an unfinished, all-zero creation); the segment's error if it cannot be mapped.
     fn advance_segment(&mut self, next_base: Position) -> Result<bool, ReadError> {
-        if self.seg_idx + 1 >= self.segments.len() {
-            let mut fresh = LogReader { dir: self.dir.clone(), segments: self.segments.clone() };
-            fresh.refresh()?;
-            self.segments = fresh.segments;
+        if self.seg_idx + 1 >= self.segments.len()
+            && let Some(e) = map_more(&self.dir, &mut self.segments, &mut self.beyond)?
+            && self.seg_idx + 1 >= self.segments.len()
+        {
+            return Err(e.into());
         }
         if self.seg_idx + 1 >= self.segments.len() {
             return Ok(false);
@@ -515,9 +854,10 @@ impl Cursor {
         Ok(Some(rec))
     }
 
-    /// Waits until a batch is committed after the cursor, or `timeout` passes. Returns true if there is
-    /// something to read. Backs off from yielding to sleeping (at most [`FOLLOW_SLEEP_MAX`]), so an idle
-    /// follower costs well under 1% of a core.
+    /// Waits until a batch is committed after the cursor (in durable-only mode: until it is durable), or
+    /// `timeout` passes. Returns true if there is something to read. Backs off from yielding to sleeping
+    /// (at most [`FOLLOW_SLEEP_MAX`]), so an idle follower costs well under 1% of a core. Returns the
+    /// error instead of waiting when the data at the cursor is damaged (see the module docs).
     pub fn wait(&mut self, timeout: Duration) -> Result<bool, ReadError> {
         let deadline = Instant::now() + timeout;
         let mut sleep = Duration::from_micros(20);
@@ -535,27 +875,40 @@ impl Cursor {
     }
 
     fn has_more(&mut self) -> Result<bool, ReadError> {
-        if self.segments[self.seg_idx].commit_word(self.offset) == 0
-            && (!self.remap_if_replaced()? || self.segments[self.seg_idx].commit_word(self.offset) == 0)
-        {
-            return Ok(false);
-        }
-        let seg = &self.segments[self.seg_idx];
-        match seg.read_batch(self.offset) {
-            Ok(Some((h, _))) if h.sealed => {
-                self.check_position(&h)?;
-                self.advance_segment(h.base_position)?;
-                Ok(false)
+        loop {
+            if self.segments[self.seg_idx].commit_word(self.offset) == 0 {
+                if self.remap_if_replaced()? {
+                    continue;
+                }
+                // Nothing here yet, unless something valid lies behind the zero word (cached verdict).
+                if !self.check_tail(None)? {
+                    continue;
+                }
+                return Ok(false);
             }
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => Ok(false),
-            // An invalid batch at the tail with nothing valid after it is a torn tail (a writer died
-            // mid-write) or a write still landing: nothing to read yet, so keep waiting (a new writer zeroes
-            // a torn tail and appends there). Anything else is damage: let `next_batch` report it.
-            Err(_) => {
-                let last = self.seg_idx + 1 == self.segments.len();
-                Ok(!(last && seg.find_valid_batch_after(self.offset + 8, self.next_position).is_none()))
-            }
+            let seg = &self.segments[self.seg_idx];
+            return match seg.read_batch(self.offset) {
+                Ok(Some((h, _))) if h.sealed => {
+                    self.check_position(&h)?;
+                    if self.advance_segment(h.base_position)? {
+                        continue;
+                    }
+                    Ok(false)
+                }
+                Ok(Some((h, _))) => {
+                    let end = h.end_position();
+                    Ok(end <= self.limit || self.reaches_limit(end)?)
+                }
+                Ok(None) => Ok(false),
+                // A torn tail (a writer died mid-write; a new writer cuts it and appends there): nothing to
+                // read yet. Anything else is damage, reported now (cached verdict, as above).
+                Err(c) => {
+                    if !self.check_tail(Some(c))? {
+                        continue;
+                    }
+                    Ok(false)
+                }
+            };
         }
     }
 }

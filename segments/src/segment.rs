@@ -33,8 +33,10 @@ pub fn index_file_name(base: Position) -> String {
 
 /// Lists the segment files of a log directory, sorted by base position.
 ///
-/// `*.tmp` files (incomplete creations) are ignored. A `.seg` file whose name is not 20 digits is an error:
-/// it may hold data, and data is never silently skipped.
+/// `*.tmp` files (incomplete creations) and other names (`recovery.point`, indexes, the `cut/` folder) are
+/// ignored. A `.seg` entry whose name is not 20 digits is an error: it may hold data, and data is never
+/// silently skipped. So is a `.seg` entry that is not a regular file (a FIFO, a directory, a device): it is
+/// named in the error and never opened (opening a FIFO would block).
 pub fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, OpenError> {
     let rd = std::fs::read_dir(dir).map_err(|e| IoError::new("read directory", dir, e))?;
     let mut out = Vec::new();
@@ -47,6 +49,21 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, OpenError> 
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         let base =
             if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) { stem.parse::<u64>().ok() } else { None };
+        // Only a regular file can be a segment (a symbolic link is followed to what it names). The entry's
+        // type usually comes with the listing, so this costs no call per segment.
+        let mut file_type = entry.file_type().map_err(|e| IoError::new("stat", &path, e))?;
+        if file_type.is_symlink() {
+            file_type = std::fs::metadata(&path).map_err(|e| IoError::new("stat", &path, e))?.file_type();
+        }
+        if !file_type.is_file() {
+            return Err(Corruption {
+                file: path,
+                offset: 0,
+                position: base.map(Position),
+                kind: CorruptionKind::NotARegularFile { file_type: describe_file_type(file_type).to_string() },
+            }
+            .into());
+        }
         match base {
             Some(b) => out.push((Position(b), path)),
             None => {
@@ -60,6 +77,68 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, OpenError> 
     Ok(out)
 }
 
+/// What a non-regular directory entry is, in words.
+fn describe_file_type(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// True if every byte of the file at `path` is zero (an empty file too): what a segment creation that
+/// never became durable leaves (its name reached the disk, its header did not). Reads only the file's data
+/// regions (`SEEK_DATA`/`SEEK_HOLE`), with `pread`, not through a mapping.
+pub fn file_is_all_zero(path: &Path) -> Result<bool, OpenError> {
+    use std::os::unix::fs::FileExt;
+    let file = open_regular(path)?;
+    let len = file.metadata().map_err(|e| IoError::new("stat", path, e))?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, stop) in data_ranges(path, 0, len) {
+        let mut at = start;
+        while at < stop {
+            let n = ((stop - at) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], at).map_err(|e| IoError::new("read", path, e))?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+    }
+    Ok(true)
+}
+
+/// Opens `path` for reading without blocking (a FIFO put in place of a segment would block a plain open)
+/// and checks that it is a regular file.
+fn open_regular(path: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| IoError::new("open", path, e))?;
+    let t = file.metadata().map_err(|e| IoError::new("stat", path, e))?.file_type();
+    if !t.is_file() {
+        return Err(Corruption {
+            file: path.to_path_buf(),
+            offset: 0,
+            position: None,
+            kind: CorruptionKind::NotARegularFile { file_type: describe_file_type(t).to_string() },
+        }
+        .into());
+    }
+    Ok(file)
+}
+
 /// A segment file mapped read-only.
 ///
 /// The mapping covers the file's whole (fixed, preallocated) size. Bytes are only handed out for ranges
@@ -71,6 +150,16 @@ pub struct Segment {
     /// Device and inode of the mapped file, to notice when the path names another file (see
     /// [`Segment::replaced_on_disk`]).
     file_id: (u64, u64),
+    /// The mapping's entry in the SIGBUS registry; released in `Drop`, before `map` is unmapped.
+    _sigbus: Option<crate::sigbus::Registration>,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Unregister before the mapping goes away (fields are dropped after this runs), so that the SIGBUS
+        // handler never names a file for an address that another mapping may reuse.
+        self._sigbus.take();
+    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -86,7 +175,11 @@ impl std::fmt::Debug for Segment {
 impl Segment {
     /// Maps `path` and checks its header and that its name matches `base`.
     pub fn open(path: &Path, base: Position) -> Result<Segment, OpenError> {
-        let file = File::open(path).map_err(|e| IoError::new("open", path, e))?;
+        let file = match open_regular(path) {
+            Ok(f) => f,
+            Err(OpenError::Corrupt(c)) => return Err(Corruption { position: Some(base), ..c }.into()),
+            Err(e) => return Err(e),
+        };
         let meta = file.metadata().map_err(|e| IoError::new("stat", path, e))?;
         let len = meta.len();
         let file_id = (meta.dev(), meta.ino());
@@ -94,11 +187,13 @@ impl Segment {
         if (len as usize) < SEGMENT_HEADER_SIZE {
             return Err(corrupt(CorruptionKind::Header(format::HeaderProblem::Truncated { len: len as usize })).into());
         }
-        // SAFETY: the mapping is read-only and private to this process's address space. The file is a
-        // segment of a catchup log: segments are created at their final size and never shrunk, so no
-        // access within `len` can fault (a shrink by a foreign process would be a broken log and is out
-        // of scope, as for every mmap-based reader). Bytes that a writer may still change (past the
-        // committed end) are never turned into references: see `committed`.
+        // SAFETY: the mapping is read-only and shared (a follower must see the writer's later commits). The
+        // file is a segment of a catchup log: segments are created at their final size and never shrunk by
+        // catchup, so no access within `len` faults unless something outside catchup truncates the file or
+        // the disk fails to read a page; that raises SIGBUS, which `sigbus` turns into a message naming the
+        // file and offset and a distinct exit status (it cannot be turned into a `Result`). Bytes that a
+        // writer may still change (past the committed end) are never turned into references: see
+        // `committed`.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| IoError::new("mmap", path, e))?;
         #[cfg(unix)]
         {
@@ -121,7 +216,8 @@ impl Segment {
             })
             .into());
         }
-        Ok(Segment { path: path.to_path_buf(), header, map, file_id })
+        let sigbus = crate::sigbus::register(map.as_ptr(), map.len(), path);
+        Ok(Segment { path: path.to_path_buf(), header, map, file_id, _sigbus: sigbus })
     }
 
     /// True if the path no longer names the mapped file. That happens to a segment that holds no batch yet
@@ -219,6 +315,17 @@ impl Segment {
     /// Builds a [`Corruption`] for this file.
     pub fn corruption(&self, offset: u64, position: Option<Position>, kind: CorruptionKind) -> Corruption {
         Corruption { file: self.path.clone(), offset, position, kind }
+    }
+
+    /// At a zero commit word at `offset` (where the batch starting at position `expected` would be): the
+    /// offset of a valid batch behind it, if there is one. Then the zero word is a lost write, not the end of
+    /// the data: a writer never commits a batch before the one in front of it. Costs one `SEEK_DATA` when
+    /// nothing but a hole follows.
+    pub fn valid_batch_behind_zero_word(&self, offset: u64, expected: Position) -> Option<u64> {
+        if self.nonzero_end(offset) <= offset {
+            return None;
+        }
+        self.find_valid_batch_after(offset + 8, expected)
     }
 
     /// Searches `[from, end)` for a valid batch starting at or after `expected` (8-byte steps).

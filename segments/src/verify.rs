@@ -1,12 +1,13 @@
 //! `verify`: walk a whole log and list every problem, instead of stopping at the first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::Position;
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::format::BatchProblem;
 use crate::index::SparseIndex;
-use crate::segment::{Segment, index_file_name, list_segments};
+use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, read_recovery_point};
+use crate::segment::{Segment, file_is_all_zero, index_file_name, list_segments};
 
 /// One problem found by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +15,18 @@ pub struct Problem {
     /// Where and what.
     pub corruption: Corruption,
     /// True if this is an interrupted write at the very end of the log, which opening the log for writing
-    /// recovers (by zeroing it) without losing any committed record.
+    /// recovers (by zeroing it) without losing any committed record. Never true for data that the log's
+    /// recovery point records as durable.
     pub torn_tail: bool,
+    /// `Some(index file)` if the problem is only in that sparse index file: a cache that readers rebuild from
+    /// the data, so no record is affected; [`rewrite_index`] replaces it.
+    pub index_file: Option<PathBuf>,
+}
+
+impl Problem {
+    fn data(corruption: Corruption, torn_tail: bool) -> Problem {
+        Problem { corruption, torn_tail, index_file: None }
+    }
 }
 
 /// What [`verify`] found.
@@ -29,6 +40,10 @@ pub struct VerifyReport {
     pub end_position: Position,
     /// Everything wrong, in log order.
     pub problems: Vec<Problem>,
+    /// The last segment that was scanned, and the offset after its last valid batch (where a log that
+    /// ends short of its recovery point is reported).
+    last_segment: Option<PathBuf>,
+    last_end_offset: u64,
 }
 
 impl VerifyReport {
@@ -48,7 +63,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
     let segments = match list_segments(dir) {
         Ok(s) => s,
         Err(OpenError::Corrupt(c)) => {
-            report.problems.push(Problem { corruption: c, torn_tail: false });
+            report.problems.push(Problem::data(c, false));
             return Ok(report);
         }
         Err(e) => return Err(e),
@@ -56,6 +71,22 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
     if segments.is_empty() {
         return Err(OpenError::NotALog { path: dir.to_path_buf() });
     }
+    // The recovery point: `Ok(None)` without the file; `Err(())` when it cannot be used (reported).
+    let mut recovery: Result<Option<RecoveryPoint>, ()> = match read_recovery_point(dir) {
+        Ok(rp) => Ok(rp),
+        Err(e) => {
+            report.problems.push(Problem::data(
+                Corruption {
+                    file: dir.join(RECOVERY_POINT_FILE),
+                    offset: 0,
+                    position: None,
+                    kind: CorruptionKind::BadRecoveryPoint(e.to_string()),
+                },
+                false,
+            ));
+            Err(())
+        }
+    };
     // Where the next segment must start; `None` after damage that hides where the previous one ended.
     let mut expected = Some(Position(0));
     let n = segments.len();
@@ -68,21 +99,52 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             } else {
                 CorruptionKind::Gap { expected: expected.unwrap_or_default(), found: *base }
             };
-            report.problems.push(Problem {
-                corruption: Corruption { file: path.clone(), offset: 0, position: Some(*base), kind },
-                torn_tail: false,
-            });
+            report
+                .problems
+                .push(Problem::data(Corruption { file: path.clone(), offset: 0, position: Some(*base), kind }, false));
         }
         let seg = match Segment::open(path, *base) {
             Ok(s) => s,
             Err(OpenError::Corrupt(c)) => {
-                report.problems.push(Problem { corruption: c, torn_tail: false });
+                // An all-zero last segment after a seal is a creation that never became durable: it holds no
+                // record, and the next writer recreates it, unless the recovery point says it was durable.
+                let zero = last && i > 0 && expected == Some(*base) && file_is_all_zero(path).unwrap_or(false);
+                if zero {
+                    let durable = match &recovery {
+                        Ok(Some(rp)) if rp.segment_base >= *base || rp.position > *base => Some(rp.position),
+                        _ => None,
+                    };
+                    let kind = CorruptionKind::ZeroedSegment { durable };
+                    let c = Corruption { file: path.clone(), offset: 0, position: Some(*base), kind };
+                    report.problems.push(Problem::data(c, durable.is_none()));
+                    continue;
+                }
+                report.problems.push(Problem::data(c, false));
                 expected = None;
                 continue;
             }
             Err(e) => return Err(e),
         };
+        if i == 0
+            && let Ok(Some(rp)) = &recovery
+            && rp.log_id != seg.header().created_ns
+        {
+            let why =
+                format!("it belongs to another log (log id {}, segment 0 says {})", rp.log_id, seg.header().created_ns);
+            report.problems.push(Problem::data(
+                Corruption {
+                    file: dir.join(RECOVERY_POINT_FILE),
+                    offset: 0,
+                    position: None,
+                    kind: CorruptionKind::BadRecoveryPoint(why),
+                },
+                false,
+            ));
+            recovery = Err(());
+        }
         let scan = scan_segment(&seg, last);
+        report.last_segment = Some(path.clone());
+        report.last_end_offset = scan.end_offset;
         report.records += scan.records;
         report.end_position = scan.end_position;
         report.problems.extend(scan.problems.iter().cloned());
@@ -90,24 +152,24 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             Some(next) => {
                 if last {
                     // A crash between the seal and the creation of the next segment: the writer creates it.
-                    report.problems.push(Problem {
-                        corruption: seg.corruption(
+                    report.problems.push(Problem::data(
+                        seg.corruption(
                             scan.end_offset,
                             Some(next),
                             CorruptionKind::MissingSuccessor { expected: next },
                         ),
-                        torn_tail: true,
-                    });
+                        true,
+                    ));
                 }
                 report.end_position = next;
                 Some(next)
             }
             None if !scan.problems.is_empty() => None,
             None if !last => {
-                report.problems.push(Problem {
-                    corruption: seg.corruption(scan.end_offset, Some(scan.end_position), CorruptionKind::NotSealed),
-                    torn_tail: false,
-                });
+                report.problems.push(Problem::data(
+                    seg.corruption(scan.end_offset, Some(scan.end_position), CorruptionKind::NotSealed),
+                    false,
+                ));
                 None
             }
             None => {
@@ -115,21 +177,81 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
                 if after > scan.end_offset {
                     // Bytes after the last committed batch with no commit word: an interrupted write.
                     let torn = seg.find_valid_batch_after(scan.end_offset + 8, scan.end_position).is_none();
-                    report.problems.push(Problem {
-                        corruption: seg.corruption(
+                    report.problems.push(Problem::data(
+                        seg.corruption(
                             scan.end_offset,
                             Some(scan.end_position),
                             CorruptionKind::Batch(BatchProblem::BadLength { length: 0 }),
                         ),
-                        torn_tail: torn,
-                    });
+                        torn,
+                    ));
                 }
                 Some(scan.end_position)
             }
         };
         check_index_file(dir, &seg, &scan, &mut report);
     }
+    if let Ok(Some(rp)) = &recovery {
+        apply_recovery_point(rp, &mut report);
+    }
     Ok(report)
+}
+
+/// With a recovery point, nothing at or below its durable end (or anywhere after a clean close) is a torn
+/// tail: such problems become [`CorruptionKind::DurableDataDamaged`]; so does a log that ends below it.
+fn apply_recovery_point(rp: &RecoveryPoint, report: &mut VerifyReport) {
+    let durable_damage = |kind: &CorruptionKind| CorruptionKind::DurableDataDamaged {
+        problem: kind.to_string(),
+        durable: rp.position,
+        clean: rp.clean,
+    };
+    let mut any = false;
+    for p in report.problems.iter_mut().filter(|p| p.torn_tail) {
+        let below = p.corruption.position.is_none_or(|at| at < rp.position);
+        if below || rp.clean {
+            p.corruption.kind = durable_damage(&p.corruption.kind);
+            p.torn_tail = false;
+            any = true;
+        }
+    }
+    let data_problems = report.problems.iter().any(|p| p.index_file.is_none() && !p.torn_tail);
+    if !any && !data_problems && report.end_position < rp.position {
+        // Nothing invalid, but the data stops short of what was synced (e.g. zeroed by something else).
+        let seg_file = report.last_segment.clone().unwrap_or_default();
+        report.problems.push(Problem::data(
+            Corruption {
+                file: seg_file,
+                offset: report.last_end_offset,
+                position: Some(report.end_position),
+                kind: durable_damage(&CorruptionKind::Batch(BatchProblem::BadLength { length: 0 })),
+            },
+            false,
+        ));
+    }
+}
+
+/// Rewrites the sparse index file `index_file` (`<20 digits>.idx` in a log directory) from its segment's
+/// data: what `catchup verify --repair` does for a problem whose [`Problem::index_file`] is set. The index
+/// covers the segment's valid batches up to the first damaged one, if any. Written atomically (tmp, fsync,
+/// rename).
+pub fn rewrite_index(index_file: &Path) -> Result<(), OpenError> {
+    let stem = index_file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let base = match stem.parse::<u64>() {
+        Ok(b) if stem.len() == 20 => Position(b),
+        _ => {
+            return Err(Corruption {
+                file: index_file.to_path_buf(),
+                offset: 0,
+                position: None,
+                kind: CorruptionKind::StrayFile,
+            }
+            .into());
+        }
+    };
+    let seg = Segment::open(&index_file.with_extension(crate::segment::SEGMENT_EXT), base)?;
+    let (index, _) = SparseIndex::build(&seg);
+    index.save(index_file, base, true)?;
+    Ok(())
 }
 
 /// What a verified walk of one segment found.
@@ -153,6 +275,14 @@ struct SegmentScan {
 /// it, if any, so that every damaged place is listed (the records in between are not counted).
 fn scan_segment(seg: &Segment, last: bool) -> SegmentScan {
     let (index, mut problem) = SparseIndex::build(seg);
+    // A zero length word with a valid batch behind it is a lost write, not the end of the data.
+    let zero_word = |offset: u64, expected: Position| {
+        seg.valid_batch_behind_zero_word(offset, expected)
+            .map(|at| seg.corruption(offset, Some(expected), CorruptionKind::ZeroLengthWord { next_batch_offset: at }))
+    };
+    if problem.is_none() && index.sealed_next.is_none() {
+        problem = zero_word(index.end_offset, index.end_position);
+    }
     let mut scan = SegmentScan {
         records: index.end_position.0 - seg.base_position().0,
         end_position: index.end_position,
@@ -171,13 +301,16 @@ fn scan_segment(seg: &Segment, last: bool) -> SegmentScan {
                     BatchProblem::BadLength { .. } | BatchProblem::PastEnd { .. } | BatchProblem::BadChecksum { .. }
                 )
             );
-        scan.problems.push(Problem { corruption: c, torn_tail: torn });
+        scan.problems.push(Problem::data(c, torn));
         let Some(mut offset) = resume else { break };
         // Records between the damage and `offset` are lost: continue from the position found there.
         let mut expected = None;
         loop {
             match seg.read_batch(offset) {
-                Ok(None) => break,
+                Ok(None) => {
+                    problem = zero_word(offset, expected.unwrap_or(scan.end_position));
+                    break;
+                }
                 Ok(Some((h, _))) => {
                     let want = *expected.get_or_insert(h.base_position);
                     if h.base_position != want {
@@ -219,12 +352,13 @@ fn check_index_file(dir: &Path, seg: &Segment, scan: &SegmentScan, report: &mut 
     match SparseIndex::decode(&bytes, base) {
         Err(why) => report.problems.push(Problem {
             corruption: Corruption {
-                file: idx_path,
+                file: idx_path.clone(),
                 offset: 0,
                 position: Some(base),
                 kind: CorruptionKind::BadIndex(why),
             },
             torn_tail: false,
+            index_file: Some(idx_path),
         }),
         Ok(file_index) => {
             let rebuilt = &scan.index.entries;
@@ -239,9 +373,10 @@ fn check_index_file(dir: &Path, seg: &Segment, scan: &SegmentScan, report: &mut 
                     corruption: seg.corruption(
                         e.file_offset,
                         Some(e.position),
-                        CorruptionKind::IndexMismatch { index_file: idx_path },
+                        CorruptionKind::IndexMismatch { index_file: idx_path.clone() },
                     ),
                     torn_tail: false,
+                    index_file: Some(idx_path),
                 });
             }
         }

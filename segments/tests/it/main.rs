@@ -8,6 +8,7 @@ mod follow;
 mod fuzz_parsers;
 mod hygiene;
 mod model;
+mod readers;
 mod smoke;
 mod torn_tail;
 mod util;
