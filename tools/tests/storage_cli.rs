@@ -64,12 +64,13 @@ fn a_bad_index_is_a_cache_problem_that_repair_rewrites() {
     let (code, out, _) = run(&["verify", s(&log)]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("00000000000000000000.idx"), "names the index file: {out}");
-    assert!(out.contains("index file problem") && out.contains("committed data is not affected"), "{out}");
+    assert!(out.contains("index problem only") && out.contains("no record is affected"), "{out}");
     assert!(!out.contains("committed data is damaged"), "{out}");
     assert!(out.contains("repair with: catchup verify --repair"), "{out}");
     let (_, json, _) = run(&["verify", "--json", s(&log)]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["problems"][0]["kind"], "index", "{json}");
+    assert_eq!(v["problems"][0]["index_file"], s(&idx), "{json}");
 
     let (code, out, err) = run(&["verify", "--repair", s(&log)]);
     assert_eq!(code, 0, "{out}{err}");
@@ -94,29 +95,59 @@ fn an_index_that_disagrees_with_sound_data_is_rewritten() {
 
     let (code, out, _) = run(&["verify", s(&log)]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("disagrees") && out.contains("committed data is not affected"), "{out}");
+    assert!(out.contains("disagrees") && out.contains("index problem only"), "{out}");
     let (code, out, err) = run(&["verify", "--repair", s(&log)]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("ok:"), "{out}");
     assert_eq!(std::fs::read(&idx).unwrap(), good);
 }
 
-/// B9: `--repair` on a log another writer holds says the log is locked (and that nothing changed), not that
-/// the damage is unrecoverable; the OS error text appears once.
+/// The byte offset just past the last batch of the log's last segment, and that segment's path.
+fn end_of_data(log: &Path) -> (PathBuf, u64) {
+    let reader = catchup_segments::LogReader::open(log).unwrap();
+    let last = reader.segments().last().unwrap().clone();
+    let mut cursor = reader.cursor(catchup_segments::Start::Position(last.base_position())).unwrap();
+    let mut end = catchup_segments::format::SEGMENT_HEADER_SIZE as u64;
+    while let Some(b) = cursor.next_batch().unwrap() {
+        end = b.offset + u64::from(b.header.length);
+    }
+    (last.path().to_path_buf(), end)
+}
+
+/// B9: `--repair` of a torn tail in a log another writer holds says the log is locked (and that the tail
+/// was left as it is), not that the damage is unrecoverable.
 #[test]
 fn repair_of_a_locked_log_says_it_is_locked() {
     let dir = tmp();
     let log = make_log(dir.path(), "log", 5000, 20, 1);
-    let idx = first_index(&log);
-    let mut bad = std::fs::read(&idx).unwrap();
-    bad[20] ^= 0x01;
-    std::fs::write(&idx, &bad).unwrap();
     let writer = LogWriter::open(&log, WriterOptions { segment_size_bytes: 64 << 10, ..Default::default() }).unwrap();
+    // A torn write after the live writer's end.
+    let (seg, end) = end_of_data(&log);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end as usize..end as usize + 100].fill(0xab);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, _) = run(&["verify", s(&log)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("torn tail: recoverable"), "{out}");
+
     let (code, out, err) = run(&["verify", "--repair", s(&log)]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("locked by another writer"), "{err}");
-    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(err.contains("locked by another writer") && err.contains("left as it is"), "{err}");
     assert!(!err.contains("not a recoverable torn tail"), "{err}");
-    assert_eq!(std::fs::read(&idx).unwrap(), bad, "nothing changed under the writer");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing changed under the writer");
     drop(writer);
+}
+
+/// B9: an OS error's text is printed once (it was printed twice: in the message and again as its source).
+#[test]
+fn os_error_text_is_printed_once() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 1000, 20, 1);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let cp = file.join("checkpoints");
+    let (code, out, err) = run(&["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&cp), "--out", "-", "-q"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(s(&cp)), "names the directory: {err}");
+    assert_eq!(err.matches("(os error 20)").count(), 1, "{err}");
 }

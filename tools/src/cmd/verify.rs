@@ -1,16 +1,14 @@
 //! `catchup verify`: checks every segment with `catchup_segments::verify` and lists each problem with its
 //! file, byte offset and position, saying whether it is a recoverable torn tail, an index-file problem (a
-//! cache, never committed data) or damage to committed data. `--repair` opens the log for writing (which
-//! recovers a torn tail), rewrites bad index files, and verifies again.
+//! cache, never committed data) or damage to committed data. `--repair` rewrites bad index files, opens the
+//! log for writing if there is a torn tail (which recovers it), and verifies again.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use catchup_segments::segment::index_file_name;
-use catchup_segments::{
-    Corruption, CorruptionKind, LogReader, LogWriter, OpenError, Problem, VerifyReport, WriterOptions, verify,
-};
+use catchup_segments::verify::rewrite_index;
+use catchup_segments::{LogWriter, OpenError, Problem, VerifyReport, WriterOptions, verify};
 
 use crate::progress::Ui;
 use crate::units::fmt_count;
@@ -21,13 +19,21 @@ use crate::{Exit, VerifyArgs};
 enum Verdict {
     /// An interrupted write at the very end: `--repair` removes it.
     TornTail,
-    /// An index file (a cache of positions that readers rebuild) is wrong; the data is not: `--repair`
-    /// rewrites it.
+    /// Only an index file (a cache of positions that readers rebuild) is wrong; no record is affected:
+    /// `--repair` rewrites it.
     Index,
-    /// An index file disagrees with a segment whose data is damaged too: the data problem is what counts.
-    IndexOverDamage,
     /// Committed data is damaged or missing.
     Data,
+}
+
+fn verdict(p: &Problem) -> Verdict {
+    if p.torn_tail {
+        Verdict::TornTail
+    } else if p.index_file.is_some() {
+        Verdict::Index
+    } else {
+        Verdict::Data
+    }
 }
 
 impl Verdict {
@@ -35,35 +41,9 @@ impl Verdict {
         match self {
             Verdict::TornTail => "torn_tail",
             Verdict::Index => "index",
-            Verdict::IndexOverDamage => "index_over_damaged_data",
             Verdict::Data => "data",
         }
     }
-}
-
-/// The index file a problem is about, if it is about one.
-fn index_file(c: &Corruption) -> Option<&Path> {
-    match &c.kind {
-        CorruptionKind::BadIndex(_) => Some(&c.file),
-        CorruptionKind::IndexMismatch { index_file } => Some(index_file),
-        _ => None,
-    }
-}
-
-/// The segment file an index file belongs to (same base, `.seg`).
-fn segment_of_index(index: &Path) -> PathBuf {
-    index.with_extension("seg")
-}
-
-fn verdict(r: &VerifyReport, p: &Problem) -> Verdict {
-    if p.torn_tail {
-        return Verdict::TornTail;
-    }
-    let Some(idx) = index_file(&p.corruption) else { return Verdict::Data };
-    let seg = segment_of_index(idx);
-    let data_damaged_there =
-        r.problems.iter().any(|q| !q.torn_tail && index_file(&q.corruption).is_none() && q.corruption.file == seg);
-    if data_damaged_there { Verdict::IndexOverDamage } else { Verdict::Index }
 }
 
 fn report_json(dir: &std::path::Path, r: &VerifyReport) -> serde_json::Value {
@@ -79,7 +59,8 @@ fn report_json(dir: &std::path::Path, r: &VerifyReport) -> serde_json::Value {
             "position": p.corruption.position.map(|x| x.0),
             "problem": p.corruption.kind.to_string(),
             "torn_tail": p.torn_tail,
-            "kind": verdict(r, p).json_name(),
+            "index_file": p.index_file.as_ref().map(|f| f.display().to_string()),
+            "kind": verdict(p).json_name(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -110,80 +91,57 @@ fn write_text(dir: &std::path::Path, r: &VerifyReport, out: &mut dyn Write) -> R
     for p in &r.problems {
         let c = &p.corruption;
         let position = c.position.map_or_else(|| "position unknown".to_string(), |x| format!("position {x}"));
-        let what = match verdict(r, p) {
+        let what = match verdict(p) {
             Verdict::TornTail => {
                 "torn tail: recoverable (an interrupted write; `catchup verify --repair` removes it without losing \
                  committed records)"
             }
             Verdict::Index => {
-                "index file problem: the index is a cache of positions that readers rebuild; committed data is not \
-                 affected, and `catchup verify --repair` rewrites it"
-            }
-            Verdict::IndexOverDamage => {
-                "the index file disagrees with a segment whose data is damaged too (listed here): the data damage \
-                 is what counts"
+                "index problem only: the index is a cache of positions, rebuilt from the data; no record is \
+                 affected (`catchup verify --repair` rewrites it)"
             }
             Verdict::Data => "not a torn tail: committed data is damaged or missing",
         };
         writeln!(out, "  {}: byte offset {}, {position}: {}\n    {what}", c.file.display(), c.offset, c.kind)?;
     }
-    if r.problems.iter().all(|p| matches!(verdict(r, p), Verdict::TornTail | Verdict::Index)) {
+    if r.problems.iter().all(|p| matches!(verdict(p), Verdict::TornTail | Verdict::Index)) {
         writeln!(out, "repair with: catchup verify --repair {}", dir.display())?;
     }
     Ok(())
 }
 
-/// Opens the log for writing, which recovers a torn tail. A bad index file of a sealed segment can make the
-/// writer's open refuse the log; such files (`bad_indexes`, caches that `verify` found wrong while the data
-/// is sound) are removed and the open is tried again.
-fn open_for_repair(dir: &Path, bad_indexes: &[PathBuf]) -> Result<LogWriter> {
-    let mut removed = false;
-    loop {
-        match LogWriter::open(dir, WriterOptions::default()) {
-            Ok(w) => return Ok(w),
-            Err(OpenError::Locked { .. }) => anyhow::bail!(
-                "cannot repair {}: the log is locked by another writer; stop it, then run `catchup verify --repair` \
-                 again (nothing was changed)",
-                dir.display()
-            ),
-            Err(OpenError::Corrupt(c)) if !removed && index_file(&c).is_some() && !bad_indexes.is_empty() => {
-                for idx in bad_indexes {
-                    match std::fs::remove_file(idx) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", idx.display())),
-                    }
-                }
-                removed = true;
-            }
-            Err(e @ OpenError::Corrupt(_)) => {
-                return Err(anyhow::Error::new(e))
-                    .context(format!("cannot repair {}: the damage is not a recoverable torn tail", dir.display()));
-            }
-            Err(e) => return Err(anyhow::Error::new(e)).context(format!("cannot repair {}", dir.display())),
-        }
+/// Opens the log for writing, which recovers a torn tail. A log held by another writer is reported as
+/// locked, not as damage.
+fn open_for_repair(dir: &Path) -> Result<LogWriter> {
+    match LogWriter::open(dir, WriterOptions::default()) {
+        Ok(w) => Ok(w),
+        Err(OpenError::Locked { .. }) => anyhow::bail!(
+            "cannot repair {}: the log is locked by another writer; stop it, then run `catchup verify --repair` \
+             again (the torn tail was left as it is)",
+            dir.display()
+        ),
+        Err(e @ OpenError::Corrupt(_)) => Err(anyhow::Error::new(e))
+            .context(format!("cannot repair {}: the damage is not a recoverable torn tail", dir.display())),
+        Err(e) => Err(anyhow::Error::new(e)).context(format!("cannot repair {}", dir.display())),
     }
 }
 
-/// Rebuilds a sealed segment's index file from its data (tmp, rename). Returns false for the active
-/// segment's, which the writer's close writes.
-fn rewrite_index(dir: &Path, idx: &Path) -> Result<bool> {
-    let reader = LogReader::open(dir)?;
-    let last = reader.segments().len() - 1;
-    let Some(i) = reader.segments().iter().position(|s| dir.join(index_file_name(s.base_position())) == idx) else {
-        return Ok(false);
-    };
-    if i == last {
-        return Ok(false);
+/// Opens the log for writing (recovering its torn tail) and closes it, saying what recovery did.
+fn repair_torn_tail(dir: &Path, ui: &Ui) -> Result<()> {
+    let w = open_for_repair(dir)?;
+    let rec = w.recovery().clone();
+    w.close().with_context(|| format!("cannot close {}", dir.display()))?;
+    if let Some((file, offset)) = &rec.torn_at {
+        ui.note(format!(
+            "repaired: zeroed {} bytes of a torn tail in {} at byte offset {offset}",
+            rec.torn_bytes_zeroed,
+            file.display()
+        ));
     }
-    match std::fs::remove_file(idx) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", idx.display())),
+    if rec.created_missing_successor {
+        ui.note("repaired: created the segment missing after a sealed one");
     }
-    let index = reader.index_of(i)?;
-    index.save(idx, reader.segments()[i].base_position(), true)?;
-    Ok(true)
+    Ok(())
 }
 
 /// `catchup verify`.
@@ -194,31 +152,14 @@ pub fn main(args: VerifyArgs, ui: &Ui) -> Result<Exit> {
     }
     let mut report = verify(dir).with_context(|| format!("cannot verify {}", dir.display()))?;
     if args.repair && !report.is_sound() {
-        let bad_indexes: Vec<PathBuf> = report
-            .problems
-            .iter()
-            .filter(|p| verdict(&report, p) == Verdict::Index)
-            .filter_map(|p| index_file(&p.corruption).map(Path::to_path_buf))
-            .collect();
-        let w = open_for_repair(dir, &bad_indexes)?;
-        let rec = w.recovery().clone();
-        // With the lock held, so no writer races the rewrite. (The active segment's index was removed by the
-        // writer's open and is written again by its close.)
-        for idx in &bad_indexes {
-            if rewrite_index(dir, idx).with_context(|| format!("cannot rewrite {}", idx.display()))? {
-                ui.note(format!("repaired: rewrote the index file {} from the segment's data", idx.display()));
-            }
+        // Index files are caches: each is rewritten from its segment's data (atomically), with or without a
+        // writer running.
+        for idx in report.problems.iter().filter_map(|p| p.index_file.as_ref()) {
+            rewrite_index(idx).with_context(|| format!("cannot rewrite the index file {}", idx.display()))?;
+            ui.note(format!("repaired: rewrote the index file {} from the segment's data", idx.display()));
         }
-        w.close().with_context(|| format!("cannot close {}", dir.display()))?;
-        if let Some((file, offset)) = &rec.torn_at {
-            ui.note(format!(
-                "repaired: zeroed {} bytes of a torn tail in {} at byte offset {offset}",
-                rec.torn_bytes_zeroed,
-                file.display()
-            ));
-        }
-        if rec.created_missing_successor {
-            ui.note("repaired: created the segment missing after a sealed one");
+        if report.problems.iter().any(|p| p.torn_tail) {
+            repair_torn_tail(dir, ui)?;
         }
         report = verify(dir).with_context(|| format!("cannot verify {}", dir.display()))?;
     }
