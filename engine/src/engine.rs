@@ -116,6 +116,11 @@ pub struct EngineConfig {
     pub fingerprint: u64,
     /// Hand out at most this many events per second (averaged since the start; None = as fast as possible).
     pub max_rate: Option<u64>,
+    /// Read only records the writer has synced: those below the durable position of the log's recovery
+    /// point (`LogReader::durable_only`), followed as it moves. Snapshots then never cover an event that a
+    /// power cut can take back. Needs a log with a recovery point (`ReadError::NoRecoveryPoint` otherwise).
+    /// Off by default; the CLI turns it on for checkpointed replays.
+    pub durable_only: bool,
 }
 
 impl Default for EngineConfig {
@@ -136,6 +141,7 @@ impl Default for EngineConfig {
             latency_sample_every: 64,
             fingerprint: 0,
             max_rate: None,
+            durable_only: false,
         }
     }
 }
@@ -399,7 +405,13 @@ impl Engine {
     ) -> Result<Running<H>, ReplayError> {
         config.validate()?;
         let n = config.n_shards;
-        let reader = LogReader::open(log_dir.as_ref())?;
+        let reader = LogReader::open(log_dir.as_ref())?.durable_only(config.durable_only);
+        // Every committed record, durable or not: what snapshot bindings are checked against on resume (a
+        // checkpoint may have been taken without durable-only) and computed from by the I/O thread.
+        let full_view = match &config.checkpoint {
+            Some(_) => Some(LogReader::open(log_dir.as_ref())?),
+            None => None,
+        };
         let mut handlers: Vec<H> = (0..n).map(|i| factory(ShardId(i as u16))).collect();
         let default_start = match config.start {
             Start::Beginning => Position(0),
@@ -422,7 +434,7 @@ impl Engine {
                 restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
             // After the identity checks of `restore` (a snapshot of another log is a `Mismatch`); a failure
             // here drops the restored handlers with the run.
-            check_bindings(&reader, &snaps)?;
+            check_bindings(full_view.as_ref().expect("opened with a checkpoint"), &snaps)?;
         }
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
@@ -452,10 +464,7 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir = match &config.checkpoint {
-                Some(c) => Some((c.dir.clone(), LogReader::open(log_dir.as_ref())?)),
-                None => None,
-            };
+            let snap_dir = config.checkpoint.as_ref().map(|c| c.dir.clone()).zip(full_view);
             let dlq = config.dead_letters.clone();
             // After a redistribution, files of another shard count are retired once this run's are complete.
             let retire = per_key_restored.then_some(n);
