@@ -609,3 +609,83 @@ fn max_rate_paces_a_replay() {
     assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 20);
 }
+
+/// `catchup demo` at a small size: it replays every event it generated, each on the shard `shard_of` gives
+/// its key (checked against the kept log's export), and removes its temporary log unless `--keep` is given.
+#[test]
+fn demo_replays_every_event_it_generated() {
+    let d = tmp();
+    let keep = d.path().join("demo");
+    let out = catchup()
+        .args(["demo", "--events", "20k", "--keys", "500", "--shards", "2", "--keep", s(&keep)])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("replayed 20,000 events"), "{text}");
+    // "  events per shard  0: 6,663  1: 13,337"
+    let line = text.lines().find(|l| l.trim_start().starts_with("events per shard")).expect("per-shard line");
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .skip(4)
+        .step_by(2)
+        .map(|n| n.replace(',', "").parse().unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    let mut expected = [0u64; 2];
+    for v in export(&keep) {
+        let key = v["key"].as_str().unwrap();
+        expected[catchup_engine::shard_of(catchup_segments::key_hash(key.as_bytes()), 2).0 as usize] += 1;
+    }
+    assert_eq!(expected.iter().sum::<u64>(), 20_000);
+    assert_eq!(counts, expected, "{line}");
+
+    // Without --keep, the log it names is gone afterwards.
+    let out = catchup().args(["demo", "--events", "2k", "--keys", "50", "--shards", "2"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let first = text.lines().next().unwrap();
+    let dir = first.rsplit_once(" in ").map(|(_, p)| PathBuf::from(p)).unwrap_or_else(|| panic!("{first}"));
+    assert!(dir.is_absolute() && !dir.exists(), "{} is left behind: {text}", dir.display());
+}
+
+/// `catchup bench` at a small size: every variant at every shard count runs and matches `sequential`
+/// (the harness fails the run otherwise), for each handler cost asked for.
+#[test]
+fn bench_runs_every_variant_and_checks_it() {
+    let out = catchup()
+        .args(["bench", "--events", "5k", "--keys", "100", "--handler-ns", "0,100", "--shards", "1,2", "--reps", "2"])
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc["events"], 5_000);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.iter().map(|r| r["handler_ns"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 100]);
+    for r in results {
+        let rows = r["rows"].as_array().unwrap();
+        let names: Vec<&str> = rows.iter().map(|x| x["variant"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "limit-scan",
+                "sequential",
+                "channels x1",
+                "rayon x1",
+                "catchup x1",
+                "channels x2",
+                "rayon x2",
+                "catchup x2"
+            ],
+            "every baseline at each shard count"
+        );
+        for x in rows {
+            assert!(x["events_per_s_median"].as_f64().unwrap() > 0.0, "{x}");
+            assert!(x["events_per_s_min"].as_f64() <= x["events_per_s_max"].as_f64(), "{x}");
+        }
+        assert_eq!(rows[1]["vs_sequential"].as_f64(), Some(1.0));
+    }
+}
