@@ -2,9 +2,9 @@
 //!
 //! The tests that need a broker are `#[ignore]`d: `scripts/kafka-tests.sh` (part of the README's test
 //! command) installs tansu if missing, starts it on 127.0.0.1, runs these with `--ignored` and
-//! `CATCHUP_KAFKA=HOST:PORT`, and stops it. Each test uses its own topic and group. The kill tests run against
-//! librdkafka's mock cluster, hosted by the test, and need no broker: one runs with plain `cargo test`, the
-//! other two (`#[ignore]`d so that they do not run next to it: timing matters) are run one at a time by
+//! `CATCHUP_KAFKA=HOST:PORT`, and stops it. Each test uses its own topic and group. The kill tests and the
+//! commit-order test run against librdkafka's mock cluster, hosted by the test, and need no broker: the
+//! commit-order test and one kill test run with plain `cargo test`, the other two kill tests (`#[ignore]`d so that they do not run next to it: timing matters) are run one at a time by
 //! `scripts/test.sh`, always.
 
 use std::collections::BTreeMap;
@@ -616,6 +616,81 @@ fn snapshot_count(dir: &Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Commit after snapshot (`engine/src/kafka.rs`, `complete`): a partition's committed offset never passes
+/// what its snapshots on disk reflect, at any moment, so a process that dies between the two loses nothing.
+/// One paced member (mock cluster) with a small snapshot interval; the test samples the group's committed
+/// offsets and then the snapshot files, many times while it runs, and once more after a SIGKILL. Reading
+/// the commits first makes each sample sound: snapshots only move forward, so a commit that followed its
+/// snapshots is still at or below them when the files are read.
+#[test]
+fn committed_offsets_never_pass_the_snapshots_on_disk() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let d = tmp();
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    BROKER.with(|b| *b.borrow_mut() = Some(mock.bootstrap_servers()));
+    let log = gen_log(d.path(), "log", 20_000, 200, 9);
+    let t = topic("order");
+    mock.create_topic(&t, 4, 1).unwrap();
+    export(&log, &t);
+    let g = format!("{t}-g");
+    let ckpt = d.path().join("ckpt");
+    let mut m = start_member(&t, &g, &ckpt, d.path(), 0, &["--snapshot-every", "100", "--max-rate", "2000"]);
+    // A client of the group that never joins it: it only fetches the committed offsets.
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", &g)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&t, p);
+    }
+    let snapshot_floor = |p: i32| -> Option<u64> {
+        let dir = ckpt.join("kafka").join(&t).join(format!("partition-{p}"));
+        let snaps = catchup_engine::snapshot::load_all(&dir).ok()?;
+        snaps.iter().map(|(_, s)| s.meta.position.0).min()
+    };
+    // Checks one sample; returns the committed offsets, partition by partition.
+    let check = |when: &str| -> Vec<i64> {
+        let committed = probe.committed_offsets(tpl.clone(), Duration::from_secs(10)).unwrap();
+        let mut n = Vec::new();
+        for e in committed.elements() {
+            let rdkafka::Offset::Offset(at) = e.offset() else { continue };
+            n.push(at);
+            let floor = snapshot_floor(e.partition());
+            assert!(
+                floor.is_some_and(|f| at as u64 <= f),
+                "{when}: partition {} committed at {at}, its snapshots on disk reflect {floor:?}",
+                e.partition()
+            );
+        }
+        n
+    };
+    // Sample for 2 s from the first commit (about 20 snapshot-and-commit rounds a second at 2,000 events/s),
+    // then kill it mid-run (20,000 events at 2,000/s: the run lasts about 10 s).
+    let (mut samples, mut first_commit) = (0u64, None::<Instant>);
+    let mut commits = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first_commit.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
+        assert!(m.child.try_wait().unwrap().is_none(), "the member finished before the test had sampled enough");
+        assert!(Instant::now() < deadline, "no commit within 60 s");
+        samples += 1;
+        let at = check("while running");
+        if !at.is_empty() {
+            first_commit.get_or_insert_with(Instant::now);
+            commits.insert(at);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    assert!(!check("after the kill").is_empty());
+    // Many rounds were sampled, not one commit over and over.
+    assert!(commits.len() >= 10, "only {} distinct commits seen in {samples} samples", commits.len());
+    eprintln!("commit-after-snapshot: {samples} samples, {} distinct commits", commits.len());
+    drop(mock);
 }
 
 #[test]
