@@ -42,6 +42,6 @@ for _ in $(seq 1 100); do
 done
 
 CATCHUP_KAFKA="127.0.0.1:$port" CATCHUP_TANSU="$TANSU" \
-    cargo test -p catchup-tools --test kafka --locked -- --ignored --test-threads 1 \
+    cargo test --workspace --test kafka --locked -- --ignored --test-threads 1 \
     --skip a_killed_member_costs_a_bounded_amount_of_redone_work \
     --skip a_killed_member_with_cooperative_rebalancing "$@"

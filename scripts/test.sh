@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets --locked
 # Doc tests (examples in the API docs).
 cargo test --workspace --doc --locked
-# The mock-cluster kill tests (no broker needed); scripts/kafka-tests.sh skips them.
-cargo test -p catchup-tools --test kafka --locked -- --ignored --exact --test-threads 1 \
+# The mock-cluster kill tests (no broker needed); scripts/kafka-tests.sh skips them. `--workspace` (not
+# `-p catchup-tools`) resolves features as the first step did, so the test binary is reused, not rebuilt.
+cargo test --workspace --test kafka --locked -- --ignored --exact --test-threads 1 \
     a_killed_member_costs_a_bounded_amount_of_redone_work \
     a_killed_member_with_cooperative_rebalancing
 if [[ "${CATCHUP_SKIP_BROKER_TESTS:-}" == 1 ]]; then
