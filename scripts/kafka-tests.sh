@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Kafka tests (`cargo test -p catchup-tools --test kafka -- --ignored`) against a real
+# Runs the Kafka tests (`cargo test --workspace --test kafka -- --ignored`) against a real
 # Kafka-protocol broker, except the two mock-cluster kill tests, which need no broker and which
 # scripts/test.sh runs always (even with CATCHUP_SKIP_BROKER_TESTS=1). The broker: tansu (Apache-2.0, a
 # Rust package), installed with cargo if it is not on the PATH (about 13 minutes on 2 cores the first

@@ -2,7 +2,7 @@
 # The README's test command: every test of the workspace, on a fresh machine.
 #
 # 1. `cargo test --workspace --all-targets`: unit tests, every integration-test binary, the benches in smoke
-#    mode; examples are built (and `examples/embedded.rs` is run by `tools/tests/cli.rs`).
+#    mode; examples are built (and `examples/embedded.rs` is run by `tests/examples.rs`).
 # 2. The doc tests.
 # 3. The Kafka kill tests that need no broker (librdkafka's mock cluster, hosted by the test itself): always.
 #    They are `#[ignore]`d only so that plain `cargo test` does not run them next to the third mock kill
