@@ -374,6 +374,7 @@ fn a_killed_member_s_partitions_move_and_the_output_is_unchanged() {
 #[test]
 #[ignore = "slow (about 40 s), needs no broker; run one at a time by scripts/test.sh"]
 fn a_killed_member_costs_a_bounded_amount_of_redone_work() {
+    // Measured (2026-11-29, debug, 2-core VM): 200, 40, 40 and 348 events handled twice.
     let d = tmp();
     let side = d.path().join("side");
     std::fs::create_dir_all(&side).unwrap();
