@@ -152,3 +152,26 @@ fn embedded_example_restores_catches_up_follows_and_answers_queries() {
     assert!(stderr.contains("resuming at position 5001 of 5001"), "{stderr}");
     assert!(!stderr.contains("notify"), "{stderr}");
 }
+
+/// `examples/replay_noop.rs`, the profiling driver: a plain run, and `--vs-scan`, which checks the engine's
+/// checksum against the verified scan's and prints the ratio.
+#[test]
+fn replay_noop_example_matches_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let orders: Vec<(u64, u64)> = (0..3_000u64).map(|i| (i % 37, i)).collect();
+    append(&log, &orders);
+    let run = |args: &[&str]| {
+        let out = Command::new(example("replay_noop")).arg(&log).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let plain = run(&["2"]);
+    assert!(plain.starts_with("3000 events in "), "{plain}");
+    let vs = run(&["2", "--vs-scan", "2"]);
+    assert!(vs.starts_with("3000 events, 2 interleaved repetitions") && vs.contains("of the scan"), "{vs}");
+    // The same checksum in both modes (the scan's is checked inside the example).
+    let checksum = |t: &str| t.rsplit_once("(checksum ").map(|(_, c)| c.trim().to_string()).unwrap();
+    assert_eq!(checksum(&plain), checksum(&vs));
+}
