@@ -9,7 +9,11 @@
 //! `catchup export --to-kafka` and runs this). Each run reads the whole topic from offset 0: the baseline
 //! assigns every partition to itself; catchup joins a fresh consumer group (no checkpoint directory). The
 //! rate is events over the time from the first event handled to the last, so the group join (seconds on
-//! some brokers) is not counted; it is printed apart. Every run must handle every event exactly once.
+//! some brokers) is not counted; it is printed apart. Every run must handle every event exactly once, in
+//! order per key: each handler folds an order-sensitive per-key checksum (`catchup_tools::bench::fold`, the
+//! replay benchmark's, over key hash, offset and payload), and every run's per-key (events, checksum) must
+//! equal the first plain-consumer run's, whose event count must equal the topic's size (the sum of its
+//! partitions' watermark spans). A dropped, duplicated or reordered event fails the run.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test against librdkafka's mock
 //! cluster: a small topic, one repetition, the same checks.
@@ -21,13 +25,16 @@ use std::time::{Duration, Instant};
 
 use catchup::engine::kafka::{self, KafkaConfig, KafkaUrl};
 use catchup::engine::{Ctx, Event, HandlerError, ShardHandler};
-use catchup_tools::bench::{Work, arg, list};
+use catchup_tools::bench::{KeyResults, Work, arg, fold, list};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// One run: events handled, events per second, seconds until the first event (the group join).
 type Sample = (u64, f64, f64);
+
+/// One run's sample and its per-key (events, checksum).
+type Run = (Sample, KeyResults);
 
 /// First and last event times (ns since the run's start) and the event count, shared by all handlers.
 #[derive(Debug, Default)]
@@ -59,7 +66,7 @@ impl Span {
 
 struct Spin {
     work: Work,
-    acc: u64,
+    res: KeyResults,
     span: Arc<Span>,
     t0: Instant,
     pending: u64,
@@ -67,7 +74,7 @@ struct Spin {
 
 impl ShardHandler for Spin {
     fn handle(&mut self, event: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
-        self.acc ^= self.work.run(event.key_hash);
+        fold(&mut self.res, &self.work, event.key_hash, event.position.0, event.payload);
         self.pending += 1;
         Ok(())
     }
@@ -76,21 +83,30 @@ impl ShardHandler for Spin {
         Ok(())
     }
     fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
-        Ok(self.acc.to_le_bytes().to_vec())
+        Ok(Vec::new())
     }
     fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
         Ok(())
     }
 }
 
-fn partitions(brokers: &str, topic: &str) -> Vec<i32> {
+/// The topic's partitions and how many records they hold (high minus low watermark, summed).
+fn partitions(brokers: &str, topic: &str) -> (Vec<i32>, u64) {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(30)).unwrap();
-    md.topics()[0].partitions().iter().map(|p| p.id()).collect()
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let size = parts
+        .iter()
+        .map(|&p| {
+            let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(30)).unwrap();
+            (high - low) as u64
+        })
+        .sum();
+    (parts, size)
 }
 
 /// The plain consumer: one thread, every partition assigned from offset 0, until each reports its end.
-fn baseline(brokers: &str, topic: &str, parts: &[i32], work: Work) -> Sample {
+fn baseline(brokers: &str, topic: &str, parts: &[i32], work: Work) -> Run {
     let t0 = Instant::now();
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -106,12 +122,13 @@ fn baseline(brokers: &str, topic: &str, parts: &[i32], work: Work) -> Sample {
     c.assign(&tpl).unwrap();
     let span = Span::new();
     let mut open: BTreeSet<i32> = parts.iter().copied().collect();
-    let mut acc = 0u64;
+    let mut res = KeyResults::default();
     while !open.is_empty() {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let key = m.key().unwrap_or(&[]);
-                acc ^= work.run(catchup::segments::key_hash(key));
+                let payload = m.payload().unwrap_or(&[]);
+                fold(&mut res, &work, catchup::segments::key_hash(key), m.offset() as u64, payload);
                 // After the handler, as catchup's handlers note their batches after handling them.
                 span.seen(t0, 1);
             }
@@ -122,11 +139,10 @@ fn baseline(brokers: &str, topic: &str, parts: &[i32], work: Work) -> Sample {
             None => {}
         }
     }
-    std::hint::black_box(acc);
-    span.result()
+    (span.result(), res)
 }
 
-fn catchup_run(brokers: &str, topic: &str, shards: usize, work: Work, run: usize) -> Sample {
+fn catchup_run(brokers: &str, topic: &str, shards: usize, work: Work, run: usize) -> Run {
     let t0 = Instant::now();
     let span = Arc::new(Span::new());
     let url = KafkaUrl { brokers: brokers.to_string(), topic: topic.to_string() };
@@ -135,11 +151,18 @@ fn catchup_run(brokers: &str, topic: &str, shards: usize, work: Work, run: usize
     cfg.n_shards = shards;
     let s = span.clone();
     let running = kafka::start(cfg, move |_, n| {
-        (0..n).map(|_| Spin { work, acc: 0, span: s.clone(), t0, pending: 0 }).collect::<Vec<_>>()
+        (0..n).map(|_| Spin { work, res: KeyResults::default(), span: s.clone(), t0, pending: 0 }).collect::<Vec<_>>()
     })
     .unwrap();
-    running.wait().unwrap();
-    span.result()
+    let summary = running.wait().unwrap();
+    // One process owns every partition at the end; a key lives in one partition and one shard.
+    let mut res = KeyResults::default();
+    for h in summary.partitions.into_values().flatten() {
+        for (k, v) in h.res {
+            assert!(res.insert(k, v).is_none(), "catchup x{shards}: a key was handled by two handlers");
+        }
+    }
+    (span.result(), res)
 }
 
 fn main() {
@@ -169,7 +192,10 @@ fn main() {
     let handler_ns = list(&args, "--handler-ns", if smoke { "0" } else { "0,1000" });
     let shards = list(&args, "--shards", if smoke { "2" } else { "1,2" });
     let reps: usize = arg(&args, "--reps", if smoke { 1 } else { 3 });
-    let parts = partitions(&brokers, &topic);
+    let (parts, size) = partitions(&brokers, &topic);
+    if let Some(e) = expected {
+        assert_eq!(size, e, "the topic holds {size} records, {e} were produced");
+    }
     println!("kafka bench: topic {topic} ({} partitions) on {brokers}, {reps} reps: median, min and max", parts.len());
     println!(
         "{:>10} {:>16} {:>10} {:>10} {:>10} {:>9} {:>9}",
@@ -180,18 +206,29 @@ fn main() {
         let work = Work::calibrate(ns);
         let mut rows: Vec<(String, Vec<Sample>)> = vec![("plain rdkafka".into(), Vec::new())];
         rows.extend(shards.iter().map(|s| (format!("catchup x{s}"), Vec::new())));
+        // The first plain run's per-key result is the reference every run is checked against.
+        let mut reference: Option<KeyResults> = None;
+        let mut check = |name: &str, res: KeyResults| match &reference {
+            None => {
+                let n: u64 = res.values().map(|v| v.0).sum();
+                assert_eq!(n, size, "{name} handled {n} events, the topic holds {size}");
+                reference = Some(res);
+            }
+            Some(r) => assert!(&res == r, "{name} computed a different per-key result than the plain consumer"),
+        };
         // Interleaved repetitions, so drift on a noisy machine hits every variant alike.
         for _ in 0..reps {
-            rows[0].1.push(baseline(&brokers, &topic, &parts, work));
+            let (sample, res) = baseline(&brokers, &topic, &parts, work);
+            check(&rows[0].0, res);
+            rows[0].1.push(sample);
             for (i, &s) in shards.iter().enumerate() {
                 run += 1;
-                rows[i + 1].1.push(catchup_run(&brokers, &topic, s as usize, work, run));
+                let (sample, res) = catchup_run(&brokers, &topic, s as usize, work, run);
+                check(&rows[i + 1].0, res);
+                rows[i + 1].1.push(sample);
             }
         }
-        let count = rows[0].1[0].0;
-        if let Some(e) = expected {
-            assert_eq!(count, e, "the plain consumer saw {count} events, the topic holds {e}");
-        }
+        let count = size;
         let sorted = |v: &[Sample], f: fn(&Sample) -> f64| {
             let mut x: Vec<f64> = v.iter().map(f).collect();
             x.sort_by(f64::total_cmp);

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use catchup_tools::bench::{Variant, Work, arg, list, run_all};
+use catchup_tools::bench::{Work, arg, list, run_all, variants};
 use catchup_tools::synth::{SynthSpec, generate};
 
 fn main() {
@@ -50,21 +50,17 @@ fn main() {
     );
     for ns in handler_ns {
         let work = Work::calibrate(ns);
-        let mut variants = vec![Variant::LimitScan, Variant::Sequential, Variant::Channels, Variant::Rayon];
-        for &n in &shards {
-            variants.push(Variant::Rings(n));
-            variants.push(Variant::CatchupOther(n));
-            variants.push(Variant::Catchup(n));
-        }
+        // Every baseline at each shard count, beside the engine at that count.
+        let variants = variants(&shards, true);
         let rows = run_all(&dir, &variants, work, reps).unwrap_or_else(|e| panic!("benchmark failed: {e}"));
         println!("\nhandler {ns} ns/event, {reps} interleaved repetitions, medians");
         println!(
-            "{:<14} {:>12} {:>12} {:>12} {:>8} {:>8} {:>10}",
+            "{:<20} {:>12} {:>12} {:>12} {:>8} {:>8} {:>10}",
             "variant", "events/s", "min", "max", "x seq", "x limit", "peak anon"
         );
         for r in rows {
             println!(
-                "{:<14} {:>12.0} {:>12.0} {:>12.0} {:>8.2} {:>8.2} {:>8.1}MB",
+                "{:<20} {:>12.0} {:>12.0} {:>12.0} {:>8.2} {:>8.2} {:>8.1}MB",
                 r.variant.to_string(),
                 r.median_eps,
                 r.min_eps,

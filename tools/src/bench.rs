@@ -4,16 +4,21 @@
 //! Variants (each computes the same per-key result, checked against `sequential`):
 //! - `limit-scan`: the verified scan alone, one thread, no hand-off.
 //! - `sequential`: one thread scanning and calling the handler (what most teams run today).
-//! - `channels`: the reader routes record references by key hash into per-shard `crossbeam-channel`s, in
-//!   batches of 256 (the obvious do-it-yourself design).
-//! - `rayon`: read everything, group by key, `par_iter` over the groups (per-key order kept, but the whole
-//!   backlog is read and held first).
+//! - `channels xN`: the reader routes record references by key hash into N per-shard `crossbeam-channel`s,
+//!   in batches of 256 (the obvious do-it-yourself design).
+//! - `rayon xN`: read everything, group by key, `par_iter` over the groups on a pool of N threads (per-key
+//!   order kept, but the whole backlog is read and held first); each group folds into one (count, checksum)
+//!   pair, collected into one map.
 //! - `rings`: the reader routes into one `disruptor` ring per shard (the alternative engine topology).
 //! - `catchup`: the engine with its default topology; `catchup/<other>`: with the other one
 //!   (broadcast: one ring, every shard sees every slot and keeps its own keys; routed: one ring per shard).
 //!
 //! The handler burns a calibrated amount of CPU per event, reads the payload, and folds an order-sensitive
 //! per-key checksum, so a variant that reorders a key's events or drops one fails the run.
+//!
+//! Every parallel variant is run at each of the engine's shard counts ([`variants`]), so `catchup xN` is
+//! always compared with baselines of N handler threads. (Before this, `channels` used one consumer per core
+//! and `rayon` the global pool whatever N was: "catchup x1 against channels" compared 1 thread with 2.)
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -41,10 +46,10 @@ pub enum Variant {
     LimitScan,
     /// Single-threaded replay.
     Sequential,
-    /// Per-shard crossbeam channels of batches.
-    Channels,
-    /// Read all, group by key, rayon over groups.
-    Rayon,
+    /// This many per-shard crossbeam channels (and consumer threads) of batches.
+    Channels(usize),
+    /// Read all, group by key, rayon over groups on a pool of this many threads.
+    Rayon(usize),
     /// One disruptor ring per shard, reader routes.
     Rings(usize),
     /// The engine with this many shards (default topology).
@@ -58,8 +63,8 @@ impl std::fmt::Display for Variant {
         match self {
             Variant::LimitScan => write!(f, "limit-scan"),
             Variant::Sequential => write!(f, "sequential"),
-            Variant::Channels => write!(f, "channels"),
-            Variant::Rayon => write!(f, "rayon"),
+            Variant::Channels(n) => write!(f, "channels x{n}"),
+            Variant::Rayon(n) => write!(f, "rayon x{n}"),
             Variant::Rings(n) => write!(f, "rings x{n}"),
             Variant::Catchup(n) => write!(f, "catchup x{n}"),
             Variant::CatchupOther(n) => write!(f, "catchup/{} x{n}", topology_name(other_topology())),
@@ -119,13 +124,34 @@ fn payload_sum(p: &[u8]) -> u64 {
     s
 }
 
-/// The benchmark handler's fold: order-sensitive, so reordering a key's events changes the result.
+/// The benchmark handler's fold: order-sensitive, so reordering a key's events changes the result. Also
+/// used by the Kafka benchmark (`benches/kafka.rs`), with the offset as the position.
 #[inline]
-fn fold(results: &mut KeyResults, work: &Work, key_hash: u64, position: u64, payload: &[u8]) {
+pub fn fold(results: &mut KeyResults, work: &Work, key_hash: u64, position: u64, payload: &[u8]) {
+    fold_key(results.entry(key_hash).or_insert((0, 0)), work, position, payload);
+}
+
+/// [`fold`] for one key's (events, checksum).
+#[inline]
+fn fold_key(e: &mut (u64, u64), work: &Work, position: u64, payload: &[u8]) {
     let burn = work.run(position);
-    let e = results.entry(key_hash).or_insert((0, 0));
     e.0 += 1;
     e.1 = (e.1.rotate_left(5) ^ position ^ payload_sum(payload) ^ (burn & 1)).wrapping_mul(0x100_0000_01b3);
+}
+
+/// The variants run for these engine shard counts: the limit and the sequential oracle, then for each N
+/// every parallel design at N threads (with `with_rings`, also the hand-rolled rings and the engine's other
+/// topology), so each `catchup xN` has baselines of the same parallelism beside it.
+pub fn variants(shards: &[usize], with_rings: bool) -> Vec<Variant> {
+    let mut v = vec![Variant::LimitScan, Variant::Sequential];
+    for &n in shards {
+        v.extend([Variant::Channels(n), Variant::Rayon(n)]);
+        if with_rings {
+            v.extend([Variant::Rings(n), Variant::CatchupOther(n)]);
+        }
+        v.push(Variant::Catchup(n));
+    }
+    v
 }
 
 /// Walks every record of the log with its segment index and offset.
@@ -163,10 +189,11 @@ fn rss_anon_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Samples anonymous RSS every 2 ms while `f` runs and returns how far the peak rose above the RSS at the
-/// start (memory the allocator kept from earlier variants is reused, so this is what `f` itself needed
-/// beyond it; the max over repetitions catches the first run, before anything was kept).
-fn with_peak_rss<R>(f: impl FnOnce() -> R) -> (R, u64) {
+/// Samples anonymous RSS every 2 ms while `f` runs and returns how long `f` took and how far the peak rose
+/// above the RSS at the start (memory the allocator kept from earlier variants is reused, so this is what
+/// `f` itself needed beyond it; the max over repetitions catches the first run, before anything was kept).
+/// The time is `f`'s alone: starting and joining the sampler are outside it.
+fn with_peak_rss<R>(f: impl FnOnce() -> R) -> (R, Duration, u64) {
     let done = Arc::new(AtomicBool::new(false));
     let base = rss_anon_bytes();
     let peak = Arc::new(AtomicU64::new(base));
@@ -179,22 +206,31 @@ fn with_peak_rss<R>(f: impl FnOnce() -> R) -> (R, u64) {
             }
         })
     };
+    let t = Instant::now();
     let r = f();
+    let elapsed = t.elapsed();
     peak.fetch_max(rss_anon_bytes(), Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    (r, peak.load(Ordering::Relaxed).saturating_sub(base))
+    (r, elapsed, peak.load(Ordering::Relaxed).saturating_sub(base))
 }
 
 /// Runs one variant over the log; returns the sample and its per-key results (`None` for `limit-scan`).
+/// Every variant's time includes opening the log (the engine opens its own reader inside `Engine::run`).
 pub fn run_variant(log: &Path, variant: Variant, work: Work) -> (Sample, Option<KeyResults>) {
-    let reader = LogReader::open(log).expect("open benchmark log");
-    let t = Instant::now();
-    let ((events, results), peak) = with_peak_rss(|| match variant {
+    let ((events, results), elapsed, peak) = with_peak_rss(|| {
+        let reader = LogReader::open(log).expect("open benchmark log");
+        run_open(&reader, log, variant, work)
+    });
+    (Sample { variant, events, elapsed, peak_anon_bytes: peak }, results)
+}
+
+fn run_open(reader: &LogReader, log: &Path, variant: Variant, work: Work) -> (u64, Option<KeyResults>) {
+    match variant {
         Variant::LimitScan => {
             let mut n = 0u64;
             let mut acc = 0u64;
-            for_each_record(&reader, |_, _, r| {
+            for_each_record(reader, |_, _, r| {
                 n += 1;
                 acc = acc.wrapping_add(r.key_hash).wrapping_add(r.payload.len() as u64);
             });
@@ -204,20 +240,18 @@ pub fn run_variant(log: &Path, variant: Variant, work: Work) -> (Sample, Option<
         Variant::Sequential => {
             let mut res = KeyResults::default();
             let mut n = 0u64;
-            for_each_record(&reader, |_, _, r| {
+            for_each_record(reader, |_, _, r| {
                 n += 1;
                 fold(&mut res, &work, r.key_hash, r.position.0, r.payload);
             });
             (n, Some(res))
         }
-        Variant::Channels => channels(&reader, work, std::thread::available_parallelism().map_or(2, |n| n.get())),
-        Variant::Rayon => rayon_groups(&reader, work),
-        Variant::Rings(n) => rings(&reader, work, n),
+        Variant::Channels(n) => channels(reader, work, n),
+        Variant::Rayon(n) => rayon_groups(reader, work, n),
+        Variant::Rings(n) => rings(reader, work, n),
         Variant::Catchup(n) => engine(log, work, n, Topology::default()),
         Variant::CatchupOther(n) => engine(log, work, n, other_topology()),
-    });
-    let elapsed = t.elapsed();
-    (Sample { variant, events, elapsed, peak_anon_bytes: peak }, results)
+    }
 }
 
 fn channels(reader: &LogReader, work: Work, n: usize) -> (u64, Option<KeyResults>) {
@@ -260,7 +294,10 @@ fn channels(reader: &LogReader, work: Work, n: usize) -> (u64, Option<KeyResults
     (total, Some(merge(handles.into_iter().map(|h| h.join().expect("consumer")))))
 }
 
-fn rayon_groups(reader: &LogReader, work: Work) -> (u64, Option<KeyResults>) {
+fn rayon_groups(reader: &LogReader, work: Work, n: usize) -> (u64, Option<KeyResults>) {
+    // Its own pool of `n` threads, built inside the timed region as the engine and the other baselines
+    // start their threads inside it.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("rayon pool");
     let segs = reader.segments();
     let mut groups: HashMap<u64, Vec<(u32, u64)>, BuildHasherDefault<PassThroughHasher>> = HashMap::default();
     let mut total = 0u64;
@@ -268,20 +305,19 @@ fn rayon_groups(reader: &LogReader, work: Work) -> (u64, Option<KeyResults>) {
         total += 1;
         groups.entry(r.key_hash).or_default().push((s as u32, off));
     });
-    let res = groups
-        .into_par_iter()
-        .map(|(_, refs)| {
-            let mut res = KeyResults::default();
-            for (s, off) in refs {
-                let r = segs[s as usize].record_at(off).expect("record");
-                fold(&mut res, &work, r.key_hash, r.position.0, r.payload);
-            }
-            res
-        })
-        .reduce(KeyResults::default, |mut a, b| {
-            a.extend(b);
-            a
-        });
+    let res: KeyResults = pool.install(|| {
+        groups
+            .into_par_iter()
+            .map(|(key_hash, refs)| {
+                let mut e = (0, 0);
+                for (s, off) in refs {
+                    let r = segs[s as usize].record_at(off).expect("record");
+                    fold_key(&mut e, &work, r.position.0, r.payload);
+                }
+                (key_hash, e)
+            })
+            .collect()
+    });
     (total, Some(res))
 }
 
@@ -427,11 +463,15 @@ pub struct Row {
 }
 
 /// Runs `reps` interleaved repetitions of every variant (the order rotates each repetition so drift hits
-/// all alike), checks every result against `sequential`'s, and summarises.
+/// all alike) after one untimed scan that warms the page cache, checks every result against
+/// `sequential`'s, and summarises.
 pub fn run_all(log: &Path, variants: &[Variant], work: Work, reps: usize) -> Result<Vec<Row>, String> {
     if !variants.contains(&Variant::Sequential) {
         return Err("the variants must include sequential: it is the oracle every result is checked against".into());
     }
+    // Warm the page cache: one untimed scan of the whole log, so the first timed variant does not pay for
+    // faulting the log in.
+    run_variant(log, Variant::LimitScan, work);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     let mut reference: Option<KeyResults> = None;
     let mut pending: Vec<(Variant, KeyResults)> = Vec::new();

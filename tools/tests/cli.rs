@@ -121,13 +121,39 @@ fn sum_projection_equals_a_sum_of_the_export() {
     assert_eq!(got, expected);
 }
 
-/// Starts a replay, kills it with SIGKILL after `after`, and waits for it.
-fn kill_after(args: &[&str], after: Duration) {
+/// The lowest position the shard snapshots in `ckpt` reflect (0 if there are none yet): a restart reads
+/// the log from there.
+fn snapshot_floor(ckpt: &Path) -> u64 {
+    // A snapshot is renamed into place; a directory being written to may still fail to list: try again.
+    match catchup_engine::snapshot::load_all(ckpt) {
+        Ok(snaps) => snaps.iter().map(|(_, s)| s.meta.position.0).min().unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Starts a replay (paced by the caller's `--max-rate`, so it cannot finish in a blink), waits until its
+/// snapshots show it has got past `past` (progress made by this run), SIGKILLs it while it is still
+/// running, and returns where its snapshots stand. Fails if the run ends before it could be killed, or
+/// if the kill came after the end (the output exists): either way the resume path would go untested.
+fn kill_mid_replay(args: &[&str], ckpt: &Path, out: &Path, past: u64, n_events: u64) -> u64 {
     let mut child =
         std::process::Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(after);
-    let _ = child.kill(); // SIGKILL; it may have finished already, which the caller's check covers too.
-    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while snapshot_floor(ckpt) <= past {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the replay ended ({st}) before its snapshots got past position {past}");
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot past position {past} within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the replay ended before it could be killed");
+    child.kill().unwrap(); // SIGKILL
+    let st = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9), "{st}");
+    let at = snapshot_floor(ckpt);
+    assert!(at > past && at < n_events, "killed mid-replay: snapshots at {at}, of {n_events} events");
+    assert!(!out.exists(), "the killed run wrote its output, so it had finished");
+    at
 }
 
 #[test]
@@ -156,9 +182,12 @@ fn killed_replay_resumes_from_its_checkpoints_with_the_same_output() {
         "--out",
         s(&out),
     ];
-    // Kill it twice at different points, then let it finish.
-    kill_after(&args, Duration::from_millis(250));
-    kill_after(&args, Duration::from_millis(150));
+    // Kill it twice mid-way, each time after it made progress of its own (paced: 200,000 events at 100k/s
+    // take 2 s, which no machine can shorten), then let it finish unpaced.
+    let paced: Vec<&str> = args.iter().copied().chain(["--max-rate", "100k"]).collect();
+    let first = kill_mid_replay(&paced, &ckpt, &out, 20_000, 200_000);
+    let second = kill_mid_replay(&paced, &ckpt, &out, first + 20_000, 200_000);
+    eprintln!("killed with the snapshots at positions {first}, then {second}");
     catchup().args(args).assert().success();
     assert_eq!(read(&out), read(&reference));
     // A finished checkpoint directory replays nothing more and gives the same output again.
@@ -255,7 +284,9 @@ fn killed_exec_replay_resumes_with_complete_output() {
         "--out",
         s(&out),
     ];
-    kill_after(&args, Duration::from_millis(200));
+    // Paced (60,000 events at 30k/s: 2 s), killed once its snapshots are a quarter of the way in.
+    let paced: Vec<&str> = args.iter().copied().chain(["--max-rate", "30k"]).collect();
+    kill_mid_replay(&paced, &ckpt, &out, 15_000, 60_000);
     catchup().args(args).assert().success();
     // With a stateless child (`cat`), at-least-once delivery still yields each line exactly once.
     assert_eq!(read(&out), read(&reference));
@@ -577,4 +608,84 @@ fn max_rate_paces_a_replay() {
         .clone();
     assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 20);
+}
+
+/// `catchup demo` at a small size: it replays every event it generated, each on the shard `shard_of` gives
+/// its key (checked against the kept log's export), and removes its temporary log unless `--keep` is given.
+#[test]
+fn demo_replays_every_event_it_generated() {
+    let d = tmp();
+    let keep = d.path().join("demo");
+    let out = catchup()
+        .args(["demo", "--events", "20k", "--keys", "500", "--shards", "2", "--keep", s(&keep)])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("replayed 20,000 events"), "{text}");
+    // "  events per shard  0: 6,663  1: 13,337"
+    let line = text.lines().find(|l| l.trim_start().starts_with("events per shard")).expect("per-shard line");
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .skip(4)
+        .step_by(2)
+        .map(|n| n.replace(',', "").parse().unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    let mut expected = [0u64; 2];
+    for v in export(&keep) {
+        let key = v["key"].as_str().unwrap();
+        expected[catchup_engine::shard_of(catchup_segments::key_hash(key.as_bytes()), 2).0 as usize] += 1;
+    }
+    assert_eq!(expected.iter().sum::<u64>(), 20_000);
+    assert_eq!(counts, expected, "{line}");
+
+    // Without --keep, the log it names is gone afterwards.
+    let out = catchup().args(["demo", "--events", "2k", "--keys", "50", "--shards", "2"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let first = text.lines().next().unwrap();
+    let dir = first.rsplit_once(" in ").map(|(_, p)| PathBuf::from(p)).unwrap_or_else(|| panic!("{first}"));
+    assert!(dir.is_absolute() && !dir.exists(), "{} is left behind: {text}", dir.display());
+}
+
+/// `catchup bench` at a small size: every variant at every shard count runs and matches `sequential`
+/// (the harness fails the run otherwise), for each handler cost asked for.
+#[test]
+fn bench_runs_every_variant_and_checks_it() {
+    let out = catchup()
+        .args(["bench", "--events", "5k", "--keys", "100", "--handler-ns", "0,100", "--shards", "1,2", "--reps", "2"])
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc["events"], 5_000);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.iter().map(|r| r["handler_ns"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 100]);
+    for r in results {
+        let rows = r["rows"].as_array().unwrap();
+        let names: Vec<&str> = rows.iter().map(|x| x["variant"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "limit-scan",
+                "sequential",
+                "channels x1",
+                "rayon x1",
+                "catchup x1",
+                "channels x2",
+                "rayon x2",
+                "catchup x2"
+            ],
+            "every baseline at each shard count"
+        );
+        for x in rows {
+            assert!(x["events_per_s_median"].as_f64().unwrap() > 0.0, "{x}");
+            assert!(x["events_per_s_min"].as_f64() <= x["events_per_s_max"].as_f64(), "{x}");
+        }
+        assert_eq!(rows[1]["vs_sequential"].as_f64(), Some(1.0));
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use catchup_tools::bench::{Row, Variant, Work, run_all};
+use catchup_tools::bench::{Row, Work, run_all, variants};
 use catchup_tools::synth::{self, SynthSpec};
 
 use crate::progress::Ui;
@@ -78,12 +78,8 @@ pub fn main(args: BenchArgs, ui: &Ui) -> Result<Exit> {
     let mut results = Vec::new();
     for &ns in &handler_ns {
         let work = Work::calibrate(ns);
-        let mut variants = vec![Variant::LimitScan, Variant::Sequential, Variant::Channels, Variant::Rayon];
-        if args.rings {
-            variants.extend(shards.iter().map(|&n| Variant::Rings(n)));
-            variants.extend(shards.iter().map(|&n| Variant::CatchupOther(n)));
-        }
-        variants.extend(shards.iter().map(|&n| Variant::Catchup(n)));
+        // Every baseline at each shard count, beside the engine at that count.
+        let variants = variants(&shards, args.rings);
         let rows = run_all(&dir, &variants, work, args.reps).map_err(|e| anyhow::anyhow!("benchmark failed: {e}"))?;
         if !args.json {
             println!("handler {ns} ns/event: median of {} interleaved repetitions", args.reps);
