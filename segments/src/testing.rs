@@ -102,6 +102,8 @@ struct State {
     /// Operations attempted so far.
     ops: u64,
     fail_at: Option<u64>,
+    /// How many operations from `fail_at` on fail (1 unless set).
+    fail_count: u64,
     /// The OS error the failing operation returns (`EIO` unless set).
     fail_errno: i32,
     /// The failed operation: its number and what it was.
@@ -112,8 +114,12 @@ impl State {
     /// Counts an operation; fails it if it is the chosen one.
     fn op(&mut self, what: &'static str) -> io::Result<()> {
         self.ops += 1;
-        if self.fail_at == Some(self.ops) {
-            self.failed = Some((self.ops, what));
+        if let Some(first) = self.fail_at
+            && (first..first.saturating_add(self.fail_count.max(1))).contains(&self.ops)
+        {
+            if self.failed.is_none() {
+                self.failed = Some((self.ops, what));
+            }
             let errno = if self.fail_errno == 0 { libc::EIO } else { self.fail_errno };
             return Err(io::Error::from_raw_os_error(errno));
         }
@@ -153,7 +159,17 @@ impl FaultyStorage {
     pub fn fail_at_with(&self, n: u64, errno: i32) {
         let mut s = lock(&self.state);
         s.fail_at = Some(n);
+        s.fail_count = 1;
         s.fail_errno = errno;
+    }
+
+    /// Makes operations `n .. n + count` fail with `EIO` (a disk that stays bad for a while: the writer's
+    /// attempt to record its own poisoning fails too).
+    pub fn fail_ops(&self, n: u64, count: u64) {
+        let mut s = lock(&self.state);
+        s.fail_at = Some(n);
+        s.fail_count = count;
+        s.fail_errno = libc::EIO;
     }
 
     /// The failed operation, if the chosen one was reached: its number and kind.

@@ -87,9 +87,11 @@ impl RpWriter {
             clean,
             poisoned,
         };
+        // `end` is durable (the caller synced it) even if this write fails: a POISONED mark written after a
+        // failure here must not name an older end, or recovery would cut acknowledged data.
+        self.last_end = end;
         self.file.write_at(&rp.encode(), rp.slot_offset()).map_err(|e| IoError::new("write", &self.path, e))?;
         self.last_seq = sequence;
-        self.last_end = end;
         if force_sync || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL {
             self.file.sync().map_err(|e| IoError::new("fsync", &self.path, e))?;
             self.synced_seq = sequence;

@@ -7,6 +7,7 @@ mod faults;
 mod follow;
 mod fuzz_parsers;
 mod model;
+mod recovery;
 mod smoke;
 mod torn_tail;
 mod util;
