@@ -1102,6 +1102,30 @@ fn recover_above_point(
     }
 }
 
+/// Bytes of one segment as the disk holds them, read in windows of `DISK_WINDOW_BYTES` (one `O_DIRECT` read
+/// per window rather than per batch).
+struct DiskWindow {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// How much `DiskWindow` reads at once: a batch (at most `BATCH_SIZE_MAX`) always fits.
+const DISK_WINDOW_BYTES: usize = 2 * BATCH_SIZE_MAX;
+
+impl DiskWindow {
+    /// Up to `n` bytes at `at` of a file of `len` bytes (fewer at its end).
+    fn read(&mut self, storage: &dyn Storage, path: &Path, len: u64, at: u64, n: usize) -> Result<&[u8], IoError> {
+        let end = self.start + self.bytes.len() as u64;
+        if at < self.start || at + n as u64 > end {
+            let want = n.max(DISK_WINDOW_BYTES.min(len.saturating_sub(at) as usize));
+            self.bytes = storage.read_durable(path, at, want).map_err(|e| IoError::new("read", path, e))?;
+            self.start = at;
+        }
+        let from = ((at - self.start) as usize).min(self.bytes.len());
+        Ok(&self.bytes[from..(from + n).min(self.bytes.len())])
+    }
+}
+
 /// Walks the batches above the recovery point as the disk holds them. Returns where to cut (and why), or
 /// `None` if everything there is valid, on the disk, and what the mapping shows.
 fn scan_disk_above(
@@ -1112,15 +1136,15 @@ fn scan_disk_above(
     rp: &RecoveryPoint,
 ) -> Result<Option<(CutAt, Position, String)>, OpenError> {
     let (mut i, mut seg, mut off, mut pos) = (idx, seg, rp.offset, rp.position);
+    let mut disk = DiskWindow { start: 0, bytes: Vec::new() };
     loop {
         let path = segments[i].1.clone();
         let len = seg.len_bytes();
         let cut_here = |why: String| Ok(Some((CutAt { seg: i, offset: Some(off) }, pos, why)));
-        let read = |at: u64, n: usize| storage.read_durable(&path, at, n).map_err(|e| IoError::new("read", &path, e));
         let has_header = off + BATCH_HEADER_SIZE as u64 <= len;
         let word_mapped = if has_header { seg.commit_word(off) } else { 0 };
-        let head = if has_header { read(off, BATCH_HEADER_SIZE)? } else { Vec::new() };
-        let word_disk = if head.len() >= 4 { format::read_u32(&head, 0) } else { 0 };
+        let head = if has_header { disk.read(storage, &path, len, off, BATCH_HEADER_SIZE)? } else { &[][..] };
+        let word_disk = if head.len() >= 4 { format::read_u32(head, 0) } else { 0 };
         if word_disk == 0 && word_mapped == 0 {
             // No batch here: anything after it, in this segment or a later one, was never acknowledged.
             if seg.nonzero_end(off) > off {
@@ -1142,13 +1166,13 @@ fn scan_disk_above(
         if l < BATCH_HEADER_SIZE || !l.is_multiple_of(8) || l > BATCH_SIZE_MAX || off + l as u64 > len {
             return cut_here(format!("invalid batch length {l}"));
         }
-        let disk = read(off, l)?;
-        if seg.committed(off, l) != Some(&disk[..]) {
+        let on_disk = disk.read(storage, &path, len, off, l)?;
+        if seg.committed(off, l) != Some(on_disk) {
             return cut_here(
                 "the batch on disk is not the one in the page cache: a write that never reached the disk".into(),
             );
         }
-        let h = match format::check_batch(&disk, word_disk) {
+        let h = match format::check_batch(on_disk, word_disk) {
             Ok(format::BatchRead::Batch(h)) => h,
             Ok(format::BatchRead::Empty) => return cut_here("invalid batch length 0".into()),
             Err(p) => return cut_here(p.to_string()),
@@ -1177,6 +1201,7 @@ fn scan_disk_above(
         match Segment::open(&next_path, next_base) {
             Ok(next) => {
                 (i, seg, off) = (i + 1, next, SEGMENT_HEADER_SIZE as u64);
+                disk = DiskWindow { start: 0, bytes: Vec::new() };
             }
             Err(e) => {
                 let why = format!("the creation of {} never became durable: {e}", next_path.display());
