@@ -238,8 +238,8 @@ fn check_prefix(got: &[OwnedRecord], recs: &[Rec], ctx: &str) {
 fn mode_at_point(mode: CrashMode, j: usize) -> bool {
     match mode {
         CrashMode::KeepAll | CrashMode::DropAll => true,
-        CrashMode::InOrder | CrashMode::Garble => j % 2 == 0,
-        CrashMode::Random | CrashMode::NamesFirst => j % 2 == 1,
+        CrashMode::InOrder | CrashMode::Garble => j.is_multiple_of(2),
+        CrashMode::Random | CrashMode::NamesFirst => !j.is_multiple_of(2),
     }
 }
 
