@@ -104,6 +104,9 @@ struct State {
     fail_at: Option<u64>,
     /// How many operations from `fail_at` on fail (1 unless set).
     fail_count: u64,
+    /// A sync with this number reports success but its writes never reach the disk (a device that loses
+    /// acknowledged data, as a failing one behind some file systems does).
+    lose_at: Option<u64>,
     /// The OS error the failing operation returns (`EIO` unless set).
     fail_errno: i32,
     /// The failed operation: its number and what it was.
@@ -161,6 +164,12 @@ impl FaultyStorage {
         s.fail_at = Some(n);
         s.fail_count = 1;
         s.fail_errno = errno;
+    }
+
+    /// Makes operation `n`, which must be a file sync, report success while the file's unsynced writes are
+    /// lost (the page cache keeps showing them): acknowledged data that the disk does not hold.
+    pub fn lose_at(&self, n: u64) {
+        lock(&self.state).lose_at = Some(n);
     }
 
     /// Makes operations `n .. n + count` fail with `EIO` (a disk that stays bad for a while: the writer's
@@ -272,6 +281,10 @@ impl StorageFile for FaultyFile {
         if let Err(e) = s.op("sync") {
             s.journal.push(Event::SyncFailed { file: self.file });
             return Err(e);
+        }
+        if s.lose_at == Some(s.ops) {
+            s.journal.push(Event::SyncFailed { file: self.file });
+            return Ok(());
         }
         s.journal.push(Event::Sync { file: self.file });
         Ok(())

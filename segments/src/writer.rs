@@ -1084,6 +1084,10 @@ fn recover_above_point(
         return Ok(None);
     }
     let cut = if rp.poisoned {
+        // A failed writeback may also have lost pages that an earlier fsync reported durable (seen on a real
+        // kernel: ext4 without a journal on a device that ran out of space lost data below the recovery
+        // point while the page cache kept showing it). In this boot the cache cannot show that, the disk can.
+        check_segment_on_disk(storage, &seg, rp)?;
         let anything = seg.nonzero_end(rp.offset) > rp.offset || idx + 1 < segments.len();
         anything.then(|| {
             (
@@ -1100,6 +1104,39 @@ fn recover_above_point(
         None => Ok(None),
         Some((at, position, why)) => Ok(Some(cut_log(storage, dir, segments, at, position, why)?)),
     }
+}
+
+/// After a poisoned writer: checks that every batch of the recovery point's segment below the point is on
+/// the disk as the mapping shows it (`O_DIRECT` reads in windows; this costs the segment, and happens only
+/// after a failed write or fsync). A difference is acknowledged data the storage lost: refused, naming the
+/// batch, never cut.
+fn check_segment_on_disk(storage: &dyn Storage, seg: &Segment, rp: &RecoveryPoint) -> Result<(), OpenError> {
+    let path = seg.path().to_path_buf();
+    let mut disk = DiskWindow { start: 0, bytes: Vec::new() };
+    let mut at = SEGMENT_HEADER_SIZE as u64;
+    let mut pos = seg.base_position();
+    while at < rp.offset {
+        let word = u64::from(seg.commit_word(at));
+        let Some(mapped) = seg.committed(at, word as usize).filter(|_| word >= BATCH_HEADER_SIZE as u64) else {
+            break; // the walk that follows reports it
+        };
+        if disk.read(storage, &path, seg.len_bytes(), at, word as usize)? != mapped {
+            return Err(rp_corruption(
+                &path,
+                at,
+                pos,
+                format!(
+                    "the batch at byte offset {at} is not on the disk as the page cache shows it: the storage \
+                     lost acknowledged data after a failed write or fsync (recovery point {}, poisoned)",
+                    rp.position
+                ),
+            ));
+        }
+        let count = format::read_u32(mapped, format::BATCH_COUNT_OFFSET);
+        pos = Position(format::read_u64(mapped, format::BATCH_BASE_OFFSET) + u64::from(count));
+        at += word;
+    }
+    Ok(())
 }
 
 /// Bytes of one segment as the disk holds them, read in windows of `DISK_WINDOW_BYTES` (one `O_DIRECT` read

@@ -367,3 +367,39 @@ fn failed_recovery_point_write_after_a_good_fsync_keeps_what_was_acknowledged() 
     drop(w);
     check_det(&read_all(dir.path()).unwrap());
 }
+
+/// B2 on a real kernel (ext4 without a journal on a loop device that ran out of space, the storage review's
+/// script): the failed writeback also lost pages that an *earlier* fsync had reported durable, below the
+/// recovery point, while the page cache kept showing them. The reopen in the same boot cut only above the
+/// recovery point and appended on top of the hole. Now a reopen after a poisoned writer checks the recovery
+/// point's segment against the disk and refuses, naming the batch: acknowledged data was lost, and saying so
+/// is all that is left to do.
+#[test]
+fn b2_acknowledged_data_lost_by_the_device_is_refused_not_built_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let storage = FaultyStorage::new();
+    let opts = WriterOptions { segment_size_bytes: 1 << 20, durability: Durability::None, batch_size_bytes: 4096 };
+    let mut w = LogWriter::open_with_storage(&log, opts.clone(), Arc::new(storage.clone())).unwrap();
+    w.append_batch((0..300).map(|i| rec("a", i))).unwrap();
+    w.sync().unwrap();
+    let lost = list_batches(&log).pop().unwrap().offset + list_batches(&log).pop().unwrap().length as u64;
+    w.append_batch((300..600).map(|i| rec("b", i))).unwrap();
+    // This sync reports success; the device loses the writes.
+    storage.lose_at(storage.ops() + 1);
+    assert_eq!(w.sync().unwrap(), Position(600));
+    w.append_batch((600..700).map(|i| rec("c", i))).unwrap();
+    storage.fail_at(storage.ops() + 1);
+    assert!(matches!(w.sync(), Err(AppendError::Io(_))));
+    drop(w);
+    let rp = read_recovery_point(&log).unwrap().unwrap();
+    assert!(rp.poisoned && rp.position == Position(600), "{rp:?}");
+
+    match LogWriter::open_with_storage(&log, opts, Arc::new(storage.clone())) {
+        Err(OpenError::Corrupt(c)) => {
+            assert_eq!((c.offset, c.position), (lost, Some(Position(300))), "{c}");
+            assert!(matches!(c.kind, CorruptionKind::RecoveryPoint(_)), "{c}");
+        }
+        other => panic!("the reopen built on acknowledged data the disk does not hold: {other:?}"),
+    }
+}
