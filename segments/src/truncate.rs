@@ -134,21 +134,27 @@ pub(crate) fn zero_range(file: &dyn StorageFile, path: &Path, from: u64, to: u64
 /// What [`truncate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruncateReport {
-    /// The log's end before the cut.
-    pub end_before: Position,
+    /// The log's end before the cut (`None` when recovery had refused the log: its end was not known).
+    pub end_before: Option<Position>,
     /// The log's end now (the `to` asked for).
     pub end_after: Position,
     /// What was removed and where it went; `None` if `to` was already the end.
     pub cut: Option<CutReport>,
     /// The batch holding `to` was rewritten with only its records below `to`: its byte offset.
     pub rewrote_batch_at: Option<u64>,
+    /// Recovery had refused the log (why); the truncation is what made it openable again.
+    pub refused: Option<String>,
 }
 
 /// Cuts the log in `dir` so that it ends at `to`: every record at or above `to` is removed (kept in
 /// `cut/`), everything below stays, segment 0's header (the log's identity) included.
 ///
 /// Takes the writer lock by opening a [`LogWriter`] (so recovery runs first and a running writer makes this
-/// fail with [`OpenError::Locked`]). `to` above the log's end is refused. A batch that holds `to` is
+/// fail with [`OpenError::Locked`]). `to` above the log's end is refused. If recovery refuses the log as
+/// corrupt (damage below its recovery point, acknowledged data the storage lost, data after a clean
+/// close), this is the way out: the lock is taken directly, every batch below `to` must be valid (a full walk;
+/// refused otherwise, naming the damage), and the cut is made at `to` as for a healthy log (so `to` is at
+/// most the position `verify` names); the report says what recovery had refused. A batch that holds `to` is
 /// rewritten with only its records below `to` (new checksum, then its commit word); its original bytes and
 /// everything after them are copied to `cut/` first. The recovery point then records the new end as a clean
 /// close. For the operator: `catchup truncate LOG --to POSITION`, with the position `verify` prints.
@@ -158,7 +164,11 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
         return Err(OpenError::NotALog { path: dir.to_path_buf() });
     }
     let opts = WriterOptions { durability: Durability::EveryBatch, ..WriterOptions::default() };
-    let w = LogWriter::open_with_storage(dir, opts, Arc::new(FsStorage))?;
+    let w = match LogWriter::open_with_storage(dir, opts, Arc::new(FsStorage)) {
+        Ok(w) => w,
+        Err(refused @ OpenError::Corrupt(_)) => return crate::writer::truncate_refused(dir, to, &refused),
+        Err(e) => return Err(e),
+    };
     let end = w.committed_position();
     if to > end {
         return Err(OpenError::InvalidOption(format!(
@@ -168,35 +178,50 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
     }
     if to == end {
         w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
-        return Ok(TruncateReport { end_before: end, end_after: end, cut: None, rewrote_batch_at: None });
+        return Ok(TruncateReport {
+            end_before: Some(end),
+            end_after: end,
+            cut: None,
+            rewrote_batch_at: None,
+            refused: None,
+        });
     }
     w.truncate_locked(to)
 }
 
-/// Where position `to` lies in a segment: the batch holding it (offset, header) and the end of the batch
-/// before it (offset, crc).
+/// Where position `to` lies in a segment.
 pub(crate) struct Located {
+    /// Byte offset of the batch holding `to`, or of the first byte after the batches below `to`.
     pub batch_offset: u64,
-    pub header: format::BatchHeader,
+    /// Base position of that batch (`to` itself when `to` is at a batch boundary).
+    pub base: Position,
+    /// The `crc` field of the batch before it (0 if none).
     pub prev_crc: u32,
+    /// The header of the batch when `to` lies strictly inside it (it must be rewritten).
+    pub header: Option<format::BatchHeader>,
 }
 
-/// Finds the batch of `seg` holding position `to` (or the first batch at or above it). `None`: `to` is past
-/// every batch of the segment (at its end).
+/// Finds where position `to` lies in `seg`, reading only the batches below it (damage at or after `to`
+/// is not looked at). `None`: the segment's batches end (or it is sealed) before `to`.
 pub(crate) fn locate(seg: &Segment, to: Position) -> Result<Option<Located>, Corruption> {
     let mut offset = SEGMENT_HEADER_SIZE as u64;
     let mut prev_crc = 0;
-    while let Some((h, bytes)) = seg.read_batch(offset)? {
+    let mut pos = seg.base_position();
+    loop {
+        if pos >= to {
+            return Ok(Some(Located { batch_offset: offset, base: pos, prev_crc, header: None }));
+        }
+        let Some((h, bytes)) = seg.read_batch(offset)? else { return Ok(None) };
         if h.sealed {
             return Ok(None);
         }
         if h.end_position() > to {
-            return Ok(Some(Located { batch_offset: offset, header: h, prev_crc }));
+            return Ok(Some(Located { batch_offset: offset, base: h.base_position, prev_crc, header: Some(h) }));
         }
         prev_crc = format::read_u32(bytes, BATCH_CRC_OFFSET);
+        pos = h.end_position();
         offset += u64::from(h.length);
     }
-    Ok(None)
 }
 
 /// The bytes of a batch holding only the records of `batch` below `to` (`batch` is valid and its base is

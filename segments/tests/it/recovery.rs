@@ -134,7 +134,8 @@ fn build_clean_log(dir: &Path, n: u64) -> Vec<OwnedRecord> {
 /// B3 (storage review): one flipped byte in the last batch of a cleanly closed, synced log was called a torn
 /// tail: the writer (and `verify --repair`, which opens the writer) zeroed it, silently removing
 /// acknowledged records. After a clean close it is corruption: refused, naming the file, the batch's byte
-/// offset and position, and nothing is changed or cut.
+/// offset and position, and nothing is changed or cut. (`truncate` is the way out:
+/// `truncate_is_the_way_out_of_a_refused_log`.)
 #[test]
 fn b3_flipped_byte_in_the_last_batch_of_a_clean_log_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -158,7 +159,6 @@ fn b3_flipped_byte_in_the_last_batch_of_a_clean_log_is_refused() {
             }
             other => panic!("byte {at}: the writer opened over damage to acknowledged data: {other:?}"),
         }
-        assert!(matches!(truncate(&work, Position(0)), Err(OpenError::Corrupt(_))), "byte {at}");
         assert_eq!(snapshot(&work), before, "byte {at}: the refused open changed files");
         assert!(cut_files(&work).is_empty());
     }
@@ -296,7 +296,7 @@ fn truncate_cuts_exactly_and_keeps_the_bytes() {
         let work = tmp.path().join(format!("to-{to}"));
         copy_dir(&pristine_dir, &work);
         let report = truncate(&work, to).unwrap();
-        assert_eq!((report.end_before, report.end_after), (Position(1000), to));
+        assert_eq!((report.end_before, report.end_after, &report.refused), (Some(Position(1000)), to, &None));
         let got = read_all(&work).unwrap();
         assert_same_records(&got, &pristine[..to.0 as usize], &format!("truncated to {to}"));
         assert!(verify(&work).unwrap().is_sound(), "{to}");
@@ -402,4 +402,46 @@ fn b2_acknowledged_data_lost_by_the_device_is_refused_not_built_on() {
         }
         other => panic!("the reopen built on acknowledged data the disk does not hold: {other:?}"),
     }
+    // The way out: truncate to the position named. (Here through the real files, which play the page cache
+    // and hold the lost batch: `truncate_is_the_way_out_of_a_refused_log` covers a log recovery refuses.)
+    truncate(&log, Position(300)).unwrap();
+    let got = read_all(&log).unwrap();
+    check_records(&got, &(0..300).map(|i| rec("a", i)).collect::<Vec<_>>(), "after truncate");
+}
+
+/// `truncate` is the way out of a log that recovery refuses (W2: "ambiguous damage is refused with no way out
+/// but re-import"): here B3's damaged last batch of a clean log. Truncating to the damaged batch's position
+/// (what `verify` prints) cuts it, keeps it in `cut/`, keeps the log's identity and leaves a clean log; a
+/// position above the damage is refused, naming it, with nothing changed.
+#[test]
+fn truncate_is_the_way_out_of_a_refused_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = build_clean_log(dir.path(), 1000);
+    let last = list_batches(dir.path()).pop().unwrap();
+    let b = read_at(&last.path, last.offset + 40, 1)[0];
+    write_at(&last.path, last.offset + 40, &[b ^ 1]);
+    let damaged = std::fs::read(&last.path).unwrap();
+    assert!(matches!(LogWriter::open(dir.path(), WriterOptions::default()), Err(OpenError::Corrupt(_))));
+
+    let segs = |d: &Path| {
+        snapshot(d).into_iter().filter(|(p, _)| p.extension().is_some_and(|e| e == "seg")).collect::<Vec<_>>()
+    };
+    let before = segs(dir.path());
+    match truncate(dir.path(), Position(last.base.0 + 1)) {
+        Err(OpenError::Corrupt(c)) => assert_eq!((&c.file, c.offset), (&last.path, last.offset), "{c}"),
+        other => panic!("truncating above the damage: {other:?}"),
+    }
+    assert_eq!(segs(dir.path()), before, "a refused truncate changed segments");
+
+    let report = truncate(dir.path(), last.base).unwrap();
+    assert!(report.refused.as_ref().is_some_and(|r| r.contains("checksum")), "{report:?}");
+    let cut = report.cut.unwrap();
+    let tail = std::fs::read(cut.saved_to.unwrap()).unwrap();
+    assert_eq!(tail, damaged[last.offset as usize..last.offset as usize + tail.len()], "the damaged batch is kept");
+    let got = read_all(dir.path()).unwrap();
+    assert_same_records(&got, &pristine[..last.base.0 as usize], "after truncate");
+    assert!(verify(dir.path()).unwrap().is_sound());
+    assert!(read_recovery_point(dir.path()).unwrap().unwrap().clean);
+    let w = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+    assert_eq!((w.next_position(), w.recovery()), (last.base, &RecoveryReport::default()));
 }
