@@ -746,6 +746,19 @@ impl LogWriter {
         self.finish()
     }
 
+    /// Commits and releases the lock **without syncing**: what `close` did for `Durability::None` before the
+    /// recovery point. The log is left as after a crash of a writer that had synced up to
+    /// [`durable_position`](LogWriter::durable_position): not marked clean, so the next open re-reads what
+    /// lies above the recovery point from the disk and cuts whatever did not reach it. For bulk loads that
+    /// sync on their own terms (and for measuring appends without the final fsync); `close` is the safe one.
+    pub fn close_unsynced(mut self) -> Result<(), AppendError> {
+        self.finished = true;
+        self.stop_flusher();
+        self.shared.check_poison()?;
+        self.commit()?;
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), AppendError> {
         if self.finished {
             return Ok(());

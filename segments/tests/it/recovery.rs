@@ -278,6 +278,28 @@ fn recovery_point_lifecycle() {
     assert!(read_recovery_point(dir.path()).unwrap().unwrap().clean);
 }
 
+/// `close_unsynced` (the `Durability::None` close of earlier versions) syncs nothing and leaves the log
+/// unclean: the next open re-reads what is above the recovery point and, every byte being there, keeps it all.
+#[test]
+fn close_unsynced_leaves_an_unclean_log_that_recovers_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    let opts = small_opts(4096, Durability::None);
+    let mut w = LogWriter::open_with_storage(dir.path(), opts.clone(), Arc::new(storage.clone())).unwrap();
+    append_det(&mut w, 300, 10);
+    let syncs = |s: &FaultyStorage| s.journal().iter().filter(|e| matches!(e, testing::Event::Sync { .. })).count();
+    let before = syncs(&storage);
+    w.close_unsynced().unwrap();
+    assert_eq!(syncs(&storage), before, "close_unsynced synced something");
+    let rp = read_recovery_point(dir.path()).unwrap().unwrap();
+    assert!(!rp.clean && rp.position == Position(0), "{rp:?}");
+    let w = LogWriter::open(dir.path(), opts).unwrap();
+    assert_eq!((w.next_position(), &w.recovery().cut), (Position(300), &None));
+    drop(w);
+    check_det(&read_all(dir.path()).unwrap());
+    assert!(read_recovery_point(dir.path()).unwrap().unwrap().clean, "a drop is a close");
+}
+
 /// `truncate`: cuts at `to` exactly (inside a batch, at a batch boundary, at a segment's start, at 0),
 /// keeps segment 0's header, keeps what it removed in `cut/`, leaves a clean log that appends on from `to`;
 /// refuses `to` above the end and a locked log.
