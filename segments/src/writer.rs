@@ -11,7 +11,7 @@
 //! (`recovery.point`, see [`crate::recovery_point`]): one 64-byte `pwrite`, the file itself fsynced at most
 //! once per [`RECOVERY_POINT_SYNC_INTERVAL`]. A clean close marks it `CLEAN`, a poisoned writer `POISONED`.
 //! Recovery trusts nothing above it: after an unclean stop it keeps what the disk holds there while it is
-//! valid and cuts the rest into `cut/` ([`crate::truncate`]); after a clean close, any difference is
+//! valid and cuts the rest into `cut/` ([`mod@crate::truncate`]); after a clean close, any difference is
 //! corruption.
 //!
 //! Segment files are created, written and synced through a [`Storage`] (the file system unless
