@@ -269,6 +269,8 @@ pub struct LogWriter {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     base: Position,
+    /// The active segment's `created_ns` (kept when the segment is replaced by a larger one).
+    created_ns: u64,
     capacity: u64,
     /// Bytes of the active segment, from its start, with disk space reserved ([`StorageFile::allocate`]).
     allocated: u64,
@@ -311,12 +313,13 @@ fn create_segment(
     base: Position,
     capacity: u64,
     durable: bool,
+    created_ns: u64,
 ) -> Result<(Arc<dyn StorageFile>, PathBuf), IoError> {
     let path = dir.join(segment_file_name(base));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(base)));
     let file = storage.create(&tmp, capacity).map_err(|e| IoError::new("create", &tmp, e))?;
     file.allocate(0, ALLOCATE_FIRST.min(capacity)).map_err(|e| IoError::new("reserve disk space for", &tmp, e))?;
-    let header = SegmentHeader { base_position: base, created_ns: now_ns(), capacity_bytes: capacity };
+    let header = SegmentHeader { base_position: base, created_ns, capacity_bytes: capacity };
     file.write_at(&header.encode(), 0).map_err(|e| IoError::new("write", &tmp, e))?;
     if durable {
         file.sync().map_err(|e| IoError::new("fsync", &tmp, e))?;
@@ -371,7 +374,7 @@ impl LogWriter {
         if new_log {
             let cap = opts.segment_size_bytes;
             // Durable whatever the policy: the recovery point, created below, names segment 0's header.
-            let (_, path) = create_segment(&*storage, &dir, Position(0), cap, true)?;
+            let (_, path) = create_segment(&*storage, &dir, Position(0), cap, true, now_ns())?;
             segments.push((Position(0), path));
         }
         if segments[0].0 != Position(0) {
@@ -459,6 +462,7 @@ impl LogWriter {
         let _ = std::fs::remove_file(dir.join(index_file_name(base)));
         let seg = Segment::open(&path, base)?;
         let capacity = seg.len_bytes();
+        let active_created_ns = seg.header().created_ns;
         let (index, problem) = SparseIndex::build(&seg);
         let end_offset = index.end_offset;
         let end_position = index.end_position;
@@ -537,6 +541,7 @@ impl LogWriter {
             file,
             path,
             base,
+            created_ns: active_created_ns,
             capacity,
             // Unknown for a segment written before: reserve again from the end (cheap where already reserved).
             allocated: end_offset,
@@ -883,20 +888,15 @@ impl LogWriter {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));
         let durable = self.opts.durability != Durability::None;
-        let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable) {
+        // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
+        // 0's is the log's identity, named by the recovery point and by checkpoints.
+        let created_ns = if base == self.base { self.created_ns } else { now_ns() };
+        let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable, created_ns) {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),
         };
         self.dir_unsynced |= !durable;
-        if base == Position(0) {
-            // Segment 0 replaced by a larger one (its first batch did not fit): the log's identity is the new
-            // header's `created_ns` (rare: read back once).
-            if let (Ok(seg), Some(rp)) =
-                (Segment::open(&path, base), self.shared.rp.lock().unwrap_or_else(|e| e.into_inner()).as_mut())
-            {
-                rp.log_id = seg.header().created_ns;
-            }
-        }
+        self.created_ns = created_ns;
         self.file = file;
         self.path = path;
         self.base = base;
@@ -968,16 +968,33 @@ fn remove_tmp_files(dir: &Path) -> Result<usize, IoError> {
     Ok(n)
 }
 
+/// How long [`lock_log`] retries a lock that is held before it reports [`OpenError::Locked`]. A lock is
+/// also "held" for an instant by any child process this process is starting (a fork duplicates the
+/// descriptor until the child's exec closes it), so a writer reopened while another thread spawns a process
+/// must not fail at once.
+const LOCK_RETRY_FOR: Duration = Duration::from_millis(250);
+
 /// Takes the one-writer locks of the log in `dir`: the directory itself first (unlike `writer.lock`, it cannot
 /// be deleted and recreated under a running writer, which let a second writer in), then `writer.lock`, so
 /// that a writer of an older build, which locks only that file, is kept out too. Held while the files live.
 pub(crate) fn lock_log(dir: &Path) -> Result<(File, File), OpenError> {
     let lock_path = dir.join(LOCK_FILE);
+    let deadline = std::time::Instant::now() + LOCK_RETRY_FOR;
+    let try_lock = |file: &File, path: &Path| -> Result<bool, OpenError> {
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(true),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", path, e).into()),
+            }
+        }
+    };
     let dir_lock = File::open(dir).map_err(|e| IoError::new("open", dir, e))?;
-    match dir_lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: lock_path }),
-        Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", dir, e).into()),
+    if !try_lock(&dir_lock, dir)? {
+        return Err(OpenError::Locked { path: lock_path });
     }
     let lock = OpenOptions::new()
         .read(true)
@@ -986,10 +1003,8 @@ pub(crate) fn lock_log(dir: &Path) -> Result<(File, File), OpenError> {
         .truncate(false)
         .open(&lock_path)
         .map_err(|e| IoError::new("open", &lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: lock_path }),
-        Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", &lock_path, e).into()),
+    if !try_lock(&lock, &lock_path)? {
+        return Err(OpenError::Locked { path: lock_path });
     }
     Ok((dir_lock, lock))
 }
