@@ -86,6 +86,9 @@ pub enum CorruptionKind {
         /// The file's size now.
         len_bytes: u64,
     },
+    /// The log does not agree with its recovery point (`recovery.point`): data the writer recorded as
+    /// durable is missing or different, or a cleanly closed log has data past its recorded end.
+    RecoveryPoint(String),
 }
 
 impl std::fmt::Display for CorruptionKind {
@@ -146,6 +149,7 @@ impl std::fmt::Display for CorruptionKind {
                 f,
                 "file is {len_bytes} bytes but was created with {capacity_bytes} (truncated or extended since)"
             ),
+            CorruptionKind::RecoveryPoint(why) => write!(f, "disagrees with the recovery point: {why}"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`LogReader`] maps segments read-only and hands out zero-copy [`RecordRef`]s batch by batch from the
 //!   start, a position or a timestamp, and follows appends made by another process.
 //! - [`verify`] lists every problem in a log, naming file, byte offset and position.
+//! - [`truncate()`] cuts a log at a position for the operator, keeping the cut bytes in `cut/`.
 //! - [`Storage`] is the seam the writer writes through ([`FsStorage`] in production);
 //!   [`testing::FaultyStorage`] injects crashes and I/O errors behind it.
 //!
@@ -21,6 +22,7 @@ pub mod segment;
 pub mod sigbus;
 pub mod storage;
 pub mod testing;
+pub mod truncate;
 pub mod verify;
 pub mod writer;
 
@@ -30,8 +32,9 @@ pub use reader::{Batch, Cursor, LogReader, OwnedRecord, RecordHead, RecordHeads,
 pub use recovery_point::{RecoveryPoint, RecoveryPointError, read_recovery_point};
 pub use segment::Segment;
 pub use storage::{FsStorage, Storage, StorageFile};
+pub use truncate::{CutReport, TruncateReport, truncate};
 pub use verify::{Problem, VerifyReport, verify};
-pub use writer::{Durability, LogWriter, RecoveryReport, WriterOptions};
+pub use writer::{Durability, LogWriter, RECOVERY_POINT_SYNC_INTERVAL, RecoveryReport, WriterOptions};
 
 /// A record's global position in the log: contiguous from 0, never a gap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

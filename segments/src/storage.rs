@@ -46,6 +46,11 @@ pub trait Storage: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Reads up to `len` bytes of `path` at `offset` as they are **on the storage**, not as the page cache
+    /// shows them (fewer at the end of the file). Recovery uses it for everything above the recovery point:
+    /// after a failed fsync the kernel may keep pages in its cache, clean and up to date, that never
+    /// reached the disk (see `docs/segment-format.md`, "Assumptions about the media").
+    fn read_durable(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
 }
 
 /// The real file system.
@@ -93,6 +98,96 @@ impl Storage for FsStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir).and_then(|d| d.sync_all())
     }
+    fn read_durable(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        read_direct(path, offset, len)
+    }
+}
+
+/// Alignment of `O_DIRECT` reads: offset, length and buffer. 4 KiB covers 512-byte and 4 KiB sectors.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Reads `[offset, offset + len)` of `path` with `O_DIRECT`, bypassing the page cache.
+///
+/// A direct read first writes back dirty cached pages of the range (so unsynced data that is still in the
+/// cache reads as written, and is on the disk afterwards), then reads the disk: pages that the kernel left
+/// in the cache after a failed writeback are not what it returns. Where the file system refuses `O_DIRECT`
+/// (`EINVAL`: tmpfs, some FUSE and network file systems) there is no disk behind the cache, or none we can
+/// reach, and a plain read is the best available answer: on tmpfs the page cache *is* the storage.
+fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+            // EINVAL from the read itself: a device whose alignment is coarser than DIRECT_ALIGN.
+            Ok(file) => match read_aligned(&file, offset, len) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                other => return other,
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    read_plain(path, offset, len)
+}
+
+fn read_plain(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// One `O_DIRECT` read of the aligned range covering `[offset, offset + len)`, into an aligned buffer.
+#[cfg(target_os = "linux")]
+fn read_aligned(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let start = offset - offset % DIRECT_ALIGN as u64;
+    let end = (offset + len as u64).next_multiple_of(DIRECT_ALIGN as u64);
+    let span = (end - start) as usize;
+    // Over-allocate by one alignment unit and start at the first aligned address inside.
+    let mut raw = vec![0u8; span + DIRECT_ALIGN];
+    let skew = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let buf = &mut raw[skew..skew + span];
+    let mut got = 0usize;
+    while got < span {
+        // SAFETY: `buf[got..]` is valid for writes of `span - got` bytes for the whole call and nothing else
+        // refers to it; the file descriptor is open. Offset, length and address are multiples of
+        // DIRECT_ALIGN (`got` is, as every read but the last one at end of file returns whole blocks).
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                span - got,
+                (start + got as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+        if !got.is_multiple_of(DIRECT_ALIGN) {
+            break; // end of file
+        }
+    }
+    let from = (offset - start) as usize;
+    let to = (from + len).min(got);
+    Ok(if from >= to { Vec::new() } else { buf[from..to].to_vec() })
 }
 
 /// Reserves the disk space for `[offset, offset + len)` of `file` (inside its size, which does not change).
@@ -111,4 +206,28 @@ fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_durable` returns exactly the bytes asked for at any (unaligned) offset and length, fewer at the
+    /// end of the file, through `O_DIRECT` where the file system allows it.
+    #[test]
+    fn read_durable_at_unaligned_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let f = FsStorage.create(&path, bytes.len() as u64).unwrap();
+        f.write_at(&bytes, 0).unwrap();
+        f.sync().unwrap();
+        for (offset, len) in [(0, 1), (3, 4093), (4095, 2), (4096, 4096), (5000, 12_000), (19_990, 100), (30_000, 5)] {
+            let got = FsStorage.read_durable(&path, offset, len).unwrap();
+            let from = (offset as usize).min(bytes.len());
+            assert_eq!(got, bytes[from..(from + len).min(bytes.len())], "offset {offset}, len {len}");
+        }
+        let missing = FsStorage.read_durable(&dir.path().join("nope"), 0, 10).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 }

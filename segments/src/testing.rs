@@ -5,8 +5,18 @@
 //! reads real files) and also records it in a journal. [`CrashModel`] replays a prefix of that journal and
 //! separates *written* from *durable*: a write is durable once its file was synced, a creation or rename
 //! once its directory was synced. [`CrashModel::crash`] then builds the files a crash at that point may
-//! leave, as SQLite's crash VFS does: each unsynced write is kept, dropped, torn (a prefix kept) or
-//! garbled (random bytes), and each unsynced directory change is kept or dropped.
+//! leave, as SQLite's crash VFS does: each unsynced write is kept, dropped, torn (a prefix or a suffix
+//! kept: the last sector may reach the disk without the first) or garbled (random bytes), and each unsynced
+//! directory change is kept or dropped.
+//!
+//! The model also knows what a real kernel does that a naive one would not:
+//! - **A failed fsync loses the file's unsynced writes for good** while the page cache keeps showing them
+//!   (Linux marks the pages clean after a failed writeback): the real files keep the bytes, the model drops
+//!   them, and [`Storage::read_durable`] returns the model's bytes, as `O_DIRECT` returns the disk's.
+//! - **A created file's size is durable only after the file is synced**: before that a crash may leave it
+//!   empty (or as long as the writes that reached the disk make it).
+//! - **Renames may reach the disk before the data they name** ([`CrashMode::NamesFirst`]), as ext4 commits
+//!   a rename within seconds and writes data into preallocated extents much later.
 //!
 //! [`FaultyStorage::fail_at`] makes the Nth operation (create, open, write, sync, rename, directory sync,
 //! counted from 1) fail with `EIO`, without doing it, for I/O-error sweeps.
@@ -18,6 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, SLOT_SIZE};
 use crate::storage::{FsStorage, Storage, StorageFile};
 
 /// Identifies a file's contents (an inode) in a journal.
@@ -67,6 +78,12 @@ pub enum Event {
     },
     /// The directory was synced: every creation and rename so far is durable.
     SyncDir,
+    /// An fsync of the file failed: its unsynced writes never reach the disk, although the page cache (the
+    /// real file) keeps showing them.
+    SyncFailed {
+        /// The file.
+        file: FileId,
+    },
     /// A mark left by the test (not an operation): what the writer had acknowledged at this point.
     Mark {
         /// The writer's durable position.
@@ -85,6 +102,11 @@ struct State {
     /// Operations attempted so far.
     ops: u64,
     fail_at: Option<u64>,
+    /// How many operations from `fail_at` on fail (1 unless set).
+    fail_count: u64,
+    /// A sync with this number reports success but its writes never reach the disk (a device that loses
+    /// acknowledged data, as a failing one behind some file systems does).
+    lose_at: Option<u64>,
     /// The OS error the failing operation returns (`EIO` unless set).
     fail_errno: i32,
     /// The failed operation: its number and what it was.
@@ -95,8 +117,12 @@ impl State {
     /// Counts an operation; fails it if it is the chosen one.
     fn op(&mut self, what: &'static str) -> io::Result<()> {
         self.ops += 1;
-        if self.fail_at == Some(self.ops) {
-            self.failed = Some((self.ops, what));
+        if let Some(first) = self.fail_at
+            && (first..first.saturating_add(self.fail_count.max(1))).contains(&self.ops)
+        {
+            if self.failed.is_none() {
+                self.failed = Some((self.ops, what));
+            }
             let errno = if self.fail_errno == 0 { libc::EIO } else { self.fail_errno };
             return Err(io::Error::from_raw_os_error(errno));
         }
@@ -136,7 +162,23 @@ impl FaultyStorage {
     pub fn fail_at_with(&self, n: u64, errno: i32) {
         let mut s = lock(&self.state);
         s.fail_at = Some(n);
+        s.fail_count = 1;
         s.fail_errno = errno;
+    }
+
+    /// Makes operation `n`, which must be a file sync, report success while the file's unsynced writes are
+    /// lost (the page cache keeps showing them): acknowledged data that the disk does not hold.
+    pub fn lose_at(&self, n: u64) {
+        lock(&self.state).lose_at = Some(n);
+    }
+
+    /// Makes operations `n .. n + count` fail with `EIO` (a disk that stays bad for a while: the writer's
+    /// attempt to record its own poisoning fails too).
+    pub fn fail_ops(&self, n: u64, count: u64) {
+        let mut s = lock(&self.state);
+        s.fail_at = Some(n);
+        s.fail_count = count;
+        s.fail_errno = libc::EIO;
     }
 
     /// The failed operation, if the chosen one was reached: its number and kind.
@@ -208,6 +250,21 @@ impl Storage for FaultyStorage {
         s.journal.push(Event::SyncDir);
         Ok(())
     }
+
+    /// The model's durable bytes of the file now named `path` (not counted as an operation). A file the
+    /// journal does not know is read from the real file system.
+    fn read_durable(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let s = lock(&self.state);
+        let Some(&file) = s.names.get(path) else {
+            drop(s);
+            return FsStorage.read_durable(path, offset, len);
+        };
+        let model = CrashModel::replay(&s.journal);
+        let bytes = model.durable.get(file).map(Vec::as_slice).unwrap_or(&[]);
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
 }
 
 impl StorageFile for FaultyFile {
@@ -221,7 +278,14 @@ impl StorageFile for FaultyFile {
 
     fn sync(&self) -> io::Result<()> {
         let mut s = lock(&self.state);
-        s.op("sync")?;
+        if let Err(e) = s.op("sync") {
+            s.journal.push(Event::SyncFailed { file: self.file });
+            return Err(e);
+        }
+        if s.lose_at == Some(s.ops) {
+            s.journal.push(Event::SyncFailed { file: self.file });
+            return Ok(());
+        }
         s.journal.push(Event::Sync { file: self.file });
         Ok(())
     }
@@ -241,12 +305,22 @@ pub enum CrashMode {
     Random,
     /// As `Random`, and a write may also be garbled (random bytes in its place).
     Garble,
+    /// Every unsynced directory change (creation, rename) reached the disk, before any data: the writes
+    /// reach it in order up to a random one, as `InOrder`. What ext4 does when a rename commits with the
+    /// journal and the data it names is written back later.
+    NamesFirst,
 }
 
 impl CrashMode {
     /// Every mode.
-    pub const ALL: [CrashMode; 5] =
-        [CrashMode::KeepAll, CrashMode::DropAll, CrashMode::InOrder, CrashMode::Random, CrashMode::Garble];
+    pub const ALL: [CrashMode; 6] = [
+        CrashMode::KeepAll,
+        CrashMode::DropAll,
+        CrashMode::InOrder,
+        CrashMode::Random,
+        CrashMode::Garble,
+        CrashMode::NamesFirst,
+    ];
 }
 
 /// What a crash did to one unsynced operation.
@@ -256,6 +330,8 @@ enum Fate {
     Drop,
     /// The first this many bytes were kept.
     Torn(usize),
+    /// The bytes from this one on were kept (the end of the write reached the disk, its start did not).
+    TornSuffix(usize),
     Garble,
 }
 
@@ -268,6 +344,11 @@ enum Pending {
     },
     /// Name changes applied together (a rename is atomic).
     Names(Vec<(PathBuf, Option<FileId>)>),
+    /// A created file's size; durable once the file is synced.
+    SetLen {
+        file: FileId,
+        len: u64,
+    },
 }
 
 /// The durable state and the unsynced operations after a prefix of a journal.
@@ -297,12 +378,16 @@ pub struct CrashImage {
 }
 
 impl CrashImage {
-    /// Writes the files into `dir` (by file name) so that the real writer, reader and `verify` can open them.
+    /// Writes the files into `dir` (by file name; a file in a `cut` folder of the log into `dir/cut/`) so
+    /// that the real writer, reader and `verify` can open them.
     pub fn write_to(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         for (path, bytes) in &self.files {
             let name = path.file_name().ok_or_else(|| io::Error::other(format!("no file name: {path:?}")))?;
-            std::fs::write(dir.join(name), bytes)?;
+            let in_cut = path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "cut");
+            let to = if in_cut { dir.join("cut") } else { dir.to_path_buf() };
+            std::fs::create_dir_all(&to)?;
+            std::fs::write(to.join(name), bytes)?;
         }
         Ok(())
     }
@@ -338,8 +423,10 @@ impl CrashModel {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::Create { file, path, len_bytes } => {
-                self.new_file(*file, vec![0; *len_bytes as usize]);
+                // Empty until a sync makes its size durable.
+                self.new_file(*file, Vec::new());
                 self.names.insert(path.clone(), *file);
+                self.pending.push(Pending::SetLen { file: *file, len: *len_bytes });
                 self.pending.push(Pending::Names(vec![(path.clone(), Some(*file))]));
             }
             Event::Adopt { file, path, bytes } => {
@@ -357,8 +444,16 @@ impl CrashModel {
                         write_into(&mut durable[*f], *offset, bytes);
                         false
                     }
+                    Pending::SetLen { file: f, len } if f == file => {
+                        durable[*f].resize(*len as usize, 0);
+                        false
+                    }
                     _ => true,
                 });
+            }
+            Event::SyncFailed { file } => {
+                // The kernel gave up on these pages: they stay in the cache, never on the disk.
+                self.pending.retain(|p| !matches!(p, Pending::Write { file: f, .. } if f == file));
             }
             Event::Rename { from, to } => {
                 if let Some(f) = self.names.remove(from) {
@@ -373,7 +468,7 @@ impl CrashModel {
                         apply_names(names, changes);
                         false
                     }
-                    Pending::Write { .. } => true,
+                    Pending::Write { .. } | Pending::SetLen { .. } => true,
                 });
             }
             Event::Mark { durable, committed } => {
@@ -407,19 +502,23 @@ impl CrashModel {
             .map(|(i, p)| {
                 let len = match p {
                     Pending::Write { bytes, .. } => Some(bytes.len()),
-                    Pending::Names(_) => None,
+                    Pending::Names(_) | Pending::SetLen { .. } => None,
                 };
-                let torn = |rng: &mut XorShift, l: usize| Fate::Torn(rng.below(l as u64) as usize);
+                let torn = |rng: &mut XorShift, l: usize| {
+                    let k = rng.below(l as u64) as usize;
+                    if rng.below(2) == 0 { Fate::Torn(k) } else { Fate::TornSuffix(k.max(1)) }
+                };
                 match (mode, len) {
                     (CrashMode::KeepAll, _) => Fate::Keep,
                     (CrashMode::DropAll, _) => Fate::Drop,
-                    (CrashMode::InOrder, _) if i < cut => Fate::Keep,
-                    (CrashMode::InOrder, Some(l)) if i == cut => match rng.below(3) {
+                    (CrashMode::NamesFirst, None) => Fate::Keep,
+                    (CrashMode::InOrder | CrashMode::NamesFirst, _) if i < cut => Fate::Keep,
+                    (CrashMode::InOrder | CrashMode::NamesFirst, Some(l)) if i == cut => match rng.below(3) {
                         0 => Fate::Drop,
                         1 => torn(&mut rng, l),
                         _ => Fate::Garble,
                     },
-                    (CrashMode::InOrder, _) => Fate::Drop,
+                    (CrashMode::InOrder | CrashMode::NamesFirst, _) => Fate::Drop,
                     (CrashMode::Random | CrashMode::Garble, None) => {
                         if rng.below(2) == 0 {
                             Fate::Keep
@@ -452,11 +551,15 @@ impl CrashModel {
             match (p, *fate) {
                 (_, Fate::Drop) => {}
                 (Pending::Names(changes), _) => apply_names(&mut names, changes),
+                (Pending::SetLen { file, len }, _) => contents[*file].resize(*len as usize, 0),
                 (Pending::Write { file, offset, bytes }, Fate::Keep) => {
                     write_into(&mut contents[*file], *offset, bytes)
                 }
                 (Pending::Write { file, offset, bytes }, Fate::Torn(k)) => {
                     write_into(&mut contents[*file], *offset, &bytes[..k])
+                }
+                (Pending::Write { file, offset, bytes }, Fate::TornSuffix(k)) => {
+                    write_into(&mut contents[*file], *offset + k as u64, &bytes[k..])
                 }
                 (Pending::Write { file, offset, bytes }, Fate::Garble) => {
                     let garbage: Vec<u8> = (0..bytes.len()).map(|_| rng.next() as u8).collect();
@@ -485,6 +588,51 @@ fn apply_names(names: &mut BTreeMap<PathBuf, FileId>, changes: &[(PathBuf, Optio
             None => names.remove(path),
         };
     }
+}
+
+/// Rewrites the recovery point of the (closed) log in `dir` as a writer that crashed would have left it:
+/// not clean, its durable end at the last batch boundary at or below `durable_below` (the last sync came
+/// before the batches above it). Tests use it to put a torn tail above the recovery point; the written slot
+/// is returned.
+pub fn crash_recovery_point(dir: &Path, durable_below: crate::Position) -> io::Result<RecoveryPoint> {
+    use crate::format::{BATCH_CRC_OFFSET, SEGMENT_HEADER_SIZE, read_u32};
+    let path = dir.join(RECOVERY_POINT_FILE);
+    let mut file = std::fs::read(&path)?;
+    let current = RecoveryPoint::pick(&file).map_err(|p| io::Error::other(format!("{p:?}")))?;
+    let mut rp = RecoveryPoint {
+        sequence: current.sequence + 1,
+        position: crate::Position(0),
+        segment_base: crate::Position(0),
+        offset: SEGMENT_HEADER_SIZE as u64,
+        log_id: current.log_id,
+        last_batch_crc: 0,
+        clean: false,
+        poisoned: false,
+    };
+    let segments = crate::segment::list_segments(dir).map_err(|e| io::Error::other(e.to_string()))?;
+    'segments: for (base, seg_path) in segments {
+        if base > durable_below {
+            break;
+        }
+        let seg = crate::Segment::open(&seg_path, base).map_err(|e| io::Error::other(e.to_string()))?;
+        (rp.position, rp.segment_base, rp.offset, rp.last_batch_crc) = (base, base, SEGMENT_HEADER_SIZE as u64, 0);
+        let mut offset = SEGMENT_HEADER_SIZE as u64;
+        while let Ok(Some((h, bytes))) = seg.read_batch(offset) {
+            if h.sealed {
+                continue 'segments;
+            }
+            if h.end_position() > durable_below {
+                break 'segments;
+            }
+            offset += u64::from(h.length);
+            (rp.position, rp.offset, rp.last_batch_crc) = (h.end_position(), offset, read_u32(bytes, BATCH_CRC_OFFSET));
+        }
+        break;
+    }
+    let at = rp.slot_offset() as usize;
+    file[at..at + SLOT_SIZE].copy_from_slice(&rp.encode());
+    std::fs::write(&path, &file)?;
+    Ok(rp)
 }
 
 #[cfg(test)]

@@ -4,7 +4,15 @@
 //! Appends go into a reused in-memory batch (no allocation per record). `commit` writes the batch body,
 //! then its commit word, so readers in any process see whole batches only. `sync` makes everything
 //! committed durable. A failed write or fsync poisons the writer: after "fsyncgate" we cannot know what
-//! reached the disk, so it acknowledges nothing more; reopening runs recovery from what is actually there.
+//! reached the disk, so it acknowledges nothing more; reopening runs recovery from what is actually on the
+//! disk (not what the page cache shows: see [`Storage::read_durable`]).
+//!
+//! After every successful sync the writer records the durable end in the recovery point
+//! (`recovery.point`, see [`crate::recovery_point`]): one 64-byte `pwrite`, the file itself fsynced at most
+//! once per [`RECOVERY_POINT_SYNC_INTERVAL`]. A clean close marks it `CLEAN`, a poisoned writer `POISONED`.
+//! Recovery trusts nothing above it: after an unclean stop it keeps what the disk holds there while it is
+//! valid and cuts the rest into `cut/` ([`mod@crate::truncate`]); after a clean close, any difference is
+//! corruption.
 //!
 //! Segment files are created, written and synced through a [`Storage`] (the file system unless
 //! [`LogWriter::open_with_storage`] names another), so tests can inject crashes and I/O errors there.
@@ -14,7 +22,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Position;
 use crate::error::{AppendError, Corruption, CorruptionKind, IoError, OpenError};
@@ -23,8 +31,75 @@ use crate::format::{
     SEGMENT_SIZE_MIN, SegmentHeader,
 };
 use crate::index::{IndexBuilder, SparseIndex};
+use crate::recovery_point::{RECOVERY_POINT_FILE, RECOVERY_POINT_FILE_SIZE, RecoveryPoint};
 use crate::segment::{LOCK_FILE, Segment, index_file_name, list_segments, segment_file_name};
 use crate::storage::{FsStorage, Storage, StorageFile};
+use crate::truncate::{CutAt, CutReport, TruncateReport, cut_log, zero_range};
+
+/// The recovery-point file is fsynced at most this often while appending (and always at open, at a clean
+/// close and when the writer is poisoned). A slot is written after every successful sync anyway (one
+/// 64-byte `pwrite`, seen at once by readers through the page cache); the fsync only decides how far the
+/// copy *on disk* may lag the durable end. A lag costs nothing but recovery time: data above the on-disk
+/// recovery point is re-read from the disk and kept while valid. One second bounds that to about a second of
+/// appends and keeps the extra fsyncs to one per second, next to nothing beside `EveryBatch`'s one per batch.
+pub const RECOVERY_POINT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A durable end, as the recovery point records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DurableEnd {
+    /// Every record below this position.
+    position: u64,
+    /// The segment holding the end.
+    segment_base: u64,
+    /// Byte offset just past the last batch.
+    offset: u64,
+    /// The `crc` field of the batch ending at `offset` (0 if none).
+    last_crc: u32,
+}
+
+/// Writes the recovery-point file's slots.
+#[derive(Debug)]
+struct RpWriter {
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    log_id: u64,
+    /// Sequence of the last slot written, and of the last one made durable. Between two fsyncs every write
+    /// goes to the slot *not* holding the last durable one (the sequence grows by 2), so a crash can damage
+    /// at most the slot written since, never the durable one.
+    last_seq: u64,
+    synced_seq: u64,
+    last_sync: Instant,
+    /// What the last slot written says.
+    last_end: DurableEnd,
+    poison_written: bool,
+}
+
+impl RpWriter {
+    fn write(&mut self, end: DurableEnd, clean: bool, poisoned: bool, force_sync: bool) -> Result<(), IoError> {
+        let sequence = if self.last_seq == self.synced_seq { self.last_seq + 1 } else { self.last_seq + 2 };
+        let rp = RecoveryPoint {
+            sequence,
+            position: Position(end.position),
+            segment_base: Position(end.segment_base),
+            offset: end.offset,
+            log_id: self.log_id,
+            last_batch_crc: end.last_crc,
+            clean,
+            poisoned,
+        };
+        // `end` is durable (the caller synced it) even if this write fails: a POISONED mark written after a
+        // failure here must not name an older end, or recovery would cut acknowledged data.
+        self.last_end = end;
+        self.file.write_at(&rp.encode(), rp.slot_offset()).map_err(|e| IoError::new("write", &self.path, e))?;
+        self.last_seq = sequence;
+        if force_sync || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL {
+            self.file.sync().map_err(|e| IoError::new("fsync", &self.path, e))?;
+            self.synced_seq = sequence;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+}
 
 /// Disk space reserved for a new segment's first bytes. The writer reserves more ahead of its writes, in
 /// steps that double up to [`ALLOCATE_STEP_MAX`], so a ten-event log takes about this much disk instead of
@@ -44,7 +119,8 @@ pub(crate) fn allocation_target(allocated: u64, need: u64, capacity: u64) -> u64
 /// When committed data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// Never fsync on our own; the OS writes back when it likes. `sync()` still works.
+    /// Never fsync on our own while appending; the OS writes back when it likes. `sync()` still works, and
+    /// `close()` syncs (so that it can mark the log cleanly closed).
     None,
     /// fsync after every committed batch.
     EveryBatch,
@@ -85,6 +161,11 @@ pub struct RecoveryReport {
     pub created_missing_successor: bool,
     /// Incomplete `*.tmp` files removed.
     pub tmp_files_removed: usize,
+    /// What was cut above the recovery point (unacknowledged data after an unclean stop), if anything.
+    pub cut: Option<CutReport>,
+    /// The recovery-point file was unusable (neither slot valid): recovery fell back to the rules for a
+    /// log without one. Says why.
+    pub recovery_point_problem: Option<String>,
 }
 
 /// State shared with the group-commit thread.
@@ -102,6 +183,8 @@ struct Shared {
     /// file; with two threads syncing one file, the one that did not see the error must not go on to
     /// acknowledge: it takes this lock, then finds the poison the other one set.
     sync_lock: Mutex<()>,
+    /// The recovery-point file (set once open has recovered the log). Never locked while `poison` is.
+    rp: Mutex<Option<RpWriter>>,
 }
 
 #[derive(Debug)]
@@ -110,21 +193,37 @@ struct FlushTarget {
     path: PathBuf,
     /// Position below which everything is committed to `file` (or to earlier, already synced segments).
     committed: u64,
+    /// Where the committed data ends (for the recovery point).
+    end: DurableEnd,
     stop: bool,
 }
 
 impl Shared {
     fn set_poison(&self, why: String) {
-        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_none() {
-            *p = Some(why);
+        {
+            let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_none() {
+                *p = Some(why);
+            }
+            // Release pairs with the Acquire in `check_poison`, so whoever sees the flag sees the message.
+            self.poisoned.store(true, Ordering::Release);
         }
-        // Release pairs with the Acquire in `check_poison`, so whoever sees the flag sees the message.
-        self.poisoned.store(true, Ordering::Release);
+        // Best effort: a durable POISONED mark makes the next open cut everything above the last durable
+        // end without reading it. If this fails too, the next open still reads that data from the disk, not
+        // from the page cache, and keeps only what is there.
+        let mut rp = self.rp.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rp) = rp.as_mut()
+            && !rp.poison_written
+        {
+            rp.poison_written = true;
+            let end = rp.last_end;
+            let _ = rp.write(end, false, true, true);
+        }
     }
 
-    /// fsyncs `file` and, if that worked and nothing is poisoned, marks everything below `upto` durable.
-    fn fsync_upto(&self, file: &dyn StorageFile, path: &Path, upto: u64) -> Result<(), AppendError> {
+    /// fsyncs `file` and, if that worked and nothing is poisoned, marks everything below `end.position`
+    /// durable and records it in the recovery point.
+    fn fsync_upto(&self, file: &dyn StorageFile, path: &Path, end: DurableEnd) -> Result<(), AppendError> {
         let _serial = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.check_poison()?;
         if let Err(e) = file.sync() {
@@ -134,7 +233,18 @@ impl Shared {
         }
         // Release pairs with the Acquire in `durable_position`: whoever sees the new position also sees
         // that the fsync before it succeeded.
-        self.durable.fetch_max(upto, Ordering::Release);
+        self.durable.fetch_max(end.position, Ordering::Release);
+        let written = {
+            let mut rp = self.rp.lock().unwrap_or_else(|e| e.into_inner());
+            match rp.as_mut() {
+                Some(rp) if end.position > rp.last_end.position => rp.write(end, false, false, false),
+                _ => Ok(()),
+            }
+        };
+        if let Err(io) = written {
+            self.set_poison(io.to_string());
+            return Err(AppendError::Io(io));
+        }
         Ok(())
     }
 
@@ -159,6 +269,8 @@ pub struct LogWriter {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     base: Position,
+    /// The active segment's `created_ns` (kept when the segment is replaced by a larger one).
+    created_ns: u64,
     capacity: u64,
     /// Bytes of the active segment, from its start, with disk space reserved ([`StorageFile::allocate`]).
     allocated: u64,
@@ -183,6 +295,8 @@ pub struct LogWriter {
     dir_unsynced: bool,
     /// `finish` ran (from `close`); `Drop` does nothing more.
     finished: bool,
+    /// Where the committed data ends (what the recovery point records once it is durable).
+    end: DurableEnd,
 }
 
 fn now_ns() -> u64 {
@@ -199,12 +313,13 @@ fn create_segment(
     base: Position,
     capacity: u64,
     durable: bool,
+    created_ns: u64,
 ) -> Result<(Arc<dyn StorageFile>, PathBuf), IoError> {
     let path = dir.join(segment_file_name(base));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(base)));
     let file = storage.create(&tmp, capacity).map_err(|e| IoError::new("create", &tmp, e))?;
     file.allocate(0, ALLOCATE_FIRST.min(capacity)).map_err(|e| IoError::new("reserve disk space for", &tmp, e))?;
-    let header = SegmentHeader { base_position: base, created_ns: now_ns(), capacity_bytes: capacity };
+    let header = SegmentHeader { base_position: base, created_ns, capacity_bytes: capacity };
     file.write_at(&header.encode(), 0).map_err(|e| IoError::new("write", &tmp, e))?;
     if durable {
         file.sync().map_err(|e| IoError::new("fsync", &tmp, e))?;
@@ -251,35 +366,15 @@ impl LogWriter {
             return Err(OpenError::InvalidOption("group-commit interval must be above zero".into()));
         }
         create_log_dir(&*storage, &dir)?;
-        // The directory itself is locked first: unlike `writer.lock`, it cannot be deleted and recreated
-        // under a running writer (which let a second writer in). `writer.lock` is still taken, so that a
-        // writer of an older build, which locks only that file, is kept out too.
-        let dir_lock = File::open(&dir).map_err(|e| IoError::new("open", &dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        match dir_lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: lock_path }),
-            Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", &dir, e).into()),
-        }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| IoError::new("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: lock_path }),
-            Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", &lock_path, e).into()),
-        }
-        let durable = opts.durability != Durability::None;
+        let (dir_lock, lock) = lock_log(&dir)?;
         let mut recovery = RecoveryReport { tmp_files_removed: remove_tmp_files(&dir)?, ..Default::default() };
 
         let mut segments = list_segments(&dir)?;
-        if segments.is_empty() {
+        let new_log = segments.is_empty();
+        if new_log {
             let cap = opts.segment_size_bytes;
-            let (_, path) = create_segment(&*storage, &dir, Position(0), cap, durable)?;
+            // Durable whatever the policy: the recovery point, created below, names segment 0's header.
+            let (_, path) = create_segment(&*storage, &dir, Position(0), cap, true, now_ns())?;
             segments.push((Position(0), path));
         }
         if segments[0].0 != Position(0) {
@@ -291,6 +386,44 @@ impl LogWriter {
                 kind: CorruptionKind::MissingStart { found: *base },
             }
             .into());
+        }
+        // The recovery point, as it is on the disk. Everything above it is re-read from the disk and cut
+        // where it stops being valid; damage at or below it is refused.
+        let rp_path = dir.join(RECOVERY_POINT_FILE);
+        let rp = if new_log { None } else { read_recovery_point_durable(&*storage, &rp_path)? };
+        let rp = match rp {
+            Some(Ok(rp)) => Some(rp),
+            Some(Err(problem)) => {
+                recovery.recovery_point_problem = Some(problem);
+                None
+            }
+            None => None,
+        };
+        let log_id = Segment::open(&segments[0].1, Position(0))?.header().created_ns;
+        if let Some(rp) = &rp {
+            // While segment 0 holds nothing durable it may be replaced by a larger one (a first batch that
+            // does not fit), which changes `created_ns`; a recovery point at position 0 names no data.
+            if rp.log_id != log_id && rp.position != Position(0) {
+                return Err(Corruption {
+                    file: rp_path.clone(),
+                    offset: rp.slot_offset(),
+                    position: Some(rp.position),
+                    kind: CorruptionKind::RecoveryPoint(format!(
+                        "it belongs to the log created at {} ns, segment 0 to the one created at {log_id} ns",
+                        rp.log_id
+                    )),
+                }
+                .into());
+            }
+            recovery.cut = recover_above_point(&*storage, &dir, &mut segments, rp)?;
+            if let Some(cut) = &recovery.cut
+                && let Some(offset) = cut.offset
+                && cut.bytes > 0
+            {
+                // A cut tail is what a torn tail always was; say so in the older fields too.
+                recovery.torn_at = Some((cut.file.clone(), offset));
+                recovery.torn_bytes_zeroed = cut.bytes;
+            }
         }
         // Sealed segments: each must end with a seal naming the next one's base.
         for pair in segments.windows(2) {
@@ -329,6 +462,7 @@ impl LogWriter {
         let _ = std::fs::remove_file(dir.join(index_file_name(base)));
         let seg = Segment::open(&path, base)?;
         let capacity = seg.len_bytes();
+        let active_created_ns = seg.header().created_ns;
         let (index, problem) = SparseIndex::build(&seg);
         let end_offset = index.end_offset;
         let end_position = index.end_position;
@@ -350,6 +484,20 @@ impl LogWriter {
         // Anything non-zero after the end must be an interrupted write, never data that a later valid batch
         // depends on.
         let search_from = if index.sealed_next.is_some() { end_offset + BATCH_HEADER_SIZE as u64 } else { end_offset };
+        // Never zero anything the recovery point says is durable (`recover_above_point` checked the batch
+        // ending there; this catches a walk that stopped below it for any other reason).
+        if let Some(rp) = &rp
+            && (base < rp.segment_base || (base == rp.segment_base && end_offset < rp.offset))
+        {
+            let c = problem.clone().unwrap_or_else(|| {
+                seg.corruption(
+                    end_offset,
+                    Some(end_position),
+                    CorruptionKind::RecoveryPoint(format!("the log ends below the recovery point {}", rp.position)),
+                )
+            });
+            return Err(c.into());
+        }
         if seg.find_valid_batch_after(search_from + 8, end_position).is_some() {
             let c = problem.unwrap_or_else(|| {
                 seg.corruption(
@@ -361,6 +509,7 @@ impl LogWriter {
             return Err(c.into());
         }
         let garbage_end = seg.nonzero_end(search_from);
+        let last_crc = last_batch_crc(&seg, &index, end_offset);
         drop(seg);
         let file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
         if garbage_end > search_from {
@@ -373,9 +522,16 @@ impl LogWriter {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             durable: AtomicU64::new(0),
-            flush: Mutex::new(FlushTarget { file: file.clone(), path: path.clone(), committed: 0, stop: false }),
+            flush: Mutex::new(FlushTarget {
+                file: file.clone(),
+                path: path.clone(),
+                committed: 0,
+                end: DurableEnd::default(),
+                stop: false,
+            }),
             wake: Condvar::new(),
             sync_lock: Mutex::new(()),
+            rp: Mutex::new(None),
         });
         let mut w = LogWriter {
             dir,
@@ -385,6 +541,7 @@ impl LogWriter {
             file,
             path,
             base,
+            created_ns: active_created_ns,
             capacity,
             // Unknown for a segment written before: reserve again from the end (cheap where already reserved).
             allocated: end_offset,
@@ -401,6 +558,16 @@ impl LogWriter {
             unsynced: Vec::new(),
             dir_unsynced: false,
             finished: false,
+            end: DurableEnd {
+                position: end_position.0,
+                segment_base: base.0,
+                offset: end_offset,
+                last_crc: if index.sealed_next.is_some() || end_offset == SEGMENT_HEADER_SIZE as u64 {
+                    0
+                } else {
+                    last_crc
+                },
+            },
         };
         w.index = rebuild_builder(&index, base);
         w.pending.resize(BATCH_HEADER_SIZE, 0);
@@ -414,6 +581,10 @@ impl LogWriter {
             })?;
             w.recovery.created_missing_successor = true;
         }
+        if index.sealed_next.is_some() {
+            // The end is the start of the successor (a sealed segment's last batch is its seal).
+            w.end = DurableEnd { position: w.committed.0, segment_base: w.base.0, offset: w.offset, last_crc: 0 };
+        }
         // What recovery kept may still be only in the page cache (a crashed writer with `None` or `Interval`):
         // make it durable before calling it so. fsync of a clean file costs next to nothing.
         for (_, seg_path) in list_segments(&w.dir)? {
@@ -423,7 +594,15 @@ impl LogWriter {
         sync_dir(&*w.storage, &w.dir)?;
         // Release pairs with the Acquire in `durable_position`.
         w.shared.durable.store(w.committed.0, Ordering::Release);
-        w.shared.flush.lock().unwrap_or_else(|e| e.into_inner()).committed = w.committed.0;
+        {
+            let mut t = w.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+            t.committed = w.committed.0;
+            t.end = w.end;
+        }
+        // The recovery point: the log's end, not clean (this writer may stop at any time), durable before
+        // anything is appended. Created here for a new log and for one written by an older build.
+        let rp_writer = open_recovery_point(&*w.storage, &w.dir, &rp_path, rp.as_ref(), log_id, w.end)?;
+        *w.shared.rp.lock().unwrap_or_else(|e| e.into_inner()) = Some(rp_writer);
         if let Durability::Interval(every) = w.opts.durability {
             let shared = w.shared.clone();
             w.flusher = Some(
@@ -532,6 +711,12 @@ impl LogWriter {
         self.index.add_batch(offset, word, base, self.pending_count, self.pending_max_ts);
         self.offset += len;
         self.committed = self.next;
+        self.end = DurableEnd {
+            position: self.committed.0,
+            segment_base: self.base.0,
+            offset: self.offset,
+            last_crc: format::read_u32(&self.pending, format::BATCH_CRC_OFFSET),
+        };
         self.pending.truncate(BATCH_HEADER_SIZE);
         self.pending_count = 0;
         self.pending_max_ts = 0;
@@ -541,6 +726,7 @@ impl LogWriter {
             Durability::Interval(_) => {
                 let mut t = self.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
                 t.committed = self.committed.0;
+                t.end = self.end;
             }
         }
         Ok(self.committed)
@@ -575,9 +761,23 @@ impl LogWriter {
         Ok(self.committed)
     }
 
-    /// Commits and syncs per the policy, writes the active segment's index and releases the lock.
+    /// Commits, syncs (under every policy), writes the active segment's index, marks the recovery point
+    /// `CLEAN` and releases the lock.
     pub fn close(mut self) -> Result<(), AppendError> {
         self.finish()
+    }
+
+    /// Commits and releases the lock **without syncing**: what `close` did for `Durability::None` before the
+    /// recovery point. The log is left as after a crash of a writer that had synced up to
+    /// [`durable_position`](LogWriter::durable_position): not marked clean, so the next open re-reads what
+    /// lies above the recovery point from the disk and cuts whatever did not reach it. For bulk loads that
+    /// sync on their own terms (and for measuring appends without the final fsync); `close` is the safe one.
+    pub fn close_unsynced(mut self) -> Result<(), AppendError> {
+        self.finished = true;
+        self.stop_flusher();
+        self.shared.check_poison()?;
+        self.commit()?;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), AppendError> {
@@ -588,13 +788,26 @@ impl LogWriter {
         self.stop_flusher();
         self.shared.check_poison()?;
         self.commit()?;
-        if self.opts.durability != Durability::None {
-            self.sync()?;
-            // The index is a cache; failing to write it loses nothing. Written only after the data it
-            // describes is durable: an index that outlived its data (a power loss with nothing synced)
-            // would point at zeros and stop seeks until a writer reopened the log.
-            let idx = self.dir.join(index_file_name(self.base));
-            let _ = self.index.index().save(&idx, self.base, false);
+        // Every policy syncs at close, `None` included: the recovery point's CLEAN mark says "the log ends
+        // exactly here, durably", and only a synced log can say it. Without it a `None` log would stay
+        // unclean forever and any later damage to it would be cut as an unacknowledged tail instead of being
+        // refused as corruption (B3). One fsync per close is nothing next to what was written.
+        self.sync()?;
+        // The index is a cache; failing to write it loses nothing. Written only after the data it
+        // describes is durable: an index that outlived its data (a power loss with nothing synced)
+        // would point at zeros and stop seeks until a writer reopened the log.
+        let idx = self.dir.join(index_file_name(self.base));
+        let _ = self.index.index().save(&idx, self.base, false);
+        // CLEAN: everything committed is durable and the log ends exactly at `self.end`.
+        if self.durable_position() == self.committed && self.unsynced.is_empty() && !self.dir_unsynced {
+            let end = self.end;
+            let written = match self.shared.rp.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(rp) => rp.write(end, true, false, true),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
+                return Err(self.poison(e));
+            }
         }
         Ok(())
     }
@@ -639,7 +852,7 @@ impl LogWriter {
     }
 
     fn fsync_current(&mut self) -> Result<(), AppendError> {
-        self.shared.fsync_upto(&*self.file, &self.path, self.committed.0)
+        self.shared.fsync_upto(&*self.file, &self.path, self.end)
     }
 
     /// Seals the active segment and starts the next one, big enough for a batch of `batch_len` bytes.
@@ -675,11 +888,15 @@ impl LogWriter {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));
         let durable = self.opts.durability != Durability::None;
-        let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable) {
+        // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
+        // 0's is the log's identity, named by the recovery point and by checkpoints.
+        let created_ns = if base == self.base { self.created_ns } else { now_ns() };
+        let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable, created_ns) {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),
         };
         self.dir_unsynced |= !durable;
+        self.created_ns = created_ns;
         self.file = file;
         self.path = path;
         self.base = base;
@@ -711,12 +928,12 @@ fn group_commit_loop(shared: &Shared, every: Duration) {
         if t.stop {
             return;
         }
-        let (file, path, committed) = (t.file.clone(), t.path.clone(), t.committed);
+        let (file, path, committed, end) = (t.file.clone(), t.path.clone(), t.committed, t.end);
         drop(t);
         // Relaxed: only a hint to skip an fsync with nothing new; `fsync_upto` is what orders.
         if committed > shared.durable.load(Ordering::Relaxed) {
             // A failure poisons the writer; the next append or commit reports it.
-            let _ = shared.fsync_upto(&*file, &path, committed);
+            let _ = shared.fsync_upto(&*file, &path, end);
         }
         t = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
         if t.stop {
@@ -751,6 +968,47 @@ fn remove_tmp_files(dir: &Path) -> Result<usize, IoError> {
     Ok(n)
 }
 
+/// How long [`lock_log`] retries a lock that is held before it reports [`OpenError::Locked`]. A lock is
+/// also "held" for an instant by any child process this process is starting (a fork duplicates the
+/// descriptor until the child's exec closes it), so a writer reopened while another thread spawns a process
+/// must not fail at once.
+const LOCK_RETRY_FOR: Duration = Duration::from_millis(250);
+
+/// Takes the one-writer locks of the log in `dir`: the directory itself first (unlike `writer.lock`, it cannot
+/// be deleted and recreated under a running writer, which let a second writer in), then `writer.lock`, so
+/// that a writer of an older build, which locks only that file, is kept out too. Held while the files live.
+pub(crate) fn lock_log(dir: &Path) -> Result<(File, File), OpenError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let deadline = std::time::Instant::now() + LOCK_RETRY_FOR;
+    let try_lock = |file: &File, path: &Path| -> Result<bool, OpenError> {
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(true),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => return Err(IoError::new("lock", path, e).into()),
+            }
+        }
+    };
+    let dir_lock = File::open(dir).map_err(|e| IoError::new("open", dir, e))?;
+    if !try_lock(&dir_lock, dir)? {
+        return Err(OpenError::Locked { path: lock_path });
+    }
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| IoError::new("open", &lock_path, e))?;
+    if !try_lock(&lock, &lock_path)? {
+        return Err(OpenError::Locked { path: lock_path });
+    }
+    Ok((dir_lock, lock))
+}
+
 /// Creates the log directory (and missing parents) and makes each new entry durable by syncing the
 /// directory that holds it: a new log whose name a power cut erased would lose synced records with it.
 fn create_log_dir(storage: &dyn Storage, dir: &Path) -> Result<(), IoError> {
@@ -774,13 +1032,517 @@ fn create_log_dir(storage: &dyn Storage, dir: &Path) -> Result<(), IoError> {
     Ok(())
 }
 
-fn zero_range(file: &dyn StorageFile, path: &Path, from: u64, to: u64) -> Result<(), IoError> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = ((to - at) as usize).min(zeros.len());
-        file.write_at(&zeros[..n], at).map_err(|e| IoError::new("zero torn tail of", path, e))?;
-        at += n as u64;
+/// Reads the recovery point as it is on the disk. `None`: there is no file (a new log, or one written by an
+/// older build). `Some(Err)`: the file is there but neither slot is valid (why).
+fn read_recovery_point_durable(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<Option<Result<RecoveryPoint, String>>, OpenError> {
+    match storage.read_durable(path, 0, RECOVERY_POINT_FILE_SIZE as usize) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IoError::new("read", path, e).into()),
+        Ok(bytes) => Ok(Some(RecoveryPoint::pick(&bytes).map_err(|problems| {
+            crate::recovery_point::RecoveryPointError::Invalid { path: path.to_path_buf(), problems }.to_string()
+        }))),
+    }
+}
+
+/// Opens the recovery-point file (creating it, tmp, fsync, rename, fsync of the directory, when `existing`
+/// is `None`) and writes `end` to it, not clean, synced.
+fn open_recovery_point(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    existing: Option<&RecoveryPoint>,
+    log_id: u64,
+    end: DurableEnd,
+) -> Result<RpWriter, OpenError> {
+    let seq = existing.map_or(0, |rp| rp.sequence);
+    let rp = |file: Arc<dyn StorageFile>, file_path: &Path| RpWriter {
+        file,
+        path: file_path.to_path_buf(),
+        log_id,
+        last_seq: seq,
+        synced_seq: seq,
+        last_sync: Instant::now(),
+        last_end: end,
+        poison_written: false,
+    };
+    match existing {
+        Some(_) => {
+            let file = storage.open(path).map_err(|e| IoError::new("open", path, e))?;
+            let mut w = rp(file, path);
+            w.write(end, false, false, true)?;
+            Ok(w)
+        }
+        None => {
+            let tmp = path.with_extension("point.tmp");
+            let file = storage.create(&tmp, RECOVERY_POINT_FILE_SIZE).map_err(|e| IoError::new("create", &tmp, e))?;
+            let mut w = rp(file, &tmp);
+            w.write(end, false, false, true)?;
+            storage.rename(&tmp, path).map_err(|e| IoError::new("rename", path, e))?;
+            sync_dir(storage, dir)?;
+            w.path = path.to_path_buf();
+            Ok(w)
+        }
+    }
+}
+
+/// The `crc` field of the batch of `seg` that ends at `end_offset` (0 if none does), found by following
+/// commit words from the last index entry (at most about 4 KiB and one batch before the end).
+fn last_batch_crc(seg: &Segment, index: &SparseIndex, end_offset: u64) -> u32 {
+    let mut at = index.entries.last().map_or(SEGMENT_HEADER_SIZE as u64, |e| e.file_offset);
+    while at < end_offset && at + BATCH_HEADER_SIZE as u64 <= seg.len_bytes() {
+        let word = u64::from(seg.commit_word(at));
+        if word == 0 || at + word > end_offset {
+            break;
+        }
+        if at + word == end_offset {
+            return seg.committed(at + 4, 4).map_or(0, |b| format::read_u32(b, 0));
+        }
+        at += word;
+    }
+    0
+}
+
+fn rp_corruption(file: &Path, offset: u64, position: Position, why: String) -> OpenError {
+    Corruption { file: file.to_path_buf(), offset, position: Some(position), kind: CorruptionKind::RecoveryPoint(why) }
+        .into()
+}
+
+/// Checks that a batch of `seg` ends exactly at the recovery point, is valid, ends at its position and has
+/// its checksum. Follows commit words from the segment's start (no checksum work below the last batch: the
+/// full walk of the active segment after this checks those).
+fn check_durable_end(seg: &Segment, rp: &RecoveryPoint) -> Result<(), OpenError> {
+    let start = SEGMENT_HEADER_SIZE as u64;
+    let len = seg.len_bytes();
+    let mut at = start;
+    let mut pos = seg.base_position();
+    if rp.offset == start {
+        if rp.position != pos || rp.last_batch_crc != 0 {
+            return Err(rp_corruption(seg.path(), start, rp.position, "it names an empty segment".into()));
+        }
+        return Ok(());
+    }
+    loop {
+        if at + BATCH_HEADER_SIZE as u64 > len || at >= rp.offset {
+            return Err(rp_corruption(
+                seg.path(),
+                at,
+                pos,
+                format!("no batch ends at byte offset {} (position {})", rp.offset, rp.position),
+            ));
+        }
+        let word = u64::from(seg.commit_word(at));
+        let header = seg.committed(at, BATCH_HEADER_SIZE).expect("in bounds");
+        let valid_word = word >= BATCH_HEADER_SIZE as u64 && word.is_multiple_of(8) && at + word <= rp.offset;
+        if !valid_word || at + word == rp.offset {
+            // The last durable batch (or damage below it): it must be valid and be the one recorded.
+            return match seg.read_batch(at) {
+                Err(mut c) => {
+                    c.position = Some(pos);
+                    Err(c.into())
+                }
+                Ok(Some((h, bytes)))
+                    if at + word == rp.offset
+                        && !h.sealed
+                        && h.base_position == pos
+                        && h.end_position() == rp.position
+                        && format::read_u32(bytes, format::BATCH_CRC_OFFSET) == rp.last_batch_crc =>
+                {
+                    Ok(())
+                }
+                Ok(_) => Err(rp_corruption(
+                    seg.path(),
+                    at,
+                    pos,
+                    format!(
+                        "the batch at byte offset {at} is not the last durable one it records (ending at byte \
+                         offset {}, position {}, checksum {:#010x})",
+                        rp.offset, rp.position, rp.last_batch_crc
+                    ),
+                )),
+            };
+        }
+        let count = format::read_u32(header, format::BATCH_COUNT_OFFSET);
+        pos = Position(format::read_u64(header, format::BATCH_BASE_OFFSET) + u64::from(count));
+        at += word;
+    }
+}
+
+/// Recovery with a recovery point (`docs/segment-format.md`, "Recovery with a recovery point"): checks the
+/// durable end, then, after an unclean stop, keeps what the disk holds above it while it is valid and equal
+/// to what the mapping shows, and cuts the rest. Returns what was cut.
+fn recover_above_point(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut Vec<(Position, PathBuf)>,
+    rp: &RecoveryPoint,
+) -> Result<Option<CutReport>, OpenError> {
+    let Some(idx) = segments.iter().position(|(b, _)| *b == rp.segment_base) else {
+        return Err(rp_corruption(
+            &dir.join(RECOVERY_POINT_FILE),
+            rp.slot_offset(),
+            rp.position,
+            format!("the segment holding it, {}, is missing", segment_file_name(rp.segment_base)),
+        ));
+    };
+    let (base, path) = segments[idx].clone();
+    let seg = Segment::open(&path, base)?;
+    check_durable_end(&seg, rp)?;
+    if rp.clean {
+        if seg.nonzero_end(rp.offset) > rp.offset {
+            return Err(rp_corruption(
+                &path,
+                rp.offset,
+                rp.position,
+                format!("the log was closed cleanly at position {} and has data after it", rp.position),
+            ));
+        }
+        if idx + 1 < segments.len() {
+            // The cleanly closed log ended in this segment, which has no seal: whatever follows is not ours.
+            return Err(seg.corruption(rp.offset, Some(rp.position), CorruptionKind::NotSealed).into());
+        }
+        return Ok(None);
+    }
+    let cut = if rp.poisoned {
+        // A failed writeback may also have lost pages that an earlier fsync reported durable (seen on a real
+        // kernel: ext4 without a journal on a device that ran out of space lost data below the recovery
+        // point while the page cache kept showing it). In this boot the cache cannot show that, the disk can.
+        check_segment_on_disk(storage, &seg, rp)?;
+        let anything = seg.nonzero_end(rp.offset) > rp.offset || idx + 1 < segments.len();
+        anything.then(|| {
+            (
+                CutAt { seg: idx, offset: Some(rp.offset) },
+                rp.position,
+                "the writer was poisoned by a failed write or fsync: nothing above its durable end was acknowledged"
+                    .to_string(),
+            )
+        })
+    } else {
+        scan_disk_above(storage, segments, idx, seg, rp)?
+    };
+    match cut {
+        None => Ok(None),
+        Some((at, position, why)) => Ok(Some(cut_log(storage, dir, segments, at, position, why)?)),
+    }
+}
+
+/// After a poisoned writer: checks that every batch of the recovery point's segment below the point is on
+/// the disk as the mapping shows it (`O_DIRECT` reads in windows; this costs the segment, and happens only
+/// after a failed write or fsync). A difference is acknowledged data the storage lost: refused, naming the
+/// batch, never cut.
+fn check_segment_on_disk(storage: &dyn Storage, seg: &Segment, rp: &RecoveryPoint) -> Result<(), OpenError> {
+    let path = seg.path().to_path_buf();
+    let mut disk = DiskWindow { start: 0, bytes: Vec::new() };
+    let mut at = SEGMENT_HEADER_SIZE as u64;
+    let mut pos = seg.base_position();
+    while at < rp.offset {
+        let word = u64::from(seg.commit_word(at));
+        let Some(mapped) = seg.committed(at, word as usize).filter(|_| word >= BATCH_HEADER_SIZE as u64) else {
+            break; // the walk that follows reports it
+        };
+        if disk.read(storage, &path, seg.len_bytes(), at, word as usize)? != mapped {
+            return Err(rp_corruption(
+                &path,
+                at,
+                pos,
+                format!(
+                    "the batch at byte offset {at} is not on the disk as the page cache shows it: the storage \
+                     lost acknowledged data after a failed write or fsync (recovery point {}, poisoned)",
+                    rp.position
+                ),
+            ));
+        }
+        let count = format::read_u32(mapped, format::BATCH_COUNT_OFFSET);
+        pos = Position(format::read_u64(mapped, format::BATCH_BASE_OFFSET) + u64::from(count));
+        at += word;
     }
     Ok(())
+}
+
+/// Bytes of one segment as the disk holds them, read in windows of `DISK_WINDOW_BYTES` (one `O_DIRECT` read
+/// per window rather than per batch).
+struct DiskWindow {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// How much `DiskWindow` reads at once: a batch (at most `BATCH_SIZE_MAX`) always fits.
+const DISK_WINDOW_BYTES: usize = 2 * BATCH_SIZE_MAX;
+
+impl DiskWindow {
+    /// Up to `n` bytes at `at` of a file of `len` bytes (fewer at its end).
+    fn read(&mut self, storage: &dyn Storage, path: &Path, len: u64, at: u64, n: usize) -> Result<&[u8], IoError> {
+        let end = self.start + self.bytes.len() as u64;
+        if at < self.start || at + n as u64 > end {
+            let want = n.max(DISK_WINDOW_BYTES.min(len.saturating_sub(at) as usize));
+            self.bytes = storage.read_durable(path, at, want).map_err(|e| IoError::new("read", path, e))?;
+            self.start = at;
+        }
+        let from = ((at - self.start) as usize).min(self.bytes.len());
+        Ok(&self.bytes[from..(from + n).min(self.bytes.len())])
+    }
+}
+
+/// Walks the batches above the recovery point as the disk holds them. Returns where to cut (and why), or
+/// `None` if everything there is valid, on the disk, and what the mapping shows.
+fn scan_disk_above(
+    storage: &dyn Storage,
+    segments: &[(Position, PathBuf)],
+    idx: usize,
+    seg: Segment,
+    rp: &RecoveryPoint,
+) -> Result<Option<(CutAt, Position, String)>, OpenError> {
+    let (mut i, mut seg, mut off, mut pos) = (idx, seg, rp.offset, rp.position);
+    let mut disk = DiskWindow { start: 0, bytes: Vec::new() };
+    loop {
+        let path = segments[i].1.clone();
+        let len = seg.len_bytes();
+        let cut_here = |why: String| Ok(Some((CutAt { seg: i, offset: Some(off) }, pos, why)));
+        let has_header = off + BATCH_HEADER_SIZE as u64 <= len;
+        let word_mapped = if has_header { seg.commit_word(off) } else { 0 };
+        let head = if has_header { disk.read(storage, &path, len, off, BATCH_HEADER_SIZE)? } else { &[][..] };
+        let word_disk = if head.len() >= 4 { format::read_u32(head, 0) } else { 0 };
+        if word_disk == 0 && word_mapped == 0 {
+            // No batch here: anything after it, in this segment or a later one, was never acknowledged.
+            if seg.nonzero_end(off) > off {
+                return cut_here("an interrupted write after the last valid batch".into());
+            }
+            if i + 1 < segments.len() {
+                let why = format!("{} follows a segment that was never sealed", segments[i + 1].1.display());
+                return Ok(Some((CutAt { seg: i + 1, offset: None }, pos, why)));
+            }
+            return Ok(None);
+        }
+        if word_disk != word_mapped {
+            return cut_here(format!(
+                "the commit word on disk ({word_disk}) is not the one in the page cache ({word_mapped}): a write \
+                 that never reached the disk"
+            ));
+        }
+        let l = word_disk as usize;
+        if l < BATCH_HEADER_SIZE || !l.is_multiple_of(8) || l > BATCH_SIZE_MAX || off + l as u64 > len {
+            return cut_here(format!("invalid batch length {l}"));
+        }
+        let on_disk = disk.read(storage, &path, len, off, l)?;
+        if seg.committed(off, l) != Some(on_disk) {
+            return cut_here(
+                "the batch on disk is not the one in the page cache: a write that never reached the disk".into(),
+            );
+        }
+        let h = match format::check_batch(on_disk, word_disk) {
+            Ok(format::BatchRead::Batch(h)) => h,
+            Ok(format::BatchRead::Empty) => return cut_here("invalid batch length 0".into()),
+            Err(p) => return cut_here(p.to_string()),
+        };
+        if h.base_position != pos {
+            return cut_here(format!("the batch starts at position {} instead of {pos}", h.base_position));
+        }
+        if !h.sealed {
+            pos = h.end_position();
+            off += l as u64;
+            continue;
+        }
+        let after = off + l as u64;
+        let Some((next_base, next_path)) = segments.get(i + 1).cloned() else {
+            if seg.nonzero_end(after) > after {
+                return Ok(Some((CutAt { seg: i, offset: Some(after) }, pos, "data after the seal marker".into())));
+            }
+            // Sealed, successor never created: the writer's open creates it.
+            return Ok(None);
+        };
+        if next_base != h.base_position {
+            let why =
+                format!("{} does not start at position {} named by the seal", next_path.display(), h.base_position);
+            return Ok(Some((CutAt { seg: i + 1, offset: None }, pos, why)));
+        }
+        match Segment::open(&next_path, next_base) {
+            Ok(next) => {
+                (i, seg, off) = (i + 1, next, SEGMENT_HEADER_SIZE as u64);
+                disk = DiskWindow { start: 0, bytes: Vec::new() };
+            }
+            Err(e) => {
+                let why = format!("the creation of {} never became durable: {e}", next_path.display());
+                return Ok(Some((CutAt { seg: i + 1, offset: None }, pos, why)));
+            }
+        }
+    }
+}
+
+impl LogWriter {
+    /// [`crate::truncate()`] after the open: cuts the log at `to` (below the committed end), records the new
+    /// end as a clean close and releases the lock. Nothing else is written by this writer.
+    pub(crate) fn truncate_locked(mut self, to: Position) -> Result<TruncateReport, OpenError> {
+        self.stop_flusher();
+        self.finished = true;
+        let end_before = self.committed;
+        let (dir, storage, shared) = (self.dir.clone(), self.storage.clone(), self.shared.clone());
+        let mut rp_write = |end: DurableEnd, clean: bool| -> Result<(), OpenError> {
+            match shared.rp.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(rp) => Ok(rp.write(end, clean, false, true)?),
+                None => Ok(()),
+            }
+        };
+        let (cut, rewrote_batch_at) = truncate_files(&*storage, &dir, to, &mut rp_write)?;
+        Ok(TruncateReport {
+            end_before: Some(end_before),
+            end_after: to,
+            cut: Some(cut),
+            rewrote_batch_at,
+            refused: None,
+        })
+    }
+}
+
+/// [`crate::truncate()`] of a log that recovery refuses (damage below the recovery point, a lost
+/// acknowledged batch, data after a clean close...): the operator's way out. Takes the writer lock itself,
+/// checks that every batch below `to` is valid and continues the positions (a full walk: refused if not),
+/// cuts at `to` as for a healthy log, writes a new recovery point (clean, at `to`), then opens and closes a
+/// writer so that the ordinary recovery checks the result.
+pub(crate) fn truncate_refused(dir: &Path, to: Position, refused: &OpenError) -> Result<TruncateReport, OpenError> {
+    let locks = lock_log(dir)?;
+    check_valid_below(dir, to)?;
+    let storage = FsStorage;
+    let log_id = Segment::open(&dir.join(segment_file_name(Position(0))), Position(0))?.header().created_ns;
+    let rp_path = dir.join(RECOVERY_POINT_FILE);
+    let mut rp: Option<RpWriter> = None;
+    let mut rp_write = |end: DurableEnd, clean: bool| -> Result<(), OpenError> {
+        match rp.as_mut() {
+            Some(rp) => Ok(rp.write(end, clean, false, true)?),
+            // A new file: the old one may be what recovery refused.
+            None => {
+                let mut w = open_recovery_point(&storage, dir, &rp_path, None, log_id, end)?;
+                if clean {
+                    w.write(end, true, false, true)?;
+                }
+                rp = Some(w);
+                Ok(())
+            }
+        }
+    };
+    let (mut cut, rewrote_batch_at) = truncate_files(&storage, dir, to, &mut rp_write)?;
+    cut.why = format!("{}; the log had been refused: {refused}", cut.why);
+    drop(locks);
+    // The ordinary recovery checks what is left (and finds it clean at `to`).
+    let w = LogWriter::open(dir, WriterOptions { durability: Durability::EveryBatch, ..WriterOptions::default() })?;
+    let end = w.next_position();
+    w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
+    debug_assert_eq!(end, to);
+    Ok(TruncateReport {
+        end_before: None,
+        end_after: to,
+        cut: Some(cut),
+        rewrote_batch_at,
+        refused: Some(refused.to_string()),
+    })
+}
+
+/// Checks that the log in `dir` holds every position below `to` in valid batches that continue each other,
+/// across sealed segments (a full walk).
+fn check_valid_below(dir: &Path, to: Position) -> Result<(), OpenError> {
+    let segments = list_segments(dir)?;
+    let mut expected = Position(0);
+    for (i, (base, path)) in segments.iter().enumerate() {
+        if *base > to || expected >= to && *base > expected {
+            break;
+        }
+        if *base != expected {
+            let kind = CorruptionKind::Gap { expected, found: *base };
+            return Err(Corruption { file: path.clone(), offset: 0, position: Some(*base), kind }.into());
+        }
+        let seg = Segment::open(path, *base)?;
+        let mut offset = SEGMENT_HEADER_SIZE as u64;
+        let sealed = loop {
+            if expected >= to {
+                return Ok(());
+            }
+            let (h, _) = match seg.read_batch(offset) {
+                Ok(Some(b)) => b,
+                Ok(None) => break false,
+                Err(mut c) => {
+                    c.position = Some(expected);
+                    return Err(c.into());
+                }
+            };
+            if h.base_position != expected {
+                let kind =
+                    CorruptionKind::Batch(format::BatchProblem::PositionMismatch { expected, found: h.base_position });
+                return Err(seg.corruption(offset, Some(expected), kind).into());
+            }
+            if h.sealed {
+                break true;
+            }
+            expected = h.end_position();
+            offset += u64::from(h.length);
+        };
+        if !sealed || i + 1 == segments.len() {
+            break;
+        }
+    }
+    if expected < to {
+        return Err(OpenError::InvalidOption(format!(
+            "cannot truncate {} to position {to}: its valid records end at {expected}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The file work of a truncation to `to`, shared by a healthy log's and a refused log's: `rp_write` records
+/// the batch boundary below `to` (unclean) before anything changes, and the new end (clean) at the end.
+/// Returns the cut and, if the batch holding `to` was rewritten, its offset.
+fn truncate_files(
+    storage: &dyn Storage,
+    dir: &Path,
+    to: Position,
+    rp_write: &mut dyn FnMut(DurableEnd, bool) -> Result<(), OpenError>,
+) -> Result<(CutReport, Option<u64>), OpenError> {
+    let mut segments = list_segments(dir)?;
+    let seg_idx = segments.iter().rposition(|(b, _)| *b <= to).expect("segment 0 starts at 0");
+    let (base, path) = segments[seg_idx].clone();
+    let seg = Segment::open(&path, base)?;
+    // Where `to` lies: the batch holding it, or (past the segment's last batch) the end of its data.
+    let Some(at) = crate::truncate::locate(&seg, to)? else {
+        return Err(rp_corruption(&path, 0, to, format!("no batch holds position {to}")));
+    };
+    let rewrite = match at.header {
+        None => None,
+        Some(h) => {
+            let bytes = seg.committed(at.batch_offset, h.length as usize).expect("a valid batch");
+            let (batch, word) = crate::truncate::shorten_batch(bytes, h.base_position, to)
+                .map_err(|why| rp_corruption(&path, at.batch_offset, h.base_position, why))?;
+            Some((batch, word))
+        }
+    };
+    let (batch_offset, batch_base, prev_crc) = (at.batch_offset, at.base, at.prev_crc);
+    drop(seg);
+    // First an unclean recovery point at the batch boundary below `to`: a crash in the middle of this
+    // leaves a log that recovery cuts there (what it removes is already kept in `cut/`).
+    let boundary =
+        DurableEnd { position: batch_base.0, segment_base: base.0, offset: batch_offset, last_crc: prev_crc };
+    rp_write(boundary, false)?;
+    let cut = cut_log(
+        storage,
+        dir,
+        &mut segments,
+        CutAt { seg: seg_idx, offset: Some(batch_offset) },
+        to,
+        format!("truncated to position {to} on request"),
+    )?;
+    let mut end = boundary;
+    if let Some((batch, word)) = &rewrite {
+        let file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
+        file.write_at(&batch[4..], batch_offset + 4).map_err(|e| IoError::new("write", &path, e))?;
+        file.write_at(&word.to_le_bytes(), batch_offset).map_err(|e| IoError::new("write", &path, e))?;
+        file.sync().map_err(|e| IoError::new("fsync", &path, e))?;
+        end = DurableEnd {
+            position: to.0,
+            segment_base: base.0,
+            offset: batch_offset + u64::from(*word),
+            last_crc: format::read_u32(batch, format::BATCH_CRC_OFFSET),
+        };
+    }
+    rp_write(end, true)?;
+    Ok((cut, rewrite.map(|_| batch_offset)))
 }

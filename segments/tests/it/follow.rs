@@ -106,7 +106,9 @@ fn follower_waits_at_a_torn_tail_and_resumes_after_recovery() {
     let mut w = LogWriter::open(dir.path(), small_opts(1024, Durability::None)).unwrap();
     append_det(&mut w, 100, 10);
     w.close().unwrap();
-    // A torn batch after the last one: a commit word whose body never landed.
+    // The writer crashed instead (its last sync at 100), leaving a torn batch after the last one: a commit
+    // word whose body never landed. (After a clean close the same bytes would be damage, not a torn tail.)
+    catchup_segments::testing::crash_recovery_point(dir.path(), Position(100)).unwrap();
     let last = list_batches(dir.path()).into_iter().last().unwrap();
     let torn_at = last.offset + last.length as u64;
     write_at(&last.path, torn_at, &[64, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);

@@ -70,6 +70,9 @@ impl Storage for DirSyncs {
         self.0.lock().unwrap().push(dir.to_path_buf());
         FsStorage.sync_dir(dir)
     }
+    fn read_durable(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        FsStorage.read_durable(path, offset, len)
+    }
 }
 
 /// A new log directory's own entry is made durable: its parent (and each new ancestor's parent) is synced.

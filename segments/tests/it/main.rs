@@ -9,6 +9,7 @@ mod fuzz_parsers;
 mod hygiene;
 mod model;
 mod readers;
+mod recovery;
 mod smoke;
 mod torn_tail;
 mod util;

@@ -1,6 +1,7 @@
 //! Property tests against a reference model: the log must read back exactly like a `Vec` of the records
-//! appended, through batches, commits, segment rolls, oversized batches and writer reopens, from the
-//! start, from any position and from any timestamp.
+//! appended, through batches, commits, segment rolls, oversized batches and writer reopens (clean ones, and
+//! ones after a simulated crash whose recovery point lags the data), from the start, from any position and
+//! from any timestamp.
 
 use std::path::Path;
 
@@ -24,6 +25,9 @@ enum Op {
     Sync,
     /// `close` (which commits) and open again.
     Reopen,
+    /// `close`, then set the recovery point back to where the last explicit `sync` left it (a crash whose
+    /// unsynced writes all reached the disk), and open again: recovery must keep every record, cut nothing.
+    CrashReopen,
     /// Read everything committed so far with a fresh reader, and seek to a position and a timestamp.
     Check {
         pos_permille: u16,
@@ -60,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Commit),
         1 => Just(Op::Sync),
         2 => Just(Op::Reopen),
+        1 => Just(Op::CrashReopen),
         2 => (0u16..=1100, timestamp()).prop_map(|(pos_permille, ts)| Op::Check { pos_permille, ts }),
     ]
 }
@@ -157,6 +162,15 @@ fn run(opts: WriterOptions, ops: Vec<Op>, end_positions: Vec<u16>, end_ts: Vec<u
                 prop_assert_eq!(w.sync().unwrap(), Position(model.len() as u64));
                 prop_assert_eq!(w.durable_position(), Position(model.len() as u64));
                 committed = model.len();
+            }
+            Op::CrashReopen => {
+                let synced = w.durable_position();
+                w.close().unwrap();
+                committed = model.len();
+                catchup_segments::testing::crash_recovery_point(dir.path(), synced).unwrap();
+                w = LogWriter::open(dir.path(), opts.clone()).unwrap();
+                prop_assert_eq!(w.recovery().cut.as_ref(), None, "nothing to cut: every byte is on disk");
+                prop_assert_eq!(w.next_position(), Position(model.len() as u64));
             }
             Op::Reopen => {
                 w.close().unwrap();

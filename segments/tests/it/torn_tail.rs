@@ -2,6 +2,12 @@
 //! body, body without commit word, part of either, garbage after the end), at every byte offset. Opening
 //! the writer must recover exactly the committed prefix, report it, leave a sound log, and append on from
 //! the right position. Also: a torn or missing seal, leftover `.tmp` files, and files actually truncated.
+//!
+//! A torn tail is what a crash leaves above the recovery point: the logs here are closed cleanly, then
+//! their recovery point is set back (`testing::crash_recovery_point`) to where the writer's last sync would
+//! have left it, below the batches a test damages. `check_recovery` runs each case twice: with that
+//! recovery point, and without `recovery.point` (a log of an older build), where the older full-scan rules
+//! apply.
 
 use std::path::Path;
 
@@ -11,8 +17,8 @@ use catchup_segments::*;
 use crate::util::*;
 
 /// A log of two segments (one sealed) whose last batch holds a few small records. Returns the number of
-/// records and the last batch.
-fn build_log(dir: &Path, last_batch_records: u64) -> (u64, BatchLoc) {
+/// records and the last batch. `crashed`: the recovery point is set back to just below the last batch.
+fn build_log(dir: &Path, last_batch_records: u64, crashed: bool) -> (u64, BatchLoc) {
     let mut w = LogWriter::open(dir, small_opts(4096, Durability::None)).unwrap();
     while w.next_position().0 < 400 {
         append_det(&mut w, 7, 7);
@@ -29,6 +35,9 @@ fn build_log(dir: &Path, last_batch_records: u64) -> (u64, BatchLoc) {
     let last = batches.last().unwrap().clone();
     assert!(!last.sealed && last.count as u64 == last_batch_records);
     assert!(last.seg_idx >= 1, "the test log should span segments");
+    if crashed {
+        testing::crash_recovery_point(dir, last.base).unwrap();
+    }
     (start + last_batch_records, last)
 }
 
@@ -51,13 +60,29 @@ fn check_recovery(
     pristine_dir: &Path,
     work: &Path,
     pristine: &[OwnedRecord],
-    damage: impl FnOnce(&Path),
+    damage: impl Fn(&Path),
     end: u64,
     torn_at: Option<(&Path, u64)>,
 ) {
-    copy_dir(pristine_dir, work);
-    damage(work);
-    let ctx = format!("end {end}, torn at {torn_at:?}");
+    for with_recovery_point in [true, false] {
+        let _ = std::fs::remove_dir_all(work); // `cut/` included
+        copy_dir(pristine_dir, work);
+        if !with_recovery_point {
+            std::fs::remove_file(work.join(recovery_point::RECOVERY_POINT_FILE)).unwrap();
+        }
+        damage(work);
+        let ctx = format!("end {end}, torn at {torn_at:?}, with recovery point: {with_recovery_point}");
+        check_recovered(work, pristine, end, torn_at, &ctx);
+        if with_recovery_point && torn_at.is_some() {
+            // The cut bytes are kept.
+            let cut = work.join("cut");
+            assert!(std::fs::read_dir(&cut).is_ok_and(|mut d| d.next().is_some()), "{ctx}: nothing in cut/");
+        }
+    }
+}
+
+fn check_recovered(work: &Path, pristine: &[OwnedRecord], end: u64, torn_at: Option<(&Path, u64)>, ctx: &str) {
+    let ctx = ctx.to_owned();
 
     // Before recovery: a reader sees the committed prefix (a torn tail reads as the end), seeks work up to
     // the end, and `verify` calls the damage a torn tail. (Regression: a seek to the end position of a log
@@ -115,7 +140,7 @@ fn every_byte_of_the_last_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine_dir = tmp.path().join("pristine");
     let work = tmp.path().join("work");
-    let (n, last) = build_log(&pristine_dir, 3);
+    let (n, last) = build_log(&pristine_dir, 3, true);
     let pristine = read_all(&pristine_dir).unwrap();
     assert_eq!(pristine.len() as u64, n);
     let file = work.join(last.path.file_name().unwrap());
@@ -164,6 +189,7 @@ fn commit_word_without_body_and_body_without_commit_word() {
     forget_active_index(&pristine_dir);
     let pristine = read_all(&pristine_dir).unwrap();
     let last = list_batches(&pristine_dir).pop().unwrap();
+    testing::crash_recovery_point(&pristine_dir, last.base).unwrap();
     assert!(last.length > 2 * 4096, "last batch is {} bytes", last.length);
     let file = work.join(last.path.file_name().unwrap());
     let name = file.file_name().unwrap().to_owned();
@@ -196,9 +222,11 @@ fn crash_between_seal_and_successor() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine_dir = tmp.path().join("pristine");
     let work = tmp.path().join("work");
-    build_log(&pristine_dir, 3);
+    build_log(&pristine_dir, 3, false);
     let batches = list_batches(&pristine_dir);
     let seal = batches.iter().rev().find(|b| b.sealed).unwrap().clone();
+    // The last sync was before the last batch of the sealed segment.
+    testing::crash_recovery_point(&pristine_dir, Position(seal.base.0 - 1)).unwrap();
     // The state at the crash: the segments up to the seal, without the successor.
     copy_dir(&pristine_dir, &work);
     for b in batches.iter().filter(|b| b.seg_idx > seal.seg_idx) {
@@ -234,9 +262,10 @@ fn crash_between_seal_and_successor() {
 fn torn_seal() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine_dir = tmp.path().join("pristine");
-    build_log(&pristine_dir, 3);
+    build_log(&pristine_dir, 3, false);
     let batches = list_batches(&pristine_dir);
     let seal = batches.iter().rev().find(|b| b.sealed).unwrap().clone();
+    testing::crash_recovery_point(&pristine_dir, Position(seal.base.0 - 1)).unwrap();
     for (what, at, bytes) in [
         ("word without body", seal.offset + 8, vec![0u8; 16]),
         ("body without word", seal.offset, vec![0u8; 4]),
@@ -295,7 +324,8 @@ fn leftover_tmp_files_are_removed() {
 fn truncated_files_are_errors_not_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine_dir = tmp.path().join("pristine");
-    let (_, last) = build_log(&pristine_dir, 3);
+    // Closed cleanly: every segment is at or below the recovery point, so a short file is damage, refused.
+    let (_, last) = build_log(&pristine_dir, 3, false);
     let batches = list_batches(&pristine_dir);
     let sealed_seg = batches[0].path.clone();
     let cuts = [
@@ -335,22 +365,16 @@ fn truncated_files_are_errors_not_panics() {
             other => panic!("{ctx}: opening for writing: {other:?}"),
         }
         assert_eq!(std::fs::read(&file).unwrap(), before, "{ctx}: the writer changed the file");
-        // Readers read the segments before the bad one and fail when they reach it (W5); a last segment cut
-        // to nothing reads as an unfinished creation, the end of the log at the previous seal (B5).
-        let seg_base: u64 = file.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        // Readers read the segments before the bad one and fail when they reach it (W5). Even a last segment
+        // cut to nothing is an error here: the recovery point says records in it were synced (an all-zero
+        // last segment reads as an unfinished creation only above the recovery point: `readers.rs`).
         match LogReader::open(&work).map_err(ReadError::from).and_then(|_| read_all(&work)) {
-            Err(ReadError::Corrupt(c)) if len > 0 || seg_base == 0 => assert_eq!(c.file, file, "{ctx}"),
-            Ok(recs) if len == 0 && seg_base > 0 => {
-                assert_eq!(recs.len() as u64, seg_base, "{ctx}");
-                check_det(&recs);
-            }
+            Err(ReadError::Corrupt(c)) => assert_eq!(c.file, file, "{ctx}"),
             other => panic!("{ctx}: reading: {other:?}"),
         }
         let report = verify(&work).unwrap();
-        // An emptied last segment after a seal is an unfinished creation (no record in it): recoverable.
-        let unfinished_creation = len == 0 && seg_base > 0;
         assert!(
-            report.problems.iter().any(|p| p.corruption.file == file && p.torn_tail == unfinished_creation),
+            report.problems.iter().any(|p| p.corruption.file == file && !p.torn_tail),
             "{ctx}: {:?}",
             report.problems
         );

@@ -1,0 +1,238 @@
+//! Cutting a log at a position: what recovery does to an unacknowledged tail, and what the operator's
+//! `catchup truncate LOG --to POSITION` does on purpose.
+//!
+//! Nothing is deleted without a copy. A cut moves whole segments into `LOGDIR/cut/` under their own names,
+//! copies the removed tail of a segment to `cut/<20-digit base>.seg.<byte offset>.tail` (its bytes from the
+//! offset to the last non-zero byte), then zeroes that tail and syncs it, then syncs both directories. Only
+//! then is the recovery point moved (by the caller). Index files that describe cut data are removed (they
+//! are caches, rebuilt from the data). `docs/segment-format.md` ("Cut bytes", "Truncating a log") is the
+//! contract.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::Position;
+use crate::error::{Corruption, IoError, OpenError};
+use crate::format::{self, BATCH_CRC_OFFSET, BATCH_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::segment::{Segment, index_file_name, segment_file_name};
+use crate::storage::{FsStorage, Storage, StorageFile};
+use crate::writer::{Durability, LogWriter, WriterOptions};
+
+/// Name of the folder, inside a log directory, that holds what recovery or `truncate` removed.
+pub const CUT_DIR: &str = "cut";
+
+/// What a cut removed from a log, and where it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutReport {
+    /// The first position removed: the log now ends here.
+    pub position: Position,
+    /// The segment cut in the middle (or the first segment moved away, when `offset` is `None`).
+    pub file: PathBuf,
+    /// Byte offset in `file` where its removed tail starts (`None`: the whole file was moved).
+    pub offset: Option<u64>,
+    /// Bytes of `file`'s tail that were copied to `saved_to` and zeroed (0 if the tail was all zeros).
+    pub bytes: u64,
+    /// Where the tail's bytes were copied.
+    pub saved_to: Option<PathBuf>,
+    /// Whole segment files moved into `cut/` (their new paths), in log order.
+    pub files_moved: Vec<PathBuf>,
+    /// Why the cut was made.
+    pub why: String,
+}
+
+/// Where to cut: in segment `seg` (an index into the sorted segment list) at byte `offset`, or (`None`)
+/// before the segment, which then moves away with every later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CutAt {
+    pub seg: usize,
+    pub offset: Option<u64>,
+}
+
+/// A path in `cut_dir` named `name`, or `name.1`, `name.2`... if taken (an earlier cut is never overwritten).
+fn unique(cut_dir: &Path, name: &str) -> PathBuf {
+    let first = cut_dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1u32..).map(|i| cut_dir.join(format!("{name}.{i}"))).find(|p| !p.exists()).expect("a free name")
+}
+
+/// Cuts the log in `dir` (whose sorted segments are `segments`) at `at`: see the module docs. `position` is
+/// the first position removed (for the report); `why` says why. On return `segments` lists what is left.
+pub(crate) fn cut_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut Vec<(Position, PathBuf)>,
+    at: CutAt,
+    position: Position,
+    why: String,
+) -> Result<CutReport, IoError> {
+    let cut_dir = dir.join(CUT_DIR);
+    std::fs::create_dir_all(&cut_dir).map_err(|e| IoError::new("create directory", &cut_dir, e))?;
+    let mut report = CutReport {
+        position,
+        file: segments[at.seg].1.clone(),
+        offset: at.offset,
+        bytes: 0,
+        saved_to: None,
+        files_moved: Vec::new(),
+        why,
+    };
+    let first_moved = match at.offset {
+        None => at.seg,
+        Some(offset) => {
+            let (base, path) = segments[at.seg].clone();
+            let tail = Segment::open(&path, base).ok().map(|seg| {
+                let end = seg.nonzero_end(offset);
+                seg.committed(offset, (end.max(offset) - offset) as usize).map(<[u8]>::to_vec).unwrap_or_default()
+            });
+            let tail = tail.unwrap_or_default();
+            if !tail.is_empty() {
+                let to = unique(&cut_dir, &format!("{}.{offset}.tail", segment_file_name(base)));
+                let f = storage.create(&to, tail.len() as u64).map_err(|e| IoError::new("create", &to, e))?;
+                f.write_at(&tail, 0).map_err(|e| IoError::new("write", &to, e))?;
+                f.sync().map_err(|e| IoError::new("fsync", &to, e))?;
+                let seg_file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
+                zero_range(&*seg_file, &path, offset, offset + tail.len() as u64)?;
+                seg_file.sync().map_err(|e| IoError::new("fsync", &path, e))?;
+                report.bytes = tail.len() as u64;
+                report.saved_to = Some(to);
+            }
+            remove_index(dir, base);
+            at.seg + 1
+        }
+    };
+    for (base, path) in segments.drain(first_moved..) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let to = unique(&cut_dir, &name);
+        storage.rename(&path, &to).map_err(|e| IoError::new("rename", &path, e))?;
+        remove_index(dir, base);
+        report.files_moved.push(to);
+    }
+    storage.sync_dir(&cut_dir).map_err(|e| IoError::new("fsync directory", &cut_dir, e))?;
+    storage.sync_dir(dir).map_err(|e| IoError::new("fsync directory", dir, e))?;
+    Ok(report)
+}
+
+/// Removes the index of the segment at `base` (a cache that may describe cut data; readers rebuild it).
+fn remove_index(dir: &Path, base: Position) {
+    let _ = std::fs::remove_file(dir.join(index_file_name(base)));
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+pub(crate) fn zero_range(file: &dyn StorageFile, path: &Path, from: u64, to: u64) -> Result<(), IoError> {
+    let zeros = vec![0u8; (1 << 20).min((to.saturating_sub(from)) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        file.write_at(&zeros[..n], at).map_err(|e| IoError::new("zero tail of", path, e))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// What [`truncate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncateReport {
+    /// The log's end before the cut (`None` when recovery had refused the log: its end was not known).
+    pub end_before: Option<Position>,
+    /// The log's end now (the `to` asked for).
+    pub end_after: Position,
+    /// What was removed and where it went; `None` if `to` was already the end.
+    pub cut: Option<CutReport>,
+    /// The batch holding `to` was rewritten with only its records below `to`: its byte offset.
+    pub rewrote_batch_at: Option<u64>,
+    /// Recovery had refused the log (why); the truncation is what made it openable again.
+    pub refused: Option<String>,
+}
+
+/// Cuts the log in `dir` so that it ends at `to`: every record at or above `to` is removed (kept in
+/// `cut/`), everything below stays, segment 0's header (the log's identity) included.
+///
+/// Takes the writer lock by opening a [`LogWriter`] (so recovery runs first and a running writer makes this
+/// fail with [`OpenError::Locked`]). `to` above the log's end is refused. If recovery refuses the log as
+/// corrupt (damage below its recovery point, acknowledged data the storage lost, data after a clean
+/// close), this is the way out: the lock is taken directly, every batch below `to` must be valid (a full walk;
+/// refused otherwise, naming the damage), and the cut is made at `to` as for a healthy log (so `to` is at
+/// most the position `verify` names); the report says what recovery had refused. A batch that holds `to` is
+/// rewritten with only its records below `to` (new checksum, then its commit word); its original bytes and
+/// everything after them are copied to `cut/` first. The recovery point then records the new end as a clean
+/// close. For the operator: `catchup truncate LOG --to POSITION`, with the position `verify` prints.
+pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, OpenError> {
+    let dir = dir.as_ref();
+    if !dir.join(segment_file_name(Position(0))).exists() {
+        return Err(OpenError::NotALog { path: dir.to_path_buf() });
+    }
+    let opts = WriterOptions { durability: Durability::EveryBatch, ..WriterOptions::default() };
+    let w = match LogWriter::open_with_storage(dir, opts, Arc::new(FsStorage)) {
+        Ok(w) => w,
+        Err(refused @ OpenError::Corrupt(_)) => return crate::writer::truncate_refused(dir, to, &refused),
+        Err(e) => return Err(e),
+    };
+    let end = w.committed_position();
+    if to > end {
+        return Err(OpenError::InvalidOption(format!(
+            "cannot truncate {} to position {to}: the log ends at {end}",
+            dir.display()
+        )));
+    }
+    if to == end {
+        w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
+        return Ok(TruncateReport {
+            end_before: Some(end),
+            end_after: end,
+            cut: None,
+            rewrote_batch_at: None,
+            refused: None,
+        });
+    }
+    w.truncate_locked(to)
+}
+
+/// Where position `to` lies in a segment.
+pub(crate) struct Located {
+    /// Byte offset of the batch holding `to`, or of the first byte after the batches below `to`.
+    pub batch_offset: u64,
+    /// Base position of that batch (`to` itself when `to` is at a batch boundary).
+    pub base: Position,
+    /// The `crc` field of the batch before it (0 if none).
+    pub prev_crc: u32,
+    /// The header of the batch when `to` lies strictly inside it (it must be rewritten).
+    pub header: Option<format::BatchHeader>,
+}
+
+/// Finds where position `to` lies in `seg`, reading only the batches below it (damage at or after `to`
+/// is not looked at). `None`: the segment's batches end (or it is sealed) before `to`.
+pub(crate) fn locate(seg: &Segment, to: Position) -> Result<Option<Located>, Corruption> {
+    let mut offset = SEGMENT_HEADER_SIZE as u64;
+    let mut prev_crc = 0;
+    let mut pos = seg.base_position();
+    loop {
+        if pos >= to {
+            return Ok(Some(Located { batch_offset: offset, base: pos, prev_crc, header: None }));
+        }
+        let Some((h, bytes)) = seg.read_batch(offset)? else { return Ok(None) };
+        if h.sealed {
+            return Ok(None);
+        }
+        if h.end_position() > to {
+            return Ok(Some(Located { batch_offset: offset, base: h.base_position, prev_crc, header: Some(h) }));
+        }
+        prev_crc = format::read_u32(bytes, BATCH_CRC_OFFSET);
+        pos = h.end_position();
+        offset += u64::from(h.length);
+    }
+}
+
+/// The bytes of a batch holding only the records of `batch` below `to` (`batch` is valid and its base is
+/// below `to`): the header rewritten, the checksum recomputed. The commit word is returned, not written.
+pub(crate) fn shorten_batch(batch: &[u8], base: Position, to: Position) -> Result<(Vec<u8>, u32), String> {
+    let mut at = BATCH_HEADER_SIZE;
+    for _ in base.0..to.0 {
+        let (_, size) = format::decode_record(&batch[at..]).ok_or("a record of a valid batch does not decode")?;
+        at += size;
+    }
+    let mut out = batch[..at].to_vec();
+    let word = format::finish_batch_header(&mut out, base, (to.0 - base.0) as u32, 0);
+    Ok((out, word))
+}
