@@ -1,7 +1,8 @@
 //! Checkpoints bound to the log's content (storage review W1): a snapshot at position P carries the
 //! CRC-32C of the record at P-1, and a resume refuses a checkpoint whose record is no longer there. The
-//! repro: a checkpointed replay, the log's tail cut, other events appended at the same positions, a
-//! resume. Before the binding it exited 0 and kept counting the lost events.
+//! repro: a checkpointed replay, the log's tail cut (`catchup_segments::truncate`), other events appended at
+//! the same positions, a resume. Before the binding it exited 0 and kept counting the lost events. Also: a
+//! crash-image sweep of checkpoints taken of live data, and durable-only followers (W3).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,56 +26,30 @@ fn cfg(ckpt: &Path, n_shards: usize) -> EngineConfig {
     }
 }
 
-/// A random log of about `N_EVENTS` events whose last segment holds several batches (so a cut can fall in
-/// its middle), and its length.
+/// A random log of `N_EVENTS` events, and its length.
 fn make_log(seed: u64) -> (tempfile::TempDir, u64) {
-    let spec = LogSpec { n_events: N_EVENTS, n_keys: 40, skew: 2, seed };
-    let log = temp_log(&spec);
-    loop {
-        let reader = LogReader::open(log.path()).unwrap();
-        let base = reader.segments().last().unwrap().base_position();
-        let end = reader.end_position().unwrap();
-        let mut cursor = reader.cursor(Start::Position(base)).unwrap();
-        let mut batches = 0;
-        while cursor.next_batch().unwrap().is_some() {
-            batches += 1;
-        }
-        if batches >= 8 {
-            return (log, end.0);
-        }
-        drop(reader);
-        let mut w = LogWriter::open(log.path(), writer_opts()).unwrap();
-        append_records(&mut w, &gen_records(&spec, end.0, 100), seed ^ end.0);
-        w.close().unwrap();
-    }
+    (temp_log(&LogSpec { n_events: N_EVENTS, n_keys: 40, skew: 2, seed }), N_EVENTS as u64)
 }
 
-/// The position of the first record of a batch in the middle of the last segment, and that batch's byte
-/// offset there.
-fn batch_in_last_segment(log: &Path) -> (Position, u64) {
+/// A position in the middle of a batch of several records, past the middle of the log: cutting there
+/// rewrites that batch with only its records below the cut.
+fn mid_batch_position(log: &Path) -> Position {
     let reader = LogReader::open(log).unwrap();
-    let last = reader.segments().last().unwrap().clone();
     let end = reader.end_position().unwrap();
-    let mid = Position((last.base_position().0 + end.0) / 2);
-    let mut cursor = reader.cursor(Start::Position(mid)).unwrap();
-    let batch = cursor.next_batch().unwrap().unwrap();
-    assert!(std::sync::Arc::ptr_eq(batch.segment, &last));
-    assert!(batch.header.base_position > last.base_position(), "a batch that is not the segment's first");
-    (batch.header.base_position, batch.offset)
+    let mut cursor = reader.cursor(Start::Position(Position(end.0 / 2))).unwrap();
+    while let Some(batch) = cursor.next_batch().unwrap() {
+        if batch.first_position == batch.header.base_position && batch.len() >= 2 {
+            return Position(batch.header.base_position.0 + 1);
+        }
+    }
+    panic!("no batch of two records or more in the second half of the log");
 }
 
-/// Cuts the (closed) log at `cut`, a batch boundary in its last segment: zeroes every byte from the batch
-/// there to the end of the file, as a lost tail leaves it, and lets a writer's recovery open it.
-fn cut_tail(log: &Path, cut: Position, offset: u64) {
-    let reader = LogReader::open(log).unwrap();
-    let path = reader.segments().last().unwrap().path().to_path_buf();
-    drop(reader);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offset as usize..].fill(0);
-    std::fs::write(&path, &bytes).unwrap();
-    let w = LogWriter::open(log, writer_opts()).unwrap();
-    assert_eq!(w.next_position(), cut, "the writer resumes at the cut");
-    w.close().unwrap();
+/// Cuts the log at `cut` with `catchup_segments::truncate` (what `catchup truncate` runs).
+fn cut_tail(log: &Path, cut: Position) {
+    let report = catchup_segments::truncate(log, cut).unwrap();
+    assert_eq!(report.end_after, cut);
+    assert!(report.cut.is_some());
 }
 
 /// Appends `n` events of keys that the first history never had.
@@ -123,8 +98,8 @@ fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
         assert_eq!(snap.binding.crc, expected_crc(log.path(), snap.meta.position), "shard {i}'s binding");
     }
 
-    let (cut, offset) = batch_in_last_segment(log.path());
-    cut_tail(log.path(), cut, offset);
+    let cut = mid_batch_position(log.path());
+    cut_tail(log.path(), cut);
     // Cut, not refilled: the log now ends below the checkpoint.
     let e = refused(log.path(), cfg(ckpt.path(), 3));
     let msg = e.to_string();
@@ -162,18 +137,21 @@ fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
 fn a_checkpoint_below_the_cut_stays_valid() {
     for keyed in [true, false] {
         let (log, n) = make_log(12);
-        let (cut, offset) = batch_in_last_segment(log.path());
+        // Cut inside a batch, and a checkpoint exactly at the cut: the binding is the record's, not the
+        // batch's (which the cut rewrites).
+        let cut = mid_batch_position(log.path());
         let ckpt = mem_tempdir();
-        let below = EngineConfig { stop_at: Some(Position(cut.0 - 1)), ..cfg(ckpt.path(), 3) };
+        let below = EngineConfig { stop_at: Some(cut), ..cfg(ckpt.path(), 3) };
         if keyed {
             run_keyed(log.path(), below, Arc::default()).unwrap();
         } else {
             run_raw(log.path(), below, Arc::default()).unwrap();
         }
         let positions: Vec<_> = (0..3).map(|i| load_snap(ckpt.path(), i).meta.position).collect();
-        assert!(positions.iter().all(|p| p.0 > 0 && *p < cut), "{positions:?}");
+        assert!(positions.iter().all(|p| p.0 > 0 && *p <= cut), "{positions:?}");
+        assert!(positions.contains(&cut), "a checkpoint exactly at the cut: {positions:?}");
 
-        cut_tail(log.path(), cut, offset);
+        cut_tail(log.path(), cut);
         append_other_events(log.path(), (n - cut.0) as usize + 500);
         let want = oracle_all(&read_all(log.path()));
         let states = if keyed {
@@ -317,4 +295,65 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
          {skipped} images skipped (live view unreadable or the writer refused the image)"
     );
     assert!(exact > 0 && refused > 0, "both outcomes are exercised: {exact} exact, {refused} refused");
+}
+
+/// W3: a follower reading durable-only, with checkpoints, never snapshots a position above the durable end
+/// (what the writer has synced), however far the committed end is ahead; it moves on as syncs move it. The
+/// same run without durable-only reads (and would snapshot) the unsynced events: the check can fail.
+#[test]
+fn a_durable_only_follower_never_snapshots_above_the_durable_end() {
+    use catchup_segments::{Durability, WriterOptions};
+    use std::time::Duration;
+
+    let spec = LogSpec { n_events: 1000, n_keys: 30, skew: 1, seed: 77 };
+    let recs = gen_records(&spec, 0, spec.n_events);
+    for durable_only in [true, false] {
+        let log = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { durability: Durability::None, ..writer_opts() };
+        let mut w = LogWriter::open(log.path(), opts).unwrap();
+        append_records(&mut w, &recs[..400], 1);
+        assert_eq!(w.sync().unwrap(), Position(400));
+        append_records(&mut w, &recs[400..700], 2);
+        assert_eq!((w.committed_position(), w.durable_position()), (Position(700), Position(400)));
+
+        let ckpt = mem_tempdir();
+        let cp = CheckpointConfig {
+            dir: ckpt.path().to_path_buf(),
+            every_events: Some(10),
+            every: Some(Duration::from_millis(5)),
+        };
+        let config = EngineConfig { follow: true, durable_only, checkpoint: Some(cp), ..cfg(ckpt.path(), 3) };
+        let keyed = Keyed::new(FoldProj::default(), 3);
+        let running = Engine::start(log.path(), config, |s| keyed.handler(s)).unwrap();
+        let snapshot_max = || {
+            (0..3u16)
+                .filter(|&i| snap_path(ckpt.path(), i).exists())
+                .map(|i| load_snap(ckpt.path(), i).meta.position)
+                .max()
+                .unwrap_or(Position(0))
+        };
+        if !durable_only {
+            wait_until(20, "the unsynced events read", || running.progress().watermark == Position(700));
+            wait_until(20, "a snapshot of unsynced events", || snapshot_max() > Position(400));
+            running.stop();
+            running.wait().unwrap();
+            continue;
+        }
+        wait_until(20, "the synced events read", || running.progress().watermark == Position(400));
+        wait_until(20, "a snapshot at the durable end", || snapshot_max() == Position(400));
+        // Time for a follower that ignored the durable end to read further and snapshot it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(running.progress().watermark, Position(400), "read past the durable end");
+        assert_eq!(snapshot_max(), Position(400), "snapshotted past the durable end");
+
+        assert_eq!(w.sync().unwrap(), Position(700));
+        wait_until(20, "the newly synced events read", || running.progress().watermark == Position(700));
+        append_records(&mut w, &recs[700..], 3);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(running.progress().watermark, Position(700));
+        running.stop();
+        running.wait().unwrap();
+        assert_eq!(snapshot_max(), Position(700), "the final snapshots stop at the durable end");
+        w.close().unwrap();
+    }
 }
