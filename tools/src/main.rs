@@ -68,6 +68,7 @@ Examples:
   catchup import --out /tmp/orders --key order.id --time at orders.jsonl
   catchup export /tmp/log --from 1000 --to 2000 | head
   catchup verify /tmp/log
+  catchup truncate /tmp/log --to 1500000
   catchup bench --events 5M --handler-ns 0,1000
 
 Exit status: 0 ok, 1 failure, 2 usage error, 130 interrupted.";
@@ -99,6 +100,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Check every segment of a log; exit 1 and list each problem if any.
     Verify(VerifyArgs),
+    /// Cut a log so that it ends at a position (the cut records are kept in LOG/cut/).
+    Truncate(TruncateArgs),
     /// Generate a log in a temporary directory and replay it on all cores.
     Demo(DemoArgs),
     /// Benchmark catchup against the scan limit and the alternatives, on one log, in one run.
@@ -247,6 +250,12 @@ pub struct ExportArgs {
     /// Print at most N events.
     #[arg(long, value_name = "N", value_parser = units::parse_count)]
     pub limit: Option<u64>,
+    /// Print only events the writer has synced (below the log's recovery point).
+    #[arg(long, overrides_with = "no_durable_only", conflicts_with = "to_kafka")]
+    pub durable_only: bool,
+    /// Print every committed event, synced or not (the default).
+    #[arg(long, overrides_with = "durable_only")]
+    pub no_durable_only: bool,
 }
 
 /// `catchup replay`.
@@ -272,6 +281,19 @@ With --exec, each snapshot ends the shard's child (EOF, wait) so its output is
 on disk first; after a crash the events since the last snapshot go to a new
 child again: at-least-once delivery to children. If catchup is killed (kill -9)
 mid-write, a child may read a last line without its newline: ignore it.
+
+Durable-only reads: other processes see an event as soon as the writer commits
+it, before it is synced; a power cut can take it back, and a snapshot that
+covered it would then claim events the log no longer has. So with
+--checkpoint-dir a replay reads only what the writer has synced (below the
+log's recovery point, followed as it moves): --durable-only is the default
+there. --no-durable-only reads every committed event (lower latency when
+following a log written with --sync none, at that risk); --durable-only also
+works without checkpoints. A log last written by an older catchup has no
+recovery point: open it once for writing (e.g. `catchup verify --repair`
+after a crash, or any import) or use --no-durable-only. Should the log change
+under a checkpoint anyway (a truncate, a restored backup), the replay refuses
+it, naming the snapshot file and position.
 
 Ctrl-C: stops cleanly (drain, snapshots, output as of the stop), exit status
 130. Ctrl-C twice: exit now.
@@ -375,6 +397,13 @@ pub struct ReplayArgs {
     /// write to.
     #[arg(long, value_name = "N", value_parser = units::parse_count)]
     pub max_rate: Option<u64>,
+    /// Read only events the writer has synced (below the log's recovery point), following it as it moves,
+    /// so no snapshot covers an event a power cut can take back. Default: on with --checkpoint-dir.
+    #[arg(long, overrides_with = "no_durable_only", conflicts_with = "source")]
+    pub durable_only: bool,
+    /// Read every committed event, synced or not. Default without --checkpoint-dir.
+    #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
+    pub no_durable_only: bool,
 }
 
 /// `catchup report`.
@@ -457,6 +486,36 @@ pub struct VerifyArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `catchup truncate`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Removes every record at or above POSITION; everything below it stays, and the
+log keeps its identity. Nothing is deleted: whole segments move into LOG/cut/,
+and the cut tail of the segment holding POSITION is copied there before it is
+zeroed (a batch holding POSITION is rewritten with only its records below it).
+It prints what was cut: positions, bytes, files, and where they were kept.
+
+Checkpoints (replay --checkpoint-dir) at or below POSITION stay valid. A
+checkpoint above it is refused by the next replay (the log changed under it:
+each snapshot is bound to the record just below its position), naming the
+snapshot file and position; delete that checkpoint directory to rebuild.
+
+The position to give is the one `catchup verify` prints for damage that is not
+a torn tail. Refused while another writer holds the log, and for a position
+past the log's end. Exit 0 when cut (or nothing to cut), 1 otherwise.
+
+Examples:
+  catchup verify /tmp/log
+  catchup truncate /tmp/log --to 1992515")]
+pub struct TruncateArgs {
+    /// Log directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The log ends here afterwards: every record at or above this position is removed.
+    #[arg(long, value_name = "POSITION", required = true)]
+    pub to: u64,
 }
 
 /// `catchup demo`.
@@ -554,6 +613,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Report(a) => cmd::report::main(a, &ui),
         Command::Inspect(a) => cmd::inspect::main(a, &ui),
         Command::Verify(a) => cmd::verify::main(a, &ui),
+        Command::Truncate(a) => cmd::truncate::main(a),
         Command::Demo(a) => cmd::demo::main(a, &ui),
         Command::Bench(a) => cmd::bench::main(a, &ui),
     }

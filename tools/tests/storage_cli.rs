@@ -151,3 +151,183 @@ fn os_error_text_is_printed_once() {
     assert!(err.contains(s(&cp)), "names the directory: {err}");
     assert_eq!(err.matches("(os error 20)").count(), 1, "{err}");
 }
+
+/// JSON lines `{"k":"new-I","n":I}` for `import`.
+fn other_events(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"k\":\"new-{}\",\"n\":{i}}}\n", i % 7)).collect()
+}
+
+fn import(log: &Path, lines: String) {
+    catchup().args(["import", "-q", "--out", s(log), "--key", "k"]).write_stdin(lines).assert().success();
+}
+
+fn replay_args<'a>(log: &'a Path, ckpt: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "replay",
+        s(log),
+        "--shards",
+        "3",
+        "--checkpoint-dir",
+        s(ckpt),
+        "--snapshot-every",
+        "500",
+        "--out",
+        s(out),
+        "-q",
+    ]
+}
+
+/// W1 end to end: gen, replay with checkpoints, truncate, import other events, replay: refused with the
+/// message (file, position, the way out). Before the binding it exited 0 with the lost events still
+/// counted. A checkpoint below the cut is resumed and gives the fresh replay's output.
+#[test]
+fn a_checkpoint_above_a_truncate_is_refused_and_one_below_it_resumes() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 5000, 20, 1);
+    let (above, below) = (dir.path().join("ckpt-above"), dir.path().join("ckpt-below"));
+    let out = dir.path().join("out.jsonl");
+    catchup().args(replay_args(&log, &above, &out)).assert().success();
+    let mut args = replay_args(&log, &below, &out);
+    args.extend(["--to", "2000"]);
+    catchup().args(args).assert().success();
+
+    let (code, stdout, err) = run(&["truncate", s(&log), "--to", "3000"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    import(&log, other_events(2500));
+
+    let (code, _, err) = run(&replay_args(&log, &above, &out));
+    assert_eq!(code, 1, "{err}");
+    for words in
+        ["shard-0000", "the log changed under this checkpoint at position 5000", "delete the checkpoint directory"]
+    {
+        assert!(err.contains(words), "says {words:?}: {err}");
+    }
+
+    catchup().args(replay_args(&log, &below, &out)).assert().success();
+    let fresh = dir.path().join("fresh.jsonl");
+    catchup().args(["replay", s(&log), "--shards", "3", "--out", s(&fresh), "-q"]).assert().success();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&fresh).unwrap());
+    assert!(std::fs::read_to_string(&out).unwrap().contains("new-3"));
+}
+
+/// `catchup truncate` says what it cut (positions, bytes, where they were kept), exits 1 for a position
+/// past the end and for a locked log (naming the lock), and 0 with "nothing to cut" at the end.
+#[test]
+fn truncate_reports_what_it_cut() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 5000, 20, 1);
+    let (code, out, err) = run(&["truncate", s(&log), "--to", "1234"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("now ends at 1,234") && out.contains("3,766 records removed: positions 1234..5000"), "{out}");
+    assert!(out.contains("kept in") && out.contains("/cut/"), "{out}");
+    assert!(out.contains("checkpoints at or below position 1234 stay valid"), "{out}");
+    let exported = catchup().args(["export", s(&log)]).assert().success().get_output().stdout.clone();
+    assert_eq!(String::from_utf8(exported).unwrap().lines().count(), 1234);
+    catchup().args(["verify", s(&log)]).assert().success();
+
+    let (code, out, _) = run(&["truncate", s(&log), "--to", "1234"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to cut"), "{out}");
+    let (code, _, err) = run(&["truncate", s(&log), "--to", "9999"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ends at 1234") || err.contains("ends at 1,234"), "{err}");
+
+    let writer = LogWriter::open(&log, WriterOptions::default()).unwrap();
+    let (code, _, err) = run(&["truncate", s(&log), "--to", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked by another writer") && err.contains("nothing was changed"), "{err}");
+    drop(writer);
+
+    let (_, help, _) = run(&["truncate", "--help"]);
+    assert!(help.contains("stay valid") && help.contains("refused"), "{help}");
+}
+
+/// `verify` prints, for damaged committed data, the position to give `truncate`; after that truncate the
+/// log verifies sound and holds exactly the records below it.
+#[test]
+fn verify_prints_the_position_to_give_truncate() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 5000, 20, 1);
+    // Damage a batch of the second segment (`gen` writes big batches: the first one starts at position 0).
+    let mut segs: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let seg = segs[1].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, _) = run(&["verify", s(&log)]);
+    assert_eq!(code, 1, "{out}");
+    let hint = format!("catchup truncate {} --to ", s(&log));
+    let at = out.find(&hint).unwrap_or_else(|| panic!("no truncate hint: {out}"));
+    let pos: u64 = out[at + hint.len()..].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(pos > 0 && pos < 5000, "{out}");
+    let (code, o, err) = run(&["truncate", s(&log), "--to", &pos.to_string()]);
+    assert_eq!(code, 0, "{o}{err}");
+    catchup().args(["verify", s(&log)]).assert().success();
+    let exported = catchup().args(["export", s(&log)]).assert().success().get_output().stdout.clone();
+    assert_eq!(String::from_utf8(exported).unwrap().lines().count() as u64, pos);
+}
+
+/// W3 through the CLI: while a writer holds committed but unsynced events, `export --durable-only` and a
+/// checkpointed replay (durable-only by default) see only the synced ones; `--no-durable-only` sees all.
+#[test]
+fn checkpointed_replays_read_only_synced_events_by_default() {
+    use catchup_segments::Durability;
+    let dir = tmp();
+    let log = dir.path().join("log");
+    let mut w = LogWriter::open(&log, WriterOptions { durability: Durability::None, ..Default::default() }).unwrap();
+    for i in 0..300u64 {
+        w.append(format!("k{}", i % 5).as_bytes(), b"{}", 1_700_000_000_000_000_000 + i).unwrap();
+        if i == 199 {
+            w.sync().unwrap();
+        }
+    }
+    w.commit().unwrap();
+    let lines = |args: &[&str]| {
+        let o = catchup().args(args).assert().success().get_output().stdout.clone();
+        String::from_utf8(o).unwrap().lines().count()
+    };
+    assert_eq!(lines(&["export", s(&log)]), 300);
+    assert_eq!(lines(&["export", s(&log), "--durable-only"]), 200);
+
+    let ckpt = dir.path().join("ckpt");
+    let (code, out, err) = run(&["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["watermark"], 200, "{out}");
+    let ckpt2 = dir.path().join("ckpt2");
+    let (code, out, err) =
+        run(&["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt2), "--no-durable-only", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["watermark"], 300, "{out}");
+    drop(w);
+
+    let (_, help, _) = run(&["replay", "--help"]);
+    assert!(help.contains("--durable-only is the default"), "{help}");
+}
+
+/// `verify --repair` after a crash says what recovery cut above the recovery point and where it kept it.
+#[test]
+fn repair_after_a_crash_says_what_was_cut() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 5000, 20, 1);
+    // A writer that crashed after its last sync at 3854 (the last segment's base): the last segment's
+    // batch was never synced, and its tail is torn.
+    catchup_segments::testing::crash_recovery_point(&log, Position(3854)).unwrap();
+    let (seg, end) = end_of_data(&log);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end as usize - 50] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, _) = run(&["verify", s(&log)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("torn tail: recoverable"), "{out}");
+    let (code, out, err) = run(&["verify", "--repair", s(&log)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("cut the log at position 3854") && err.contains("kept in"), "{err}");
+    assert!(err.contains("/cut/"), "{err}");
+}

@@ -23,6 +23,8 @@ pub struct Config {
     pub key: Option<Vec<u8>>,
     /// At most this many events.
     pub limit: Option<u64>,
+    /// Only events the writer has synced.
+    pub durable_only: bool,
 }
 
 impl Config {
@@ -38,13 +40,22 @@ impl Config {
             (None, Some(ts)) => Start::Timestamp(ts),
             (None, None) => Start::Beginning,
         };
-        Ok(Config { dir: a.dir, start, to: a.to, key: a.key.map(String::into_bytes), limit: a.limit })
+        Ok(Config {
+            dir: a.dir,
+            start,
+            to: a.to,
+            key: a.key.map(String::into_bytes),
+            limit: a.limit,
+            durable_only: a.durable_only && !a.no_durable_only,
+        })
     }
 }
 
 /// Writes the events to `out`; returns how many.
 pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
-    let reader = LogReader::open(&cfg.dir).with_context(|| format!("cannot open log {}", cfg.dir.display()))?;
+    let reader = LogReader::open(&cfg.dir)
+        .with_context(|| format!("cannot open log {}", cfg.dir.display()))?
+        .durable_only(cfg.durable_only);
     let mut cursor = reader.cursor(cfg.start).with_context(|| format!("cannot seek in log {}", cfg.dir.display()))?;
     let to = cfg.to.unwrap_or(u64::MAX);
     let limit = cfg.limit.unwrap_or(u64::MAX);

@@ -10,6 +10,7 @@ pub mod import;
 pub mod inspect;
 pub mod replay;
 pub mod report;
+pub mod truncate;
 pub mod verify;
 
 use std::path::Path;

@@ -110,6 +110,8 @@ pub struct Config {
     pub latency_sample_every: u32,
     /// Events per second at most.
     pub max_rate: Option<u64>,
+    /// Read only synced events (default on with a checkpoint directory).
+    pub durable_only: bool,
 }
 
 /// Parses `stop`, `skip`, `retry:N` or `retry:N:skip`.
@@ -198,6 +200,9 @@ impl Config {
                  is spooled there, so it moves with the partition"
             );
         }
+        // A checkpoint must not get ahead of what survives a power cut (storage review W3); a Kafka source
+        // has its own notion of what is committed.
+        let durable_only = kafka.is_none() && !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -240,6 +245,7 @@ impl Config {
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
+            durable_only,
         })
     }
 
@@ -264,6 +270,7 @@ impl Config {
             latency_sample_every: self.latency_sample_every,
             fingerprint: self.fingerprint(),
             max_rate: self.max_rate,
+            durable_only: self.durable_only,
             ..EngineConfig::default()
         }
     }

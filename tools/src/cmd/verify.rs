@@ -46,6 +46,18 @@ impl Verdict {
     }
 }
 
+/// The position to give `catchup truncate` to cut the log at its first damaged committed data: the lowest
+/// position of a data problem. `None` if no data problem has a position, or it is 0 (nothing would be kept).
+fn truncate_position(r: &VerifyReport) -> Option<u64> {
+    r.problems
+        .iter()
+        .filter(|p| verdict(p) == Verdict::Data)
+        .filter_map(|p| p.corruption.position)
+        .min()
+        .map(|p| p.0)
+        .filter(|&p| p > 0)
+}
+
 fn report_json(dir: &std::path::Path, r: &VerifyReport) -> serde_json::Value {
     serde_json::json!({
         "dir": dir.display().to_string(),
@@ -53,6 +65,7 @@ fn report_json(dir: &std::path::Path, r: &VerifyReport) -> serde_json::Value {
         "segments": r.segments,
         "records": r.records,
         "end_position": r.end_position.0,
+        "truncate_to": truncate_position(r),
         "problems": r.problems.iter().map(|p| serde_json::json!({
             "file": p.corruption.file.display().to_string(),
             "offset": p.corruption.offset,
@@ -106,6 +119,14 @@ fn write_text(dir: &std::path::Path, r: &VerifyReport, out: &mut dyn Write) -> R
     }
     if r.problems.iter().all(|p| matches!(verdict(p), Verdict::TornTail | Verdict::Index)) {
         writeln!(out, "repair with: catchup verify --repair {}", dir.display())?;
+    } else if let Some(first) = truncate_position(r) {
+        writeln!(
+            out,
+            "to keep the records before the first damage and cut the rest (moved into {}, not deleted): \
+             catchup truncate {} --to {first}",
+            dir.join("cut").display(),
+            dir.display()
+        )?;
     }
     Ok(())
 }
@@ -140,6 +161,18 @@ fn repair_torn_tail(dir: &Path, ui: &Ui) -> Result<()> {
     }
     if rec.created_missing_successor {
         ui.note("repaired: created the segment missing after a sealed one");
+    }
+    if let Some(cut) = &rec.cut {
+        ui.note(format!(
+            "repaired: cut the log at position {} ({}); checkpoints above it will be refused",
+            cut.position, cut.why
+        ));
+        for line in crate::cmd::truncate::describe_cut(cut) {
+            ui.note(format!("  {line}"));
+        }
+    }
+    if let Some(why) = &rec.recovery_point_problem {
+        ui.note(format!("the recovery point was unusable ({why}); recovery used the rules for a log without one"));
     }
     Ok(())
 }
