@@ -196,7 +196,9 @@ fn a_resharded_checkpoint_is_bound_above_its_position() {
 /// durability policy, a checkpointed replay runs over what the live log showed at that point (every write
 /// kept: the page cache); then each crash image of that point is recovered by a real writer, other events
 /// are appended (so lost positions are reused by other content), and the checkpointed replay resumes. It
-/// must either equal a fresh replay of the surviving log or be refused with `LogChanged`.
+/// must either equal a fresh replay of the surviving log or be refused with `LogChanged`. Checkpoints taken
+/// with durable-only reads (the CLI's default) must always resume, and equal the fresh replay: they cover
+/// only synced records, which every image keeps.
 ///
 /// Fast by default (a few crash points per policy); `CATCHUP_CRASH_REPLAY_POINTS` (crash points per policy)
 /// and `CATCHUP_CRASH_REPLAY_SEEDS` (workloads) make a long run.
@@ -215,14 +217,15 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
         ("interval", Durability::Interval(Duration::from_millis(1))),
     ];
     let scratch = mem_tempdir();
-    let (live, crashed, ckpt, ckpt_copy) =
-        ["live", "crashed", "ckpt", "ckpt-copy"].map(|n| scratch.path().join(n)).into();
+    let (live, crashed, ckpt_copy) = ["live", "crashed", "ckpt-copy"].map(|n| scratch.path().join(n)).into();
+    // Checkpoints of the live view read with every committed record [0], and durable-only [1].
+    let ckpts = [scratch.path().join("ckpt-committed"), scratch.path().join("ckpt-durable")];
     let reset = |d: &Path| {
         if d.exists() {
             std::fs::remove_dir_all(d).unwrap();
         }
     };
-    let (mut exact, mut refused, mut skipped) = (0usize, 0usize, 0usize);
+    let (mut exact, mut refused, mut skipped) = ([0usize; 2], [0usize; 2], 0usize);
     for seed in 0..n_seeds {
         let spec = LogSpec { n_events: 600, n_keys: 12, skew: 1, seed: 0xc4a5 + seed };
         let recs = gen_records(&spec, 0, spec.n_events);
@@ -246,7 +249,6 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
                 let k = ops[(p * 2 + 1) * (ops.len() - 1) / (2 * n_points)];
                 let model = CrashModel::replay(&journal[..k]);
                 reset(&live);
-                reset(&ckpt);
                 model.crash(CrashMode::KeepAll, 0).write_to(&live).unwrap();
                 // The live view: what a follower in another process read at this point. A view the reader
                 // cannot open (a segment created, its header not yet written) gives no snapshot.
@@ -257,44 +259,55 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
                         continue;
                     }
                 };
-                run_keyed(&live, EngineConfig { checkpoint: checkpoint(&ckpt, 7), ..cfg(&ckpt, 3) }, Arc::default())
-                    .unwrap();
+                for (v, ckpt) in ckpts.iter().enumerate() {
+                    reset(ckpt);
+                    let live_cfg = EngineConfig { durable_only: v == 1, ..cfg(ckpt, 3) };
+                    run_keyed(&live, EngineConfig { checkpoint: checkpoint(ckpt, 7), ..live_cfg }, Arc::default())
+                        .unwrap_or_else(|e| panic!("seed {seed}, {name}, live view at op {k}: {e}"));
+                }
                 for (m, mode) in CrashMode::ALL.into_iter().enumerate() {
                     let ctx = format!("seed {seed}, {name}, crash after op {k} of {}, {mode:?}", journal.len());
                     reset(&crashed);
                     model.crash(mode, seed << 16 ^ (k as u64) << 4 ^ m as u64).write_to(&crashed).unwrap();
                     let Ok(w) = LogWriter::open(&crashed, opts.clone()) else {
-                        // An out-of-order image the writer refuses: nothing to resume over.
+                        // An image the writer refuses: nothing to resume over.
                         skipped += 1;
                         continue;
                     };
                     w.close().unwrap();
                     let kept = LogReader::open(&crashed).unwrap().end_position().unwrap();
                     append_other_events(&crashed, (live_end.0.saturating_sub(kept.0) + 5) as usize);
-                    reset(&ckpt_copy);
-                    std::fs::create_dir_all(&ckpt_copy).unwrap();
-                    for f in std::fs::read_dir(&ckpt).unwrap() {
-                        let f = f.unwrap().path();
-                        std::fs::copy(&f, ckpt_copy.join(f.file_name().unwrap())).unwrap();
-                    }
-                    let resumed = run_keyed(&crashed, cfg(&ckpt_copy, 3), Arc::default());
-                    match resumed {
-                        Ok((_, states)) => {
-                            assert_states_eq(&states, &oracle_all(&read_all(&crashed)), &ctx);
-                            exact += 1;
+                    let want = oracle_all(&read_all(&crashed));
+                    for (v, ckpt) in ckpts.iter().enumerate() {
+                        reset(&ckpt_copy);
+                        std::fs::create_dir_all(&ckpt_copy).unwrap();
+                        for f in std::fs::read_dir(ckpt).unwrap() {
+                            let f = f.unwrap().path();
+                            std::fs::copy(&f, ckpt_copy.join(f.file_name().unwrap())).unwrap();
                         }
-                        Err(ReplayError::Snapshot(SnapshotError::LogChanged { .. })) => refused += 1,
-                        Err(e) => panic!("{ctx}: the resume failed with {e}"),
+                        let ctx = format!("{ctx}, {}", ["committed reads", "durable-only reads"][v]);
+                        match run_keyed(&crashed, cfg(&ckpt_copy, 3), Arc::default()) {
+                            Ok((_, states)) => {
+                                assert_states_eq(&states, &want, &ctx);
+                                exact[v] += 1;
+                            }
+                            Err(ReplayError::Snapshot(SnapshotError::LogChanged { .. })) if v == 0 => refused[v] += 1,
+                            // Durable-only snapshots cover only synced records, which every image keeps.
+                            Err(e) => panic!("{ctx}: the resume failed with {e}"),
+                        }
                     }
                 }
             }
         }
     }
     eprintln!(
-        "crash-image replays: {exact} resumed and equal to a fresh replay, {refused} refused (the log changed), \
-         {skipped} images skipped (live view unreadable or the writer refused the image)"
+        "crash-image replays: checkpoints of committed reads: {} resumed and equal to a fresh replay, {} refused \
+         (the log changed); of durable-only reads: {} resumed and equal, {} refused; {skipped} images skipped \
+         (live view unreadable or the writer refused the image)",
+        exact[0], refused[0], exact[1], refused[1]
     );
-    assert!(exact > 0 && refused > 0, "both outcomes are exercised: {exact} exact, {refused} refused");
+    assert!(exact[0] > 0 && refused[0] > 0, "both outcomes are exercised: {exact:?} exact, {refused:?} refused");
+    assert!(exact[1] > 0, "durable-only checkpoints resumed: {exact:?}");
 }
 
 /// W3: a follower reading durable-only, with checkpoints, never snapshots a position above the durable end
