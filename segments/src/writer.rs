@@ -430,13 +430,19 @@ impl LogWriter {
             let (base, path) = &pair[0];
             let seg = Segment::open(path, *base)?;
             let idx_path = dir.join(index_file_name(*base));
-            let (index, problem) = match std::fs::read(&idx_path).ok().and_then(|b| SparseIndex::decode(&b, *base).ok())
-            {
+            let saved = std::fs::read(&idx_path).ok().and_then(|b| SparseIndex::decode(&b, *base).ok());
+            let rebuilt = saved.is_none();
+            let (index, problem) = match saved {
                 Some(idx) => idx.complete(&seg, &idx_path),
                 None => SparseIndex::build(&seg),
             };
             if let Some(c) = problem {
                 return Err(c.into());
+            }
+            if rebuilt {
+                // Written back (a cache: failing to write it loses nothing), so that the next open does not
+                // scan this segment again.
+                let _ = index.save(&idx_path, *base, false);
             }
             match index.sealed_next {
                 None => {
@@ -456,14 +462,27 @@ impl LogWriter {
                 Some(_) => {}
             }
         }
-        // The active segment: a full verified walk, then torn-tail recovery.
+        // The active segment: a verified walk from where its saved index ends, then torn-tail recovery. The
+        // index is saved only at a clean close, after the final sync, so it describes durable batches that no
+        // recovery cuts (a cut is always above the recovery point; `truncate` deletes the indexes it makes
+        // stale): after a clean close the walk is one index interval, not the whole segment. Damage below
+        // the index's end is then not looked for here; readers and `verify` check every batch they read.
         let (base, path) = segments.last().cloned().expect("at least one segment");
-        // The active segment's index is rewritten at seal or close; an old one may describe lost data.
-        let _ = std::fs::remove_file(dir.join(index_file_name(base)));
         let seg = Segment::open(&path, base)?;
         let capacity = seg.len_bytes();
         let active_created_ns = seg.header().created_ns;
-        let (index, problem) = SparseIndex::build(&seg);
+        let idx_path = dir.join(index_file_name(base));
+        let (index, problem) = match std::fs::read(&idx_path).ok().and_then(|b| SparseIndex::decode(&b, base).ok()) {
+            Some(saved) => match saved.complete(&seg, &idx_path) {
+                // An index that disagrees with the data is a stale cache: scan the segment instead.
+                (_, Some(c)) if matches!(c.kind, CorruptionKind::IndexMismatch { .. }) => {
+                    let _ = std::fs::remove_file(&idx_path);
+                    SparseIndex::build(&seg)
+                }
+                done => done,
+            },
+            None => SparseIndex::build(&seg),
+        };
         let end_offset = index.end_offset;
         let end_position = index.end_position;
         // Only damage that an interrupted write can cause (a bad length or checksum) may be a torn tail. A

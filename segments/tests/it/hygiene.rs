@@ -159,3 +159,24 @@ fn disk_space_is_reserved_in_steps() {
     assert!(used < format::SEGMENT_SIZE_DEFAULT / 2, "{used} bytes reserved for {written} written");
     assert_eq!(read_all(dir.path()).unwrap().len() as u64, end.0);
 }
+
+/// Sealed segments' indexes that a writer had to rebuild when it opened were never written back, so every
+/// open scanned those segments again.
+#[test]
+fn a_writer_writes_back_the_sealed_indexes_it_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 2_000, 20);
+    w.close().unwrap();
+    let segments = list_segments(dir.path()).unwrap();
+    assert!(segments.len() > 3, "want sealed segments, got {}", segments.len());
+    let sealed: Vec<PathBuf> = segments[..segments.len() - 1].iter().map(|(_, p)| p.with_extension("idx")).collect();
+    let saved: Vec<Vec<u8>> = sealed.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    for p in &sealed {
+        std::fs::remove_file(p).unwrap();
+    }
+    LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap().close().unwrap();
+    for (p, want) in sealed.iter().zip(&saved) {
+        assert_eq!(&std::fs::read(p).unwrap_or_default(), want, "{} not written back as it was", p.display());
+    }
+}
