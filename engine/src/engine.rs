@@ -464,7 +464,8 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir = config.checkpoint.as_ref().map(|c| c.dir.clone()).zip(full_view);
+            let snap_dir =
+                config.checkpoint.as_ref().map(|c| c.dir.clone()).zip(full_view.map(snapshot::BindingLookup::new));
             let dlq = config.dead_letters.clone();
             // After a redistribution, files of another shard count are retired once this run's are complete.
             let retire = per_key_restored.then_some(n);
@@ -1381,7 +1382,7 @@ fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
 fn io_loop(
     shared: &EngineShared,
     rx: channel::Receiver<IoJob>,
-    mut snap_dir: Option<(PathBuf, LogReader)>,
+    mut snap_dir: Option<(PathBuf, snapshot::BindingLookup)>,
     dlq: Option<PathBuf>,
     mut retire: Option<usize>,
 ) {
@@ -1457,7 +1458,12 @@ fn io_loop(
 /// highest `covered` position of its per-key entries if that is higher (a key restored from a file of
 /// another shard count can claim events above this shard's position). Looked up in `log`, refreshed once if
 /// the log has grown into segments it has not mapped yet (follow mode).
-fn bind(log: &mut LogReader, dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<snapshot::Binding, ReplayError> {
+fn bind(
+    log: &mut snapshot::BindingLookup,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    state: &[u8],
+) -> Result<snapshot::Binding, ReplayError> {
     let path = || dir.join(snapshot::snapshot_file_name(meta.shard_idx));
     let mut upto = meta.position;
     if meta.layout == StateLayout::PerKey {
@@ -1466,11 +1472,7 @@ fn bind(log: &mut LogReader, dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> R
             upto = upto.max(covered);
         }
     }
-    if let Some(b) = snapshot::binding_at(log, upto)? {
-        return Ok(b);
-    }
-    log.refresh()?;
-    match snapshot::binding_at(log, upto)? {
+    match log.binding_at(upto)? {
         Some(b) => Ok(b),
         None => Err(SnapshotError::LogChanged {
             path: path(),

@@ -7,8 +7,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use catchup_segments::format::record_size;
-use catchup_segments::{LogReader, Position, ReadError, Start};
+use std::sync::Arc;
+
+use catchup_segments::format::{RecordIter, SEGMENT_HEADER_SIZE, record_size};
+use catchup_segments::index::SparseIndex;
+use catchup_segments::segment::index_file_name;
+use catchup_segments::{LogReader, Position, ReadError, Segment, Start};
 
 use crate::error::SnapshotError;
 use crate::handler::StateLayout;
@@ -108,6 +112,88 @@ pub struct SnapshotMeta {
     pub fingerprint: u64,
     /// When it was written, ns since the Unix epoch.
     pub created_ns: u64,
+}
+
+/// Finds the bindings of snapshots being written, for the engine's I/O thread. Each segment's sparse index
+/// is kept between lookups (a sealed segment's never changes; the active one's is completed from where it
+/// ended), so a lookup costs an index search and a hop of at most one index interval, not the rebuild of
+/// the active segment's index that a fresh cursor makes while a writer is live. For positions the engine
+/// has read (which are committed and valid); a resume checks bindings with [`binding_at`].
+#[derive(Debug)]
+pub struct BindingLookup {
+    reader: LogReader,
+    /// Per mapped segment: the mapping the index was made for (a replaced file is indexed again) and it.
+    indexes: Vec<Option<(Arc<Segment>, SparseIndex)>>,
+}
+
+impl BindingLookup {
+    /// Looks bindings up in `reader`'s log (which must see every committed record: not durable-only).
+    pub fn new(reader: LogReader) -> BindingLookup {
+        BindingLookup { reader, indexes: Vec::new() }
+    }
+
+    /// The binding of `position`, as [`binding_at`] computes it; maps segments created since the last look
+    /// if needed. `Ok(None)` if the log ends before `position`.
+    pub fn binding_at(&mut self, position: Position) -> Result<Option<Binding>, ReadError> {
+        if position == Position(0) {
+            return Ok(Some(Binding::NONE));
+        }
+        let at = Position(position.0 - 1);
+        if let Some(crc) = self.record_crc(at)? {
+            return Ok(Some(Binding { position, crc }));
+        }
+        self.reader.refresh()?;
+        Ok(self.record_crc(at)?.map(|crc| Binding { position, crc }))
+    }
+
+    /// The end of the log as far as it is mapped (for messages).
+    pub fn end_position(&self) -> Result<Position, ReadError> {
+        self.reader.end_position()
+    }
+
+    /// CRC-32C of the stored bytes of the record at `at`, if the mapped log holds it.
+    fn record_crc(&mut self, at: Position) -> Result<Option<u32>, ReadError> {
+        let segments = self.reader.segments();
+        let Some(i) = segments.partition_point(|s| s.base_position() <= at).checked_sub(1) else {
+            return Ok(None);
+        };
+        let seg = segments[i].clone();
+        let index_file = self.reader.dir().join(index_file_name(seg.base_position()));
+        if self.indexes.len() < segments.len() {
+            self.indexes.resize_with(segments.len(), || None);
+        }
+        let index = match self.indexes[i].take() {
+            // Built from this mapping's data before: complete it with the batches committed since.
+            Some((mapped, index)) if Arc::ptr_eq(&mapped, &seg) => index.complete(&seg, &index_file).0,
+            _ => self.reader.index_of(i)?,
+        };
+        let (mut offset, entry_checked) = match index.seek_position(at) {
+            Some(e) => (e.file_offset, e.check(&seg, &index_file)),
+            None => (SEGMENT_HEADER_SIZE as u64, Ok(())),
+        };
+        self.indexes[i] = Some((seg.clone(), index));
+        entry_checked?;
+        // Hop batch headers (each batch validated) to the one holding `at`; the record found is checked to
+        // be the one at `at` from its own, checksummed, header.
+        loop {
+            let Some((h, bytes)) = seg.read_batch(offset)? else { return Ok(None) };
+            if h.sealed || h.base_position > at {
+                return Ok(None);
+            }
+            if h.end_position() > at {
+                let mut records = RecordIter::new(bytes);
+                loop {
+                    let start = records.offset_in_batch();
+                    let Some(r) = records.next() else { return Ok(None) };
+                    if r.position == at {
+                        let stored = &bytes[start..start + record_size(r.key.len(), r.payload.len())];
+                        return Ok(Some(crc32c::crc32c(stored)));
+                    }
+                }
+            }
+            offset += u64::from(h.length);
+        }
+    }
 }
 
 /// A loaded, validated snapshot.

@@ -370,3 +370,34 @@ fn a_durable_only_follower_never_snapshots_above_the_durable_end() {
         w.close().unwrap();
     }
 }
+
+/// The I/O thread's `BindingLookup` (cached, incrementally completed indexes) gives the same binding as a
+/// fresh cursor (`binding_at`) for every position of a multi-segment log, looked up out of order, also while
+/// a writer appends to the active segment between lookups; past the end it finds none.
+#[test]
+fn the_cached_binding_lookup_agrees_with_a_fresh_cursor() {
+    use catchup_engine::snapshot::{BindingLookup, binding_at};
+    let spec = LogSpec { n_events: 2000, n_keys: 50, skew: 1, seed: 5 };
+    let log = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(log.path(), writer_opts()).unwrap();
+    let recs = gen_records(&spec, 0, 3000);
+    append_records(&mut w, &recs[..2000], 9);
+    let mut lookup = BindingLookup::new(LogReader::open(log.path()).unwrap());
+    let mut rng = Rng(17);
+    for round in 0..3 {
+        let end = LogReader::open(log.path()).unwrap().end_position().unwrap().0;
+        assert!(LogReader::open(log.path()).unwrap().segments().len() > 2, "several segments");
+        for _ in 0..400 {
+            let p = Position(rng.below(end + 1));
+            let fresh = binding_at(&LogReader::open(log.path()).unwrap(), p).unwrap();
+            assert_eq!(lookup.binding_at(p).unwrap(), fresh, "round {round}, position {p}");
+            assert!(fresh.is_some());
+        }
+        assert_eq!(lookup.binding_at(Position(end + 1)).unwrap(), None);
+        if round < 2 {
+            let from = 2000 + round * 500;
+            append_records(&mut w, &recs[from as usize..from as usize + 500], round);
+        }
+    }
+    w.close().unwrap();
+}
