@@ -331,3 +331,18 @@ fn repair_after_a_crash_says_what_was_cut() {
     assert!(err.contains("cut the log at position 3854") && err.contains("kept in"), "{err}");
     assert!(err.contains("/cut/"), "{err}");
 }
+
+/// A log without a recovery point (last written by an older catchup) cannot be read durable-only: a
+/// checkpointed replay says so and names the way out, which works.
+#[test]
+fn a_log_without_a_recovery_point_names_no_durable_only() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 1000, 20, 1);
+    std::fs::remove_file(log.join("recovery.point")).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let (code, _, err) = run(&["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt), "--out", "-", "-q"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no recovery point") && err.contains("--no-durable-only"), "{err}");
+    let args = ["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt), "--no-durable-only", "--out", "-"];
+    catchup().args(args).assert().success();
+}

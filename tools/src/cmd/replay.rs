@@ -465,6 +465,9 @@ pub(crate) fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
                 cfg.dead_letters.display()
             )
         }
+        e @ ReplayError::Read(catchup_segments::ReadError::NoRecoveryPoint { .. }) => anyhow::Error::new(e).context(
+            format!("cannot replay {dir} durable-only (the default with --checkpoint-dir); --no-durable-only reads it"),
+        ),
         e @ (ReplayError::Read(_) | ReplayError::Open(_)) => {
             anyhow::Error::new(e).context(format!("cannot replay {dir} (run `catchup verify {dir}` for details)"))
         }
