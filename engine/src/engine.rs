@@ -573,7 +573,6 @@ impl Engine {
 /// must be the one it was taken over. Refuses with [`SnapshotError::LogChanged`] (naming the file, the
 /// position and the way out) if it is not, or if the log now ends before that position.
 pub(crate) fn check_bindings(reader: &LogReader, snaps: &[(PathBuf, snapshot::Snapshot)]) -> Result<(), ReplayError> {
-    let mut end = None;
     for (path, s) in snaps {
         let b = s.binding;
         if b.position == Position(0) {
@@ -602,12 +601,9 @@ pub(crate) fn check_bindings(reader: &LogReader, snaps: &[(PathBuf, snapshot::Sn
                 .into());
             }
             None => {
-                let end = match end {
-                    Some(e) => e,
-                    None => *end.insert(reader.end_position()?),
-                };
                 return Err(changed(format!(
-                    "the log now ends at position {end}, below this checkpoint's position {}",
+                    "the log now ends at position {}, below this checkpoint's position {}",
+                    reader.end_position()?,
                     b.position
                 ))
                 .into());
