@@ -165,9 +165,11 @@ number: every line before it is in the log, nothing from it on. Reading stdin
 (`-`), lines are committed as they arrive (at the latest when the input
 pauses), so a killed import leaves an exact prefix of its input.
 
---sync: none = never fsync while importing (fastest); batch = fsync every
-committed batch; interval:MS = fsync in the background every MS milliseconds.
-In every mode a finished import is synced.
+--sync: none = never fsync while importing (fastest; nothing is durable until
+the import ends, so a long streaming import should use batch or interval);
+batch = fsync every committed batch; interval:MS = fsync in the background
+every MS milliseconds. In every mode a finished import is synced, and a failed
+one says which positions are durable.
 
 With --from-export the input is `catchup export` output: key, timestamp and
 payload come from its fields, so `catchup export A | catchup import

@@ -346,3 +346,22 @@ fn a_log_without_a_recovery_point_names_no_durable_only() {
     let args = ["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt), "--no-durable-only", "--out", "-"];
     catchup().args(args).assert().success();
 }
+
+/// `import` into a log whose writer crashed says what recovery cut (never acknowledged) and where it kept it,
+/// before appending.
+#[test]
+fn import_after_a_crash_says_what_was_cut() {
+    let dir = tmp();
+    let log = make_log(dir.path(), "log", 5000, 20, 1);
+    catchup_segments::testing::crash_recovery_point(&log, Position(3854)).unwrap();
+    let (seg, end) = end_of_data(&log);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end as usize - 50] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"k\":\"a\"}\n").unwrap();
+    let (code, out, err) = run(&["import", "--out", s(&log), "--key", "k", s(&input)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("recovery cut the log at position 3854") && err.contains("/cut/"), "{err}");
+    assert!(out.contains("positions 3854..3855") || err.contains("positions 3854..3855"), "{out}{err}");
+}

@@ -220,7 +220,13 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
     let mut writer = LogWriter::open(&cfg.out, opts)
         .with_context(|| format!("cannot open log {} for writing", cfg.out.display()))?;
     let rec = writer.recovery().clone();
-    if let Some((file, offset)) = &rec.torn_at {
+    if let Some(cut) = &rec.cut {
+        // What recovery removed as never acknowledged (the bytes are kept in the log's `cut/` folder).
+        ui.note(format!("note: recovery cut the log at position {} ({})", cut.position, cut.why));
+        for line in crate::cmd::truncate::describe_cut(cut) {
+            ui.note(format!("  {line}"));
+        }
+    } else if let Some((file, offset)) = &rec.torn_at {
         ui.note(format!(
             "note: recovered a torn tail in {} at byte offset {offset} ({} bytes of an interrupted write zeroed)",
             file.display(),
