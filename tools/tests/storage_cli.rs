@@ -311,18 +311,23 @@ fn checkpointed_replays_read_only_synced_events_by_default() {
     assert!(help.contains("--durable-only is the default"), "{help}");
 }
 
-/// `verify --repair` after a crash says what recovery cut above the recovery point and where it kept it.
-#[test]
-fn repair_after_a_crash_says_what_was_cut() {
-    let dir = tmp();
-    let log = make_log(dir.path(), "log", 5000, 20, 1);
-    // A writer that crashed after its last sync at 3854 (the last segment's base): the last segment's
-    // batch was never synced, and its tail is torn.
+/// A 5,000-event log whose writer crashed after its last sync at 3854 (the last segment's base): the last
+/// segment's batch was never synced, and its tail is torn.
+fn crashed_log_with_a_torn_tail(dir: &Path) -> PathBuf {
+    let log = make_log(dir, "log", 5000, 20, 1);
     catchup_segments::testing::crash_recovery_point(&log, Position(3854)).unwrap();
     let (seg, end) = end_of_data(&log);
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[end as usize - 50] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
+    log
+}
+
+/// `verify --repair` after a crash says what recovery cut above the recovery point and where it kept it.
+#[test]
+fn repair_after_a_crash_says_what_was_cut() {
+    let dir = tmp();
+    let log = crashed_log_with_a_torn_tail(dir.path());
     let (code, out, _) = run(&["verify", s(&log)]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("torn tail: recoverable"), "{out}");
@@ -352,12 +357,7 @@ fn a_log_without_a_recovery_point_names_no_durable_only() {
 #[test]
 fn import_after_a_crash_says_what_was_cut() {
     let dir = tmp();
-    let log = make_log(dir.path(), "log", 5000, 20, 1);
-    catchup_segments::testing::crash_recovery_point(&log, Position(3854)).unwrap();
-    let (seg, end) = end_of_data(&log);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[end as usize - 50] ^= 0xff;
-    std::fs::write(&seg, &bytes).unwrap();
+    let log = crashed_log_with_a_torn_tail(dir.path());
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"k\":\"a\"}\n").unwrap();
     let (code, out, err) = run(&["import", "--out", s(&log), "--key", "k", s(&input)]);
