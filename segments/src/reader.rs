@@ -30,7 +30,10 @@
 //! that segment's error. A last segment whose bytes are all zero (a creation whose name reached the disk but
 //! not its header, e.g. a power cut after a roll with `Durability::None`) reads as an empty active segment,
 //! the end of the log at the previous seal, unless the recovery point says the durable end is in or after
-//! it ([`CorruptionKind::ZeroedSegment`]). Only a bad first segment makes `open` fail.
+//! it ([`CorruptionKind::ZeroedSegment`]). That holds only behind a sealed segment: the writer seals a
+//! segment before it creates the next file, so a segment whose data ends without its seal while such a file
+//! follows lost committed records, and a cursor that reaches its end fails (as `verify` and the writer say).
+//! Only a bad first segment makes `open` fail.
 //!
 //! # Durable-only readers
 //!
@@ -486,9 +489,11 @@ impl Cursor {
         Ok(end <= self.limit)
     }
 
-    /// True if the cursor's segment is the last one of the log (no later segment listed).
+    /// True if the cursor's segment is the last one of the log (no later segment listed). A later file that
+    /// could not be mapped, or an all-zero one read as an unfinished creation, still follows it: the writer
+    /// sealed this segment before it created that file, so the data here does not end without its seal.
     fn in_last_segment(&self) -> bool {
-        self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked
+        self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked && self.beyond.zero_last.is_none()
     }
 
     /// At the cursor's batch boundary there is no valid batch: the commit word is zero (`problem` is

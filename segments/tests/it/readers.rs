@@ -351,6 +351,55 @@ fn an_all_zero_last_segment_is_an_unfinished_creation() {
     assert!(!verify(&dir).unwrap().problems[0].torn_tail);
 }
 
+/// B5, the rule's limit: an all-zero last segment is an unfinished creation only behind a sealed
+/// segment. A writer seals a segment before it creates the next file, so a file after a segment whose data
+/// ends without a seal (zero word, or a batch that does not validate) proves that the records up to the seal
+/// were committed and are gone: an error naming the segment, never "the end of the log" (which `verify` and
+/// the writer already said; readers used to end there and exit 0).
+#[test]
+fn an_all_zero_last_segment_behind_an_unsealed_one_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let batches = build(&pristine, 1500);
+    let (zero_base, zero_path) = list_segments(&pristine).unwrap().pop().unwrap();
+    let prev: Vec<_> = batches.iter().filter(|b| b.seg_idx + 2 == batches.last().unwrap().seg_idx + 1).collect();
+    let seal = prev.iter().find(|b| b.sealed).expect("the previous segment is sealed").to_owned().clone();
+    let last_data = prev.iter().rfind(|b| !b.sealed).unwrap().to_owned().clone();
+    assert_eq!(seal.base, zero_base);
+    for damage in ["zero word", "invalid batch"] {
+        let dir = tmp.path().join(damage.replace(' ', "-"));
+        copy_dir(&pristine, &dir);
+        let local = |p: &Path| dir.join(p.file_name().unwrap());
+        let zero_file = local(&zero_path);
+        let len = std::fs::metadata(&zero_file).unwrap().len();
+        write_at(&zero_file, 0, &vec![0; len as usize]);
+        // The seal is gone, and so is (or is damaged) the last batch before it.
+        write_at(&local(&seal.path), seal.offset, &vec![0; seal.length as usize]);
+        let prev_file = local(&last_data.path);
+        let _ = std::fs::remove_file(prev_file.with_extension("idx"));
+        if damage == "zero word" {
+            write_at(&prev_file, last_data.offset, &vec![0; last_data.length as usize]);
+        } else {
+            let mut b = read_at(&prev_file, last_data.offset + 40, 1);
+            b[0] ^= 0x10;
+            write_at(&prev_file, last_data.offset + 40, &b);
+        }
+        let check = |c: &Corruption, what: &str| {
+            assert_eq!(c.file, prev_file, "{damage}, {what}: {c}");
+            assert_eq!((c.offset, c.position), (last_data.offset, Some(last_data.base)), "{damage}, {what}: {c}");
+        };
+        check(&expect_corrupt(read_all(&dir).map(|r| r.len()), "read_all"), "read_all");
+        let reader = LogReader::open(&dir).unwrap();
+        check(&expect_corrupt(reader.end_position(), "end_position"), "end_position");
+        let mut c = reader.cursor(Start::Position(Position(last_data.base.0 - 1))).unwrap();
+        assert!(c.next_batch().unwrap().is_some());
+        check(&expect_corrupt(c.next_batch().map(|b| b.map(|b| b.len())), "next_batch"), "next_batch");
+        check(&expect_corrupt(c.wait(Duration::from_secs(5)), "wait"), "wait");
+        let report = verify(&dir).unwrap();
+        assert!(report.problems.iter().all(|p| !p.torn_tail), "{damage}: {:?}", report.problems);
+    }
+}
+
 /// B8: a FIFO (or a directory) named like a segment is an error naming it, without opening it (a FIFO
 /// would block `open` forever); the `cut/` folder is ignored. Runs on a thread with a timeout, so a
 /// regression fails instead of hanging.
