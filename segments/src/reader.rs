@@ -496,6 +496,28 @@ impl Cursor {
         self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked && self.beyond.zero_last.is_none()
     }
 
+    /// True if the cached verdict "the end of the log" is about the cursor's place and the bytes there now
+    /// (commit word and CRC field), and the file is unchanged: looked at (one `stat`) at most every
+    /// [`TAIL_RECHECK`]. Reads two words, never the batch: an idle follower at a torn tail whose commit word
+    /// claims a large batch does not checksum it at every poll.
+    fn tail_verdict_holds(&mut self) -> bool {
+        let seg = &self.segments[self.seg_idx];
+        let offset = self.offset;
+        let Some(v) = &mut self.tail_verdict else { return false };
+        let here = (Arc::as_ptr(seg) as usize, offset, (seg.commit_word(offset), seg.commit_word(offset + 4)));
+        if (v.segment, v.offset, v.word) != here {
+            return false;
+        }
+        if v.checked.elapsed() < TAIL_RECHECK {
+            return true;
+        }
+        if FileStamp::of(seg.path()) == Some(v.stamp) {
+            v.checked = Instant::now();
+            return true;
+        }
+        false
+    }
+
     /// At the cursor's batch boundary there is no valid batch: the commit word is zero (`problem` is
     /// `None`) or the batch is invalid (`problem`). `Ok(true)` if that is the end of the log for now (nothing
     /// committed yet, or a torn tail); the error otherwise: a zero word or invalid batch with a valid batch
@@ -528,18 +550,8 @@ impl Cursor {
         let ident = |seg: &Segment| (seg.commit_word(offset), seg.commit_word(offset + 4));
         let word = ident(&seg);
         let segment = Arc::as_ptr(&seg) as usize;
-        if let Some(v) = &mut self.tail_verdict
-            && (v.segment, v.offset, v.word) == (segment, offset, word)
-        {
-            // Same place, same bytes at it: still the end while the file is unchanged, which is looked at
-            // (one `stat`) at most every `TAIL_RECHECK`.
-            if v.checked.elapsed() < TAIL_RECHECK {
-                return Ok(true);
-            }
-            if FileStamp::of(seg.path()) == Some(v.stamp) {
-                v.checked = Instant::now();
-                return Ok(true);
-            }
+        if self.tail_verdict_holds() {
+            return Ok(true);
         }
         let stamp = FileStamp::of(seg.path());
         // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
@@ -891,6 +903,12 @@ impl Cursor {
                 }
                 return Ok(false);
             }
+            // A torn tail already judged the end, unchanged since: no need to checksum it again.
+            if self.tail_verdict_holds() {
+                return Ok(false);
+            }
+            #[cfg(test)]
+            tests::BATCH_READS_IN_WAIT.with(|n| n.set(n.get() + 1));
             let seg = &self.segments[self.seg_idx];
             return match seg.read_batch(self.offset) {
                 Ok(Some((h, _))) if h.sealed => {
@@ -942,5 +960,53 @@ impl From<RecordRef<'_>> for OwnedRecord {
             key: r.key.to_vec(),
             payload: r.payload.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::format::BATCH_SIZE_MAX;
+    use crate::writer::{Durability, LogWriter, WriterOptions};
+
+    thread_local! {
+        /// Batches that `Cursor::has_more` read and validated on this thread.
+        pub(super) static BATCH_READS_IN_WAIT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// W6: a follower idle at a torn tail whose commit word claims a large batch (a word that reached the
+    /// disk without its body) validates that batch once, not at every poll: each validation checksums up to
+    /// `BATCH_SIZE_MAX` bytes, which made an idle follower cost several % of a core per such tail.
+    #[test]
+    fn an_idle_follower_does_not_checksum_a_torn_tail_at_every_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { segment_size_bytes: 16 << 20, durability: Durability::None, batch_size_bytes: 4096 };
+        let mut w = LogWriter::open(dir.path(), opts).unwrap();
+        for i in 0..20u64 {
+            w.append(b"k", &i.to_le_bytes(), 1).unwrap();
+            w.commit().unwrap();
+        }
+        w.close().unwrap();
+        let reader = LogReader::open(dir.path()).unwrap();
+        let end = reader.cursor(Start::Beginning).unwrap();
+        let mut c = reader.cursor(Start::Position(Position(20))).unwrap();
+        assert!(c.next_batch().unwrap().is_none());
+        let (seg, offset) = (end.segments()[0].path().to_path_buf(), c.offset);
+        // A commit word claiming the largest batch, and a CRC field, whose body never landed.
+        let mut torn = (BATCH_SIZE_MAX as u32).to_le_bytes().to_vec();
+        torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().write_all_at(&torn, offset).unwrap();
+        assert!(c.next_batch().unwrap().is_none(), "a torn tail reads as the end");
+
+        BATCH_READS_IN_WAIT.with(|n| n.set(0));
+        let t = Instant::now();
+        assert!(!c.wait(Duration::from_millis(60)).unwrap());
+        let polls_possible = t.elapsed().as_micros() / FOLLOW_SLEEP_MAX.as_micros();
+        let reads = BATCH_READS_IN_WAIT.with(Cell::get);
+        // One validation, plus one per `TAIL_RECHECK` if the file changed meanwhile (it does not here).
+        assert!(reads <= 1, "{reads} validations of the torn batch in about {polls_possible} polls");
     }
 }
