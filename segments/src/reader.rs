@@ -30,9 +30,10 @@
 //! that segment's error. A last segment whose bytes are all zero (a creation whose name reached the disk but
 //! not its header, e.g. a power cut after a roll with `Durability::None`) reads as an empty active segment,
 //! the end of the log at the previous seal, unless the recovery point says the durable end is in or after
-//! it ([`CorruptionKind::ZeroedSegment`]). That holds only behind a sealed segment: the writer seals a
-//! segment before it creates the next file, so a segment whose data ends without its seal while such a file
-//! follows lost committed records, and a cursor that reaches its end fails (as `verify` and the writer say).
+//! it ([`CorruptionKind::ZeroedSegment`]). That holds only behind a segment sealed with that file's base:
+//! the writer seals a segment before it creates the next file, so a segment whose data ends without its seal
+//! while such a file follows lost committed records, and so did a seal that names another base (a segment in
+//! between is gone); a cursor that reaches that place fails (as `verify` and the writer say).
 //! Only a bad first segment makes `open` fail.
 //!
 //! # Durable-only readers
@@ -90,7 +91,17 @@ struct Beyond {
     blocked: bool,
     /// The last listed segment is all zeros (an unfinished creation, read as absent), as seen at this file
     /// state: not read again until the file changes.
-    zero_last: Option<FileStamp>,
+    zero_last: Option<ZeroLast>,
+}
+
+/// An all-zero last segment file, read as an unfinished creation.
+#[derive(Debug, Clone)]
+struct ZeroLast {
+    /// The base its name gives: it must be the one the previous segment's seal names.
+    base: Position,
+    path: PathBuf,
+    /// The file as it was when found all zero (`None` if it could not be looked at: read again next time).
+    stamp: Option<FileStamp>,
 }
 
 /// Identity, size and modification time of a file: what must stay the same for a cached verdict about its
@@ -246,7 +257,13 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
             .into());
         }
         // Unchanged since it was found all zero: still an unfinished creation.
-        if i + 1 == n && i > 0 && beyond.zero_last.is_some() && beyond.zero_last == FileStamp::of(&path) {
+        if i + 1 == n
+            && i > 0
+            && let Some(z) = &beyond.zero_last
+            && z.path == path
+            && z.stamp.is_some()
+            && z.stamp == FileStamp::of(&path)
+        {
             return Ok(None);
         }
         beyond.zero_last = None;
@@ -263,7 +280,7 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
                             let kind = CorruptionKind::ZeroedSegment { durable: Some(rp.position) };
                             return Ok(Some(Corruption { file: path, offset: 0, position: Some(base), kind }.into()));
                         }
-                        beyond.zero_last = stamp;
+                        beyond.zero_last = Some(ZeroLast { base, path, stamp });
                         return Ok(None);
                     }
                 }
@@ -838,6 +855,18 @@ impl Cursor {
             return Err(e.into());
         }
         if self.seg_idx + 1 >= self.segments.len() {
+            // An unfinished creation stands for the segment the seal names, and only for that one.
+            if let Some(z) = &self.beyond.zero_last
+                && z.base != next_base
+            {
+                return Err(Corruption {
+                    file: z.path.clone(),
+                    offset: 0,
+                    position: Some(next_base),
+                    kind: CorruptionKind::Gap { expected: next_base, found: z.base },
+                }
+                .into());
+            }
             return Ok(false);
         }
         let next = &self.segments[self.seg_idx + 1];

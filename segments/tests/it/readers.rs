@@ -400,6 +400,41 @@ fn an_all_zero_last_segment_behind_an_unsealed_one_is_corruption() {
     }
 }
 
+/// B5, the rule's other limit: an all-zero last segment is the unfinished creation of the segment the
+/// previous seal names, not of any later one. With the segment between them gone, the records it held are
+/// missing: a gap naming the zero file, never "the end of the log" (readers used to end at the seal and
+/// exit 0, while `verify` and the writer reported the gap).
+#[test]
+fn an_all_zero_last_segment_after_a_missing_one_is_a_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build(dir, 1500);
+    let segs = list_segments(dir).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let (zero_base, zero_path) = segs[segs.len() - 1].clone();
+    let (gone_base, gone_path) = segs[segs.len() - 2].clone();
+    std::fs::remove_file(&gone_path).unwrap();
+    let _ = std::fs::remove_file(gone_path.with_extension("idx"));
+    let len = std::fs::metadata(&zero_path).unwrap().len();
+    write_at(&zero_path, 0, &vec![0; len as usize]);
+    let check = |c: &Corruption, what: &str| {
+        assert_eq!(c.file, zero_path, "{what}: {c}");
+        assert!(
+            matches!(c.kind, CorruptionKind::Gap { expected, found } if (expected, found) == (gone_base, zero_base)),
+            "{what}: {c}"
+        );
+    };
+    check(&expect_corrupt(read_all(dir).map(|r| r.len()), "read_all"), "read_all");
+    let reader = LogReader::open(dir).unwrap();
+    check(&expect_corrupt(reader.end_position(), "end_position"), "end_position");
+    let mut c = reader.cursor(Start::Position(Position(gone_base.0 - 1))).unwrap();
+    assert!(c.next_batch().unwrap().is_some());
+    check(&expect_corrupt(c.next_batch().map(|b| b.map(|b| b.len())), "next_batch"), "next_batch");
+    check(&expect_corrupt(c.wait(Duration::from_secs(5)), "wait"), "wait");
+    let report = verify(dir).unwrap();
+    assert!(report.problems.iter().all(|p| !p.torn_tail), "{:?}", report.problems);
+}
+
 /// B8: a FIFO (or a directory) named like a segment is an error naming it, without opening it (a FIFO
 /// would block `open` forever); the `cut/` folder is ignored. Runs on a thread with a timeout, so a
 /// regression fails instead of hanging.
