@@ -293,16 +293,31 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
 }
 
 /// The log's recovery point, checked to belong to this log (its `log_id` is segment 0's `created_ns`).
+///
+/// A writer replaces an empty segment 0 that its first batch does not fit (a new file, a new `created_ns`)
+/// and records the new id with the next recovery point. So the id may differ without the file being
+/// foreign: while the recovery point is at position 0 (it claims nothing durable; read as such, never as
+/// a clean end), and when `first` is a mapping of the segment 0 that was replaced since (the id is then
+/// compared with the file there now).
 fn checked_recovery_point(dir: &Path, first: &Segment) -> Result<Option<RecoveryPoint>, ReadError> {
     let Some(rp) = read_recovery_point(dir)? else { return Ok(None) };
-    if rp.log_id != first.header().created_ns {
-        return Err(ReadError::ForeignRecoveryPoint {
-            path: dir.join(RECOVERY_POINT_FILE),
-            expected: first.header().created_ns,
-            found: rp.log_id,
-        });
+    if rp.log_id == first.header().created_ns {
+        return Ok(Some(rp));
     }
-    Ok(Some(rp))
+    if rp.position == Position(0) {
+        return Ok(Some(RecoveryPoint { clean: false, ..rp }));
+    }
+    let now = first.replaced_on_disk().then(|| Segment::open(first.path(), first.base_position()).ok()).flatten();
+    if let Some(now) = now
+        && now.header().created_ns == rp.log_id
+    {
+        return Ok(Some(rp));
+    }
+    Err(ReadError::ForeignRecoveryPoint {
+        path: dir.join(RECOVERY_POINT_FILE),
+        expected: first.header().created_ns,
+        found: rp.log_id,
+    })
 }
 
 fn load_index(dir: &Path, seg: &Segment) -> Result<SparseIndex, Corruption> {
