@@ -521,6 +521,22 @@ impl Cursor {
         Ok(end <= self.limit)
     }
 
+    /// Durable-only: true if the roll to the segment at `next_base` is durable, so that a crash cannot cut
+    /// the seal and move that segment away (a cursor in it would wait in a file that is no longer the log's,
+    /// or hand out records that were cut). It is once the recovery point's durable end is in that segment or
+    /// later, or above its base. Re-reads the recovery point when the limit does not say so already.
+    #[cold]
+    fn roll_is_durable(&mut self, next_base: Position) -> Result<bool, ReadError> {
+        if self.limit > next_base {
+            return Ok(true);
+        }
+        let Some(rp) = checked_recovery_point(&self.dir, &self.segments[0])? else {
+            return Err(ReadError::NoRecoveryPoint { dir: self.dir.clone() });
+        };
+        self.limit = rp.position;
+        Ok(rp.segment_base >= next_base || rp.position > next_base)
+    }
+
     /// True if the cursor's segment is the last one of the log (no later segment listed). A later file that
     /// could not be mapped, or an all-zero one read as an unfinished creation, still follows it: the writer
     /// sealed this segment before it created that file, so the data here does not end without its seal.
@@ -586,6 +602,16 @@ impl Cursor {
             return Ok(true);
         }
         let stamp = FileStamp::of(seg.path());
+        // The file at the path is no longer the one mapped: this is not the log's tail any more.
+        if stamp.is_none_or(|s| (s.dev, s.ino) != seg.file_id()) && seg.moved_away() {
+            let why = format!(
+                "the segment was moved, removed or replaced under the reader while it waited at byte offset \
+                 {offset}, position {expected} (a recovery cut or `catchup truncate` moves cut segments to cut/; \
+                 records read from it may have been cut)"
+            );
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, why);
+            return Err(crate::error::IoError::new("follow", seg.path(), source).into());
+        }
         // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
         let stale = match problem {
             None => word.0 != 0,
@@ -863,6 +889,10 @@ impl Cursor {
     /// Moves to the segment after a seal, picking up newly created files. False if it does not exist yet
     /// (or is an unfinished, all-zero creation); the segment's error if it cannot be mapped.
     fn advance_segment(&mut self, next_base: Position) -> Result<bool, ReadError> {
+        // Durable-only: not into a segment whose creation may not be durable yet (see `roll_is_durable`).
+        if self.durable_only && !self.roll_is_durable(next_base)? {
+            return Ok(false);
+        }
         if self.seg_idx + 1 >= self.segments.len()
             && let Some(e) = map_more(&self.dir, &mut self.segments, &mut self.beyond)?
             && self.seg_idx + 1 >= self.segments.len()

@@ -344,6 +344,80 @@ fn durable_only_reader_survives_the_replacement_of_segment_0() {
     w.close().unwrap();
 }
 
+/// W3, a roll at the durable limit: a durable-only cursor does not enter a segment whose creation is not
+/// durable yet (the recovery point's durable end is the seal's position, in the sealed segment). If it did,
+/// a crash and a recovery that cuts the unsynced seal and moves that segment to `cut/` would leave it
+/// waiting forever in a file that is no longer part of the log, while the writer appends after the cut.
+#[test]
+fn durable_only_reader_does_not_cross_a_roll_that_is_not_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let batches = build(dir, 1500);
+    let last_seg = batches.last().unwrap().seg_idx;
+    let seal = batches.iter().find(|b| b.sealed && b.seg_idx + 1 == last_seg).unwrap().clone();
+    let before_seal = batches.iter().rfind(|b| !b.sealed && b.seg_idx + 1 == last_seg).unwrap().clone();
+    // Durable: everything up to the seal's position, in the sealed segment.
+    write_recovery_point(dir, &before_seal, false);
+    let reader = LogReader::open(dir).unwrap().durable_only(true);
+    let mut c = reader.cursor(Start::Beginning).unwrap();
+    let mut n = 0;
+    while let Some(b) = c.next_batch().unwrap() {
+        n += b.len();
+    }
+    assert_eq!(Position(n), seal.base);
+    assert!(!c.wait(Duration::from_millis(20)).unwrap());
+
+    // A crash; recovery cuts what is above the recovery point: the seal, and the segments after it.
+    let cut = dir.join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for (_, path) in list_segments(dir).unwrap().into_iter().filter(|(b, _)| *b >= seal.base) {
+        std::fs::rename(&path, cut.join(path.file_name().unwrap())).unwrap();
+        let _ = std::fs::remove_file(path.with_extension("idx"));
+    }
+    write_at(&seal.path, seal.offset, &[0; 24]);
+    // The next writer appends where the seal was, and syncs.
+    let mut w = LogWriter::open(dir, small_opts(4096, Durability::EveryBatch)).unwrap();
+    assert_eq!(w.next_position(), seal.base);
+    w.append(b"after the cut", b"payload", 1).unwrap();
+    w.commit().unwrap();
+    w.close().unwrap();
+    let new = list_batches(dir).into_iter().rfind(|b| !b.sealed).unwrap();
+    assert_eq!(new.base, seal.base);
+    write_recovery_point(dir, &new, false);
+
+    assert!(c.wait(Duration::from_secs(5)).unwrap(), "the cursor waits where the log goes on");
+    let b = c.next_batch().unwrap().expect("the record appended after the cut");
+    let recs: Vec<_> = b.records().map(|(_, r)| (r.position, r.key.to_vec())).collect();
+    assert_eq!(recs, vec![(seal.base, b"after the cut".to_vec())]);
+}
+
+/// A follower waiting in a segment file that was moved away (a recovery cut or `catchup truncate` moves cut
+/// segments to `cut/`) or replaced reports it, naming the file, instead of waiting forever in a file that is
+/// no longer part of the log (and rescanning its whole mapping at every poll, since it can no longer be
+/// looked at by name).
+#[test]
+fn a_follower_whose_segment_is_moved_away_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build(dir, 1500);
+    let (_, last) = list_segments(dir).unwrap().pop().unwrap();
+    for how in ["moved", "replaced"] {
+        let reader = LogReader::open(dir).unwrap();
+        let mut c = reader.cursor(Start::Beginning).unwrap();
+        while c.next_batch().unwrap().is_some() {}
+        assert!(!c.wait(Duration::from_millis(20)).unwrap());
+        let aside = dir.join("aside.seg.moved");
+        std::fs::rename(&last, &aside).unwrap();
+        if how == "replaced" {
+            std::fs::copy(&aside, &last).unwrap();
+        }
+        let err = c.wait(Duration::from_secs(2)).expect_err(how);
+        assert_names_file(&err, &last);
+        assert!(err.to_string().contains("moved"), "{how}: {err}");
+        std::fs::rename(&aside, &last).unwrap();
+    }
+}
+
 /// W5: a bad last segment (extended, cut short) does not hide the good ones: `open` succeeds, every record
 /// before it is handed out, and reaching it is an error naming it.
 #[test]
