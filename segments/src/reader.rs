@@ -228,9 +228,21 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
         let fresh = Segment::open(last.path(), last.base_position())?;
         *segments.last_mut().expect("not empty") = Arc::new(fresh);
     }
-    if listed.len() < known {
-        let path = segments[known - 1].path().to_path_buf();
-        return Err(Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into());
+    // A segment this reader mapped is no longer listed: moved or removed under it (a recovery cut or
+    // `catchup truncate` moves cut segments to cut/).
+    // (Positional first: the common case costs one comparison per known segment.)
+    let gone = (0..known)
+        .find(|&i| listed.get(i).is_none_or(|(_, p)| p != segments[i].path()))
+        .map(|i| &segments[i])
+        .filter(|s| !listed.iter().any(|(_, p)| p == s.path()));
+    if let Some(gone) = gone {
+        let why = format!(
+            "the segment (base position {}) was moved or removed under the reader (a recovery cut or `catchup \
+             truncate` moves cut segments to cut/; records read from it may have been cut)",
+            gone.base_position()
+        );
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, why);
+        return Err(crate::error::IoError::new("list", gone.path(), source).into());
     }
     beyond.blocked = false;
     let n = listed.len();

@@ -402,7 +402,7 @@ fn a_follower_whose_segment_is_moved_away_reports_it() {
     build(dir, 1500);
     let (_, last) = list_segments(dir).unwrap().pop().unwrap();
     for how in ["moved", "replaced"] {
-        let reader = LogReader::open(dir).unwrap();
+        let mut reader = LogReader::open(dir).unwrap();
         let mut c = reader.cursor(Start::Beginning).unwrap();
         while c.next_batch().unwrap().is_some() {}
         assert!(!c.wait(Duration::from_millis(20)).unwrap());
@@ -414,6 +414,11 @@ fn a_follower_whose_segment_is_moved_away_reports_it() {
         let err = c.wait(Duration::from_secs(2)).expect_err(how);
         assert_names_file(&err, &last);
         assert!(err.to_string().contains("moved"), "{how}: {err}");
+        if how == "moved" {
+            // A reader that looks for new segments names the one that went away, and why.
+            let err = reader.refresh().unwrap_err().to_string();
+            assert!(err.contains(last.file_name().unwrap().to_str().unwrap()) && err.contains("moved"), "{err}");
+        }
         std::fs::rename(&aside, &last).unwrap();
     }
 }
