@@ -218,8 +218,8 @@ impl LogReader {
 /// error is returned as `Ok(Some(_))` (and `beyond.blocked` set). An all-zero last segment is not mapped and
 /// is no error (see the module docs) unless the recovery point says the durable end is in or after it.
 fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -> Result<Option<OpenError>, OpenError> {
-    let listed = list_segments(dir)?;
     let known = segments.len();
+    let listed = consistent_listing(dir, known)?;
     // The last known segment may have been replaced by a larger one if it held no batch when mapped.
     if let Some(last) = segments.last()
         && last.commit_word(SEGMENT_HEADER_SIZE as u64) == 0
@@ -302,6 +302,24 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
         }
     }
     Ok(None)
+}
+
+/// The segments of `dir`, with none missing below the last one returned, while a writer may be creating
+/// segments. A directory listing is no snapshot: `readdir` may skip an entry renamed into place while it runs
+/// and still return one renamed in later (seen on ext4 with a writer rolling 64 KiB segments: a follower
+/// reported "position gap between segments" on a sound log). The writer creates segments one after another,
+/// so every segment below one that a listing returned was in place when that listing ended, and a second
+/// listing returns it: when the first shows new segments (more than `known`), the second is taken, up to the
+/// first one's last base (what came after is picked up by the next look).
+fn consistent_listing(dir: &Path, known: usize) -> Result<Vec<(Position, PathBuf)>, OpenError> {
+    let first = list_segments(dir)?;
+    if first.len() <= known {
+        return Ok(first);
+    }
+    let last = first.last().map(|(base, _)| *base);
+    let mut second = list_segments(dir)?;
+    second.retain(|(base, _)| Some(*base) <= last);
+    Ok(second)
 }
 
 /// The log's recovery point, checked to belong to this log (its `log_id` is segment 0's `created_ns`).
