@@ -36,13 +36,21 @@
 //! between is gone); a cursor that reaches that place fails (as `verify` and the writer say).
 //! Only a bad first segment makes `open` fail.
 //!
+//! A segment that this reader mapped and that is no longer at its path (moved, removed or replaced: a recovery
+//! cut or `catchup truncate` moves cut segments to `cut/`) is an I/O error naming it when a cursor waits at its
+//! tail or looks for new segments, never a wait without end. Directory listings taken while the writer
+//! creates segments are read twice (see `consistent_listing`), so a segment that one `readdir` skipped is not
+//! taken for a gap.
+//!
 //! # Durable-only readers
 //!
 //! Other processes see a batch as soon as it is committed, before it is synced. A reader made with
 //! [`LogReader::durable_only`]`(true)` hands out only records below the recovery point's `position` (every
 //! record below it was synced): its cursors stop there, re-read the recovery point when they reach it (in
 //! [`Cursor::next_batch`] and [`Cursor::wait`]) and go on as it moves. [`LogReader::end_position`] is then
-//! the durable end. A log without a recovery point cannot be read durable-only
+//! the durable end. They do not cross a seal into a segment before the recovery point says its creation is
+//! durable (the durable end is in it or later), since a crash may cut an unsynced seal and move the segment
+//! after it to `cut/`. A log without a recovery point cannot be read durable-only
 //! ([`ReadError::NoRecoveryPoint`]: open it once for writing with this version, or read without
 //! durable-only). The check on the hot path is one comparison per batch.
 
