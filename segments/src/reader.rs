@@ -30,7 +30,17 @@
 //! that segment's error. A last segment whose bytes are all zero (a creation whose name reached the disk but
 //! not its header, e.g. a power cut after a roll with `Durability::None`) reads as an empty active segment,
 //! the end of the log at the previous seal, unless the recovery point says the durable end is in or after
-//! it ([`CorruptionKind::ZeroedSegment`]). Only a bad first segment makes `open` fail.
+//! it ([`CorruptionKind::ZeroedSegment`]). That holds only behind a segment sealed with that file's base:
+//! the writer seals a segment before it creates the next file, so a segment whose data ends without its seal
+//! while such a file follows lost committed records, and so did a seal that names another base (a segment in
+//! between is gone); a cursor that reaches that place fails (as `verify` and the writer say).
+//! Only a bad first segment makes `open` fail.
+//!
+//! A segment that this reader mapped and that is no longer at its path (moved, removed or replaced: a recovery
+//! cut or `catchup truncate` moves cut segments to `cut/`) is an I/O error naming it when a cursor waits at its
+//! tail or looks for new segments, never a wait without end. Directory listings taken while the writer
+//! creates segments are read twice (see `consistent_listing`), so a segment that one `readdir` skipped is not
+//! taken for a gap.
 //!
 //! # Durable-only readers
 //!
@@ -38,7 +48,9 @@
 //! [`LogReader::durable_only`]`(true)` hands out only records below the recovery point's `position` (every
 //! record below it was synced): its cursors stop there, re-read the recovery point when they reach it (in
 //! [`Cursor::next_batch`] and [`Cursor::wait`]) and go on as it moves. [`LogReader::end_position`] is then
-//! the durable end. A log without a recovery point cannot be read durable-only
+//! the durable end. They do not cross a seal into a segment before the recovery point says its creation is
+//! durable (the durable end is in it or later), since a crash may cut an unsynced seal and move the segment
+//! after it to `cut/`. A log without a recovery point cannot be read durable-only
 //! ([`ReadError::NoRecoveryPoint`]: open it once for writing with this version, or read without
 //! durable-only). The check on the hot path is one comparison per batch.
 
@@ -87,7 +99,17 @@ struct Beyond {
     blocked: bool,
     /// The last listed segment is all zeros (an unfinished creation, read as absent), as seen at this file
     /// state: not read again until the file changes.
-    zero_last: Option<FileStamp>,
+    zero_last: Option<ZeroLast>,
+}
+
+/// An all-zero last segment file, read as an unfinished creation.
+#[derive(Debug, Clone)]
+struct ZeroLast {
+    /// The base its name gives: it must be the one the previous segment's seal names.
+    base: Position,
+    path: PathBuf,
+    /// The file as it was when found all zero (`None` if it could not be looked at: read again next time).
+    stamp: Option<FileStamp>,
 }
 
 /// Identity, size and modification time of a file: what must stay the same for a cached verdict about its
@@ -204,8 +226,8 @@ impl LogReader {
 /// error is returned as `Ok(Some(_))` (and `beyond.blocked` set). An all-zero last segment is not mapped and
 /// is no error (see the module docs) unless the recovery point says the durable end is in or after it.
 fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -> Result<Option<OpenError>, OpenError> {
-    let listed = list_segments(dir)?;
     let known = segments.len();
+    let listed = consistent_listing(dir, known)?;
     // The last known segment may have been replaced by a larger one if it held no batch when mapped.
     if let Some(last) = segments.last()
         && last.commit_word(SEGMENT_HEADER_SIZE as u64) == 0
@@ -214,9 +236,21 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
         let fresh = Segment::open(last.path(), last.base_position())?;
         *segments.last_mut().expect("not empty") = Arc::new(fresh);
     }
-    if listed.len() < known {
-        let path = segments[known - 1].path().to_path_buf();
-        return Err(Corruption { file: path, offset: 0, position: None, kind: CorruptionKind::StrayFile }.into());
+    // A segment this reader mapped is no longer listed: moved or removed under it (a recovery cut or
+    // `catchup truncate` moves cut segments to cut/).
+    // (Positional first: the common case costs one comparison per known segment.)
+    let gone = (0..known)
+        .find(|&i| listed.get(i).is_none_or(|(_, p)| p != segments[i].path()))
+        .map(|i| &segments[i])
+        .filter(|s| !listed.iter().any(|(_, p)| p == s.path()));
+    if let Some(gone) = gone {
+        let why = format!(
+            "the segment (base position {}) was moved or removed under the reader (a recovery cut or `catchup \
+             truncate` moves cut segments to cut/; records read from it may have been cut)",
+            gone.base_position()
+        );
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, why);
+        return Err(crate::error::IoError::new("list", gone.path(), source).into());
     }
     beyond.blocked = false;
     let n = listed.len();
@@ -243,7 +277,13 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
             .into());
         }
         // Unchanged since it was found all zero: still an unfinished creation.
-        if i + 1 == n && i > 0 && beyond.zero_last.is_some() && beyond.zero_last == FileStamp::of(&path) {
+        if i + 1 == n
+            && i > 0
+            && let Some(z) = &beyond.zero_last
+            && z.path == path
+            && z.stamp.is_some()
+            && z.stamp == FileStamp::of(&path)
+        {
             return Ok(None);
         }
         beyond.zero_last = None;
@@ -260,7 +300,7 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
                             let kind = CorruptionKind::ZeroedSegment { durable: Some(rp.position) };
                             return Ok(Some(Corruption { file: path, offset: 0, position: Some(base), kind }.into()));
                         }
-                        beyond.zero_last = stamp;
+                        beyond.zero_last = Some(ZeroLast { base, path, stamp });
                         return Ok(None);
                     }
                 }
@@ -272,17 +312,50 @@ fn map_more(dir: &Path, segments: &mut Vec<Arc<Segment>>, beyond: &mut Beyond) -
     Ok(None)
 }
 
+/// The segments of `dir`, with none missing below the last one returned, while a writer may be creating
+/// segments. A directory listing is no snapshot: `readdir` may skip an entry renamed into place while it runs
+/// and still return one renamed in later (seen on ext4 with a writer rolling 64 KiB segments: a follower
+/// reported "position gap between segments" on a sound log). The writer creates segments one after another,
+/// so every segment below one that a listing returned was in place when that listing ended, and a second
+/// listing returns it: when the first shows new segments (more than `known`), the second is taken, up to the
+/// first one's last base (what came after is picked up by the next look).
+fn consistent_listing(dir: &Path, known: usize) -> Result<Vec<(Position, PathBuf)>, OpenError> {
+    let first = list_segments(dir)?;
+    if first.len() <= known {
+        return Ok(first);
+    }
+    let last = first.last().map(|(base, _)| *base);
+    let mut second = list_segments(dir)?;
+    second.retain(|(base, _)| Some(*base) <= last);
+    Ok(second)
+}
+
 /// The log's recovery point, checked to belong to this log (its `log_id` is segment 0's `created_ns`).
+///
+/// A writer replaces an empty segment 0 that its first batch does not fit (a new file, a new `created_ns`)
+/// and records the new id with the next recovery point. So the id may differ without the file being
+/// foreign: while the recovery point is at position 0 (it claims nothing durable; read as such, never as
+/// a clean end), and when `first` is a mapping of the segment 0 that was replaced since (the id is then
+/// compared with the file there now).
 fn checked_recovery_point(dir: &Path, first: &Segment) -> Result<Option<RecoveryPoint>, ReadError> {
     let Some(rp) = read_recovery_point(dir)? else { return Ok(None) };
-    if rp.log_id != first.header().created_ns {
-        return Err(ReadError::ForeignRecoveryPoint {
-            path: dir.join(RECOVERY_POINT_FILE),
-            expected: first.header().created_ns,
-            found: rp.log_id,
-        });
+    if rp.log_id == first.header().created_ns {
+        return Ok(Some(rp));
     }
-    Ok(Some(rp))
+    if rp.position == Position(0) {
+        return Ok(Some(RecoveryPoint { clean: false, ..rp }));
+    }
+    let now = first.replaced_on_disk().then(|| Segment::open(first.path(), first.base_position()).ok()).flatten();
+    if let Some(now) = now
+        && now.header().created_ns == rp.log_id
+    {
+        return Ok(Some(rp));
+    }
+    Err(ReadError::ForeignRecoveryPoint {
+        path: dir.join(RECOVERY_POINT_FILE),
+        expected: first.header().created_ns,
+        found: rp.log_id,
+    })
 }
 
 fn load_index(dir: &Path, seg: &Segment) -> Result<SparseIndex, Corruption> {
@@ -486,9 +559,49 @@ impl Cursor {
         Ok(end <= self.limit)
     }
 
-    /// True if the cursor's segment is the last one of the log (no later segment listed).
+    /// Durable-only: true if the roll to the segment at `next_base` is durable, so that a crash cannot cut
+    /// the seal and move that segment away (a cursor in it would wait in a file that is no longer the log's,
+    /// or hand out records that were cut). It is once the recovery point's durable end is in that segment or
+    /// later, or above its base. Re-reads the recovery point when the limit does not say so already.
+    #[cold]
+    fn roll_is_durable(&mut self, next_base: Position) -> Result<bool, ReadError> {
+        if self.limit > next_base {
+            return Ok(true);
+        }
+        let Some(rp) = checked_recovery_point(&self.dir, &self.segments[0])? else {
+            return Err(ReadError::NoRecoveryPoint { dir: self.dir.clone() });
+        };
+        self.limit = rp.position;
+        Ok(rp.segment_base >= next_base || rp.position > next_base)
+    }
+
+    /// True if the cursor's segment is the last one of the log (no later segment listed). A later file that
+    /// could not be mapped, or an all-zero one read as an unfinished creation, still follows it: the writer
+    /// sealed this segment before it created that file, so the data here does not end without its seal.
     fn in_last_segment(&self) -> bool {
-        self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked
+        self.seg_idx + 1 == self.segments.len() && !self.beyond.blocked && self.beyond.zero_last.is_none()
+    }
+
+    /// True if the cached verdict "the end of the log" is about the cursor's place and the bytes there now
+    /// (commit word and CRC field), and the file is unchanged: looked at (one `stat`) at most every
+    /// [`TAIL_RECHECK`]. Reads two words, never the batch: an idle follower at a torn tail whose commit word
+    /// claims a large batch does not checksum it at every poll.
+    fn tail_verdict_holds(&mut self) -> bool {
+        let seg = &self.segments[self.seg_idx];
+        let offset = self.offset;
+        let Some(v) = &mut self.tail_verdict else { return false };
+        let here = (Arc::as_ptr(seg) as usize, offset, (seg.commit_word(offset), seg.commit_word(offset + 4)));
+        if (v.segment, v.offset, v.word) != here {
+            return false;
+        }
+        if v.checked.elapsed() < TAIL_RECHECK {
+            return true;
+        }
+        if FileStamp::of(seg.path()) == Some(v.stamp) {
+            v.checked = Instant::now();
+            return true;
+        }
+        false
     }
 
     /// At the cursor's batch boundary there is no valid batch: the commit word is zero (`problem` is
@@ -523,20 +636,20 @@ impl Cursor {
         let ident = |seg: &Segment| (seg.commit_word(offset), seg.commit_word(offset + 4));
         let word = ident(&seg);
         let segment = Arc::as_ptr(&seg) as usize;
-        if let Some(v) = &mut self.tail_verdict
-            && (v.segment, v.offset, v.word) == (segment, offset, word)
-        {
-            // Same place, same bytes at it: still the end while the file is unchanged, which is looked at
-            // (one `stat`) at most every `TAIL_RECHECK`.
-            if v.checked.elapsed() < TAIL_RECHECK {
-                return Ok(true);
-            }
-            if FileStamp::of(seg.path()) == Some(v.stamp) {
-                v.checked = Instant::now();
-                return Ok(true);
-            }
+        if self.tail_verdict_holds() {
+            return Ok(true);
         }
         let stamp = FileStamp::of(seg.path());
+        // The file at the path is no longer the one mapped: this is not the log's tail any more.
+        if stamp.is_none_or(|s| (s.dev, s.ino) != seg.file_id()) && seg.moved_away() {
+            let why = format!(
+                "the segment was moved, removed or replaced under the reader while it waited at byte offset \
+                 {offset}, position {expected} (a recovery cut or `catchup truncate` moves cut segments to cut/; \
+                 records read from it may have been cut)"
+            );
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, why);
+            return Err(crate::error::IoError::new("follow", seg.path(), source).into());
+        }
         // What the caller saw may be stale already: a batch committed (or rewritten) at `offset` since.
         let stale = match problem {
             None => word.0 != 0,
@@ -814,6 +927,10 @@ impl Cursor {
     /// Moves to the segment after a seal, picking up newly created files. False if it does not exist yet
     /// (or is an unfinished, all-zero creation); the segment's error if it cannot be mapped.
     fn advance_segment(&mut self, next_base: Position) -> Result<bool, ReadError> {
+        // Durable-only: not into a segment whose creation may not be durable yet (see `roll_is_durable`).
+        if self.durable_only && !self.roll_is_durable(next_base)? {
+            return Ok(false);
+        }
         if self.seg_idx + 1 >= self.segments.len()
             && let Some(e) = map_more(&self.dir, &mut self.segments, &mut self.beyond)?
             && self.seg_idx + 1 >= self.segments.len()
@@ -821,6 +938,18 @@ impl Cursor {
             return Err(e.into());
         }
         if self.seg_idx + 1 >= self.segments.len() {
+            // An unfinished creation stands for the segment the seal names, and only for that one.
+            if let Some(z) = &self.beyond.zero_last
+                && z.base != next_base
+            {
+                return Err(Corruption {
+                    file: z.path.clone(),
+                    offset: 0,
+                    position: Some(next_base),
+                    kind: CorruptionKind::Gap { expected: next_base, found: z.base },
+                }
+                .into());
+            }
             return Ok(false);
         }
         let next = &self.segments[self.seg_idx + 1];
@@ -886,6 +1015,12 @@ impl Cursor {
                 }
                 return Ok(false);
             }
+            // A torn tail already judged the end, unchanged since: no need to checksum it again.
+            if self.tail_verdict_holds() {
+                return Ok(false);
+            }
+            #[cfg(test)]
+            tests::BATCH_READS_IN_WAIT.with(|n| n.set(n.get() + 1));
             let seg = &self.segments[self.seg_idx];
             return match seg.read_batch(self.offset) {
                 Ok(Some((h, _))) if h.sealed => {
@@ -937,5 +1072,53 @@ impl From<RecordRef<'_>> for OwnedRecord {
             key: r.key.to_vec(),
             payload: r.payload.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::format::BATCH_SIZE_MAX;
+    use crate::writer::{Durability, LogWriter, WriterOptions};
+
+    thread_local! {
+        /// Batches that `Cursor::has_more` read and validated on this thread.
+        pub(super) static BATCH_READS_IN_WAIT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// W6: a follower idle at a torn tail whose commit word claims a large batch (a word that reached the
+    /// disk without its body) validates that batch once, not at every poll: each validation checksums up to
+    /// `BATCH_SIZE_MAX` bytes, which made an idle follower cost several % of a core per such tail.
+    #[test]
+    fn an_idle_follower_does_not_checksum_a_torn_tail_at_every_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { segment_size_bytes: 16 << 20, durability: Durability::None, batch_size_bytes: 4096 };
+        let mut w = LogWriter::open(dir.path(), opts).unwrap();
+        for i in 0..20u64 {
+            w.append(b"k", &i.to_le_bytes(), 1).unwrap();
+            w.commit().unwrap();
+        }
+        w.close().unwrap();
+        let reader = LogReader::open(dir.path()).unwrap();
+        let end = reader.cursor(Start::Beginning).unwrap();
+        let mut c = reader.cursor(Start::Position(Position(20))).unwrap();
+        assert!(c.next_batch().unwrap().is_none());
+        let (seg, offset) = (end.segments()[0].path().to_path_buf(), c.offset);
+        // A commit word claiming the largest batch, and a CRC field, whose body never landed.
+        let mut torn = (BATCH_SIZE_MAX as u32).to_le_bytes().to_vec();
+        torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().write_all_at(&torn, offset).unwrap();
+        assert!(c.next_batch().unwrap().is_none(), "a torn tail reads as the end");
+
+        BATCH_READS_IN_WAIT.with(|n| n.set(0));
+        let t = Instant::now();
+        assert!(!c.wait(Duration::from_millis(60)).unwrap());
+        let polls_possible = t.elapsed().as_micros() / FOLLOW_SLEEP_MAX.as_micros();
+        let reads = BATCH_READS_IN_WAIT.with(Cell::get);
+        // One validation, plus one per `TAIL_RECHECK` if the file changed meanwhile (it does not here).
+        assert!(reads <= 1, "{reads} validations of the torn batch in about {polls_possible} polls");
     }
 }

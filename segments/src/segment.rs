@@ -231,6 +231,21 @@ impl Segment {
         }
     }
 
+    /// True if the path no longer names the mapped file: it was removed, moved away (a recovery cut or
+    /// `catchup truncate` moves cut segments to `cut/`) or replaced by another file. An error other than
+    /// "not found" while looking is not taken for either.
+    pub fn moved_away(&self) -> bool {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != self.file_id,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Device and inode of the mapped file.
+    pub(crate) fn file_id(&self) -> (u64, u64) {
+        self.file_id
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

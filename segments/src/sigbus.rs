@@ -86,6 +86,9 @@ impl Drop for Registration {
         // Busy first, so the handler stops matching this range before the mapping goes away; the handler's
         // second load of `state` sees the change (or the mapping is still there when it reads).
         slot.state.store((s & !TAG_MASK) | TAG_BUSY, Ordering::SeqCst);
+        // Orders the busy tag before the stores below (seqlock writer): pairs with the handler's `Acquire`
+        // fence, so a handler that reads a cleared field also sees the tag change on its second load.
+        fence(Ordering::Release);
         slot.start.store(0, Ordering::Relaxed);
         slot.len.store(0, Ordering::Relaxed);
         // Release pairs with the `Acquire` compare-exchange of a later [`register`] that reuses the slot.
@@ -117,6 +120,10 @@ pub(crate) fn register(start: *const u8, len: usize, path: &Path) -> Option<Regi
         if slot.state.compare_exchange(s, (generation << 2) | TAG_BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
             continue;
         }
+        // Orders the busy tag (new generation) before the field stores below (seqlock writer): pairs with the
+        // handler's `Acquire` fence, so a handler that read a new field sees the new generation on its second
+        // load of `state` and skips the slot.
+        fence(Ordering::Release);
         slot.start.store(start as usize, Ordering::Relaxed);
         slot.len.store(len, Ordering::Relaxed);
         slot.path_len.store(kept_len, Ordering::Relaxed);
@@ -197,7 +204,8 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, context: *
             chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         let path_len = slot.path_len.load(Ordering::Relaxed).min(PATH_BYTES_MAX);
-        // The slot must not have been released (or reused) while we read it.
+        // The slot must not have been released (or reused) while we read it. This fence pairs with the
+        // `Release` fences after the busy tag in `register` and `Registration::drop` (seqlock reader).
         fence(Ordering::Acquire);
         if slot.state.load(Ordering::Relaxed) != s {
             continue;

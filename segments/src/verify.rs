@@ -125,9 +125,19 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             }
             Err(e) => return Err(e),
         };
+        // A recovery point at position 0 claims nothing durable; its id may be that of a segment 0 that the
+        // writer replaced (its first batch did not fit) and not yet recorded anew.
+        if i == 0
+            && let Ok(Some(rp)) = &mut recovery
+            && rp.log_id != seg.header().created_ns
+            && rp.position == Position(0)
+        {
+            rp.clean = false;
+        }
         if i == 0
             && let Ok(Some(rp)) = &recovery
             && rp.log_id != seg.header().created_ns
+            && rp.position != Position(0)
         {
             let why =
                 format!("it belongs to another log (log id {}, segment 0 says {})", rp.log_id, seg.header().created_ns);

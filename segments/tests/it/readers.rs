@@ -282,6 +282,150 @@ fn durable_only_reader_stops_at_the_recovery_point() {
     check_det(&recs);
 }
 
+/// W3 with a replaced segment 0: a writer replaces an empty segment 0 that its first batch does not fit
+/// (a new file, so a new `created_ns`, the log's id) and records the new id in the next recovery point.
+/// Until then the recovery point names the old id at position 0 (nothing durable), and a reader that mapped
+/// segment 0 before the replacement still holds the old header. Neither is a foreign recovery point: a
+/// durable-only reader reads what is durable instead of failing.
+#[test]
+fn durable_only_reader_survives_the_replacement_of_segment_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write_rp = |position: u64, log_id: u64, at: Option<&BatchLoc>| {
+        let rp = RecoveryPoint {
+            sequence: position + 1,
+            position: Position(position),
+            segment_base: Position(0),
+            offset: at.map_or(SEGMENT_HEADER_SIZE as u64, |b| b.offset + b.length as u64),
+            log_id,
+            last_batch_crc: at.map_or(0, |b| u32::from_le_bytes(read_at(&b.path, b.offset + 4, 4).try_into().unwrap())),
+            clean: false,
+            poisoned: false,
+        };
+        let mut file = std::fs::read(dir.join(RECOVERY_POINT_FILE)).unwrap_or_default();
+        file.resize(RECOVERY_POINT_FILE_SIZE as usize, 0);
+        let slot = rp.slot_offset() as usize;
+        file[slot..slot + 64].copy_from_slice(&rp.encode());
+        std::fs::write(dir.join(RECOVERY_POINT_FILE), file).unwrap();
+    };
+    let seg0 = |dir: &Path| {
+        let (base, path) = list_segments(dir).unwrap()[0].clone();
+        Segment::open(&path, base).unwrap().header().created_ns
+    };
+    let mut w = LogWriter::open(dir, small_opts(256 << 10, Durability::None)).unwrap();
+    let old_id = seg0(dir);
+    // What a writer records at open: nothing durable yet, the log id of the segment 0 it created.
+    write_rp(0, old_id, None);
+    let early = LogReader::open(dir).unwrap().durable_only(true);
+    // A first batch bigger than the empty segment 0: the writer replaces it.
+    append_det(&mut w, 400, 400);
+    w.sync().unwrap();
+    let new_id = seg0(dir);
+    assert_ne!(old_id, new_id, "segment 0 was replaced");
+
+    // The recovery point still names the old id at position 0: nothing durable, no error.
+    let fresh = LogReader::open(dir).unwrap().durable_only(true);
+    assert_eq!(fresh.end_position().unwrap(), Position(0));
+    let mut c = fresh.cursor(Start::Beginning).unwrap();
+    assert!(c.next_batch().unwrap().is_none());
+    let report = verify(dir).unwrap();
+    assert!(report.is_sound(), "{:?}", report.problems);
+
+    // The writer records the new id with the durable end; the reader opened before the replacement too.
+    let batch = list_batches(dir).into_iter().find(|b| !b.sealed).unwrap();
+    write_rp(400, new_id, Some(&batch));
+    for (what, reader) in [("opened after", &fresh), ("opened before", &early)] {
+        assert_eq!(reader.end_position().unwrap(), Position(400), "{what}");
+        let mut c = reader.cursor(Start::Beginning).unwrap();
+        let mut n = 0;
+        while let Some(b) = c.next_batch().unwrap() {
+            n += b.len();
+        }
+        assert_eq!(n, 400, "{what}");
+    }
+    assert!(c.wait(Duration::from_secs(5)).unwrap());
+    w.close().unwrap();
+}
+
+/// W3, a roll at the durable limit: a durable-only cursor does not enter a segment whose creation is not
+/// durable yet (the recovery point's durable end is the seal's position, in the sealed segment). If it did,
+/// a crash and a recovery that cuts the unsynced seal and moves that segment to `cut/` would leave it
+/// waiting forever in a file that is no longer part of the log, while the writer appends after the cut.
+#[test]
+fn durable_only_reader_does_not_cross_a_roll_that_is_not_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let batches = build(dir, 1500);
+    let last_seg = batches.last().unwrap().seg_idx;
+    let seal = batches.iter().find(|b| b.sealed && b.seg_idx + 1 == last_seg).unwrap().clone();
+    let before_seal = batches.iter().rfind(|b| !b.sealed && b.seg_idx + 1 == last_seg).unwrap().clone();
+    // Durable: everything up to the seal's position, in the sealed segment.
+    write_recovery_point(dir, &before_seal, false);
+    let reader = LogReader::open(dir).unwrap().durable_only(true);
+    let mut c = reader.cursor(Start::Beginning).unwrap();
+    let mut n = 0;
+    while let Some(b) = c.next_batch().unwrap() {
+        n += b.len();
+    }
+    assert_eq!(Position(n), seal.base);
+    assert!(!c.wait(Duration::from_millis(20)).unwrap());
+
+    // A crash; recovery cuts what is above the recovery point: the seal, and the segments after it.
+    let cut = dir.join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for (_, path) in list_segments(dir).unwrap().into_iter().filter(|(b, _)| *b >= seal.base) {
+        std::fs::rename(&path, cut.join(path.file_name().unwrap())).unwrap();
+        let _ = std::fs::remove_file(path.with_extension("idx"));
+    }
+    write_at(&seal.path, seal.offset, &[0; 24]);
+    // The next writer appends where the seal was, and syncs.
+    let mut w = LogWriter::open(dir, small_opts(4096, Durability::EveryBatch)).unwrap();
+    assert_eq!(w.next_position(), seal.base);
+    w.append(b"after the cut", b"payload", 1).unwrap();
+    w.commit().unwrap();
+    w.close().unwrap();
+    let new = list_batches(dir).into_iter().rfind(|b| !b.sealed).unwrap();
+    assert_eq!(new.base, seal.base);
+    write_recovery_point(dir, &new, false);
+
+    assert!(c.wait(Duration::from_secs(5)).unwrap(), "the cursor waits where the log goes on");
+    let b = c.next_batch().unwrap().expect("the record appended after the cut");
+    let recs: Vec<_> = b.records().map(|(_, r)| (r.position, r.key.to_vec())).collect();
+    assert_eq!(recs, vec![(seal.base, b"after the cut".to_vec())]);
+}
+
+/// A follower waiting in a segment file that was moved away (a recovery cut or `catchup truncate` moves cut
+/// segments to `cut/`) or replaced reports it, naming the file, instead of waiting forever in a file that is
+/// no longer part of the log (and rescanning its whole mapping at every poll, since it can no longer be
+/// looked at by name).
+#[test]
+fn a_follower_whose_segment_is_moved_away_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build(dir, 1500);
+    let (_, last) = list_segments(dir).unwrap().pop().unwrap();
+    for how in ["moved", "replaced"] {
+        let mut reader = LogReader::open(dir).unwrap();
+        let mut c = reader.cursor(Start::Beginning).unwrap();
+        while c.next_batch().unwrap().is_some() {}
+        assert!(!c.wait(Duration::from_millis(20)).unwrap());
+        let aside = dir.join("aside.seg.moved");
+        std::fs::rename(&last, &aside).unwrap();
+        if how == "replaced" {
+            std::fs::copy(&aside, &last).unwrap();
+        }
+        let err = c.wait(Duration::from_secs(2)).expect_err(how);
+        assert_names_file(&err, &last);
+        assert!(err.to_string().contains("moved"), "{how}: {err}");
+        if how == "moved" {
+            // A reader that looks for new segments names the one that went away, and why.
+            let err = reader.refresh().unwrap_err().to_string();
+            assert!(err.contains(last.file_name().unwrap().to_str().unwrap()) && err.contains("moved"), "{err}");
+        }
+        std::fs::rename(&aside, &last).unwrap();
+    }
+}
+
 /// W5: a bad last segment (extended, cut short) does not hide the good ones: `open` succeeds, every record
 /// before it is handed out, and reaching it is an error naming it.
 #[test]
@@ -352,6 +496,138 @@ fn an_all_zero_last_segment_is_an_unfinished_creation() {
     assert!(matches!(c.kind, CorruptionKind::ZeroedSegment { durable: Some(_) }), "{c}");
     assert_eq!(c.file, path);
     assert!(!verify(&dir).unwrap().problems[0].torn_tail);
+}
+
+/// B5, the rule's limit: an all-zero last segment is an unfinished creation only behind a sealed
+/// segment. A writer seals a segment before it creates the next file, so a file after a segment whose data
+/// ends without a seal (zero word, or a batch that does not validate) proves that the records up to the seal
+/// were committed and are gone: an error naming the segment, never "the end of the log" (which `verify` and
+/// the writer already said; readers used to end there and exit 0).
+#[test]
+fn an_all_zero_last_segment_behind_an_unsealed_one_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let batches = build(&pristine, 1500);
+    let (zero_base, zero_path) = list_segments(&pristine).unwrap().pop().unwrap();
+    let prev: Vec<_> = batches.iter().filter(|b| b.seg_idx + 2 == batches.last().unwrap().seg_idx + 1).collect();
+    let seal = prev.iter().find(|b| b.sealed).expect("the previous segment is sealed").to_owned().clone();
+    let last_data = prev.iter().rfind(|b| !b.sealed).unwrap().to_owned().clone();
+    assert_eq!(seal.base, zero_base);
+    for damage in ["zero word", "invalid batch"] {
+        let dir = tmp.path().join(damage.replace(' ', "-"));
+        copy_dir(&pristine, &dir);
+        let local = |p: &Path| dir.join(p.file_name().unwrap());
+        let zero_file = local(&zero_path);
+        let len = std::fs::metadata(&zero_file).unwrap().len();
+        write_at(&zero_file, 0, &vec![0; len as usize]);
+        // The seal is gone, and so is (or is damaged) the last batch before it.
+        write_at(&local(&seal.path), seal.offset, &vec![0; seal.length as usize]);
+        let prev_file = local(&last_data.path);
+        let _ = std::fs::remove_file(prev_file.with_extension("idx"));
+        if damage == "zero word" {
+            write_at(&prev_file, last_data.offset, &vec![0; last_data.length as usize]);
+        } else {
+            let mut b = read_at(&prev_file, last_data.offset + 40, 1);
+            b[0] ^= 0x10;
+            write_at(&prev_file, last_data.offset + 40, &b);
+        }
+        let check = |c: &Corruption, what: &str| {
+            assert_eq!(c.file, prev_file, "{damage}, {what}: {c}");
+            assert_eq!((c.offset, c.position), (last_data.offset, Some(last_data.base)), "{damage}, {what}: {c}");
+        };
+        check(&expect_corrupt(read_all(&dir).map(|r| r.len()), "read_all"), "read_all");
+        let reader = LogReader::open(&dir).unwrap();
+        check(&expect_corrupt(reader.end_position(), "end_position"), "end_position");
+        let mut c = reader.cursor(Start::Position(Position(last_data.base.0 - 1))).unwrap();
+        assert!(c.next_batch().unwrap().is_some());
+        check(&expect_corrupt(c.next_batch().map(|b| b.map(|b| b.len())), "next_batch"), "next_batch");
+        check(&expect_corrupt(c.wait(Duration::from_secs(5)), "wait"), "wait");
+        let report = verify(&dir).unwrap();
+        assert!(report.problems.iter().all(|p| !p.torn_tail), "{damage}: {:?}", report.problems);
+    }
+}
+
+/// B5, the rule's other limit: an all-zero last segment is the unfinished creation of the segment the
+/// previous seal names, not of any later one. With the segment between them gone, the records it held are
+/// missing: a gap naming the zero file, never "the end of the log" (readers used to end at the seal and
+/// exit 0, while `verify` and the writer reported the gap).
+#[test]
+fn an_all_zero_last_segment_after_a_missing_one_is_a_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build(dir, 1500);
+    let segs = list_segments(dir).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let (zero_base, zero_path) = segs[segs.len() - 1].clone();
+    let (gone_base, gone_path) = segs[segs.len() - 2].clone();
+    std::fs::remove_file(&gone_path).unwrap();
+    let _ = std::fs::remove_file(gone_path.with_extension("idx"));
+    let len = std::fs::metadata(&zero_path).unwrap().len();
+    write_at(&zero_path, 0, &vec![0; len as usize]);
+    let check = |c: &Corruption, what: &str| {
+        assert_eq!(c.file, zero_path, "{what}: {c}");
+        assert!(
+            matches!(c.kind, CorruptionKind::Gap { expected, found } if (expected, found) == (gone_base, zero_base)),
+            "{what}: {c}"
+        );
+    };
+    check(&expect_corrupt(read_all(dir).map(|r| r.len()), "read_all"), "read_all");
+    let reader = LogReader::open(dir).unwrap();
+    check(&expect_corrupt(reader.end_position(), "end_position"), "end_position");
+    let mut c = reader.cursor(Start::Position(Position(gone_base.0 - 1))).unwrap();
+    assert!(c.next_batch().unwrap().is_some());
+    check(&expect_corrupt(c.next_batch().map(|b| b.map(|b| b.len())), "next_batch"), "next_batch");
+    check(&expect_corrupt(c.wait(Duration::from_secs(5)), "wait"), "wait");
+    let report = verify(dir).unwrap();
+    assert!(report.problems.iter().all(|p| !p.torn_tail), "{:?}", report.problems);
+}
+
+/// A follower racing a writer that rolls segments fast: a directory listing taken while segments are being
+/// created is no snapshot (`readdir` may skip an entry renamed into place during it and still return a
+/// later one), so a follower must not take a segment missing from one listing for a gap. Found with
+/// `replay --follow` on a streaming `import --segment-bytes 64KiB` (1 run in 3: "position gap between
+/// segments" on a sound log).
+#[test]
+fn a_follower_is_not_fooled_by_a_listing_taken_during_rolls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    const RECORDS: u64 = 250_000;
+    let mut w = LogWriter::open(&dir, small_opts(1024, Durability::None)).unwrap();
+    append_det(&mut w, 1, 1);
+    // Three followers, each listing the directory whenever it reaches a seal before the next segment exists.
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let dir = dir.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let reader = LogReader::open(&dir).map_err(|e| e.to_string())?;
+                let mut c = reader.cursor(Start::Beginning).map_err(|e| e.to_string())?;
+                let mut seen = 0u64;
+                while seen < RECORDS {
+                    match c.wait(Duration::from_secs(20)) {
+                        Ok(true) => {}
+                        Ok(false) => return Err(format!("stalled at {seen}")),
+                        Err(e) => return Err(format!("after {seen} records: {e}")),
+                    }
+                    while let Some(b) = c.next_batch().map_err(|e| format!("after {seen} records: {e}"))? {
+                        assert_eq!(b.header.base_position, Position(seen));
+                        seen += b.len();
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // Small batches, so that segments roll every few dozen records.
+    while w.next_position().0 < RECORDS {
+        let n = (RECORDS - w.next_position().0).min(7);
+        append_det(&mut w, n, 7);
+    }
+    w.close().unwrap();
+    for f in followers {
+        f.join().unwrap().unwrap();
+    }
+    let segments = list_segments(&dir).unwrap().len();
+    assert!(segments > 400, "only {segments} segments");
 }
 
 /// B8: a FIFO (or a directory) named like a segment is an error naming it, without opening it (a FIFO
