@@ -1102,6 +1102,8 @@ mod tests {
             w.commit().unwrap();
         }
         w.close().unwrap();
+        // As a writer that crashed after its last sync leaves it: a torn tail above the recovery point.
+        crate::testing::crash_recovery_point(dir.path(), Position(20)).unwrap();
         let reader = LogReader::open(dir.path()).unwrap();
         let end = reader.cursor(Start::Beginning).unwrap();
         let mut c = reader.cursor(Start::Position(Position(20))).unwrap();
