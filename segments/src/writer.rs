@@ -906,7 +906,11 @@ impl LogWriter {
     fn open_next_segment(&mut self, base: Position, batch_len: u64) -> Result<(), AppendError> {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));
-        let durable = self.opts.durability != Durability::None;
+        // A replacement (the active segment holds no batch and is swapped for a larger one) is durable under
+        // every policy: the recovery point may name the segment being replaced (segment 0 of a new log, or a
+        // successor that recovery created), and a `None` crash that made the rename durable before the new
+        // file's size and header left a segment that recovery refused (bad magic) for good.
+        let durable = self.opts.durability != Durability::None || base == self.base;
         // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
         // 0's is the log's identity, named by the recovery point and by checkpoints.
         let created_ns = if base == self.base { self.created_ns } else { now_ns() };
