@@ -472,7 +472,12 @@ impl LogWriter {
         let capacity = seg.len_bytes();
         let active_created_ns = seg.header().created_ns;
         let idx_path = dir.join(index_file_name(base));
-        let (index, problem) = match std::fs::read(&idx_path).ok().and_then(|b| SparseIndex::decode(&b, base).ok()) {
+        // Only with a recovery point: it (and the walk above it) vouches for what the index covers. Without one
+        // (an older build's log, or both slots damaged) the index may have been saved before its data was
+        // synced (an older build saved a sealed segment's index at the roll; the segment is active again
+        // when a power cut lost its seal and successor): the old rule, a full walk, is the only check.
+        let saved = if rp.is_some() { std::fs::read(&idx_path).ok() } else { None };
+        let (index, problem) = match saved.and_then(|b| SparseIndex::decode(&b, base).ok()) {
             Some(saved) => match saved.complete(&seg, &idx_path) {
                 // An index that disagrees with the data is a stale cache: scan the segment instead.
                 (_, Some(c)) if matches!(c.kind, CorruptionKind::IndexMismatch { .. }) => {

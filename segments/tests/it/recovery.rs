@@ -577,3 +577,36 @@ fn a_crash_during_a_cut_never_loses_the_cut_bytes() {
         }
     }
 }
+
+/// A log without a (valid) recovery point (an older build's, or one whose two slots are both damaged) is
+/// recovered by the old rule: a full walk of the active segment that refuses damage with valid batches
+/// behind it. A saved index of the active segment is no proof that the bytes it covers reached the disk (an
+/// older build saved a sealed segment's index at the roll, before any sync, and that segment is active again
+/// once a power cut lost its seal and successor), so the walk must not start from its last entry: a lost
+/// page below it is refused, never appended behind.
+#[test]
+fn without_a_recovery_point_a_saved_index_does_not_hide_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 150, 3);
+    w.close().unwrap();
+    let idx = std::fs::read(dir.path().join(catchup_segments::segment::index_file_name(Position(0)))).unwrap();
+    let idx = catchup_segments::index::SparseIndex::decode(&idx, Position(0)).unwrap();
+    let last_entry = idx.entries.last().unwrap().file_offset;
+    let batches = list_batches(dir.path());
+    assert_eq!(batches.iter().map(|b| b.seg_idx).max(), Some(0), "one segment");
+    let hit = batches
+        .iter()
+        .find(|b| b.offset < last_entry && b.base.0 > 20 && idx.entries.iter().all(|e| e.file_offset != b.offset))
+        .expect("a batch between index entries")
+        .clone();
+    std::fs::remove_file(dir.path().join(RECOVERY_POINT_FILE)).unwrap();
+    // A page of the batch's body never reached the disk; later pages did.
+    write_at(&hit.path, hit.offset + 8, &vec![0u8; hit.length as usize - 8]);
+    let before = snapshot(dir.path());
+
+    let e = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap_err();
+    assert!(matches!(&e, OpenError::Corrupt(c) if c.offset == hit.offset), "{e}");
+    assert_names_file(&e, &hit.path);
+    assert_eq!(snapshot(dir.path()), before, "nothing changed");
+}
