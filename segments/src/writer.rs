@@ -37,7 +37,7 @@ use crate::storage::{FsStorage, Storage, StorageFile};
 use crate::truncate::{CutAt, CutReport, TruncateReport, cut_log, zero_range};
 
 /// The recovery-point file is fsynced at most this often while appending (and always at open, at a clean
-/// close and when the writer is poisoned). A slot is written after every successful sync anyway (one
+/// close, when the writer is poisoned and when the durable end moves into another segment). A slot is written after every successful sync anyway (one
 /// 64-byte `pwrite`, seen at once by readers through the page cache); the fsync only decides how far the
 /// copy *on disk* may lag the durable end. A lag costs nothing but recovery time: data above the on-disk
 /// recovery point is re-read from the disk and kept while valid. One second bounds that to about a second of
@@ -68,6 +68,9 @@ struct RpWriter {
     /// at most the slot written since, never the durable one.
     last_seq: u64,
     synced_seq: u64,
+    /// The segment named by the last slot made durable. A slot naming another segment is fsynced at once:
+    /// the on-disk point may lag within a segment, never by whole segments (see `write`).
+    synced_segment: u64,
     last_sync: Instant,
     /// What the last slot written says.
     last_end: DurableEnd,
@@ -92,9 +95,18 @@ impl RpWriter {
         self.last_end = end;
         self.file.write_at(&rp.encode(), rp.slot_offset()).map_err(|e| IoError::new("write", &self.path, e))?;
         self.last_seq = sequence;
-        if force_sync || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL {
+        // A new segment: fsynced now, whatever the interval. A segment exists durably only once the one
+        // before it was synced whole, seal included; an on-disk point left in an earlier segment would put
+        // whole acknowledged segments above it, and recovery cuts what it finds above the point from the
+        // first damaged batch on (one flipped byte in an old segment cut every later one). One extra fsync
+        // per segment.
+        if force_sync
+            || end.segment_base != self.synced_segment
+            || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL
+        {
             self.file.sync().map_err(|e| IoError::new("fsync", &self.path, e))?;
             self.synced_seq = sequence;
+            self.synced_segment = end.segment_base;
             self.last_sync = Instant::now();
         }
         Ok(())
@@ -1092,6 +1104,7 @@ fn open_recovery_point(
         log_id,
         last_seq: seq,
         synced_seq: seq,
+        synced_segment: end.segment_base,
         last_sync: Instant::now(),
         last_end: end,
         poison_written: false,
