@@ -650,3 +650,45 @@ fn a_lagging_recovery_point_never_cuts_acknowledged_segments() {
         }
     }
 }
+
+/// `truncate` at the positions of a small log of several segments where it can go wrong (inside batches, at
+/// batch boundaries, at seals and segment starts, at 0 and at the end): the log is the prefix below `to`, sound, clean at `to`,
+/// and segment 0's identity stays; appending after it continues at `to`.
+#[test]
+fn truncate_at_every_position() {
+    let src = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(src.path(), small_opts(1 << 20, Durability::EveryBatch)).unwrap();
+    append_det(&mut w, 700, 7);
+    w.close().unwrap();
+    assert!(list_segments(src.path()).unwrap().len() >= 3);
+    let all = read_all(src.path()).unwrap();
+    let log_id = read_recovery_point(src.path()).unwrap().unwrap().log_id;
+    let work = tempfile::tempdir().unwrap();
+    // Every batch's first position and the one after it (a boundary, a seal, a segment start; inside a
+    // batch), its last one, and the end.
+    let mut points: Vec<u64> = list_batches(src.path())
+        .iter()
+        .flat_map(|b| [b.base.0, b.base.0 + 1, (b.base.0 + 1).max(b.base.0 + u64::from(b.count)) - 1])
+        .chain([700])
+        .collect();
+    points.sort();
+    points.dedup();
+    for to in points {
+        let dir = work.path().join(format!("t{to}"));
+        copy_dir(src.path(), &dir);
+        let report = truncate(&dir, Position(to)).unwrap_or_else(|e| panic!("to {to}: {e}"));
+        assert_eq!(report.end_after, Position(to));
+        let rp = read_recovery_point(&dir).unwrap().unwrap();
+        assert!(rp.clean && rp.position == Position(to) && rp.log_id == log_id, "to {to}: {rp:?}");
+        assert_same_records(&read_all(&dir).unwrap(), &all[..to as usize], &format!("to {to}"));
+        assert!(verify(&dir).unwrap().is_sound(), "to {to}");
+        let mut w = LogWriter::open(&dir, small_opts(2048, Durability::EveryBatch)).unwrap();
+        assert_eq!((w.next_position(), &w.recovery().cut), (Position(to), &None), "to {to}");
+        append_det(&mut w, 3, 3);
+        w.close().unwrap();
+        let got = read_all(&dir).unwrap();
+        assert_eq!(got.len() as u64, to + 3, "to {to}");
+        check_det(&got);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
