@@ -153,6 +153,9 @@ pub struct TruncateReport {
     pub rewrote_batch_at: Option<u64>,
     /// Recovery had refused the log (why); the truncation is what made it openable again.
     pub refused: Option<String>,
+    /// What the recovery that ran first (the log had not been closed cleanly) cut above its recovery point
+    /// before the truncation, if anything: more bytes in `cut/`, which the caller must report too.
+    pub recovered: Option<CutReport>,
 }
 
 /// Cuts the log in `dir` so that it ends at `to`: every record at or above `to` is removed (kept in
@@ -185,6 +188,7 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
             dir.display()
         )));
     }
+    let recovered = w.recovery().cut.clone();
     if to == end {
         w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
         return Ok(TruncateReport {
@@ -193,9 +197,10 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
             cut: None,
             rewrote_batch_at: None,
             refused: None,
+            recovered,
         });
     }
-    w.truncate_locked(to)
+    Ok(TruncateReport { recovered, ..w.truncate_locked(to)? })
 }
 
 /// Where position `to` lies in a segment.

@@ -1432,6 +1432,7 @@ impl LogWriter {
             cut: Some(cut),
             rewrote_batch_at,
             refused: None,
+            recovered: None,
         })
     }
 }
@@ -1476,6 +1477,7 @@ pub(crate) fn truncate_refused(dir: &Path, to: Position, refused: &OpenError) ->
         cut: Some(cut),
         rewrote_batch_at,
         refused: Some(refused.to_string()),
+        recovered: None,
     })
 }
 

@@ -692,3 +692,25 @@ fn truncate_at_every_position() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `truncate` of a log that was not closed cleanly runs recovery first, and recovery may cut an
+/// unacknowledged tail into `cut/`: the report says so (`recovered`), also when `to` is the end recovery
+/// left and the truncation itself cuts nothing. It used to report "nothing to cut".
+#[test]
+fn truncate_reports_what_its_recovery_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 40, 10);
+    w.sync().unwrap();
+    append_det(&mut w, 20, 10);
+    w.close().unwrap();
+    crash_recovery_point(dir.path(), Position(40)).unwrap();
+    let last = list_batches(dir.path()).last().unwrap().clone();
+    write_at(&last.path, last.offset + 30, &[0xEE; 4]);
+    let report = truncate(dir.path(), last.base).unwrap();
+    let recovered = report.recovered.expect("recovery cut the damaged unacknowledged batch");
+    assert_eq!((recovered.position, recovered.offset), (last.base, Some(last.offset)));
+    assert!(recovered.saved_to.is_some());
+    assert_eq!((report.end_after, &report.cut), (last.base, &None));
+    assert_eq!(read_all(dir.path()).unwrap().len() as u64, last.base.0);
+}
