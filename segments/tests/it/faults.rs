@@ -161,6 +161,9 @@ fn check_image(
         Ok(w) => {
             let n = w.next_position().0;
             let recovery = w.recovery().clone();
+            // The two-slot protocol: a crash damages at most the slot written since the file's last fsync,
+            // never the one holding the last synced point.
+            assert_eq!(recovery.recovery_point_problem, None, "{ctx}: both recovery-point slots invalid");
             w.close().unwrap_or_else(|e| panic!("{ctx}: close after recovery: {e}"));
             let report = verify(dir).unwrap();
             assert!(report.is_sound(), "{ctx}: unsound after recovery ({recovery:?}): {:?}", report.problems);
