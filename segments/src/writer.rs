@@ -37,11 +37,15 @@ use crate::storage::{FsStorage, Storage, StorageFile};
 use crate::truncate::{CutAt, CutReport, TruncateReport, cut_log, zero_range};
 
 /// The recovery-point file is fsynced at most this often while appending (and always at open, at a clean
-/// close, when the writer is poisoned and when the durable end moves into another segment). A slot is written after every successful sync anyway (one
-/// 64-byte `pwrite`, seen at once by readers through the page cache); the fsync only decides how far the
-/// copy *on disk* may lag the durable end. A lag costs nothing but recovery time: data above the on-disk
-/// recovery point is re-read from the disk and kept while valid. One second bounds that to about a second of
-/// appends and keeps the extra fsyncs to one per second, next to nothing beside `EveryBatch`'s one per batch.
+/// close, when the writer is poisoned and when the durable end moves into another segment). A slot is written
+/// after every successful sync anyway (one 64-byte `pwrite`, seen at once by readers through the page cache);
+/// the fsync only decides how far the copy *on disk* may lag the durable end: at most this long, and never
+/// past the start of the segment holding the durable end. After a crash, data above the on-disk point is
+/// re-read from the disk and kept while valid. A lag is not free under media damage: after an unclean stop,
+/// a damaged batch in the lag window cannot be told from an unsynced write that never reached the disk, and
+/// is cut (kept in `cut/`, reported) with everything after it in its segment, acknowledged or not. One second
+/// bounds that window and keeps the extra fsyncs to one per second, next to nothing beside `EveryBatch`'s one
+/// per batch.
 pub const RECOVERY_POINT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A durable end, as the recovery point records it.
