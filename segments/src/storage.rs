@@ -116,8 +116,7 @@ const DIRECT_ALIGN: usize = 4096;
 fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        match open_regular(path, libc::O_DIRECT) {
             // EINVAL from the read itself: a device whose alignment is coarser than DIRECT_ALIGN.
             Ok(file) => match read_aligned(&file, offset, len) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
@@ -130,8 +129,26 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     read_plain(path, offset, len)
 }
 
+/// Opens `path` for reading with `flags` added, refusing anything but a regular file. `O_NONBLOCK` (no
+/// effect on a regular file) keeps a FIFO planted under the name from blocking the open until a writer comes.
+fn open_regular(path: &Path, flags: i32) -> io::Result<File> {
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    #[cfg(unix)]
+    let file = OpenOptions::new().read(true).custom_flags(flags | libc::O_NONBLOCK).open(path)?;
+    #[cfg(not(unix))]
+    let file = {
+        let _ = flags;
+        File::open(path)?
+    };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
 fn read_plain(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+    let file = open_regular(path, 0)?;
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {

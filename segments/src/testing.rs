@@ -18,8 +18,9 @@
 //! - **Renames may reach the disk before the data they name** ([`CrashMode::NamesFirst`]), as ext4 commits
 //!   a rename within seconds and writes data into preallocated extents much later.
 //!
-//! [`FaultyStorage::fail_at`] makes the Nth operation (create, open, write, sync, rename, directory sync,
-//! counted from 1) fail with `EIO`, without doing it, for I/O-error sweeps.
+//! [`FaultyStorage::fail_at`] makes the Nth operation (create, open, write, sync, space reservation, rename,
+//! directory sync, counted from 1) fail with `EIO`, without doing it, for I/O-error sweeps;
+//! [`FaultyStorage::fail_next`] the next operation of one kind.
 //!
 //! This module is a test tool: nothing in the crate uses it.
 
@@ -109,6 +110,8 @@ struct State {
     lose_at: Option<u64>,
     /// The OS error the failing operation returns (`EIO` unless set).
     fail_errno: i32,
+    /// The next operation of this kind fails with this OS error (see [`FaultyStorage::fail_next`]).
+    fail_kind: Option<(&'static str, i32)>,
     /// The failed operation: its number and what it was.
     failed: Option<(u64, &'static str)>,
 }
@@ -117,6 +120,13 @@ impl State {
     /// Counts an operation; fails it if it is the chosen one.
     fn op(&mut self, what: &'static str) -> io::Result<()> {
         self.ops += 1;
+        if let Some((kind, errno)) = self.fail_kind
+            && kind == what
+        {
+            self.fail_kind = None;
+            self.failed.get_or_insert((self.ops, what));
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         if let Some(first) = self.fail_at
             && (first..first.saturating_add(self.fail_count.max(1))).contains(&self.ops)
         {
@@ -164,6 +174,13 @@ impl FaultyStorage {
         s.fail_at = Some(n);
         s.fail_count = 1;
         s.fail_errno = errno;
+    }
+
+    /// Makes the next operation of kind `what` (as [`failed`](FaultyStorage::failed) names them: `"create"`,
+    /// `"open"`, `"write"`, `"sync"`, `"allocate"`, `"rename"`, `"sync directory"`) fail with the OS error
+    /// `errno`, without doing it.
+    pub fn fail_next(&self, what: &'static str, errno: i32) {
+        lock(&self.state).fail_kind = Some((what, errno));
     }
 
     /// Makes operation `n`, which must be a file sync, report success while the file's unsynced writes are
@@ -288,6 +305,14 @@ impl StorageFile for FaultyFile {
         }
         s.journal.push(Event::Sync { file: self.file });
         Ok(())
+    }
+
+    /// Counted as an operation (so it can be made to fail: a full disk), passed to the real file; not
+    /// journaled, as it changes no byte of the file.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        s.op("allocate")?;
+        self.real.allocate(offset, len)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Nothing is deleted without a copy. A cut moves whole segments into `LOGDIR/cut/` under their own names,
 //! copies the removed tail of a segment to `cut/<20-digit base>.seg.<byte offset>.tail` (its bytes from the
-//! offset to the last non-zero byte), then zeroes that tail and syncs it, then syncs both directories. Only
+//! offset to the last non-zero byte) and syncs the copy and both directories, then zeroes that tail and syncs
+//! it, then moves later segments and syncs both directories again. Only
 //! then is the recovery point moved (by the caller). Index files that describe cut data are removed (they
 //! are caches, rebuilt from the data). `docs/segment-format.md` ("Cut bytes", "Truncating a log") is the
 //! contract.
@@ -92,6 +93,9 @@ pub(crate) fn cut_log(
                 let f = storage.create(&to, tail.len() as u64).map_err(|e| IoError::new("create", &to, e))?;
                 f.write_at(&tail, 0).map_err(|e| IoError::new("write", &to, e))?;
                 f.sync().map_err(|e| IoError::new("fsync", &to, e))?;
+                // The copy's name (and `cut/`'s own, if it is new) durable before the original is zeroed: a
+                // crash in between must leave the bytes in one place or the other, never in neither.
+                sync_dirs(storage, &cut_dir, dir)?;
                 let seg_file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
                 zero_range(&*seg_file, &path, offset, offset + tail.len() as u64)?;
                 seg_file.sync().map_err(|e| IoError::new("fsync", &path, e))?;
@@ -109,9 +113,14 @@ pub(crate) fn cut_log(
         remove_index(dir, base);
         report.files_moved.push(to);
     }
-    storage.sync_dir(&cut_dir).map_err(|e| IoError::new("fsync directory", &cut_dir, e))?;
-    storage.sync_dir(dir).map_err(|e| IoError::new("fsync directory", dir, e))?;
+    sync_dirs(storage, &cut_dir, dir)?;
     Ok(report)
+}
+
+/// Makes the entries of `cut/` and of the log directory durable.
+fn sync_dirs(storage: &dyn Storage, cut_dir: &Path, dir: &Path) -> Result<(), IoError> {
+    storage.sync_dir(cut_dir).map_err(|e| IoError::new("fsync directory", cut_dir, e))?;
+    storage.sync_dir(dir).map_err(|e| IoError::new("fsync directory", dir, e))
 }
 
 /// Removes the index of the segment at `base` (a cache that may describe cut data; readers rebuild it).
@@ -144,6 +153,9 @@ pub struct TruncateReport {
     pub rewrote_batch_at: Option<u64>,
     /// Recovery had refused the log (why); the truncation is what made it openable again.
     pub refused: Option<String>,
+    /// What the recovery that ran first (the log had not been closed cleanly) cut above its recovery point
+    /// before the truncation, if anything: more bytes in `cut/`, which the caller must report too.
+    pub recovered: Option<CutReport>,
 }
 
 /// Cuts the log in `dir` so that it ends at `to`: every record at or above `to` is removed (kept in
@@ -176,6 +188,7 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
             dir.display()
         )));
     }
+    let recovered = w.recovery().cut.clone();
     if to == end {
         w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
         return Ok(TruncateReport {
@@ -184,9 +197,10 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
             cut: None,
             rewrote_batch_at: None,
             refused: None,
+            recovered,
         });
     }
-    w.truncate_locked(to)
+    Ok(TruncateReport { recovered, ..w.truncate_locked(to)? })
 }
 
 /// Where position `to` lies in a segment.

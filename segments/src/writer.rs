@@ -37,11 +37,15 @@ use crate::storage::{FsStorage, Storage, StorageFile};
 use crate::truncate::{CutAt, CutReport, TruncateReport, cut_log, zero_range};
 
 /// The recovery-point file is fsynced at most this often while appending (and always at open, at a clean
-/// close and when the writer is poisoned). A slot is written after every successful sync anyway (one
-/// 64-byte `pwrite`, seen at once by readers through the page cache); the fsync only decides how far the
-/// copy *on disk* may lag the durable end. A lag costs nothing but recovery time: data above the on-disk
-/// recovery point is re-read from the disk and kept while valid. One second bounds that to about a second of
-/// appends and keeps the extra fsyncs to one per second, next to nothing beside `EveryBatch`'s one per batch.
+/// close, when the writer is poisoned and when the durable end moves into another segment). A slot is written
+/// after every successful sync anyway (one 64-byte `pwrite`, seen at once by readers through the page cache);
+/// the fsync only decides how far the copy *on disk* may lag the durable end: at most this long, and never
+/// past the start of the segment holding the durable end. After a crash, data above the on-disk point is
+/// re-read from the disk and kept while valid. A lag is not free under media damage: after an unclean stop,
+/// a damaged batch in the lag window cannot be told from an unsynced write that never reached the disk, and
+/// is cut (kept in `cut/`, reported) with everything after it in its segment, acknowledged or not. One second
+/// bounds that window and keeps the extra fsyncs to one per second, next to nothing beside `EveryBatch`'s one
+/// per batch.
 pub const RECOVERY_POINT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A durable end, as the recovery point records it.
@@ -68,6 +72,9 @@ struct RpWriter {
     /// at most the slot written since, never the durable one.
     last_seq: u64,
     synced_seq: u64,
+    /// The segment named by the last slot made durable. A slot naming another segment is fsynced at once:
+    /// the on-disk point may lag within a segment, never by whole segments (see `write`).
+    synced_segment: u64,
     last_sync: Instant,
     /// What the last slot written says.
     last_end: DurableEnd,
@@ -92,9 +99,18 @@ impl RpWriter {
         self.last_end = end;
         self.file.write_at(&rp.encode(), rp.slot_offset()).map_err(|e| IoError::new("write", &self.path, e))?;
         self.last_seq = sequence;
-        if force_sync || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL {
+        // A new segment: fsynced now, whatever the interval. A segment exists durably only once the one
+        // before it was synced whole, seal included; an on-disk point left in an earlier segment would put
+        // whole acknowledged segments above it, and recovery cuts what it finds above the point from the
+        // first damaged batch on (one flipped byte in an old segment cut every later one). One extra fsync
+        // per segment.
+        if force_sync
+            || end.segment_base != self.synced_segment
+            || self.last_sync.elapsed() >= RECOVERY_POINT_SYNC_INTERVAL
+        {
             self.file.sync().map_err(|e| IoError::new("fsync", &self.path, e))?;
             self.synced_seq = sequence;
+            self.synced_segment = end.segment_base;
             self.last_sync = Instant::now();
         }
         Ok(())
@@ -472,7 +488,12 @@ impl LogWriter {
         let capacity = seg.len_bytes();
         let active_created_ns = seg.header().created_ns;
         let idx_path = dir.join(index_file_name(base));
-        let (index, problem) = match std::fs::read(&idx_path).ok().and_then(|b| SparseIndex::decode(&b, base).ok()) {
+        // Only with a recovery point: it (and the walk above it) vouches for what the index covers. Without one
+        // (an older build's log, or both slots damaged) the index may have been saved before its data was
+        // synced (an older build saved a sealed segment's index at the roll; the segment is active again
+        // when a power cut lost its seal and successor): the old rule, a full walk, is the only check.
+        let saved = if rp.is_some() { std::fs::read(&idx_path).ok() } else { None };
+        let (index, problem) = match saved.and_then(|b| SparseIndex::decode(&b, base).ok()) {
             Some(saved) => match saved.complete(&seg, &idx_path) {
                 // An index that disagrees with the data is a stale cache: scan the segment instead.
                 (_, Some(c)) if matches!(c.kind, CorruptionKind::IndexMismatch { .. }) => {
@@ -906,7 +927,11 @@ impl LogWriter {
     fn open_next_segment(&mut self, base: Position, batch_len: u64) -> Result<(), AppendError> {
         let need = SEGMENT_HEADER_SIZE as u64 + batch_len + BATCH_HEADER_SIZE as u64;
         let capacity = self.opts.segment_size_bytes.max(need.next_multiple_of(4096));
-        let durable = self.opts.durability != Durability::None;
+        // A replacement (the active segment holds no batch and is swapped for a larger one) is durable under
+        // every policy: the recovery point may name the segment being replaced (segment 0 of a new log, or a
+        // successor that recovery created), and a `None` crash that made the rename durable before the new
+        // file's size and header left a segment that recovery refused (bad magic) for good.
+        let durable = self.opts.durability != Durability::None || base == self.base;
         // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
         // 0's is the log's identity, named by the recovery point and by checkpoints.
         let created_ns = if base == self.base { self.created_ns } else { now_ns() };
@@ -1083,6 +1108,7 @@ fn open_recovery_point(
         log_id,
         last_seq: seq,
         synced_seq: seq,
+        synced_segment: end.segment_base,
         last_sync: Instant::now(),
         last_end: end,
         poison_written: false,
@@ -1410,6 +1436,7 @@ impl LogWriter {
             cut: Some(cut),
             rewrote_batch_at,
             refused: None,
+            recovered: None,
         })
     }
 }
@@ -1454,6 +1481,7 @@ pub(crate) fn truncate_refused(dir: &Path, to: Position, refused: &OpenError) ->
         cut: Some(cut),
         rewrote_batch_at,
         refused: Some(refused.to_string()),
+        recovered: None,
     })
 }
 

@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use catchup_segments::recovery_point::RECOVERY_POINT_FILE;
+use catchup_segments::segment::segment_file_name;
 use catchup_segments::testing::{CrashImage, CrashMode, CrashModel, Event, FaultyStorage};
 use catchup_segments::*;
 
@@ -159,6 +161,9 @@ fn check_image(
         Ok(w) => {
             let n = w.next_position().0;
             let recovery = w.recovery().clone();
+            // The two-slot protocol: a crash damages at most the slot written since the file's last fsync,
+            // never the one holding the last synced point.
+            assert_eq!(recovery.recovery_point_problem, None, "{ctx}: both recovery-point slots invalid");
             w.close().unwrap_or_else(|e| panic!("{ctx}: close after recovery: {e}"));
             let report = verify(dir).unwrap();
             assert!(report.is_sound(), "{ctx}: unsound after recovery ({recovery:?}): {:?}", report.problems);
@@ -424,5 +429,58 @@ fn disk_full_while_appending() {
     let recs = read_all(dir.path()).unwrap();
     check_det(&recs);
     assert!(recs.len() as u64 >= durable.0, "{} records, {durable} acknowledged durable", recs.len());
+    assert!(verify(dir.path()).unwrap().is_sound());
+}
+
+/// Space is reserved ahead of the writes, in steps: a full disk at a reservation (`ENOSPC` from
+/// `fallocate`) is an error before any byte of the batch is written, naming the segment; the writer refuses
+/// everything after it and a reopen keeps every acknowledged record and no half batch.
+#[test]
+fn disk_full_at_a_space_reservation_writes_nothing_of_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new();
+    // Segments larger than the first reservation, so appends reserve more as they go.
+    let opts = WriterOptions { segment_size_bytes: 8 << 20, durability: Durability::None, batch_size_bytes: 64 << 10 };
+    let mut w = LogWriter::open_with_storage(dir.path(), opts.clone(), Arc::new(storage.clone())).unwrap();
+    append_det(&mut w, 20, 10);
+    let durable = w.sync().unwrap();
+    let segment = dir.path().join(segment_file_name(Position(0)));
+    storage.fail_next("allocate", libc::ENOSPC);
+    let (err, before) = loop {
+        let before = storage.journal().len();
+        let p = w.next_position().0;
+        assert!(p < 100_000, "no space reservation after the first megabyte");
+        if let Err(e) = w.append(&det_key(p), &det_payload(p), det_ts(p)).and_then(|_| w.commit()) {
+            break (e, before);
+        }
+    };
+    assert_eq!(storage.failed().map(|f| f.1), Some("allocate"));
+    let msg = err.to_string();
+    assert!(matches!(err, AppendError::Io(_)) && msg.contains("No space left on device"), "{msg}");
+    assert_names_file(&err, &segment);
+    // Nothing was written to a segment after the failed reservation (only the POISONED mark).
+    let created: Vec<_> = storage
+        .journal()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Create { file, path, .. } | Event::Adopt { file, path, .. }
+                if !path.to_string_lossy().contains(RECOVERY_POINT_FILE) =>
+            {
+                Some(*file)
+            }
+            _ => None,
+        })
+        .collect();
+    let journal = storage.journal();
+    let seg_writes =
+        journal[before..].iter().filter(|e| matches!(e, Event::Write { file, .. } if created.contains(file)));
+    assert_eq!(seg_writes.count(), 0, "segment bytes written after the failed reservation");
+    assert!(matches!(w.append(b"k", b"v", 1), Err(AppendError::Poisoned(_))));
+    let committed = w.committed_position();
+    drop(w);
+    let w = LogWriter::open(dir.path(), opts).unwrap();
+    assert!(w.next_position() >= durable && w.next_position() <= committed);
+    drop(w);
+    check_det(&read_all(dir.path()).unwrap());
     assert!(verify(dir.path()).unwrap().is_sound());
 }

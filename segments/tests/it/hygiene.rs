@@ -180,3 +180,27 @@ fn a_writer_writes_back_the_sealed_indexes_it_rebuilt() {
         assert_eq!(&std::fs::read(p).unwrap_or_default(), want, "{} not written back as it was", p.display());
     }
 }
+
+/// Something other than a regular file named `recovery.point` (a FIFO here) is an error naming it when the
+/// writer opens the log, not a hang (opening a FIFO for reading waits for a writer that never comes).
+#[test]
+fn a_fifo_named_like_the_recovery_point_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut w = LogWriter::open(&dir, small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 20, 5);
+    w.close().unwrap();
+    let rp = dir.join(catchup_segments::recovery_point::RECOVERY_POINT_FILE);
+    std::fs::remove_file(&rp).unwrap();
+    let c_path = std::ffi::CString::new(rp.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(LogWriter::open(&d, small_opts(4096, Durability::None)).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the writer's open hung on a FIFO");
+    let msg = got.unwrap_err();
+    assert!(msg.contains("recovery.point") && msg.contains("not a regular file"), "{msg}");
+}

@@ -467,3 +467,250 @@ fn truncate_is_the_way_out_of_a_refused_log() {
     let w = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
     assert_eq!((w.next_position(), w.recovery()), (last.base, &RecoveryReport::default()));
 }
+
+/// Every crash image of `journal` (every crash point, every mode, two seeds): writes it to `scratch` and
+/// calls `check` with the image's context and the model (what the writer had acknowledged).
+fn for_every_crash_image(journal: &[testing::Event], scratch: &Path, mut check: impl FnMut(&str, &CrashModel)) {
+    let mut model = CrashModel::default();
+    for k in 0..=journal.len() {
+        if k > 0 {
+            model.apply(&journal[k - 1]);
+        }
+        for mode in CrashMode::ALL {
+            for seed in 1..=2u64 {
+                let image = model.crash(mode, seed ^ (k as u64) << 8);
+                if scratch.exists() {
+                    std::fs::remove_dir_all(scratch).unwrap();
+                }
+                image.write_to(scratch).unwrap();
+                check(&format!("crash after event {k} of {}, {mode:?}, seed {seed}", journal.len()), &model);
+            }
+        }
+    }
+}
+
+/// A `Durability::None` log whose first batch does not fit in segment 0 replaces segment 0 with a larger
+/// one (tmp, header, rename). Without a sync, a crash may leave the new name over an empty file (its size
+/// and header never reached the disk): every such image must still open, with every synced record.
+#[test]
+fn none_replacing_segment_0_then_crash_opens() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("log");
+    let storage = FaultyStorage::new();
+    let opts = small_opts(1 << 20, Durability::None);
+    let mut w = LogWriter::open_with_storage(&log, opts.clone(), Arc::new(storage.clone())).unwrap();
+    storage.mark(0, 0);
+    let big = vec![7u8; 100 << 10];
+    w.append(b"k", &big, 1).unwrap();
+    w.commit().unwrap();
+    storage.mark(w.durable_position().0, w.committed_position().0);
+    w.append(b"k", b"small", 2).unwrap();
+    w.sync().unwrap();
+    storage.mark(w.durable_position().0, w.committed_position().0);
+    w.close().unwrap();
+    let scratch = work.path().join("image");
+    for_every_crash_image(&storage.journal(), &scratch, |ctx, model| {
+        let w = LogWriter::open(&scratch, opts.clone()).unwrap_or_else(|e| panic!("{ctx}: refused: {e}"));
+        let n = w.next_position().0;
+        w.close().unwrap();
+        assert!(n >= model.acked_durable, "{ctx}: {n} records, {} acknowledged", model.acked_durable);
+        assert_eq!(read_all(&scratch).unwrap().len() as u64, n, "{ctx}");
+    });
+}
+
+/// "Cut bytes" (`docs/segment-format.md`): what recovery removes is kept, never destroyed. A crash at any
+/// point of the cut (every mode) must leave the removed tail either still in the segment or in its `cut/`
+/// copy: the copy's name must be durable before the segment's tail is zeroed.
+#[test]
+fn a_crash_during_a_cut_never_loses_the_cut_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut w = LogWriter::open(&log, small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 30, 10);
+    w.sync().unwrap();
+    let synced = w.next_position();
+    for p in 30..200u64 {
+        w.append(&det_key(p), &vec![p as u8; (p % 90) as usize], det_ts(p)).unwrap();
+        if p % 10 == 9 {
+            w.commit().unwrap();
+        }
+    }
+    w.close().unwrap();
+    crash_recovery_point(&log, synced).unwrap();
+    // Garbage in the middle of the unacknowledged batches: recovery cuts there.
+    let batches = list_batches(&log);
+    let hit = batches.iter().find(|b| b.base.0 >= synced.0 + 50).unwrap().clone();
+    write_at(&hit.path, hit.offset + 30, &[0xAB; 8]);
+    let seg_name = hit.path.file_name().unwrap().to_owned();
+    let tail = {
+        let bytes = std::fs::read(&hit.path).unwrap();
+        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        bytes[hit.offset as usize..end].to_vec()
+    };
+
+    let storage = FaultyStorage::new();
+    let w = LogWriter::open_with_storage(&log, small_opts(4096, Durability::None), Arc::new(storage.clone())).unwrap();
+    let cut = w.recovery().cut.clone().expect("a cut");
+    assert_eq!(cut.offset, Some(hit.offset));
+    drop(w);
+    let journal = storage.journal();
+    let mut model = CrashModel::default();
+    for k in 0..=journal.len() {
+        if k > 0 {
+            model.apply(&journal[k - 1]);
+        }
+        for mode in CrashMode::ALL {
+            let image = model.crash(mode, k as u64);
+            let Some((_, seg)) = image.files.iter().find(|(p, _)| p.file_name() == Some(&seg_name)) else {
+                continue; // not touched yet at this point: the real file is as it was
+            };
+            let in_segment = seg.get(hit.offset as usize..hit.offset as usize + tail.len()) == Some(&tail[..]);
+            let in_cut = image
+                .files
+                .iter()
+                .any(|(p, b)| p.parent().and_then(|d| d.file_name()) == Some("cut".as_ref()) && *b == tail);
+            assert!(
+                in_segment || in_cut,
+                "crash after event {k} of {}, {mode:?}: the cut bytes are gone",
+                journal.len()
+            );
+        }
+    }
+}
+
+/// A log without a (valid) recovery point (an older build's, or one whose two slots are both damaged) is
+/// recovered by the old rule: a full walk of the active segment that refuses damage with valid batches
+/// behind it. A saved index of the active segment is no proof that the bytes it covers reached the disk (an
+/// older build saved a sealed segment's index at the roll, before any sync, and that segment is active again
+/// once a power cut lost its seal and successor), so the walk must not start from its last entry: a lost
+/// page below it is refused, never appended behind.
+#[test]
+fn without_a_recovery_point_a_saved_index_does_not_hide_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 150, 3);
+    w.close().unwrap();
+    let idx = std::fs::read(dir.path().join(catchup_segments::segment::index_file_name(Position(0)))).unwrap();
+    let idx = catchup_segments::index::SparseIndex::decode(&idx, Position(0)).unwrap();
+    let last_entry = idx.entries.last().unwrap().file_offset;
+    let batches = list_batches(dir.path());
+    assert_eq!(batches.iter().map(|b| b.seg_idx).max(), Some(0), "one segment");
+    let hit = batches
+        .iter()
+        .find(|b| b.offset < last_entry && b.base.0 > 20 && idx.entries.iter().all(|e| e.file_offset != b.offset))
+        .expect("a batch between index entries")
+        .clone();
+    std::fs::remove_file(dir.path().join(RECOVERY_POINT_FILE)).unwrap();
+    // A page of the batch's body never reached the disk; later pages did.
+    write_at(&hit.path, hit.offset + 8, &vec![0u8; hit.length as usize - 8]);
+    let before = snapshot(dir.path());
+
+    let e = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap_err();
+    assert!(matches!(&e, OpenError::Corrupt(c) if c.offset == hit.offset), "{e}");
+    assert_names_file(&e, &hit.path);
+    assert_eq!(snapshot(dir.path()), before, "nothing changed");
+}
+
+/// The on-disk recovery point may lag the durable end (its file is fsynced at most once a second), but never
+/// by a whole segment: a segment exists durably only once the one before it was synced whole, seal included,
+/// so a recovery point left in an earlier segment would make recovery cut durable, acknowledged segments
+/// whole when it meets damage below them (here one flipped byte in the first segment: bit rot, not a crash).
+/// The slot that first names a new segment is fsynced: damage in an earlier segment is then below the point,
+/// refused or left to readers, and no acknowledged record is cut.
+#[test]
+fn a_lagging_recovery_point_never_cuts_acknowledged_segments() {
+    for durability in
+        [Durability::EveryBatch, Durability::Interval(std::time::Duration::from_millis(1)), Durability::None]
+    {
+        let work = tempfile::tempdir().unwrap();
+        let log = work.path().join("log");
+        let storage = FaultyStorage::new();
+        let opts = small_opts(4096, durability);
+        let mut w = LogWriter::open_with_storage(&log, opts.clone(), Arc::new(storage.clone())).unwrap();
+        append_det(&mut w, 1500, 10);
+        w.sync().unwrap();
+        let acked = w.durable_position();
+        storage.mark(acked.0, w.committed_position().0);
+        let journal = storage.journal();
+        w.close().unwrap();
+        assert!(list_segments(&log).unwrap().len() >= 3, "want several segments");
+        // Power lost right after the last sync returned (before the close).
+        let image = CrashModel::replay(&journal).crash(CrashMode::DropAll, 1);
+        let dir = work.path().join("image");
+        image.write_to(&dir).unwrap();
+        let first = list_batches(&dir).into_iter().find(|b| b.seg_idx == 0 && b.base.0 > 0).unwrap();
+        write_at(&first.path, first.offset + 40, &[0x5A]);
+        let ctx = format!("{durability:?}");
+        match LogWriter::open(&dir, opts.clone()) {
+            Ok(w) => {
+                let n = w.next_position();
+                assert!(n >= acked, "{ctx}: {n} records after recovery, {acked} acknowledged: {:?}", w.recovery().cut);
+            }
+            Err(e) => assert!(matches!(e, OpenError::Corrupt(_)), "{ctx}: {e}"),
+        }
+    }
+}
+
+/// `truncate` at the positions of a small log of several segments where it can go wrong (inside batches, at
+/// batch boundaries, at seals and segment starts, at 0 and at the end): the log is the prefix below `to`, sound, clean at `to`,
+/// and segment 0's identity stays; appending after it continues at `to`.
+#[test]
+fn truncate_at_every_position() {
+    let src = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(src.path(), small_opts(1 << 20, Durability::EveryBatch)).unwrap();
+    append_det(&mut w, 700, 7);
+    w.close().unwrap();
+    assert!(list_segments(src.path()).unwrap().len() >= 3);
+    let all = read_all(src.path()).unwrap();
+    let log_id = read_recovery_point(src.path()).unwrap().unwrap().log_id;
+    let work = tempfile::tempdir().unwrap();
+    // Every batch's first position and the one after it (a boundary, a seal, a segment start; inside a
+    // batch), its last one, and the end.
+    let mut points: Vec<u64> = list_batches(src.path())
+        .iter()
+        .flat_map(|b| [b.base.0, b.base.0 + 1, (b.base.0 + 1).max(b.base.0 + u64::from(b.count)) - 1])
+        .chain([700])
+        .collect();
+    points.sort();
+    points.dedup();
+    for to in points {
+        let dir = work.path().join(format!("t{to}"));
+        copy_dir(src.path(), &dir);
+        let report = truncate(&dir, Position(to)).unwrap_or_else(|e| panic!("to {to}: {e}"));
+        assert_eq!(report.end_after, Position(to));
+        let rp = read_recovery_point(&dir).unwrap().unwrap();
+        assert!(rp.clean && rp.position == Position(to) && rp.log_id == log_id, "to {to}: {rp:?}");
+        assert_same_records(&read_all(&dir).unwrap(), &all[..to as usize], &format!("to {to}"));
+        assert!(verify(&dir).unwrap().is_sound(), "to {to}");
+        let mut w = LogWriter::open(&dir, small_opts(2048, Durability::EveryBatch)).unwrap();
+        assert_eq!((w.next_position(), &w.recovery().cut), (Position(to), &None), "to {to}");
+        append_det(&mut w, 3, 3);
+        w.close().unwrap();
+        let got = read_all(&dir).unwrap();
+        assert_eq!(got.len() as u64, to + 3, "to {to}");
+        check_det(&got);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// `truncate` of a log that was not closed cleanly runs recovery first, and recovery may cut an
+/// unacknowledged tail into `cut/`: the report says so (`recovered`), also when `to` is the end recovery
+/// left and the truncation itself cuts nothing. It used to report "nothing to cut".
+#[test]
+fn truncate_reports_what_its_recovery_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_det(&mut w, 40, 10);
+    w.sync().unwrap();
+    append_det(&mut w, 20, 10);
+    w.close().unwrap();
+    crash_recovery_point(dir.path(), Position(40)).unwrap();
+    let last = list_batches(dir.path()).last().unwrap().clone();
+    write_at(&last.path, last.offset + 30, &[0xEE; 4]);
+    let report = truncate(dir.path(), last.base).unwrap();
+    let recovered = report.recovered.expect("recovery cut the damaged unacknowledged batch");
+    assert_eq!((recovered.position, recovered.offset), (last.base, Some(last.offset)));
+    assert!(recovered.saved_to.is_some());
+    assert_eq!((report.end_after, &report.cut), (last.base, &None));
+    assert_eq!(read_all(dir.path()).unwrap().len() as u64, last.base.0);
+}
