@@ -73,6 +73,13 @@ pub fn main(args: TruncateArgs) -> Result<Exit> {
     // What was cut goes to stdout: it is the command's result, even with --quiet.
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if let Some(rec) = &report.recovered {
+        // The writer's recovery ran first and cut what a crash left unacknowledged.
+        writeln!(out, "recovery first cut the log at position {} ({})", fmt_count(rec.position.0), rec.why)?;
+        for line in describe_cut(rec) {
+            writeln!(out, "  {line}")?;
+        }
+    }
     let Some(cut) = &report.cut else {
         writeln!(out, "nothing to cut: {} already ends at position {}", dir.display(), fmt_count(report.end_after.0))?;
         return Ok(Exit::Ok);
