@@ -296,17 +296,12 @@ fn run_and_kill(dir: &Path, mode: &str, stop: Stop) -> (u64, Stopped) {
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     // Only our SIGKILL may end it: a panic (101) or an exit of its own is a failure, not a crash.
-    assert_eq!(status.signal(), Some(libc_sigkill()), "the child was not killed by SIGKILL: {status} at {stopped:?}");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the child was not killed by SIGKILL: {status} at {stopped:?}");
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     let acked =
         lines.iter().filter_map(|l| l.strip_prefix("ACK ")).map(|n| n.parse::<u64>().unwrap()).fold(0, u64::max);
     (acked, stopped)
-}
-
-/// SIGKILL's number (9 on every Unix this runs on).
-fn libc_sigkill() -> i32 {
-    9
 }
 
 fn crash_loop(mode: &str) {
