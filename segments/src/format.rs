@@ -973,6 +973,65 @@ mod tests {
             assert_eq!(h.end_position(), Position(u64::MAX));
         }
 
+        /// The layout and limits of `docs/segment-format.md`, as literals: changing one is a format change.
+        #[test]
+        fn layout_and_limits_are_pinned() {
+            let seg = [
+                SEG_MAGIC_OFFSET,
+                SEG_VERSION_OFFSET,
+                SEG_FLAGS_OFFSET,
+                SEG_RESERVED0_OFFSET,
+                SEG_BASE_OFFSET,
+                SEG_CREATED_OFFSET,
+                SEG_CAPACITY_OFFSET,
+                SEG_RESERVED1_OFFSET,
+                SEG_CRC_OFFSET,
+                SEGMENT_HEADER_SIZE,
+            ];
+            assert_eq!(seg, [0, 8, 10, 12, 16, 24, 32, 40, 60, 64]);
+            let batch = [
+                BATCH_LENGTH_OFFSET,
+                BATCH_CRC_OFFSET,
+                BATCH_BASE_OFFSET,
+                BATCH_COUNT_OFFSET,
+                BATCH_FLAGS_OFFSET,
+                BATCH_RESERVED_OFFSET,
+                BATCH_HEADER_SIZE,
+            ];
+            assert_eq!(batch, [0, 4, 8, 16, 20, 22, 24]);
+            let rec = [
+                REC_POSITION_OFFSET,
+                REC_TIMESTAMP_OFFSET,
+                REC_KEY_HASH_OFFSET,
+                REC_PAYLOAD_LEN_OFFSET,
+                REC_KEY_LEN_OFFSET,
+                REC_FLAGS_OFFSET,
+                RECORD_HEADER_SIZE,
+            ];
+            assert_eq!(rec, [0, 8, 16, 24, 28, 30, 32]);
+            let limits = [KEY_SIZE_MAX, RECORD_SIZE_MAX, PAYLOAD_SIZE_MAX, BATCH_SIZE_MAX, BATCH_RECORDS_MAX];
+            assert_eq!(limits, [4096, 1_048_576, 1_048_544, 4_194_304, 131_072]);
+            assert_eq!(
+                [SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX, SEGMENT_SIZE_DEFAULT, INDEX_INTERVAL_BYTES],
+                [65_536, 68_719_476_736, 268_435_456, 4096]
+            );
+            assert_eq!((SEGMENT_MAGIC, FORMAT_VERSION, BATCH_FLAG_SEALED), (*b"CATCHSEG", 1, 1));
+            assert_eq!([align8(0), align8(1), align8(8), align8(9)], [0, 8, 8, 16]);
+            assert_eq!(record_size(3, 6), 48);
+        }
+
+        /// `finish_batch_header` leaves the commit word and the reserved bytes zero, whatever was there.
+        #[test]
+        fn finish_batch_header_zeroes_the_commit_word_and_reserved_bytes() {
+            let mut b = vec![0xFFu8; BATCH_HEADER_SIZE];
+            encode_record(&mut b, Position(5), 1, 2, b"k", b"v");
+            let word = finish_batch_header(&mut b, Position(5), 1, 0);
+            assert_eq!(word as usize, b.len());
+            assert_eq!(read_u32(&b, BATCH_LENGTH_OFFSET), 0);
+            assert_eq!(read_u16(&b, BATCH_RESERVED_OFFSET), 0);
+            assert!(matches!(check_batch(&b, word), Ok(BatchRead::Batch(h)) if h.record_count == 1));
+        }
+
         #[test]
         fn a_count_of_batch_records_max_passes_the_header_check() {
             let recs: Recs = vec![(b"k".to_vec(), b"v".to_vec(), 0)];
