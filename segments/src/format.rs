@@ -1020,6 +1020,35 @@ mod tests {
             assert_eq!(record_size(3, 6), 48);
         }
 
+        /// Every single bit of the record flags, the batch flags (but `SEALED`) and the batch's reserved
+        /// field is refused on its own, high bytes included.
+        #[test]
+        fn every_unknown_flag_bit_is_refused() {
+            let recs: Recs = vec![(b"k".to_vec(), b"v".to_vec(), 0), (b"kk".to_vec(), b"vv".to_vec(), 0)];
+            let good = encode(&recs, 3);
+            let starts = record_starts(&recs);
+            for bit in 0..16 {
+                for (i, &at) in starts.iter().enumerate() {
+                    let mut b = good.clone();
+                    put16(&mut b, at + REC_FLAGS_OFFSET, 1 << bit);
+                    reseal(&mut b);
+                    let want = BatchProblem::BadRecord { index: i as u32, what: "unknown record flags" };
+                    assert_eq!(check(&b), Err(want), "record {i}, flag bit {bit}");
+                }
+                let header = BatchProblem::BadHeader("unknown flags or non-zero reserved bytes");
+                let mut b = good.clone();
+                put16(&mut b, BATCH_RESERVED_OFFSET, 1 << bit);
+                reseal(&mut b);
+                assert_eq!(check(&b), Err(header.clone()), "reserved bit {bit}");
+                if 1 << bit != BATCH_FLAG_SEALED {
+                    let mut b = good.clone();
+                    put16(&mut b, BATCH_FLAGS_OFFSET, 1 << bit);
+                    reseal(&mut b);
+                    assert_eq!(check(&b), Err(header), "batch flag bit {bit}");
+                }
+            }
+        }
+
         /// `finish_batch_header` leaves the commit word and the reserved bytes zero, whatever was there.
         #[test]
         fn finish_batch_header_zeroes_the_commit_word_and_reserved_bytes() {
