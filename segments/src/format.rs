@@ -859,7 +859,7 @@ mod tests {
                 let r = check_batch(&b, length);
                 if length == 0 {
                     prop_assert_eq!(r, Ok(BatchRead::Empty));
-                } else if l % 8 != 0 || l < BATCH_HEADER_SIZE || l > BATCH_SIZE_MAX {
+                } else if !l.is_multiple_of(8) || !(BATCH_HEADER_SIZE..=BATCH_SIZE_MAX).contains(&l) {
                     prop_assert_eq!(r, Err(BatchProblem::BadLength { length }));
                 } else if l > b.len() {
                     prop_assert_eq!(r, Err(BatchProblem::PastEnd { length, available: b.len() }));
