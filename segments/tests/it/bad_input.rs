@@ -188,6 +188,28 @@ fn missing_first_segment() {
 }
 
 /// A `.seg` file not named like a segment is never skipped silently: it may hold data.
+/// A `.seg` name must be exactly 20 digits: a shorter number, or 20 characters that are not all digits (a
+/// sign parses as a number), is a stray file, not a segment at that base.
+#[test]
+fn segment_names_must_be_twenty_digits() {
+    for name in ["0000000000000001.seg", "+0000000000000000001.seg", "1.seg"] {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = build_log(dir.path());
+        let file = dir.path().join(name);
+        std::fs::copy(&segments[1].1, &file).unwrap();
+        match segment::list_segments(dir.path()) {
+            Err(OpenError::Corrupt(c)) => {
+                assert_eq!((c.file.as_path(), &c.kind), (file.as_path(), &CorruptionKind::StrayFile), "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        match LogReader::open(dir.path()) {
+            Err(OpenError::Corrupt(c)) => assert_eq!(c.kind, CorruptionKind::StrayFile, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn stray_segment_file() {
     let dir = tempfile::tempdir().unwrap();
