@@ -8,9 +8,9 @@
 //! which counts the writer's storage operations (creations, writes, syncs, renames; recovery's included)
 //! and, at the operation the parent chose, performs part of it (a prefix of a write; another operation
 //! before or after), prints `STOP ...` and sleeps; the parent kills it on that line. Three kills in four
-//! (all but every fourth) stop inside a write of non-zero bytes to a segment file (a batch body, a seal, a new segment's
-//! header): each of those leaves an interrupted write, and the parent checks that the next open recovers
-//! it. The others stop at any operation at all, recovery's included.
+//! (all but every fourth) stop inside a write of non-zero bytes to a segment file (a batch body, a seal, a
+//! new segment's header): each of those leaves an interrupted write, and the parent checks that the next
+//! open recovers it. The others stop at any operation at all, recovery's included.
 //!
 //! SIGKILL keeps the page cache, so these loops prove what a *process* crash does, not what a power loss
 //! does: whether an acknowledged record survives the loss of unsynced writes is proven by the crash model
