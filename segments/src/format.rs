@@ -869,7 +869,9 @@ mod tests {
             }
 
             #[test]
-            fn segment_headers_round_trip(base in any::<u64>(), created in any::<u64>(), cap in any::<u64>(), tail in 0usize..64) {
+            fn segment_headers_round_trip(
+                base in any::<u64>(), created in any::<u64>(), cap in any::<u64>(), tail in 0usize..64,
+            ) {
                 let h = SegmentHeader { base_position: Position(base), created_ns: created, capacity_bytes: cap };
                 let mut b = h.encode().to_vec();
                 prop_assert_eq!(&b[..8], &SEGMENT_MAGIC[..]);
@@ -926,7 +928,11 @@ mod tests {
             }
 
             #[test]
-            fn decode_record_refuses_every_short_prefix(key in proptest::collection::vec(any::<u8>(), 0..40), payload in proptest::collection::vec(any::<u8>(), 0..100), cut in any::<Index>()) {
+            fn decode_record_refuses_every_short_prefix(
+                key in proptest::collection::vec(any::<u8>(), 0..40),
+                payload in proptest::collection::vec(any::<u8>(), 0..100),
+                cut in any::<Index>(),
+            ) {
                 let mut buf = Vec::new();
                 encode_record(&mut buf, Position(3), 4, 5, &key, &payload);
                 prop_assert_eq!(buf.len(), record_size(key.len(), payload.len()));
