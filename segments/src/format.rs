@@ -568,4 +568,557 @@ mod tests {
         // Pinned: changing the key hash is a format change.
         assert_eq!(key_hash(b""), 0x2d06800538d394c2);
     }
+    /// The checks behind the CRC: every batch and segment header below carries a valid checksum
+    /// (recomputed after each change), so each rejection comes from the field check it names.
+    mod behind_the_crc {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        type Recs = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
+        /// A valid batch of `recs` at `base`, commit word set.
+        fn encode(recs: &Recs, base: u64) -> Vec<u8> {
+            let mut buf = vec![0u8; BATCH_HEADER_SIZE];
+            for (i, (k, p, ts)) in recs.iter().enumerate() {
+                encode_record(&mut buf, Position(base + i as u64), *ts, key_hash(k), k, p);
+            }
+            let word = finish_batch_header(&mut buf, Position(base), recs.len() as u32, 0);
+            buf[..4].copy_from_slice(&word.to_le_bytes());
+            buf
+        }
+
+        /// Recomputes the batch CRC over the bytes its commit word covers.
+        fn reseal(b: &mut [u8]) {
+            let len = read_u32(b, BATCH_LENGTH_OFFSET) as usize;
+            let crc = crc32c::crc32c(&b[BATCH_BASE_OFFSET..len]);
+            b[BATCH_CRC_OFFSET..BATCH_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        fn check(b: &[u8]) -> Result<BatchRead, BatchProblem> {
+            check_batch(b, read_u32(b, BATCH_LENGTH_OFFSET))
+        }
+
+        fn put16(b: &mut [u8], at: usize, v: u16) {
+            b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        fn put32(b: &mut [u8], at: usize, v: u32) {
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fn put64(b: &mut [u8], at: usize, v: u64) {
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+
+        /// Byte offset of each record in a valid batch.
+        fn record_starts(recs: &Recs) -> Vec<usize> {
+            let mut at = BATCH_HEADER_SIZE;
+            recs.iter()
+                .map(|(k, p, _)| {
+                    let start = at;
+                    at += record_size(k.len(), p.len());
+                    start
+                })
+                .collect()
+        }
+
+        /// One field made invalid. Each variant names the field and the value drawn for it.
+        #[derive(Debug, Clone)]
+        enum Fault {
+            Reserved(u16),
+            UnknownFlag(u16, u8),
+            SealWithRecords,
+            SealWithBody(u8),
+            CountZero,
+            CountTooBig(u32),
+            PositionOverflow(u32),
+            CountOverRecords(u32),
+            CountUnderRecords(u32),
+            TrailingBytes(u8, u8),
+            RecordPosition(Index, u64),
+            KeyTooLong(Index, u16),
+            PayloadTooLong(Index, u32),
+            RecordTooLarge(Index, u16, u16),
+            RecordPastBatch(Index, u8),
+            RecordFlags(Index, u16),
+        }
+
+        fn fault() -> impl Strategy<Value = Fault> {
+            prop_oneof![
+                (1u16..).prop_map(Fault::Reserved),
+                (any::<u16>(), 1u8..16).prop_map(|(f, bit)| Fault::UnknownFlag(f, bit)),
+                Just(Fault::SealWithRecords),
+                (1u8..).prop_map(Fault::SealWithBody),
+                Just(Fault::CountZero),
+                ((BATCH_RECORDS_MAX as u32 + 1)..=u32::MAX).prop_map(Fault::CountTooBig),
+                any::<u32>().prop_map(Fault::PositionOverflow),
+                any::<u32>().prop_map(Fault::CountOverRecords),
+                any::<u32>().prop_map(Fault::CountUnderRecords),
+                (any::<u8>(), any::<u8>()).prop_map(|(n, v)| Fault::TrailingBytes(n, v)),
+                (any::<Index>(), any::<u64>()).prop_map(|(i, p)| Fault::RecordPosition(i, p)),
+                (any::<Index>(), (KEY_SIZE_MAX as u16 + 1)..).prop_map(|(i, k)| Fault::KeyTooLong(i, k)),
+                (any::<Index>(), (PAYLOAD_SIZE_MAX as u32 + 1)..).prop_map(|(i, p)| Fault::PayloadTooLong(i, p)),
+                (any::<Index>(), 1..=KEY_SIZE_MAX as u16, any::<u16>())
+                    .prop_map(|(i, k, d)| Fault::RecordTooLarge(i, k, d)),
+                (any::<Index>(), any::<u8>()).prop_map(|(i, x)| Fault::RecordPastBatch(i, x)),
+                (any::<Index>(), 1u16..).prop_map(|(i, f)| Fault::RecordFlags(i, f)),
+            ]
+        }
+
+        /// Applies `fault` to the valid batch `b` of `recs` at `base`, reseals it, and returns the problem
+        /// `check_batch` must report.
+        fn apply(b: &mut Vec<u8>, recs: &Recs, base: u64, fault: &Fault) -> BatchProblem {
+            let n = recs.len() as u32;
+            let starts = record_starts(recs);
+            let bad_record = |index: usize, what| BatchProblem::BadRecord { index: index as u32, what };
+            let problem = match fault {
+                Fault::Reserved(v) => {
+                    put16(b, BATCH_RESERVED_OFFSET, *v);
+                    BatchProblem::BadHeader("unknown flags or non-zero reserved bytes")
+                }
+                Fault::UnknownFlag(f, bit) => {
+                    put16(b, BATCH_FLAGS_OFFSET, f | (1 << bit));
+                    BatchProblem::BadHeader("unknown flags or non-zero reserved bytes")
+                }
+                Fault::SealWithRecords => {
+                    put16(b, BATCH_FLAGS_OFFSET, BATCH_FLAG_SEALED);
+                    BatchProblem::BadHeader("seal marker with records")
+                }
+                Fault::SealWithBody(words) => {
+                    // A seal marker (no records) that claims more bytes than its header.
+                    *b = vec![0u8; BATCH_HEADER_SIZE + 8 * *words as usize];
+                    let word = finish_batch_header(b, Position(base), 0, BATCH_FLAG_SEALED);
+                    put32(b, BATCH_LENGTH_OFFSET, word);
+                    BatchProblem::BadHeader("seal marker with records")
+                }
+                Fault::CountZero => {
+                    put32(b, BATCH_COUNT_OFFSET, 0);
+                    BatchProblem::BadHeader("record count out of range")
+                }
+                Fault::CountTooBig(c) => {
+                    put32(b, BATCH_COUNT_OFFSET, *c);
+                    BatchProblem::BadHeader("record count out of range")
+                }
+                Fault::PositionOverflow(x) => {
+                    // base + count passes u64::MAX by 1..=count.
+                    put64(b, BATCH_BASE_OFFSET, u64::MAX - (*x % n) as u64);
+                    BatchProblem::BadHeader("position overflow")
+                }
+                Fault::CountOverRecords(x) => {
+                    // Up to BATCH_RECORDS_MAX itself: the count is in range, the records are missing.
+                    put32(b, BATCH_COUNT_OFFSET, n + 1 + x % (BATCH_RECORDS_MAX as u32 - n));
+                    bad_record(n as usize, "record header runs past the batch")
+                }
+                Fault::CountUnderRecords(x) if n >= 2 => {
+                    put32(b, BATCH_COUNT_OFFSET, 1 + x % (n - 1));
+                    BatchProblem::BadHeader("records do not fill the batch")
+                }
+                Fault::CountUnderRecords(_) | Fault::TrailingBytes(..) => {
+                    let (words, v) = match fault {
+                        Fault::TrailingBytes(w, v) => (*w as usize + 1, *v),
+                        _ => (1, 0),
+                    };
+                    b.resize(b.len() + 8 * words, v);
+                    let len = b.len() as u32;
+                    put32(b, BATCH_LENGTH_OFFSET, len);
+                    BatchProblem::BadHeader("records do not fill the batch")
+                }
+                Fault::RecordPosition(i, p) => {
+                    let i = i.index(starts.len());
+                    let want = base + i as u64;
+                    put64(b, starts[i] + REC_POSITION_OFFSET, if *p == want { p.wrapping_add(1) } else { *p });
+                    bad_record(i, "record position is not contiguous")
+                }
+                Fault::KeyTooLong(i, k) => {
+                    let i = i.index(starts.len());
+                    put16(b, starts[i] + REC_KEY_LEN_OFFSET, *k);
+                    bad_record(i, "key longer than KEY_SIZE_MAX")
+                }
+                Fault::PayloadTooLong(i, p) => {
+                    let i = i.index(starts.len());
+                    put32(b, starts[i] + REC_PAYLOAD_LEN_OFFSET, *p);
+                    bad_record(i, "record larger than RECORD_SIZE_MAX")
+                }
+                Fault::RecordTooLarge(i, k, d) => {
+                    // Key and payload each within their limit, together over RECORD_SIZE_MAX.
+                    let i = i.index(starts.len());
+                    let payload = PAYLOAD_SIZE_MAX as u32 - (*d % *k) as u32;
+                    put16(b, starts[i] + REC_KEY_LEN_OFFSET, *k);
+                    put32(b, starts[i] + REC_PAYLOAD_LEN_OFFSET, payload);
+                    bad_record(i, "record larger than RECORD_SIZE_MAX")
+                }
+                Fault::RecordPastBatch(i, extra) => {
+                    let i = i.index(starts.len());
+                    let key_len = recs[i].0.len();
+                    let payload = b.len() - starts[i] - RECORD_HEADER_SIZE - key_len + 1 + *extra as usize;
+                    put32(b, starts[i] + REC_PAYLOAD_LEN_OFFSET, payload as u32);
+                    bad_record(i, "record runs past the batch")
+                }
+                Fault::RecordFlags(i, f) => {
+                    let i = i.index(starts.len());
+                    put16(b, starts[i] + REC_FLAGS_OFFSET, *f);
+                    bad_record(i, "unknown record flags")
+                }
+            };
+            reseal(b);
+            problem
+        }
+
+        fn recs() -> impl Strategy<Value = Recs> {
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                    proptest::collection::vec(any::<u8>(), 0..100),
+                    any::<u64>(),
+                ),
+                1..8,
+            )
+        }
+
+        /// Which header field to break: (field, value drawn for it).
+        #[derive(Debug, Clone)]
+        enum HeaderFault {
+            Magic(Index, u8),
+            Version(u16),
+            Flags(u16),
+            Reserved0(Index, u8),
+            Reserved1(Index, u8),
+            Checksum(Index, u8),
+            Truncated(Index),
+        }
+
+        fn header_fault() -> impl Strategy<Value = HeaderFault> {
+            prop_oneof![
+                (any::<Index>(), 1u8..).prop_map(|(i, x)| HeaderFault::Magic(i, x)),
+                any::<u16>().prop_filter("not the version", |v| *v != FORMAT_VERSION).prop_map(HeaderFault::Version),
+                (1u16..).prop_map(HeaderFault::Flags),
+                (any::<Index>(), 1u8..).prop_map(|(i, x)| HeaderFault::Reserved0(i, x)),
+                (any::<Index>(), 1u8..).prop_map(|(i, x)| HeaderFault::Reserved1(i, x)),
+                (any::<Index>(), 1u8..).prop_map(|(i, x)| HeaderFault::Checksum(i, x)),
+                any::<Index>().prop_map(HeaderFault::Truncated),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn valid_batches_decode_to_their_records(recs in recs(), base in 0..u64::MAX / 2, tail in 0usize..64) {
+                let mut b = encode(&recs, base);
+                let len = b.len();
+                b.resize(len + tail, 0xA5); // bytes after the batch (the rest of the segment) are not read
+                let h = check(&b).unwrap();
+                prop_assert_eq!(
+                    h,
+                    BatchRead::Batch(BatchHeader {
+                        length: len as u32,
+                        base_position: Position(base),
+                        record_count: recs.len() as u32,
+                        sealed: false,
+                    })
+                );
+                let mut it = RecordIter::new(&b[..len]);
+                let starts = record_starts(&recs);
+                for (i, (k, p, ts)) in recs.iter().enumerate() {
+                    prop_assert_eq!(it.offset_in_batch(), starts[i]);
+                    let r = it.next().unwrap();
+                    prop_assert_eq!(r, RecordRef {
+                        position: Position(base + i as u64),
+                        timestamp_ns: *ts,
+                        key_hash: key_hash(k),
+                        key: k,
+                        payload: p,
+                    });
+                }
+                prop_assert_eq!(it.offset_in_batch(), len);
+                prop_assert!(it.next().is_none());
+            }
+
+            #[test]
+            fn a_resealed_batch_with_a_bad_field_is_rejected_by_that_field(
+                recs in recs(), base in 0..u64::MAX / 2, fault in fault(),
+            ) {
+                let mut b = encode(&recs, base);
+                let want = apply(&mut b, &recs, base, &fault);
+                prop_assert_eq!(check(&b), Err(want));
+            }
+
+            #[test]
+            fn a_batch_with_a_flipped_byte_fails_its_checksum(recs in recs(), at in any::<Index>(), x in 1u8..) {
+                let mut b = encode(&recs, 0);
+                let at = BATCH_BASE_OFFSET + at.index(b.len() - BATCH_BASE_OFFSET);
+                b[at] ^= x;
+                let stored = read_u32(&b, BATCH_CRC_OFFSET);
+                let computed = crc32c::crc32c(&b[BATCH_BASE_OFFSET..]);
+                prop_assert_eq!(check(&b), Err(BatchProblem::BadChecksum { stored, computed }));
+            }
+
+            #[test]
+            fn a_bad_commit_word_is_rejected_before_the_checksum(recs in recs(), length in any::<u32>()) {
+                let b = encode(&recs, 0);
+                let l = length as usize;
+                let r = check_batch(&b, length);
+                if length == 0 {
+                    prop_assert_eq!(r, Ok(BatchRead::Empty));
+                } else if !l.is_multiple_of(8) || !(BATCH_HEADER_SIZE..=BATCH_SIZE_MAX).contains(&l) {
+                    prop_assert_eq!(r, Err(BatchProblem::BadLength { length }));
+                } else if l > b.len() {
+                    prop_assert_eq!(r, Err(BatchProblem::PastEnd { length, available: b.len() }));
+                } else {
+                    prop_assert!(r.is_err() || l == b.len(), "{:?} for length {} of {}", r, l, b.len());
+                }
+            }
+
+            #[test]
+            fn segment_headers_round_trip(
+                base in any::<u64>(), created in any::<u64>(), cap in any::<u64>(), tail in 0usize..64,
+            ) {
+                let h = SegmentHeader { base_position: Position(base), created_ns: created, capacity_bytes: cap };
+                let mut b = h.encode().to_vec();
+                prop_assert_eq!(&b[..8], &SEGMENT_MAGIC[..]);
+                b.resize(b.len() + tail, 0xA5);
+                prop_assert_eq!(SegmentHeader::decode(&b), Ok(h));
+            }
+
+            #[test]
+            fn a_resealed_header_with_a_bad_field_is_rejected_by_that_field(
+                base in any::<u64>(), created in any::<u64>(), cap in any::<u64>(), fault in header_fault(),
+            ) {
+                let mut b = SegmentHeader { base_position: Position(base), created_ns: created, capacity_bytes: cap }
+                    .encode()
+                    .to_vec();
+                let want = match &fault {
+                    HeaderFault::Magic(i, x) => {
+                        b[SEG_MAGIC_OFFSET + i.index(8)] ^= x;
+                        HeaderProblem::BadMagic
+                    }
+                    HeaderFault::Version(v) => {
+                        put16(&mut b, SEG_VERSION_OFFSET, *v);
+                        HeaderProblem::UnsupportedVersion { version: *v }
+                    }
+                    HeaderFault::Flags(f) => {
+                        put16(&mut b, SEG_FLAGS_OFFSET, *f);
+                        HeaderProblem::UnknownFlags
+                    }
+                    HeaderFault::Reserved0(i, x) => {
+                        b[SEG_RESERVED0_OFFSET + i.index(SEG_BASE_OFFSET - SEG_RESERVED0_OFFSET)] = *x;
+                        HeaderProblem::UnknownFlags
+                    }
+                    HeaderFault::Reserved1(i, x) => {
+                        b[SEG_RESERVED1_OFFSET + i.index(SEG_CRC_OFFSET - SEG_RESERVED1_OFFSET)] = *x;
+                        HeaderProblem::UnknownFlags
+                    }
+                    HeaderFault::Checksum(..) | HeaderFault::Truncated(_) => HeaderProblem::BadChecksum,
+                };
+                let crc = crc32c::crc32c(&b[..SEG_CRC_OFFSET]);
+                b[SEG_CRC_OFFSET..SEG_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+                let want = match &fault {
+                    HeaderFault::Checksum(i, x) => {
+                        // Any changed byte after the magic, the checksum's own bytes included.
+                        b[8 + i.index(SEGMENT_HEADER_SIZE - 8)] ^= x;
+                        want
+                    }
+                    HeaderFault::Truncated(i) => {
+                        let len = i.index(SEGMENT_HEADER_SIZE);
+                        b.truncate(len);
+                        HeaderProblem::Truncated { len }
+                    }
+                    _ => want,
+                };
+                prop_assert_eq!(SegmentHeader::decode(&b), Err(want));
+            }
+
+            #[test]
+            fn decode_record_refuses_every_short_prefix(
+                key in proptest::collection::vec(any::<u8>(), 0..40),
+                payload in proptest::collection::vec(any::<u8>(), 0..100),
+                cut in any::<Index>(),
+            ) {
+                let mut buf = Vec::new();
+                encode_record(&mut buf, Position(3), 4, 5, &key, &payload);
+                prop_assert_eq!(buf.len(), record_size(key.len(), payload.len()));
+                let body = RECORD_HEADER_SIZE + key.len() + payload.len();
+                let (r, size) = decode_record(&buf[..body]).unwrap();
+                prop_assert_eq!((r.key, r.payload, size), (&key[..], &payload[..], buf.len()));
+                prop_assert!(decode_record(&buf[..cut.index(body)]).is_none());
+            }
+        }
+
+        #[test]
+        fn limits_are_inclusive() {
+            // A key of exactly KEY_SIZE_MAX and a record of exactly RECORD_SIZE_MAX are valid.
+            let recs: Recs = vec![(vec![7; KEY_SIZE_MAX], vec![1; 3], 0), (vec![], vec![2; PAYLOAD_SIZE_MAX], 0)];
+            let b = encode(&recs, 10);
+            assert_eq!(record_size(0, PAYLOAD_SIZE_MAX), RECORD_SIZE_MAX);
+            assert!(matches!(check(&b), Ok(BatchRead::Batch(h)) if h.record_count == 2));
+            // A batch of exactly BATCH_SIZE_MAX is valid; one more word is not.
+            let last = BATCH_SIZE_MAX - BATCH_HEADER_SIZE - 3 * RECORD_SIZE_MAX - RECORD_HEADER_SIZE;
+            let recs: Recs = vec![
+                (vec![], vec![3; PAYLOAD_SIZE_MAX], 0),
+                (vec![], vec![4; PAYLOAD_SIZE_MAX], 0),
+                (vec![], vec![5; PAYLOAD_SIZE_MAX], 0),
+                (vec![], vec![6; last], 0),
+            ];
+            let mut b = encode(&recs, 0);
+            assert_eq!(b.len(), BATCH_SIZE_MAX);
+            assert!(matches!(check(&b), Ok(BatchRead::Batch(h)) if h.record_count == 4));
+            b.extend_from_slice(&[0; 8]);
+            let too_long = BATCH_SIZE_MAX as u32 + 8;
+            assert_eq!(check_batch(&b, too_long), Err(BatchProblem::BadLength { length: too_long }));
+            // The smallest batch is a seal marker: valid, and it ends where it starts.
+            let mut seal = vec![0u8; BATCH_HEADER_SIZE];
+            let word = finish_batch_header(&mut seal, Position(99), 0, BATCH_FLAG_SEALED);
+            assert_eq!(word as usize, BATCH_HEADER_SIZE);
+            let want = BatchHeader { length: word, base_position: Position(99), record_count: 0, sealed: true };
+            assert_eq!(check_batch(&seal, word), Ok(BatchRead::Batch(want)));
+            assert_eq!(want.end_position(), Position(99));
+            assert_eq!(check_batch(&seal, word - 8), Err(BatchProblem::BadLength { length: word - 8 }));
+            // The last positions of the u64 range are usable: base + count == u64::MAX does not overflow.
+            let recs: Recs = vec![(b"a".to_vec(), b"b".to_vec(), 0), (b"c".to_vec(), b"d".to_vec(), 0)];
+            let b = encode(&recs, u64::MAX - 2);
+            let BatchRead::Batch(h) = check(&b).unwrap() else { panic!("empty") };
+            assert_eq!(h.end_position(), Position(u64::MAX));
+        }
+
+        /// The layout and limits of `docs/segment-format.md`, as literals: changing one is a format change.
+        #[test]
+        fn layout_and_limits_are_pinned() {
+            let seg = [
+                SEG_MAGIC_OFFSET,
+                SEG_VERSION_OFFSET,
+                SEG_FLAGS_OFFSET,
+                SEG_RESERVED0_OFFSET,
+                SEG_BASE_OFFSET,
+                SEG_CREATED_OFFSET,
+                SEG_CAPACITY_OFFSET,
+                SEG_RESERVED1_OFFSET,
+                SEG_CRC_OFFSET,
+                SEGMENT_HEADER_SIZE,
+            ];
+            assert_eq!(seg, [0, 8, 10, 12, 16, 24, 32, 40, 60, 64]);
+            let batch = [
+                BATCH_LENGTH_OFFSET,
+                BATCH_CRC_OFFSET,
+                BATCH_BASE_OFFSET,
+                BATCH_COUNT_OFFSET,
+                BATCH_FLAGS_OFFSET,
+                BATCH_RESERVED_OFFSET,
+                BATCH_HEADER_SIZE,
+            ];
+            assert_eq!(batch, [0, 4, 8, 16, 20, 22, 24]);
+            let rec = [
+                REC_POSITION_OFFSET,
+                REC_TIMESTAMP_OFFSET,
+                REC_KEY_HASH_OFFSET,
+                REC_PAYLOAD_LEN_OFFSET,
+                REC_KEY_LEN_OFFSET,
+                REC_FLAGS_OFFSET,
+                RECORD_HEADER_SIZE,
+            ];
+            assert_eq!(rec, [0, 8, 16, 24, 28, 30, 32]);
+            let limits = [KEY_SIZE_MAX, RECORD_SIZE_MAX, PAYLOAD_SIZE_MAX, BATCH_SIZE_MAX, BATCH_RECORDS_MAX];
+            assert_eq!(limits, [4096, 1_048_576, 1_048_544, 4_194_304, 131_072]);
+            assert_eq!(
+                [SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX, SEGMENT_SIZE_DEFAULT, INDEX_INTERVAL_BYTES],
+                [65_536, 68_719_476_736, 268_435_456, 4096]
+            );
+            assert_eq!((SEGMENT_MAGIC, FORMAT_VERSION, BATCH_FLAG_SEALED), (*b"CATCHSEG", 1, 1));
+            assert_eq!([align8(0), align8(1), align8(8), align8(9)], [0, 8, 8, 16]);
+            assert_eq!(record_size(3, 6), 48);
+        }
+
+        /// Every single bit of the record flags, the batch flags (but `SEALED`) and the batch's reserved
+        /// field is refused on its own, high bytes included.
+        #[test]
+        fn every_unknown_flag_bit_is_refused() {
+            let recs: Recs = vec![(b"k".to_vec(), b"v".to_vec(), 0), (b"kk".to_vec(), b"vv".to_vec(), 0)];
+            let good = encode(&recs, 3);
+            let starts = record_starts(&recs);
+            for bit in 0..16 {
+                for (i, &at) in starts.iter().enumerate() {
+                    let mut b = good.clone();
+                    put16(&mut b, at + REC_FLAGS_OFFSET, 1 << bit);
+                    reseal(&mut b);
+                    let want = BatchProblem::BadRecord { index: i as u32, what: "unknown record flags" };
+                    assert_eq!(check(&b), Err(want), "record {i}, flag bit {bit}");
+                }
+                let header = BatchProblem::BadHeader("unknown flags or non-zero reserved bytes");
+                let mut b = good.clone();
+                put16(&mut b, BATCH_RESERVED_OFFSET, 1 << bit);
+                reseal(&mut b);
+                assert_eq!(check(&b), Err(header.clone()), "reserved bit {bit}");
+                if 1 << bit != BATCH_FLAG_SEALED {
+                    let mut b = good.clone();
+                    put16(&mut b, BATCH_FLAGS_OFFSET, 1 << bit);
+                    reseal(&mut b);
+                    assert_eq!(check(&b), Err(header), "batch flag bit {bit}");
+                }
+            }
+        }
+
+        /// `finish_batch_header` leaves the commit word and the reserved bytes zero, whatever was there.
+        #[test]
+        fn finish_batch_header_zeroes_the_commit_word_and_reserved_bytes() {
+            let mut b = vec![0xFFu8; BATCH_HEADER_SIZE];
+            encode_record(&mut b, Position(5), 1, 2, b"k", b"v");
+            let word = finish_batch_header(&mut b, Position(5), 1, 0);
+            assert_eq!(word as usize, b.len());
+            assert_eq!(read_u32(&b, BATCH_LENGTH_OFFSET), 0);
+            assert_eq!(read_u16(&b, BATCH_RESERVED_OFFSET), 0);
+            assert!(matches!(check_batch(&b, word), Ok(BatchRead::Batch(h)) if h.record_count == 1));
+        }
+
+        #[test]
+        fn a_count_of_batch_records_max_passes_the_header_check() {
+            let recs: Recs = vec![(b"k".to_vec(), b"v".to_vec(), 0)];
+            let mut b = encode(&recs, 0);
+            put32(&mut b, BATCH_COUNT_OFFSET, BATCH_RECORDS_MAX as u32);
+            reseal(&mut b);
+            assert_eq!(check(&b), Err(BatchProblem::BadRecord { index: 1, what: "record header runs past the batch" }));
+            put32(&mut b, BATCH_COUNT_OFFSET, BATCH_RECORDS_MAX as u32 + 1);
+            reseal(&mut b);
+            assert_eq!(check(&b), Err(BatchProblem::BadHeader("record count out of range")));
+        }
+
+        #[test]
+        fn every_problem_has_a_message() {
+            let problems = [
+                BatchProblem::BadLength { length: 3 },
+                BatchProblem::PastEnd { length: 64, available: 8 },
+                BatchProblem::BadChecksum { stored: 1, computed: 2 },
+                BatchProblem::BadHeader("x"),
+                BatchProblem::BadRecord { index: 4, what: "y" },
+                BatchProblem::PositionMismatch { expected: Position(5), found: Position(6) },
+            ];
+            let msgs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            assert_eq!(
+                msgs,
+                [
+                    "invalid batch length 3",
+                    "batch length 64 runs past the end of the file (8 bytes left)",
+                    "batch checksum mismatch (stored 0x00000001, computed 0x00000002)",
+                    "invalid batch header: x",
+                    "record 4 of the batch is invalid: y",
+                    "position gap: expected position 5, batch starts at 6",
+                ]
+            );
+            let headers = [
+                HeaderProblem::Truncated { len: 3 },
+                HeaderProblem::BadMagic,
+                HeaderProblem::UnsupportedVersion { version: 7 },
+                HeaderProblem::BadChecksum,
+                HeaderProblem::UnknownFlags,
+            ];
+            let msgs: Vec<String> = headers.iter().map(|p| p.to_string()).collect();
+            assert_eq!(
+                msgs,
+                [
+                    "file is 3 bytes, shorter than the 64-byte segment header",
+                    "bad magic (not a catchup segment)",
+                    "format version 7 is not supported (this build reads version 1)",
+                    "segment header checksum mismatch",
+                    "unknown header flags or non-zero reserved bytes",
+                ]
+            );
+        }
+    }
 }

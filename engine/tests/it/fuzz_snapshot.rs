@@ -102,7 +102,7 @@ fn reseal(mut b: Vec<u8>) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -156,4 +156,19 @@ fn oversized_key_length_is_an_error() {
     let entries: Vec<_> = decode_key_entries(&state).collect();
     assert_eq!(entries.len(), 1);
     assert!(entries[0].is_err());
+}
+
+/// The key-length limit is exact: a key of `KEY_SIZE_MAX` bytes decodes, one byte more is refused as over
+/// the limit (not as truncated: every byte it claims is there).
+#[test]
+fn key_length_limit_is_exact() {
+    use catchup_segments::format::KEY_SIZE_MAX;
+    let mut state = Vec::new();
+    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX], Position(3), b"st");
+    let entries: Vec<_> = decode_key_entries(&state).collect();
+    assert_eq!(entries, [Ok((&vec![b'k'; KEY_SIZE_MAX][..], Position(3), &b"st"[..]))]);
+    let mut state = Vec::new();
+    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX + 1], Position(3), b"st");
+    let entries: Vec<_> = decode_key_entries(&state).collect();
+    assert_eq!(entries, [Err(format!("key length {} over the limit", KEY_SIZE_MAX + 1))]);
 }

@@ -170,7 +170,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(16), ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(200), ..Default::default() })]
 
     /// Random sequences of shard counts, some runs crashing while their snapshots are being written (so the
     /// directory mixes shard counts), then a final run: always the oracle's state.

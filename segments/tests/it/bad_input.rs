@@ -188,6 +188,28 @@ fn missing_first_segment() {
 }
 
 /// A `.seg` file not named like a segment is never skipped silently: it may hold data.
+/// A `.seg` name must be exactly 20 digits: a shorter number, or 20 characters that are not all digits (a
+/// sign parses as a number), is a stray file, not a segment at that base.
+#[test]
+fn segment_names_must_be_twenty_digits() {
+    for name in ["0000000000000001.seg", "+0000000000000000001.seg", "1.seg"] {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = build_log(dir.path());
+        let file = dir.path().join(name);
+        std::fs::copy(&segments[1].1, &file).unwrap();
+        match segment::list_segments(dir.path()) {
+            Err(OpenError::Corrupt(c)) => {
+                assert_eq!((c.file.as_path(), &c.kind), (file.as_path(), &CorruptionKind::StrayFile), "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        match LogReader::open(dir.path()) {
+            Err(OpenError::Corrupt(c)) => assert_eq!(c.kind, CorruptionKind::StrayFile, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn stray_segment_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,6 +402,11 @@ fn not_a_log() {
     }
 }
 
+/// A directory the writer may not write to. Root (CI runs as root) writes to read-only directories anyway
+/// through `CAP_DAC_OVERRIDE`, so the writer runs in a thread that has dropped every effective capability
+/// first: root without them is bound by the permission bits like any user (capabilities are per thread
+/// on Linux, so nothing else in the test binary is affected). The test first proves the fault is real (a
+/// plain file creation there fails with `PermissionDenied`), so it cannot pass by not testing anything.
 #[test]
 fn read_only_directory() {
     use std::os::unix::fs::PermissionsExt;
@@ -387,17 +414,56 @@ fn read_only_directory() {
     let dir = tmp.path().join("log");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // Root (CI runs as root) and other privileged users write to read-only directories anyway
-    // (CAP_DAC_OVERRIDE), so there is nothing to test there: probe, and skip if the write works.
-    let probe = dir.join("probe");
-    if std::fs::write(&probe, b"").is_ok() {
-        std::fs::remove_file(&probe).unwrap();
-        eprintln!("read_only_directory: skipped, permissions do not bind this user (root?)");
-        return;
-    }
-    match LogWriter::open(&dir, WriterOptions::default()) {
+    let d = dir.clone();
+    let result = std::thread::spawn(move || {
+        drop_effective_capabilities();
+        let probe = std::fs::write(d.join("probe"), b"").map_err(|e| e.kind());
+        (probe, LogWriter::open(&d, WriterOptions::default()).map(|_| ()))
+    })
+    .join()
+    .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(result.0, Err(std::io::ErrorKind::PermissionDenied), "the directory is writable: no fault");
+    match result.1 {
         Err(e @ OpenError::Io(_)) => assert_names_file(&e, &dir.join("writer.lock")),
         other => panic!("{other:?}"),
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the writer left something behind");
+}
+
+/// Clears the calling thread's effective capability set (`capset(2)`; a no-op for a user who has none).
+/// Only this thread changes: Linux keeps capabilities per thread.
+#[cfg(target_os = "linux")]
+fn drop_effective_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: `header` and `data` are the `cap_user_header_t` and the two-element `cap_user_data_t` array
+    // that version 3 of capget(2) reads and fills; both live across the call. pid 0 is this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    for d in &mut data {
+        d.effective = 0;
+    }
+    // SAFETY: as above; capset(2) only reads them. Lowering the effective set is always permitted.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_effective_capabilities() {
+    // SAFETY: geteuid has no preconditions.
+    assert_ne!(unsafe { libc::geteuid() }, 0, "read_only_directory needs Linux capabilities to run as root");
 }
