@@ -29,9 +29,6 @@ pub trait StorageFile: Send + Sync + Debug {
         let _ = (offset, len);
         Ok(())
     }
-    /// Starts writing the file's dirty pages back without waiting (a hint; `sync` is what makes data
-    /// durable). The default does nothing.
-    fn start_writeback(&self) {}
 }
 
 /// The directory and file operations of the writer's write path.
@@ -71,15 +68,6 @@ impl StorageFile for FsFile {
     }
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         preallocate(&self.0, offset, len)
-    }
-    fn start_writeback(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: the descriptor is open for the duration of the call; sync_file_range touches no
-            // memory. A failure is harmless (a hint): `sync` reports what matters.
-            let _ = unsafe { libc::sync_file_range(self.0.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        }
     }
 }
 
