@@ -179,6 +179,9 @@ impl StorageFile for StopFile {
     fn sync(&self) -> io::Result<()> {
         self.state.other("sync", &self.path, || self.inner.sync())
     }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.state.other("allocate", &self.path, || self.inner.allocate(offset, len))
+    }
 }
 
 impl StopStorage {
@@ -201,6 +204,10 @@ impl Storage for StopStorage {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.0.other("sync_dir", dir, || FsStorage.sync_dir(dir))
+    }
+    fn read_durable(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // A read, not a write: never a place to stop.
+        FsStorage.read_durable(path, offset, len)
     }
 }
 
