@@ -4,12 +4,12 @@
 //!   policy and recovers a torn tail when it opens. One writer per directory (an OS file lock).
 //! - [`LogReader`] maps segments read-only and hands out zero-copy [`RecordRef`]s batch by batch from the
 //!   start, a position or a timestamp, and follows appends made by another process.
-//! - [`verify`] lists every problem in a log, naming file, byte offset and position.
+//! - [`verify()`] lists every problem in a log, naming file, byte offset and position.
 //! - [`truncate()`] cuts a log at a position for the operator, keeping the cut bytes in `cut/`.
 //! - [`Storage`] is the seam the writer writes through ([`FsStorage`] in production);
 //!   [`testing::FaultyStorage`] injects crashes and I/O errors behind it.
 //!
-//! The byte layout is specified in `docs/segment-format.md`; [`format`] implements it. This crate knows
+//! The byte layout is specified in `docs/segment-format.md`; [`mod@format`] implements it. This crate knows
 //! nothing of shards or handlers.
 #![deny(missing_docs)]
 
@@ -17,6 +17,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod reader;
+mod recovery;
 pub mod recovery_point;
 pub mod segment;
 pub mod sigbus;

@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::Position;
-use crate::error::{Corruption, IoError, OpenError};
+use crate::error::{Corruption, CorruptionKind, IoError, OpenError};
 use crate::format::{self, BATCH_CRC_OFFSET, BATCH_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use crate::segment::{Segment, index_file_name, segment_file_name};
+use crate::recovery::{DurableEnd, RpWriter, open_recovery_point, rp_corruption};
+use crate::recovery_point::RECOVERY_POINT_FILE;
+use crate::segment::{Segment, index_file_name, list_segments, segment_file_name};
 use crate::storage::{FsStorage, Storage, StorageFile};
-use crate::writer::{Durability, LogWriter, WriterOptions};
+use crate::writer::{Durability, LogWriter, WriterOptions, lock_log};
 
 /// Name of the folder, inside a log directory, that holds what recovery or `truncate` removed.
 pub const CUT_DIR: &str = "cut";
@@ -178,7 +180,7 @@ pub fn truncate(dir: impl AsRef<Path>, to: Position) -> Result<TruncateReport, O
     let opts = WriterOptions { durability: Durability::EveryBatch, ..WriterOptions::default() };
     let w = match LogWriter::open_with_storage(dir, opts, Arc::new(FsStorage)) {
         Ok(w) => w,
-        Err(refused @ OpenError::Corrupt(_)) => return crate::writer::truncate_refused(dir, to, &refused),
+        Err(refused @ OpenError::Corrupt(_)) => return truncate_refused(dir, to, &refused),
         Err(e) => return Err(e),
     };
     let end = w.committed_position();
@@ -249,4 +251,157 @@ pub(crate) fn shorten_batch(batch: &[u8], base: Position, to: Position) -> Resul
     let mut out = batch[..at].to_vec();
     let word = format::finish_batch_header(&mut out, base, (to.0 - base.0) as u32, 0);
     Ok((out, word))
+}
+
+/// [`crate::truncate()`] of a log that recovery refuses (damage below the recovery point, a lost
+/// acknowledged batch, data after a clean close...): the operator's way out. Takes the writer lock itself,
+/// checks that every batch below `to` is valid and continues the positions (a full walk: refused if not),
+/// cuts at `to` as for a healthy log, writes a new recovery point (clean, at `to`), then opens and closes a
+/// writer so that the ordinary recovery checks the result.
+pub(crate) fn truncate_refused(dir: &Path, to: Position, refused: &OpenError) -> Result<TruncateReport, OpenError> {
+    let locks = lock_log(dir)?;
+    check_valid_below(dir, to)?;
+    let storage = FsStorage;
+    let log_id = Segment::open(&dir.join(segment_file_name(Position(0))), Position(0))?.header().created_ns;
+    let rp_path = dir.join(RECOVERY_POINT_FILE);
+    let mut rp: Option<RpWriter> = None;
+    let mut rp_write = |end: DurableEnd, clean: bool| -> Result<(), OpenError> {
+        match rp.as_mut() {
+            Some(rp) => Ok(rp.write(end, clean, false, true)?),
+            // A new file: the old one may be what recovery refused.
+            None => {
+                let mut w = open_recovery_point(&storage, dir, &rp_path, None, log_id, end)?;
+                if clean {
+                    w.write(end, true, false, true)?;
+                }
+                rp = Some(w);
+                Ok(())
+            }
+        }
+    };
+    let (mut cut, rewrote_batch_at) = truncate_files(&storage, dir, to, &mut rp_write)?;
+    cut.why = format!("{}; the log had been refused: {refused}", cut.why);
+    drop(locks);
+    // The ordinary recovery checks what is left (and finds it clean at `to`).
+    let w = LogWriter::open(dir, WriterOptions { durability: Durability::EveryBatch, ..WriterOptions::default() })?;
+    let end = w.next_position();
+    w.close().map_err(|e| OpenError::Io(IoError::new("close", dir, std::io::Error::other(e.to_string()))))?;
+    debug_assert_eq!(end, to);
+    Ok(TruncateReport {
+        end_before: None,
+        end_after: to,
+        cut: Some(cut),
+        rewrote_batch_at,
+        refused: Some(refused.to_string()),
+        recovered: None,
+    })
+}
+
+/// Checks that the log in `dir` holds every position below `to` in valid batches that continue each other,
+/// across sealed segments (a full walk).
+pub(crate) fn check_valid_below(dir: &Path, to: Position) -> Result<(), OpenError> {
+    let segments = list_segments(dir)?;
+    let mut expected = Position(0);
+    for (i, (base, path)) in segments.iter().enumerate() {
+        if *base > to || expected >= to && *base > expected {
+            break;
+        }
+        if *base != expected {
+            let kind = CorruptionKind::Gap { expected, found: *base };
+            return Err(Corruption { file: path.clone(), offset: 0, position: Some(*base), kind }.into());
+        }
+        let seg = Segment::open(path, *base)?;
+        let mut offset = SEGMENT_HEADER_SIZE as u64;
+        let sealed = loop {
+            if expected >= to {
+                return Ok(());
+            }
+            let (h, _) = match seg.read_batch(offset) {
+                Ok(Some(b)) => b,
+                Ok(None) => break false,
+                Err(mut c) => {
+                    c.position = Some(expected);
+                    return Err(c.into());
+                }
+            };
+            if h.base_position != expected {
+                let kind =
+                    CorruptionKind::Batch(format::BatchProblem::PositionMismatch { expected, found: h.base_position });
+                return Err(seg.corruption(offset, Some(expected), kind).into());
+            }
+            if h.sealed {
+                break true;
+            }
+            expected = h.end_position();
+            offset += u64::from(h.length);
+        };
+        if !sealed || i + 1 == segments.len() {
+            break;
+        }
+    }
+    if expected < to {
+        return Err(OpenError::InvalidOption(format!(
+            "cannot truncate {} to position {to}: its valid records end at {expected}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The file work of a truncation to `to`, shared by a healthy log's and a refused log's: `rp_write` records
+/// the batch boundary below `to` (unclean) before anything changes, and the new end (clean) at the end.
+/// Returns the cut and, if the batch holding `to` was rewritten, its offset.
+pub(crate) fn truncate_files(
+    storage: &dyn Storage,
+    dir: &Path,
+    to: Position,
+    rp_write: &mut dyn FnMut(DurableEnd, bool) -> Result<(), OpenError>,
+) -> Result<(CutReport, Option<u64>), OpenError> {
+    let mut segments = list_segments(dir)?;
+    let seg_idx = segments.iter().rposition(|(b, _)| *b <= to).expect("segment 0 starts at 0");
+    let (base, path) = segments[seg_idx].clone();
+    let seg = Segment::open(&path, base)?;
+    // Where `to` lies: the batch holding it, or (past the segment's last batch) the end of its data.
+    let Some(at) = crate::truncate::locate(&seg, to)? else {
+        return Err(rp_corruption(&path, 0, to, format!("no batch holds position {to}")));
+    };
+    let rewrite = match at.header {
+        None => None,
+        Some(h) => {
+            let bytes = seg.committed(at.batch_offset, h.length as usize).expect("a valid batch");
+            let (batch, word) = crate::truncate::shorten_batch(bytes, h.base_position, to)
+                .map_err(|why| rp_corruption(&path, at.batch_offset, h.base_position, why))?;
+            Some((batch, word))
+        }
+    };
+    let (batch_offset, batch_base, prev_crc) = (at.batch_offset, at.base, at.prev_crc);
+    drop(seg);
+    // First an unclean recovery point at the batch boundary below `to`: a crash in the middle of this
+    // leaves a log that recovery cuts there (what it removes is already kept in `cut/`).
+    let boundary =
+        DurableEnd { position: batch_base.0, segment_base: base.0, offset: batch_offset, last_crc: prev_crc };
+    rp_write(boundary, false)?;
+    let cut = cut_log(
+        storage,
+        dir,
+        &mut segments,
+        CutAt { seg: seg_idx, offset: Some(batch_offset) },
+        to,
+        format!("truncated to position {to} on request"),
+    )?;
+    let mut end = boundary;
+    if let Some((batch, word)) = &rewrite {
+        let file = storage.open(&path).map_err(|e| IoError::new("open", &path, e))?;
+        file.write_at(&batch[4..], batch_offset + 4).map_err(|e| IoError::new("write", &path, e))?;
+        file.write_at(&word.to_le_bytes(), batch_offset).map_err(|e| IoError::new("write", &path, e))?;
+        file.sync().map_err(|e| IoError::new("fsync", &path, e))?;
+        end = DurableEnd {
+            position: to.0,
+            segment_base: base.0,
+            offset: batch_offset + u64::from(*word),
+            last_crc: format::read_u32(batch, format::BATCH_CRC_OFFSET),
+        };
+    }
+    rp_write(end, true)?;
+    Ok((cut, rewrite.map(|_| batch_offset)))
 }
