@@ -12,6 +12,9 @@
 #    CATCHUP_SKIP_BROKER_TESTS=1 leaves out step 4 only (for a quick local run; CI never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The examples as programs (tests/examples.rs runs them as a user would). `cargo test --all-targets` builds
+# examples only as test harnesses, so a fresh checkout would not have the programs.
+cargo build --workspace --examples --locked
 cargo test --workspace --all-targets --locked
 # Doc tests (examples in the API docs).
 cargo test --workspace --doc --locked

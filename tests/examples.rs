@@ -2,10 +2,9 @@
 //! answer queries on stdin, follow live appends (with their side effect, suppressed for history), quit with
 //! snapshots, and restart from them.
 //!
-//! Cargo builds a package's examples before its tests run (`cargo test`, `cargo test --all-targets`,
-//! `scripts/test.sh`), into `target/<profile>/examples/`; this test runs that binary. Run alone with a
-//! target filter (`--test examples`), cargo skips the examples: build them first
-//! (`cargo build --examples`), or the test fails saying so.
+//! This test runs the example programs in `target/<profile>/examples/`. `scripts/test.sh` builds them first
+//! (`cargo build --examples`): `cargo test --all-targets` alone builds examples only as test harnesses (a
+//! fresh checkout's CI run found that), so without that step the test fails saying what to run.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
