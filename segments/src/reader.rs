@@ -609,12 +609,18 @@ impl Cursor {
     /// committed yet, or a torn tail); the error otherwise: a zero word or invalid batch with a valid batch
     /// behind it, one below the recovery point's durable end or in a log closed cleanly, or a segment that
     /// ends without its seal while a later one exists. See the module docs. A verdict of "the end" is
-    /// cached until the commit word or the file changes (W6: no rescan per poll). `Ok(false)`: the commit
-    /// word changed meanwhile (a live writer committed there), read again.
+    /// cached until the commit word or the file changes (W6: no rescan per poll). `Ok(false)`: read again,
+    /// because the commit word changed meanwhile (a live writer committed there) or an empty segment was
+    /// replaced by a larger one and is mapped anew. Every reader path ends its data here.
     fn check_tail(&mut self, problem: Option<Corruption>) -> Result<bool, ReadError> {
         let seg = self.segments[self.seg_idx].clone();
         let (offset, expected) = (self.offset, self.next_position);
         let with_position = |c: Corruption| Corruption { position: Some(expected), ..c };
+        // An empty segment the writer replaced with a larger one: not the end (read the new file). Checked
+        // first: the writer may have rolled past the new file already, so this need not be the last segment.
+        if problem.is_none() && self.remap_if_replaced()? {
+            return Ok(false);
+        }
         if !self.in_last_segment() {
             return Err(match problem {
                 Some(c) => with_position(c),
@@ -626,10 +632,6 @@ impl Cursor {
                 },
             }
             .into());
-        }
-        // An empty segment the writer replaced with a larger one: not the end (read the new file).
-        if problem.is_none() && self.remap_if_replaced()? {
-            return Ok(false);
         }
         // The batch's commit word and CRC field: a new batch written here (by a live writer, or by a new one
         // after recovery cut a torn tail) changes at least one of them.
@@ -746,11 +748,6 @@ impl Cursor {
                 // A zero word or an invalid batch: the end of the log if `check_tail` says so (as in
                 // `next_batch`), else an error.
                 read => {
-                    if let Ok(None) = read
-                        && self.remap_if_replaced()?
-                    {
-                        continue;
-                    }
                     if !self.check_tail(read.err())? {
                         continue;
                     }
@@ -832,11 +829,6 @@ impl Cursor {
                     self.next_position = h.end_position();
                 }
                 read => {
-                    if let Ok(None) = read
-                        && self.remap_if_replaced()?
-                    {
-                        continue;
-                    }
                     if !self.check_tail(read.err())? {
                         continue;
                     }
@@ -908,14 +900,8 @@ impl Cursor {
                     let bytes = seg.committed(offset, h.length as usize).expect("validated batch is in bounds");
                     return Ok(Some(Batch { segment: seg, offset, header: h, bytes, first_position: first }));
                 }
-                Ok(None) => {
-                    if self.remap_if_replaced()? || !self.check_tail(None)? {
-                        continue;
-                    }
-                    return Ok(None);
-                }
-                Err(c) => {
-                    if !self.check_tail(Some(c))? {
+                read => {
+                    if !self.check_tail(read.err())? {
                         continue;
                     }
                     return Ok(None);
@@ -1006,9 +992,6 @@ impl Cursor {
     fn has_more(&mut self) -> Result<bool, ReadError> {
         loop {
             if self.segments[self.seg_idx].commit_word(self.offset) == 0 {
-                if self.remap_if_replaced()? {
-                    continue;
-                }
                 // Nothing here yet, unless something valid lies behind the zero word (cached verdict).
                 if !self.check_tail(None)? {
                     continue;
