@@ -15,17 +15,6 @@ use crate::util::*;
 
 const N_EVENTS: usize = 3000;
 
-fn cfg(ckpt: &Path, n_shards: usize) -> EngineConfig {
-    EngineConfig {
-        n_shards,
-        ring_size: 128,
-        publish_batch: 32,
-        consume_batch_max: 64,
-        checkpoint: checkpoint(ckpt, 50),
-        ..Default::default()
-    }
-}
-
 /// A random log of `N_EVENTS` events, and its length.
 fn make_log(seed: u64) -> (tempfile::TempDir, u64) {
     (temp_log(&LogSpec { n_events: N_EVENTS, n_keys: 40, skew: 2, seed }), N_EVENTS as u64)
@@ -89,7 +78,7 @@ fn refused(log: &Path, cfg: EngineConfig) -> ReplayError {
 fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
     let (log, n) = make_log(11);
     let ckpt = mem_tempdir();
-    let (s, _) = run_keyed(log.path(), cfg(ckpt.path(), 3), Arc::default()).unwrap();
+    let (s, _) = run_keyed(log.path(), small_cfg(ckpt.path(), 3), Arc::default()).unwrap();
     assert_eq!(s.progress.watermark, Position(n));
     for i in 0..3 {
         let snap = load_snap(ckpt.path(), i);
@@ -101,7 +90,7 @@ fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
     let cut = mid_batch_position(log.path());
     cut_tail(log.path(), cut);
     // Cut, not refilled: the log now ends below the checkpoint.
-    let e = refused(log.path(), cfg(ckpt.path(), 3));
+    let e = refused(log.path(), small_cfg(ckpt.path(), 3));
     let msg = e.to_string();
     assert!(
         matches!(&e, ReplayError::Snapshot(SnapshotError::LogChanged { position, .. }) if *position == Position(n)),
@@ -111,7 +100,7 @@ fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
 
     // Refilled with other events past the old end.
     append_other_events(log.path(), (n - cut.0) as usize + 500);
-    let e = refused(log.path(), cfg(ckpt.path(), 3));
+    let e = refused(log.path(), small_cfg(ckpt.path(), 3));
     let msg = e.to_string();
     match &e {
         ReplayError::Snapshot(SnapshotError::LogChanged { path, position, .. }) => {
@@ -127,7 +116,7 @@ fn a_checkpoint_above_a_cut_and_reappend_is_refused() {
 
     // The way out works: a new checkpoint directory rebuilds the new history.
     let fresh = mem_tempdir();
-    let (_, states) = run_keyed(log.path(), cfg(fresh.path(), 3), Arc::default()).unwrap();
+    let (_, states) = run_keyed(log.path(), small_cfg(fresh.path(), 3), Arc::default()).unwrap();
     assert_states_eq(&states, &oracle_all(&read_all(log.path())), "rebuilt from scratch");
 }
 
@@ -141,7 +130,7 @@ fn a_checkpoint_below_the_cut_stays_valid() {
         // batch's (which the cut rewrites).
         let cut = mid_batch_position(log.path());
         let ckpt = mem_tempdir();
-        let below = EngineConfig { stop_at: Some(cut), ..cfg(ckpt.path(), 3) };
+        let below = EngineConfig { stop_at: Some(cut), ..small_cfg(ckpt.path(), 3) };
         if keyed {
             run_keyed(log.path(), below, Arc::default()).unwrap();
         } else {
@@ -155,9 +144,9 @@ fn a_checkpoint_below_the_cut_stays_valid() {
         append_other_events(log.path(), (n - cut.0) as usize + 500);
         let want = oracle_all(&read_all(log.path()));
         let states = if keyed {
-            run_keyed(log.path(), cfg(ckpt.path(), 3), Arc::default()).unwrap().1
+            run_keyed(log.path(), small_cfg(ckpt.path(), 3), Arc::default()).unwrap().1
         } else {
-            run_raw(log.path(), cfg(ckpt.path(), 3), Arc::default()).unwrap().1
+            run_raw(log.path(), small_cfg(ckpt.path(), 3), Arc::default()).unwrap().1
         };
         assert_states_eq(&states, &want, if keyed { "keyed resume below the cut" } else { "raw resume below the cut" });
     }
@@ -169,7 +158,7 @@ fn a_checkpoint_below_the_cut_stays_valid() {
 fn a_resharded_checkpoint_is_bound_above_its_position() {
     let log = temp_log(&LogSpec { n_events: N_EVENTS, n_keys: 40, skew: 1, seed: 13 });
     let ckpt = mem_tempdir();
-    run_keyed(log.path(), EngineConfig { stop_at: Some(Position(2900)), ..cfg(ckpt.path(), 4) }, Arc::default())
+    run_keyed(log.path(), EngineConfig { stop_at: Some(Position(2900)), ..small_cfg(ckpt.path(), 4) }, Arc::default())
         .unwrap();
     // One four-shard file lost: the two-shard run must start at 0 (some keys' events are in no file), and
     // stops at 2000; its final snapshots sit there, but the keys they restored from the other four-shard
@@ -178,7 +167,7 @@ fn a_resharded_checkpoint_is_bound_above_its_position() {
     let resharded = EngineConfig {
         stop_at: Some(Position(2000)),
         checkpoint: checkpoint(ckpt.path(), 100_000),
-        ..cfg(ckpt.path(), 2)
+        ..small_cfg(ckpt.path(), 2)
     };
     run_keyed(log.path(), resharded, Arc::default()).unwrap();
     let snaps: Vec<_> = (0..2).map(|i| load_snap(ckpt.path(), i)).collect();
@@ -261,7 +250,7 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
                 };
                 for (v, ckpt) in ckpts.iter().enumerate() {
                     reset(ckpt);
-                    let live_cfg = EngineConfig { durable_only: v == 1, ..cfg(ckpt, 3) };
+                    let live_cfg = EngineConfig { durable_only: v == 1, ..small_cfg(ckpt, 3) };
                     run_keyed(&live, EngineConfig { checkpoint: checkpoint(ckpt, 7), ..live_cfg }, Arc::default())
                         .unwrap_or_else(|e| panic!("seed {seed}, {name}, live view at op {k}: {e}"));
                 }
@@ -286,7 +275,7 @@ fn checkpointed_replays_after_crash_images_are_exact_or_refused() {
                             std::fs::copy(&f, ckpt_copy.join(f.file_name().unwrap())).unwrap();
                         }
                         let ctx = format!("{ctx}, {}", ["committed reads", "durable-only reads"][v]);
-                        match run_keyed(&crashed, cfg(&ckpt_copy, 3), Arc::default()) {
+                        match run_keyed(&crashed, small_cfg(&ckpt_copy, 3), Arc::default()) {
                             Ok((_, states)) => {
                                 assert_states_eq(&states, &want, &ctx);
                                 exact[v] += 1;
@@ -335,7 +324,7 @@ fn a_durable_only_follower_never_snapshots_above_the_durable_end() {
             every_events: Some(10),
             every: Some(Duration::from_millis(5)),
         };
-        let config = EngineConfig { follow: true, durable_only, checkpoint: Some(cp), ..cfg(ckpt.path(), 3) };
+        let config = EngineConfig { follow: true, durable_only, checkpoint: Some(cp), ..small_cfg(ckpt.path(), 3) };
         let keyed = Keyed::new(FoldProj::default(), 3);
         let running = Engine::start(log.path(), config, |s| keyed.handler(s)).unwrap();
         let snapshot_max = || {

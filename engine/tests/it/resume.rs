@@ -214,22 +214,11 @@ fn stop_at_run_ends_caught_up_at_stop_at() {
     }
 }
 
-fn keyed_cfg(ckpt: &Path, n_shards: usize) -> EngineConfig {
-    EngineConfig {
-        n_shards,
-        ring_size: 128,
-        publish_batch: 32,
-        consume_batch_max: 64,
-        checkpoint: checkpoint(ckpt, 50),
-        ..Default::default()
-    }
-}
-
 /// A log and a checkpoint directory holding a keyed run's snapshots up to position 1500.
 fn log_with_snapshots(seed: u64) -> (tempfile::TempDir, tempfile::TempDir) {
     let log = temp_log(&LogSpec { n_events: 3000, n_keys: 60, skew: 2, seed });
     let ckpt = tempfile::tempdir().unwrap();
-    let cfg = EngineConfig { stop_at: Some(Position(1500)), ..keyed_cfg(ckpt.path(), 3) };
+    let cfg = EngineConfig { stop_at: Some(Position(1500)), ..small_cfg(ckpt.path(), 3) };
     run_keyed(log.path(), cfg, Arc::default()).unwrap();
     (log, ckpt)
 }
@@ -254,7 +243,7 @@ fn corrupt_snapshot_is_an_error_naming_the_file() {
         let mut bad = good.clone();
         bad[off] ^= 0x04;
         std::fs::write(&path, &bad).unwrap();
-        match start_err(log.path(), keyed_cfg(ckpt.path(), 3)) {
+        match start_err(log.path(), small_cfg(ckpt.path(), 3)) {
             ReplayError::Snapshot(SnapshotError::Invalid { path: p, why }) => {
                 assert_eq!(p, path, "flip at {off}: wrong file named ({why})");
             }
@@ -264,13 +253,13 @@ fn corrupt_snapshot_is_an_error_naming_the_file() {
     // Truncated, and empty.
     for len in [good.len() - 1, 10, 0] {
         std::fs::write(&path, &good[..len]).unwrap();
-        let e = start_err(log.path(), keyed_cfg(ckpt.path(), 3));
+        let e = start_err(log.path(), small_cfg(ckpt.path(), 3));
         assert!(matches!(&e, ReplayError::Snapshot(SnapshotError::Invalid { path: p, .. }) if *p == path), "{e:?}");
         assert!(e.to_string().contains("shard-00001.snap"), "message names the file: {e}");
     }
     // Restored, the checkpoint works again.
     std::fs::write(&path, &good).unwrap();
-    let (s, states) = run_keyed(log.path(), keyed_cfg(ckpt.path(), 3), Arc::default()).unwrap();
+    let (s, states) = run_keyed(log.path(), small_cfg(ckpt.path(), 3), Arc::default()).unwrap();
     assert_eq!(s.progress.watermark, Position(3000));
     assert_states_eq(&states, &oracle_all(&read_all(log.path())), "after repair");
 }
@@ -286,7 +275,7 @@ fn foreign_snapshots_are_mismatches() {
     let victim = snap_path(ckpt_a.path(), 2);
     let own = std::fs::read(&victim).unwrap();
     std::fs::copy(snap_path(ckpt_b.path(), 2), &victim).unwrap();
-    match start_err(log_a.path(), keyed_cfg(ckpt_a.path(), 3)) {
+    match start_err(log_a.path(), small_cfg(ckpt_a.path(), 3)) {
         ReplayError::Snapshot(SnapshotError::Mismatch { path, why }) => {
             assert_eq!(path, victim);
             assert!(why.contains("different log"), "{why}");
@@ -295,7 +284,7 @@ fn foreign_snapshots_are_mismatches() {
     }
     std::fs::write(&victim, own).unwrap();
 
-    let cfg = EngineConfig { fingerprint: 0xfeed, ..keyed_cfg(ckpt_a.path(), 3) };
+    let cfg = EngineConfig { fingerprint: 0xfeed, ..small_cfg(ckpt_a.path(), 3) };
     match start_err(log_a.path(), cfg) {
         ReplayError::Snapshot(SnapshotError::Mismatch { path, why }) => {
             assert!(path.starts_with(ckpt_a.path()));
@@ -306,7 +295,7 @@ fn foreign_snapshots_are_mismatches() {
 
     // A raw handler's snapshot is not a keyed one's.
     let hooks = Arc::new(Hooks::default());
-    match Engine::start(log_a.path(), keyed_cfg(ckpt_a.path(), 3), |_| FoldShard::new(&hooks)) {
+    match Engine::start(log_a.path(), small_cfg(ckpt_a.path(), 3), |_| FoldShard::new(&hooks)) {
         Err(ReplayError::Snapshot(SnapshotError::Mismatch { why, .. })) => assert!(why.contains("layout"), "{why}"),
         Err(e) => panic!("expected a layout mismatch, got {e:?}"),
         Ok(_) => panic!("a raw handler restored a keyed snapshot"),
@@ -426,14 +415,14 @@ fn a_restored_shard_never_reports_less_than_its_snapshot() {
     let (log, ckpt) = log_with_snapshots(4);
     let recs = read_all(log.path());
     std::fs::remove_file(snap_path(ckpt.path(), 1)).unwrap();
-    let cfg = EngineConfig { stop_at: Some(Position(700)), ..keyed_cfg(ckpt.path(), 3) };
+    let cfg = EngineConfig { stop_at: Some(Position(700)), ..small_cfg(ckpt.path(), 3) };
     let (s, states) = run_keyed(log.path(), cfg, Arc::default()).unwrap();
     let passed: Vec<Position> = s.shards.iter().map(|x| x.passed).collect();
     assert_eq!(passed, [Position(1500), Position(700), Position(1500)]);
     assert_states_eq(&states, &oracle_prefix(&recs, &passed), "after a partial re-read");
     assert_eq!(load_snap(ckpt.path(), 0).meta.position, Position(1500), "shard 0's snapshot did not move back");
     // And on to the end.
-    let (s, states) = run_keyed(log.path(), keyed_cfg(ckpt.path(), 3), Arc::default()).unwrap();
+    let (s, states) = run_keyed(log.path(), small_cfg(ckpt.path(), 3), Arc::default()).unwrap();
     assert_eq!(s.progress.watermark, Position(3000));
     assert_states_eq(&states, &oracle_all(&recs), "resumed to the end");
 }
@@ -447,14 +436,14 @@ fn crash_mid_snapshot_resumes_correctly() {
     let recs = read_all(log.path());
     for keyed in [true, false] {
         let ckpt = mem_tempdir();
-        let cfg = EngineConfig { stop_at: Some(Position(2500)), ..keyed_cfg(ckpt.path(), 4) };
+        let cfg = EngineConfig { stop_at: Some(Position(2500)), ..small_cfg(ckpt.path(), 4) };
         let (passed, states, _) = run_interrupted(log.path(), cfg, Interrupt::StopAt(625), keyed, 4000);
         assert_eq!(passed, vec![Position(2500); 4]);
         assert_states_eq(&states, &oracle_prefix(&recs, &passed), "before the crash");
         mess_up(ckpt.path(), Mess { stray_tmp: true, drop_shard: Some(2) });
         assert!(ckpt.path().join("shard-00000.snap.tmp").exists());
         let (passed, states, covered) =
-            run_interrupted(log.path(), keyed_cfg(ckpt.path(), 4), Interrupt::StopAt(1000), keyed, 4000);
+            run_interrupted(log.path(), small_cfg(ckpt.path(), 4), Interrupt::StopAt(1000), keyed, 4000);
         assert_eq!(passed, vec![Position(4000); 4]);
         assert_states_eq(&states, &oracle_all(&recs), &format!("resumed (keyed: {keyed})"));
         // The other shards' events below their snapshots were re-read for shard 2, and skipped.

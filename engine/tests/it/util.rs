@@ -416,6 +416,19 @@ pub fn mem_tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// An engine config with small rings and batches (so rings wrap and batches split often) and a snapshot
+/// every 50 events into `ckpt`.
+pub fn small_cfg(ckpt: &Path, n_shards: usize) -> EngineConfig {
+    EngineConfig {
+        n_shards,
+        ring_size: 128,
+        publish_batch: 32,
+        consume_batch_max: 64,
+        checkpoint: checkpoint(ckpt, 50),
+        ..Default::default()
+    }
+}
+
 /// A checkpoint configuration in `dir` that snapshots every `every_events` positions.
 pub fn checkpoint(dir: &Path, every_events: u64) -> Option<CheckpointConfig> {
     Some(CheckpointConfig { dir: dir.to_path_buf(), every_events: Some(every_events), every: None })
