@@ -427,7 +427,7 @@ impl Engine {
             std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
                 op: "create directory",
                 path: cp.dir.clone(),
-                source: e,
+                error: e,
             })?;
             let snaps = snapshot::load_all(&cp.dir)?;
             per_key_restored =
@@ -1422,7 +1422,7 @@ fn io_loop(
                     f.sync_data()
                 })();
                 if let Err(source) = r {
-                    shared.fail(ReplayError::DeadLetter { path: path.clone(), source });
+                    shared.fail(ReplayError::DeadLetter { path: path.clone(), error: source });
                     return;
                 }
             }

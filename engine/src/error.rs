@@ -2,11 +2,9 @@
 //!
 //! An error that holds an OS error embeds its text in its own message ("create directory X: Not a
 //! directory (os error 20)") and does not also return it from `source()`, so a printed error chain
-//! (anyhow's `{:#}`) shows it once, as `catchup_segments::IoError` does. thiserror makes a field named
-//! `source` the source, so the two enums holding one (`SnapshotError::Io`, `ReplayError::DeadLetter`)
-//! implement `Display` and `Error` by hand.
+//! (anyhow's `{:#}`) shows it once, as `catchup_segments::IoError` does. (thiserror would make a field named
+//! `source` the source: those fields are named `error`.)
 
-use std::fmt;
 use std::path::PathBuf;
 
 use catchup_segments::{Position, ReadError};
@@ -14,19 +12,21 @@ use catchup_segments::{Position, ReadError};
 use crate::shard::ShardId;
 
 /// A snapshot could not be written or loaded.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
     /// An I/O error.
+    #[error("{op} {}: {error}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error (shown in the message, not returned by `source()`).
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A snapshot file failed its checks (checksum, version, size).
+    #[error("{}: invalid snapshot: {why}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -35,6 +35,7 @@ pub enum SnapshotError {
     },
     /// A snapshot belongs to another log, another handler, or a run with another shard count that cannot
     /// be redistributed.
+    #[error("{}: snapshot does not match this run: {why}", path.display())]
     Mismatch {
         /// The file.
         path: PathBuf,
@@ -44,6 +45,11 @@ pub enum SnapshotError {
     /// The log changed under this checkpoint: the record just below the snapshot's (bound) position is not
     /// the one the snapshot was taken over, or the log now ends before it. Resuming would keep the state of
     /// events that are no longer in the log.
+    #[error(
+        "{}: the log changed under this checkpoint at position {position}: {why}; delete the checkpoint \
+         directory to rebuild from scratch, or restore the log this checkpoint was taken from",
+        path.display()
+    )]
     LogChanged {
         /// The snapshot file.
         path: PathBuf,
@@ -54,11 +60,18 @@ pub enum SnapshotError {
     },
     /// A snapshot of format version 1, written before snapshots were bound to the log's content: it cannot
     /// be checked against the log, so it is refused rather than trusted.
+    #[error(
+        "{}: snapshot format version 1 is not bound to the log's content (written by an older catchup), so \
+         this checkpoint cannot be checked against the log; delete the checkpoint directory to rebuild from \
+         scratch",
+        path.display()
+    )]
     Unbound {
         /// The snapshot file.
         path: PathBuf,
     },
     /// The handler rejected its snapshot state.
+    #[error("{}: handler could not restore its snapshot: {why}", path.display())]
     Restore {
         /// The file.
         path: PathBuf,
@@ -66,37 +79,6 @@ pub enum SnapshotError {
         why: String,
     },
 }
-
-impl fmt::Display for SnapshotError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SnapshotError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
-            SnapshotError::Invalid { path, why } => write!(f, "{}: invalid snapshot: {why}", path.display()),
-            SnapshotError::Mismatch { path, why } => {
-                write!(f, "{}: snapshot does not match this run: {why}", path.display())
-            }
-            SnapshotError::LogChanged { path, position, why } => write!(
-                f,
-                "{}: the log changed under this checkpoint at position {position}: {why}; delete the checkpoint \
-                 directory to rebuild from scratch, or restore the log this checkpoint was taken from",
-                path.display()
-            ),
-            SnapshotError::Unbound { path } => write!(
-                f,
-                "{}: snapshot format version 1 is not bound to the log's content (written by an older catchup), so \
-                 this checkpoint cannot be checked against the log; delete the checkpoint directory to rebuild \
-                 from scratch",
-                path.display()
-            ),
-            SnapshotError::Restore { path, why } => {
-                write!(f, "{}: handler could not restore its snapshot: {why}", path.display())
-            }
-        }
-    }
-}
-
-/// No variant has a source: the one OS error is part of the message (see the module docs).
-impl std::error::Error for SnapshotError {}
 
 /// A poison event that stopped the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,90 +95,41 @@ pub struct HandlerFailure {
 }
 
 /// A replay failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
     /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
     Config(String),
     /// Reading the log failed (corruption names file, offset and position).
-    Read(ReadError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// Opening the log failed.
-    Open(catchup_segments::OpenError),
+    #[error(transparent)]
+    Open(#[from] catchup_segments::OpenError),
     /// A snapshot problem.
-    Snapshot(SnapshotError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A handler failed and the policy said stop. Checkpoints stay below the poison event.
-    Handler(HandlerFailure),
+    #[error(transparent)]
+    Handler(#[from] HandlerFailure),
     /// Writing the dead-letter log failed.
+    #[error("dead-letter log {}: {error}", path.display())]
     DeadLetter {
         /// The file.
         path: PathBuf,
         /// The OS error (shown in the message, not returned by `source()`).
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Kafka source failed (broker, topic, group or offset problem), with what was being done.
+    #[error("kafka: {0}")]
     Kafka(String),
     /// A bug in catchup (an engine thread panicked outside a handler call). Please report it.
+    #[error("internal error (a bug in catchup): {0}")]
     Internal(String),
     /// An engine thread could not be started.
+    #[error("could not start thread: {0}")]
     Thread(std::io::Error),
-}
-
-impl fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayError::Config(why) => write!(f, "invalid configuration: {why}"),
-            ReplayError::Read(e) => e.fmt(f),
-            ReplayError::Open(e) => e.fmt(f),
-            ReplayError::Snapshot(e) => e.fmt(f),
-            ReplayError::Handler(e) => e.fmt(f),
-            ReplayError::DeadLetter { path, source } => write!(f, "dead-letter log {}: {source}", path.display()),
-            ReplayError::Kafka(why) => write!(f, "kafka: {why}"),
-            ReplayError::Internal(why) => write!(f, "internal error (a bug in catchup): {why}"),
-            ReplayError::Thread(e) => write!(f, "could not start thread: {e}"),
-        }
-    }
-}
-
-/// The wrapped library errors are transparent (their message is this error's; their source is this
-/// error's source); the OS errors are part of the message (see the module docs).
-impl std::error::Error for ReplayError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ReplayError::Read(e) => e.source(),
-            ReplayError::Open(e) => e.source(),
-            ReplayError::Snapshot(e) => e.source(),
-            ReplayError::Handler(e) => e.source(),
-            ReplayError::Config(_)
-            | ReplayError::DeadLetter { .. }
-            | ReplayError::Kafka(_)
-            | ReplayError::Internal(_)
-            | ReplayError::Thread(_) => None,
-        }
-    }
-}
-
-impl From<ReadError> for ReplayError {
-    fn from(e: ReadError) -> Self {
-        ReplayError::Read(e)
-    }
-}
-
-impl From<catchup_segments::OpenError> for ReplayError {
-    fn from(e: catchup_segments::OpenError) -> Self {
-        ReplayError::Open(e)
-    }
-}
-
-impl From<SnapshotError> for ReplayError {
-    fn from(e: SnapshotError) -> Self {
-        ReplayError::Snapshot(e)
-    }
-}
-
-impl From<HandlerFailure> for ReplayError {
-    fn from(e: HandlerFailure) -> Self {
-        ReplayError::Handler(e)
-    }
 }
 
 /// Renders a key for messages: UTF-8 if it is, hex otherwise, cut at 128 bytes.
@@ -231,8 +164,8 @@ mod tests {
     fn os_error_text_appears_once_in_the_chain() {
         let os = || std::io::Error::from_raw_os_error(20);
         let text = os().to_string();
-        let snap = || SnapshotError::Io { op: "create directory", path: "cp/sub".into(), source: os() };
-        let dlq = ReplayError::DeadLetter { path: "dlq.jsonl".into(), source: os() };
+        let snap = || SnapshotError::Io { op: "create directory", path: "cp/sub".into(), error: os() };
+        let dlq = ReplayError::DeadLetter { path: "dlq.jsonl".into(), error: os() };
         let wrapped = ReplayError::from(snap());
         for e in [&snap() as &dyn std::error::Error, &wrapped, &dlq] {
             let c = chain(e);

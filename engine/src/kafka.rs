@@ -559,7 +559,7 @@ fn shard_loop<H: ShardHandler>(
                 if let Some(d) = cx.dead_letters
                     && let Err(source) = d.sync()
                 {
-                    cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), source });
+                    cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
                     failed = true;
                     continue;
                 }
@@ -652,7 +652,7 @@ fn shard_loop<H: ShardHandler>(
                             let line = dead_letter_line(cx.topic, it.partition, shard, &event, &why);
                             let d = cx.dead_letters.expect("validated: a skipping policy has a dead-letter log");
                             if let Err(source) = d.append(&line) {
-                                cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), source });
+                                cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
                                 failed = true;
                                 break;
                             }
@@ -878,7 +878,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 std::fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io {
                     op: "create directory",
                     path: dir.clone(),
-                    source,
+                    error: source,
                 })?;
                 let snaps = snapshot::load_all(&dir)?;
                 if !snaps.is_empty() {
@@ -1476,7 +1476,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         std::fs::create_dir_all(&cp.dir).map_err(|source| SnapshotError::Io {
             op: "create directory",
             path: cp.dir.clone(),
-            source,
+            error: source,
         })?;
     }
     let dead_letters = cfg.dead_letters.clone().map(|path| Arc::new(DeadLetters { path, file: Mutex::new(None) }));

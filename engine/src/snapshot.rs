@@ -327,7 +327,7 @@ pub fn write_bound(dir: &Path, meta: &SnapshotMeta, binding: &Binding, state: &[
     let tmp = dir.join(format!("{}.tmp", snapshot_file_name(meta.shard_idx)));
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |e: std::io::Error| SnapshotError::Io { op, path: p, source: e }
+        move |e: std::io::Error| SnapshotError::Io { op, path: p, error: e }
     };
     let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(&bytes).map_err(io("write", &tmp))?;
@@ -343,7 +343,7 @@ pub fn write_bound(dir: &Path, meta: &SnapshotMeta, binding: &Binding, state: &[
 pub fn remove_from(dir: &Path, n_shards: usize) -> Result<usize, SnapshotError> {
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |e: std::io::Error| SnapshotError::Io { op, path: p, source: e }
+        move |e: std::io::Error| SnapshotError::Io { op, path: p, error: e }
     };
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).map_err(io("read directory", dir))? {
@@ -370,17 +370,15 @@ pub fn load_all(dir: &Path) -> Result<Vec<(PathBuf, Snapshot)>, SnapshotError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(SnapshotError::Io { op: "read directory", path: dir.to_path_buf(), source: e }),
+        Err(e) => return Err(SnapshotError::Io { op: "read directory", path: dir.to_path_buf(), error: e }),
     };
     for entry in rd {
-        let entry =
-            entry.map_err(|e| SnapshotError::Io { op: "read directory", path: dir.to_path_buf(), source: e })?;
+        let entry = entry.map_err(|e| SnapshotError::Io { op: "read directory", path: dir.to_path_buf(), error: e })?;
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("snap") {
             continue;
         }
-        let bytes =
-            std::fs::read(&path).map_err(|e| SnapshotError::Io { op: "read", path: path.clone(), source: e })?;
+        let bytes = std::fs::read(&path).map_err(|e| SnapshotError::Io { op: "read", path: path.clone(), error: e })?;
         if bytes.len() >= VERSION_AT + 2
             && bytes[MAGIC_AT..MAGIC_AT + 8] == SNAPSHOT_MAGIC
             && u16_at(&bytes, VERSION_AT) == SNAPSHOT_VERSION_UNBOUND
