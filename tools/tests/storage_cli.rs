@@ -299,6 +299,8 @@ fn checkpointed_replays_read_only_synced_events_by_default() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["watermark"], 200, "{out}");
+    // Not silent about what it left: the committed events after the durable end.
+    assert!(err.contains("100 committed events after position 200 are not durable yet"), "{err}");
     let ckpt2 = dir.path().join("ckpt2");
     let (code, out, err) =
         run(&["replay", s(&log), "--shards", "2", "--checkpoint-dir", s(&ckpt2), "--no-durable-only", "--json"]);

@@ -552,7 +552,30 @@ fn drive<H: ShardHandler>(
     let running = Engine::start(&cfg.log_dir, cfg.engine_config(), factory).map_err(|e| explain(e, cfg))?;
     let interrupted = watch(ui, &running, hist_log, started)?;
     let summary = running.wait().map_err(|e| explain(e, cfg))?;
-    Ok((summary, interrupted, started.elapsed()))
+    let elapsed = started.elapsed();
+    if cfg.durable_only && !interrupted {
+        note_unread_committed(cfg, ui, summary.progress.watermark);
+    }
+    Ok((summary, interrupted, elapsed))
+}
+
+/// A durable-only replay ends at the durable end: committed events after it (a live writer that has not
+/// synced them yet, or a crashed one whose next writer will keep them) were not read. Says so, so that "end
+/// of log" is never read as "every committed event".
+fn note_unread_committed(cfg: &Config, ui: &Ui, watermark: Position) {
+    let committed = catchup_segments::LogReader::open(&cfg.log_dir).ok().and_then(|r| r.end_position().ok());
+    let stop = cfg.stop_at.unwrap_or(Position(u64::MAX));
+    if let Some(end) = committed
+        && end > watermark
+        && stop > watermark
+    {
+        ui.note(format!(
+            "note: {} committed events after position {} are not durable yet and were not read (durable-only \
+             reads; --no-durable-only reads them, or run again once the writer has synced)",
+            fmt_count(end.0 - watermark.0),
+            watermark.0
+        ));
+    }
 }
 
 /// Writes results per `cfg.output`; `fill` writes them and returns the line count.
