@@ -3,7 +3,8 @@
 //! by percentile.
 //!
 //! Interval logs hold one line per histogram per interval (one second), tagged `handler`, `queue-wait` or
-//! `event-age`; values (and the "max" column) are nanoseconds.
+//! `event-age`; histogram values are nanoseconds, the `Interval_Max` column milliseconds, as in HdrHistogram's
+//! reference writers (`docs/hist-log-format.md`).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -13,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use catchup_engine::Latencies;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag};
-use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 
 use crate::units::{TimeUnit, fmt_count, fmt_ns, time_unit_for};
 
@@ -133,11 +134,22 @@ pub fn write_table(out: &mut dyn Write, title: &str, rows: &[(&str, &Dist)], qua
     Ok(())
 }
 
-/// Writes `Latencies` as HdrHistogram interval-log lines, one tagged histogram each per interval.
+/// The interval-log format version written (HdrHistogram's Java `HistogramLogWriter` writes 1.3).
+pub const LOG_FORMAT_VERSION: &str = "1.3";
+/// The `Interval_Max` column is the interval's max divided by this (ns to ms), as the Java and Python writers
+/// do by default (`maxValueUnitRatio`, `max_value_unit_ratio`).
+pub const MAX_VALUE_UNIT_RATIO: f64 = 1e6;
+
+/// Writes `Latencies` as an HdrHistogram interval log in the reference format (Java `HistogramLogWriter`,
+/// Python `hdrh.log.HistogramLogWriter`): comment lines, `#[Histogram log format version 1.3]`,
+/// `#[StartTime: ...]`, `#[BaseTime: ...]`, the CSV legend, then one line per histogram per interval:
+/// `Tag=T,START,LENGTH,MAX_MS,BASE64` (start relative to the base time, seconds with 3 decimals; the max in
+/// ms; the histogram in the V2 compressed encoding, base64). Format: `docs/hist-log-format.md`.
 pub struct IntervalLog {
     path: PathBuf,
     file: BufWriter<File>,
     serializer: V2DeflateSerializer,
+    encoded: Vec<u8>,
 }
 
 impl std::fmt::Debug for IntervalLog {
@@ -155,32 +167,43 @@ impl IntervalLog {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
             serializer: V2DeflateSerializer::new(),
+            encoded: Vec::new(),
         };
-        IntervalLogWriterBuilder::new()
-            .add_comment(comment)
-            .add_comment(&format!(
-                "catchup replay latencies in ns; tags: {TAG_HANDLER}, {TAG_QUEUE_WAIT}, {TAG_EVENT_AGE}; read with `catchup \
-                 report`"
-            ))
-            .with_start_time(base)
-            .with_base_time(base)
-            .begin_log_with(&mut log.file, &mut log.serializer)
+        let secs = base.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let when = crate::units::format_rfc3339((secs * 1e9) as u64);
+        let header = format!(
+            "#{comment}\n#catchup replay latencies: values in ns, Interval_Max in ms; tags: {TAG_HANDLER}, \
+             {TAG_QUEUE_WAIT}, {TAG_EVENT_AGE}; read with `catchup report`\n#[Histogram log format version \
+             {LOG_FORMAT_VERSION}]\n#[StartTime: {secs:.3} (seconds since epoch), {when}]\n#[BaseTime: {secs:.3} \
+             (seconds since epoch)]\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\
+             \"Interval_Compressed_Histogram\"\n"
+        );
+        log.file
+            .write_all(header.as_bytes())
+            .and_then(|()| log.file.flush())
             .with_context(|| format!("cannot write histogram log {}", path.display()))?;
-        log.file.flush().with_context(|| format!("cannot write histogram log {}", path.display()))?;
         Ok(log)
     }
 
     /// Appends one interval: `start` is its start since the log's base time.
     pub fn write(&mut self, lat: &Latencies, start: Duration, duration: Duration) -> Result<()> {
+        use base64::Engine as _;
         for (tag, h) in
             [(TAG_HANDLER, &lat.handler_ns), (TAG_QUEUE_WAIT, &lat.queue_wait_ns), (TAG_EVENT_AGE, &lat.event_age_ns)]
         {
-            // A builder with no headers writes nothing: it only lends us an `IntervalLogWriter`.
-            let mut w = IntervalLogWriterBuilder::new()
-                .begin_log_with(&mut self.file, &mut self.serializer)
-                .with_context(|| format!("cannot write histogram log {}", self.path.display()))?;
-            w.write_histogram(h, start, duration, Tag::new(tag))
-                .map_err(|e| anyhow::anyhow!("cannot write histogram log {}: {e:?}", self.path.display()))?;
+            self.encoded.clear();
+            self.serializer
+                .serialize(h, &mut self.encoded)
+                .map_err(|e| anyhow::anyhow!("cannot encode a histogram for {}: {e:?}", self.path.display()))?;
+            writeln!(
+                self.file,
+                "Tag={tag},{:.3},{:.3},{:.3},{}",
+                start.as_secs_f64(),
+                duration.as_secs_f64(),
+                h.max() as f64 / MAX_VALUE_UNIT_RATIO,
+                base64::engine::general_purpose::STANDARD.encode(&self.encoded)
+            )
+            .with_context(|| format!("cannot write histogram log {}", self.path.display()))?;
         }
         self.file.flush().with_context(|| format!("cannot write histogram log {}", self.path.display()))
     }
@@ -192,33 +215,16 @@ impl IntervalLog {
     }
 }
 
-/// Decodes standard base64 (with or without padding).
+/// Decodes the base64 of an interval-log histogram (the standard alphabet, padded as the reference writers
+/// pad it; unpadded input is accepted too).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= val(*c)? << (18 - 6 * i);
-        }
-        match chunk.len() {
-            4 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]),
-            3 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8]),
-            2 => out.push((acc >> 16) as u8),
-            _ => return None,
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(s.trim()).ok()
 }
 
 /// Reads a histogram file: an HdrHistogram interval log (one series per tag, intervals merged), or a
@@ -332,7 +338,7 @@ pub enum YScale {
 
 /// Log scale when the series' medians and maxima span more than 100x (a linear axis would flatten the
 /// smaller ones), else linear.
-pub fn auto_scale(series: &[Series]) -> YScale {
+fn auto_scale_of(series: &[&Series]) -> YScale {
     let lo = series.iter().map(|s| s.dist.value_at(0.5)).filter(|v| *v > 0.0).fold(f64::MAX, f64::min);
     let hi = series.iter().map(|s| s.dist.max()).fold(0.0, f64::max);
     if lo < f64::MAX && hi / lo > 100.0 { YScale::Log } else { YScale::Linear }
@@ -368,10 +374,31 @@ fn nice_step(x: f64) -> f64 {
     }
 }
 
-/// A power of ten of ns as a tick label: `1 µs`, `100 ms`, `1000 s` (seconds at most, so labels stay round).
-fn fmt_decade(ns: f64) -> String {
-    let u = time_unit_for(ns.min(1e9));
-    format!("{} {}", (ns / u.ns).round(), u.name)
+/// Tick values of a log time axis, readable at every scale: decades up to 10 s, then 1 min, 10 min, 1 h,
+/// 10 h, 1 d, 10 d, 100 d, 1000 d ... (a decade axis labelled in seconds ran to "100000000 s").
+fn log_ticks(lo_ns: f64, hi_ns: f64) -> Vec<(f64, String)> {
+    const MIN: f64 = 60e9;
+    const HOUR: f64 = 3600e9;
+    const DAY: f64 = 86400e9;
+    let mut base: Vec<f64> = (0..=10).map(|e| 10f64.powi(e)).collect(); // 1 ns ..= 10 s
+    base.extend([MIN, 10.0 * MIN, HOUR, 10.0 * HOUR, DAY, 10.0 * DAY, 100.0 * DAY, 1000.0 * DAY, 10_000.0 * DAY]);
+    base.extend((5..=8).map(|e| 10f64.powi(e) * DAY)); // far beyond any clock; keeps the axis labelled
+    let within = |v: &f64| *v >= lo_ns * (1.0 - 1e-9) && *v <= hi_ns * (1.0 + 1e-9);
+    let mut ticks: Vec<f64> = base.iter().copied().filter(within).collect();
+    if ticks.len() < 3 {
+        // A narrow range (one decade): 2x and 5x ticks too.
+        ticks = base.iter().flat_map(|b| [*b, 2.0 * b, 5.0 * b]).filter(within).collect();
+        ticks.sort_by(f64::total_cmp);
+        ticks.dedup();
+    }
+    ticks.into_iter().map(|v| (v, fmt_tick(v))).collect()
+}
+
+/// A tick value in the largest unit it is a whole number of at least 1: `10 µs`, `1 min`, `500 d`.
+fn fmt_tick(ns: f64) -> String {
+    let u = time_unit_for(ns);
+    let x = ns / u.ns;
+    if (x - x.round()).abs() < 1e-6 { format!("{} {}", x.round(), u.name) } else { format!("{x:.3} {}", u.name) }
 }
 
 fn fmt_axis(v: f64, unit: TimeUnit) -> String {
@@ -379,23 +406,72 @@ fn fmt_axis(v: f64, unit: TimeUnit) -> String {
     if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { format!("{x}") }
 }
 
+/// True for an event-age series (`event-age`, `FILE:event-age`): how old the events were when handled, not
+/// a latency of the run, often days where latencies are microseconds.
+pub fn is_event_age(name: &str) -> bool {
+    name == TAG_EVENT_AGE || name.ends_with(&format!(":{TAG_EVENT_AGE}"))
+}
+
 /// Maps a latency (ns) to a y coordinate.
 type YMap = Box<dyn Fn(f64) -> f64>;
 
-/// An SVG chart of latency by percentile: x is percentile on a "nines" (log) scale, y latency.
-pub fn svg_chart(series: &[Series], title: &str, y_scale: YScale) -> String {
-    const W: f64 = 960.0;
-    const PLOT_H: f64 = 440.0;
-    const LEFT: f64 = 90.0;
-    const RIGHT: f64 = 30.0;
-    const TOP: f64 = 56.0;
-    // Axis title, then one legend line per series.
-    let bottom = 76.0 + 20.0 * series.len() as f64;
-    let h = TOP + PLOT_H + bottom;
-    const STEPS: usize = 400;
-    let pw = W - LEFT - RIGHT;
-    let ph = PLOT_H;
+const CHART_W: f64 = 960.0;
+const PLOT_H: f64 = 400.0;
+const LEFT: f64 = 90.0;
+/// Room for half of the last x label ("99.9999%").
+const RIGHT: f64 = 60.0;
+
+/// An SVG chart of latency by percentile: x is percentile on a "nines" (log) scale, y latency. Latencies
+/// share one panel; event age, if present, gets a panel of its own below with its own y axis. `y_scale`
+/// `None` picks linear or log per panel ([`auto_scale`]).
+pub fn svg_chart(series: &[Series], title: &str, y_scale: Option<YScale>) -> String {
+    let latencies: Vec<&Series> = series.iter().filter(|s| !is_event_age(&s.name)).collect();
+    let ages: Vec<&Series> = series.iter().filter(|s| is_event_age(&s.name)).collect();
+    let mut panels: Vec<(&str, Vec<&Series>)> = Vec::new();
+    if !latencies.is_empty() {
+        panels.push(("latency", latencies));
+    }
+    if !ages.is_empty() {
+        panels.push(("event age", ages));
+    }
     let x_max = series.iter().map(|s| s.dist.nines()).fold(0.0, f64::max).ceil().clamp(2.0, 7.0);
+    let mut body = String::new();
+    let mut y = 56.0;
+    let mut color_at = 0;
+    for (name, ser) in &panels {
+        let scale = y_scale.unwrap_or_else(|| auto_scale_of(ser));
+        y = panel(&mut body, ser, name, scale, x_max, y, color_at);
+        color_at += ser.len();
+    }
+    let h = y + 10.0;
+    let mut s = String::new();
+    s.push_str(&format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{CHART_W}\" height=\"{h}\" viewBox=\"0 0 {CHART_W} {h}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"13\">\n"
+    ));
+    s.push_str(&format!("<rect width=\"{CHART_W}\" height=\"{h}\" fill=\"white\"/>\n"));
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\">{}</text>\n",
+        CHART_W / 2.0,
+        xml_escape(title)
+    ));
+    s.push_str(&body);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Draws one panel (axes, grid, curves, legend) with its top at `top`; returns where the next one starts.
+fn panel(
+    s: &mut String,
+    series: &[&Series],
+    what: &str,
+    y_scale: YScale,
+    x_max: f64,
+    top: f64,
+    color_at: usize,
+) -> f64 {
+    const STEPS: usize = 400;
+    let pw = CHART_W - LEFT - RIGHT;
+    let ph = PLOT_H;
     let curves: Vec<Vec<(f64, f64)>> = series
         .iter()
         .map(|s| {
@@ -411,76 +487,62 @@ pub fn svg_chart(series: &[Series], title: &str, y_scale: YScale) -> String {
     let v_max = curves.iter().flatten().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
     let v_min = curves.iter().flatten().map(|(_, v)| *v).filter(|v| *v > 0.0).fold(f64::MAX, f64::min).min(v_max);
     let unit = time_unit_for(v_max);
-    // y mapping and ticks.
     let (y_of, ticks): (YMap, Vec<(f64, String)>) = match y_scale {
         YScale::Linear => {
             let step = nice_step(v_max / unit.ns / 5.0) * unit.ns;
-            let top = (v_max / step).ceil() * step;
-            let ticks = (0..=((top / step).round() as usize))
+            let top_v = (v_max / step).ceil() * step;
+            let ticks = (0..=((top_v / step).round() as usize))
                 .map(|i| i as f64 * step)
                 .map(|v| (v, fmt_axis(v, unit)))
                 .collect();
-            (Box::new(move |v: f64| TOP + ph * (1.0 - v / top)), ticks)
+            (Box::new(move |v: f64| top + ph * (1.0 - v / top_v)), ticks)
         }
         YScale::Log => {
             let lo = v_min.max(1.0).log10().floor();
             let hi = v_max.log10().ceil().max(lo + 1.0);
-            let ticks = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).map(|v| (v, fmt_decade(v))).collect();
+            let ticks = log_ticks(10f64.powf(lo), 10f64.powf(hi));
             let clamp = move |v: f64| v.max(1.0).log10().clamp(lo, hi);
-            (Box::new(move |v: f64| TOP + ph * (1.0 - (clamp(v) - lo) / (hi - lo))), ticks)
+            (Box::new(move |v: f64| top + ph * (1.0 - (clamp(v) - lo) / (hi - lo))), ticks)
         }
     };
     let x_of = |x: f64| LEFT + pw * x / x_max;
-    let mut s = String::new();
     let mut w = |t: String| {
         s.push_str(&t);
         s.push('\n');
     };
-    w(format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="Helvetica, Arial, sans-serif" font-size="13">"#
-    ));
-    w(format!(r#"<rect width="{W}" height="{h}" fill="white"/>"#));
-    w(format!(
-        r#"<text x="{}" y="30" text-anchor="middle" font-size="18" font-weight="bold">{}</text>"#,
-        W / 2.0,
-        xml_escape(title)
-    ));
-    // Grid and ticks.
     for i in 0..=(x_max as u32) {
         let x = x_of(i as f64);
-        w(format!(r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e0e0e0"/>"##, TOP + ph));
-        w(format!(r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, TOP + ph + 20.0, nines_label(i)));
+        w(format!(r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#e0e0e0"/>"##, top + ph));
+        w(format!(r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, top + ph + 20.0, nines_label(i)));
     }
     for (v, label) in &ticks {
         let y = y_of(*v);
         w(format!(r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##, LEFT + pw));
         w(format!(r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 8.0, y + 4.0, xml_escape(label)));
     }
-    w(format!(r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##));
+    w(format!(r##"<rect x="{LEFT}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##));
     w(format!(
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">percentile</text>"#,
         LEFT + pw / 2.0,
-        TOP + ph + 46.0
+        top + ph + 46.0
     ));
     let y_title = match y_scale {
-        YScale::Linear => format!("latency ({})", unit.name),
-        YScale::Log => "latency (log scale)".to_string(),
+        YScale::Linear => format!("{what} ({})", unit.name),
+        YScale::Log => format!("{what} (log scale)"),
     };
     w(format!(
         r#"<text transform="translate(22,{:.1}) rotate(-90)" text-anchor="middle" font-size="14">{}</text>"#,
-        TOP + ph / 2.0,
+        top + ph / 2.0,
         xml_escape(&y_title)
     ));
-    // Curves.
     for (i, pts) in curves.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = PALETTE[(color_at + i) % PALETTE.len()];
         let d: Vec<String> = pts.iter().map(|(x, v)| format!("{:.1},{:.1}", x_of(*x), y_of(*v))).collect();
         w(format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, d.join(" ")));
     }
-    // Legend, under the axis title.
     for (i, ser) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let y = TOP + ph + 72.0 + 20.0 * i as f64;
+        let color = PALETTE[(color_at + i) % PALETTE.len()];
+        let y = top + ph + 72.0 + 20.0 * i as f64;
         let d = &ser.dist;
         let label = format!(
             "{}: p50 {}, p99 {}, p99.9 {}, max {} ({} samples)",
@@ -498,8 +560,7 @@ pub fn svg_chart(series: &[Series], title: &str, y_scale: YScale) -> String {
         ));
         w(format!(r#"<text x="{:.1}" y="{:.1}">{}</text>"#, LEFT + 48.0, y + 4.0, xml_escape(&label)));
     }
-    w("</svg>".to_string());
-    s
+    top + ph + 72.0 + 20.0 * series.len() as f64 + 40.0
 }
 
 #[cfg(test)]
@@ -536,7 +597,7 @@ mod tests {
         assert_eq!(series[0].intervals, 2);
         let p50 = series[0].dist.value_at(0.5);
         assert!((490_000.0..=510_000.0).contains(&p50), "{p50}");
-        let svg = svg_chart(&series, "t", YScale::Linear);
+        let svg = svg_chart(&series, "t", Some(YScale::Linear));
         assert!(svg.starts_with("<svg") && svg.contains("99.9%"));
     }
 

@@ -1,34 +1,150 @@
-//! Ctrl-C (SIGINT) and SIGTERM: the first asks long-running commands to stop cleanly (replay drains its
-//! shards and writes snapshots); the second exits at once with status 130.
+//! Ctrl-C (SIGINT), SIGTERM and SIGHUP, for every command.
+//!
+//! `main` calls [`init`] before any command runs. From then on a signal does one of two things:
+//! - a command that stops cleanly (it called [`install`]: `replay`, `import`) sees the first signal as
+//!   [`requested`] and stops at its next check (replay drains its shards and writes snapshots; import
+//!   syncs what it read and says how far it got); a second signal exits at once;
+//! - any other command exits at once, after removing the temporary files and directories it registered with
+//!   [`remove_on_exit`] (the generated logs of `demo` and `bench`).
+//!
+//! The exit status says which signal it was: 128 + its number (130 for SIGINT, 143 for SIGTERM, 129 for
+//! SIGHUP), the shell convention that supervisors read.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-/// Exit status after an interrupt (128 + SIGINT).
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// Exit status after Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Signals received so far.
 static SIGNALS: AtomicU32 = AtomicU32::new(0);
+/// The number of the last signal received (0: none).
+static LAST: AtomicI32 = AtomicI32::new(0);
+/// True once the running command has said it polls [`requested`] and stops cleanly.
+static CLEAN_STOP: AtomicBool = AtomicBool::new(false);
+/// Temporary paths removed before an immediate exit.
+static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// Installs the handler (once per process).
-pub fn install() -> anyhow::Result<()> {
-    INSTALLED
-        .get_or_init(|| {
-            ctrlc::set_handler(|| {
-                // Relaxed: a flag polled by the command's own loop; nothing else is published through it.
-                let n = SIGNALS.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= 2 {
-                    eprintln!("\ncatchup: interrupted again: exiting without a clean stop");
-                    std::process::exit(EXIT_INTERRUPTED as i32);
-                }
-            })
-            .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))
+/// The exit status for signal `sig`: 128 + its number.
+pub fn status_for(sig: i32) -> u8 {
+    u8::try_from(128 + sig).unwrap_or(EXIT_INTERRUPTED)
 }
 
-/// True once an interrupt arrived.
+fn name_of(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// Removes the registered temporary paths (best effort: they are temporary, and we are exiting).
+fn clean_up() {
+    let paths = std::mem::take(&mut *CLEANUP.lock().unwrap_or_else(|p| p.into_inner()));
+    for p in paths {
+        // The main thread may still be creating files in it: try a few times.
+        let mut removed = false;
+        for _ in 0..5 {
+            match std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p)) {
+                Ok(()) => {
+                    removed = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    removed = true;
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        if removed {
+            eprintln!("catchup: removed the temporary {}", p.display());
+        } else {
+            eprintln!("catchup: could not remove the temporary {}; delete it by hand", p.display());
+        }
+    }
+}
+
+/// Starts the signal thread (once per process). A failure is returned, not fatal: without it the
+/// default actions apply.
+pub fn init() -> anyhow::Result<()> {
+    INSTALLED
+        .get_or_init(|| {
+            let mut signals =
+                signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
+            std::thread::Builder::new()
+                .name("catchup-signals".into())
+                .spawn(move || {
+                    for sig in signals.forever() {
+                        LAST.store(sig, Ordering::Relaxed);
+                        // Release: pairs with the Acquire in `requested`, so a command that sees the count also
+                        // sees which signal it was (`exit_status`).
+                        let n = SIGNALS.fetch_add(1, Ordering::Release) + 1;
+                        // Relaxed: set once by the main thread before its first long step; a signal that comes
+                        // before it is seen exits at once, which is what the command would have done anyway.
+                        if CLEAN_STOP.load(Ordering::Relaxed) && n == 1 {
+                            continue;
+                        }
+                        if CLEAN_STOP.load(Ordering::Relaxed) {
+                            eprintln!("\ncatchup: interrupted again: exiting without a clean stop");
+                        }
+                        clean_up();
+                        std::process::exit(status_for(sig) as i32);
+                    }
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handler: {e}"))
+}
+
+/// Makes the first signal a request to stop cleanly (see [`requested`]) instead of an immediate exit.
+/// For commands that poll [`requested`] in their main loop.
+pub fn install() -> anyhow::Result<()> {
+    init()?;
+    CLEAN_STOP.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// True once a signal arrived.
 pub fn requested() -> bool {
-    SIGNALS.load(Ordering::Relaxed) > 0
+    // Acquire: pairs with the Release increment in the signal thread (see `init`).
+    SIGNALS.load(Ordering::Acquire) > 0
+}
+
+/// The exit status for an interrupted command: 128 + the signal's number (130 if none arrived).
+pub fn exit_status() -> u8 {
+    if !requested() {
+        return EXIT_INTERRUPTED;
+    }
+    // Relaxed: `requested` above acquired the signal thread's store of it.
+    status_for(LAST.load(Ordering::Relaxed))
+}
+
+/// The name of the signal that arrived (`SIGINT`, `SIGTERM`, ...), for messages.
+pub fn signal_name() -> &'static str {
+    name_of(LAST.load(Ordering::Relaxed))
+}
+
+/// Removes `path` (a file or a directory tree) if a signal ends the process at once.
+pub fn remove_on_exit(path: &Path) {
+    CLEANUP.lock().unwrap_or_else(|p| p.into_inner()).push(path.to_path_buf());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_128_plus_the_signal() {
+        assert_eq!(status_for(SIGINT), 130);
+        assert_eq!(status_for(SIGTERM), 143);
+        assert_eq!(status_for(SIGHUP), 129);
+    }
 }

@@ -9,7 +9,8 @@
 //! | 0      | success |
 //! | 1      | failure at run time (bad data, I/O error, corrupt log, failed handler, problems found by `verify`) |
 //! | 2      | usage error (bad flags or values; clap's own errors use 2 too) |
-//! | 130    | interrupted (Ctrl-C or SIGTERM); `replay` first stops cleanly and writes its snapshots and output |
+//! | 130    | interrupted by Ctrl-C (SIGINT); `replay` first stops cleanly and writes its snapshots and output, `import` syncs what it read and says how far it got |
+//! | 143, 129 | the same for SIGTERM and SIGHUP (128 + the signal's number) |
 //!
 //! Data goes to stdout, progress and logs to stderr; progress bars only when stderr is a terminal.
 
@@ -37,7 +38,7 @@ pub enum Exit {
     Ok,
     /// The command ran but found a problem it already reported (e.g. `verify`): status 1.
     Failure,
-    /// Stopped by Ctrl-C or SIGTERM after a clean stop: status 130.
+    /// Stopped by a signal after a clean stop: status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
     Interrupted,
 }
 
@@ -71,7 +72,8 @@ Examples:
   catchup truncate /tmp/log --to 1500000
   catchup bench --events 5M --handler-ns 0,1000
 
-Exit status: 0 ok, 1 failure, 2 usage error, 130 interrupted.";
+Exit status: 0 ok, 1 failure, 2 usage error, 128+N stopped by signal N
+(130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).";
 
 /// Parallel, per-key-ordered replay of append-only event logs.
 #[derive(Debug, Parser)]
@@ -106,6 +108,10 @@ enum Command {
     Demo(DemoArgs),
     /// Benchmark catchup against the scan limit and the alternatives, on one log, in one run.
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page catchup(1), or write one page per command into a directory.
+    Man(ManArgs),
 }
 
 /// `catchup gen`.
@@ -143,7 +149,8 @@ pub struct GenArgs {
     /// Segment file size (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = units::parse_size)]
     pub segment_bytes: u64,
-    /// Timestamp of the first event: RFC 3339, ns since the epoch, `now`, or a duration ago (e.g. 1h).
+    /// Timestamp of the first event: RFC 3339, a date (UTC), @SECONDS since the epoch, `now`, or a duration
+    /// ago (e.g. 1h).
     #[arg(long, value_name = "TIME", default_value = "2025-01-01T00:00:00Z", value_parser = units::parse_time)]
     pub start_time: u64,
     /// Time between consecutive events (e.g. 1ms, 250us).
@@ -154,11 +161,18 @@ pub struct GenArgs {
 /// `catchup import`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Each input line is one event. Its payload is the line itself, byte for byte
-(without the line ending). Its key is the --key field: a string, or a number
-taken as its text. Its time is the --time field: an integer (in --time-unit,
-default ns since the epoch) or an RFC 3339 string. Without --time, events
-get the current time. Blank lines are skipped.
+Each input line is one event. Its payload is the line itself, byte for byte,
+without the line ending and the whitespace around the JSON value. Its key is
+the --key field: a string, or a number taken as its text. Its time is the
+--time field: an RFC 3339 string, or an integer since the epoch in
+--time-unit. With the default --time-unit auto the first integer time decides
+the unit for the whole import (below 10^11: s, 10^14: ms, 10^17: us, else ns;
+a note says what was assumed). Without --time, events get the current time.
+Blank lines are skipped; a UTF-8 byte-order mark at the start is skipped with
+a note.
+
+Ctrl-C or SIGTERM: the import stops after the current line, syncs, and says
+how many lines got in and how to go on (exit status 130 or 143).
 
 A bad line stops the import with exit status 1 and a message naming its line
 number: every line before it is in the log, nothing from it on. Reading stdin
@@ -188,8 +202,8 @@ pub struct ImportArgs {
     /// Field holding the event time: integer (see --time-unit) or RFC 3339 string.
     #[arg(long, value_name = "FIELD", conflicts_with = "from_export")]
     pub time: Option<String>,
-    /// Unit of integer --time values.
-    #[arg(long, value_name = "UNIT", default_value = "ns", value_parser = ["ns", "us", "ms", "s"])]
+    /// Unit of integer --time values since the epoch; auto: from the first one's magnitude.
+    #[arg(long, value_name = "UNIT", default_value = "auto", value_parser = ["auto", "ns", "us", "ms", "s"])]
     pub time_unit: String,
     /// Durability while importing: none, batch or interval:MS.
     #[arg(long, value_name = "MODE", default_value = "none")]
@@ -243,7 +257,8 @@ pub struct ExportArgs {
     /// Stop before this position.
     #[arg(long, value_name = "POS")]
     pub to: Option<u64>,
-    /// Start at the first event (in log order) at or after this time.
+    /// Start at the first event (in log order) at or after this time: RFC 3339, a date (UTC), @SECONDS
+    /// since the epoch (or @Nms, @Nus, @Nns), `now`, or a duration ago (15m).
     #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
     pub since: Option<u64>,
     /// Only events with this key.
@@ -414,7 +429,9 @@ pub struct ReplayArgs {
 Reads HdrHistogram interval logs (as written by `catchup replay --hist-log`;
 all intervals of a tag are merged) or HdrHistogram percentile-distribution
 text (`Value Percentile TotalCount 1/(1-Percentile)`). Several files can be
-compared; each tag or file is one series.
+compared; each tag or file is one series. The chart draws latencies in one
+panel and event age (how old events were when handled: days, for a backlog)
+in a panel of its own below, each with its own y axis.
 
 Examples:
   catchup report run.hlog
@@ -434,7 +451,7 @@ pub struct ReportArgs {
     /// Unit of the values in the files.
     #[arg(long, value_name = "UNIT", default_value = "ns", value_parser = ["ns", "us", "ms", "s"])]
     pub value_unit: String,
-    /// Latency axis of the chart: auto (log when series differ by over 100x), linear or log.
+    /// Y axes of the chart: auto (log when a panel's series differ by over 100x), linear or log.
     #[arg(long, value_name = "SCALE", default_value = "auto", value_parser = ["auto", "linear", "log"])]
     pub y_scale: String,
     /// Chart title.
@@ -605,6 +622,31 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `catchup completions`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  catchup completions bash > ~/.local/share/bash-completion/completions/catchup
+  catchup completions zsh > ~/.zfunc/_catchup    # with fpath+=(~/.zfunc)
+  catchup completions fish > ~/.config/fish/completions/catchup.fish")]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `catchup man`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  catchup man | man -l -
+  catchup man --dir ~/.local/share/man/man1")]
+pub struct ManArgs {
+    /// Write catchup.1 and one page per command (catchup-replay.1, ...) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 fn run(cli: Cli) -> anyhow::Result<Exit> {
     let ui = Ui::new(cli.quiet);
     match cli.command {
@@ -618,6 +660,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Truncate(a) => cmd::truncate::main(a),
         Command::Demo(a) => cmd::demo::main(a, &ui),
         Command::Bench(a) => cmd::bench::main(a, &ui),
+        Command::Completions(a) => cmd::completions::completions(a),
+        Command::Man(a) => cmd::completions::man(a),
     }
 }
 
@@ -627,10 +671,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any command: a signal then exits with 128 + its number and removes registered temporary files.
+    if let Err(e) = interrupt::init() {
+        eprintln!("catchup: warning: {e:#}");
+    }
     match run(cli) {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::Failure) => ExitCode::from(1),
-        Ok(Exit::Interrupted) => ExitCode::from(interrupt::EXIT_INTERRUPTED),
+        Ok(Exit::Interrupted) => ExitCode::from(interrupt::exit_status()),
         // `catchup export | head`: the reader left; that is not our failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

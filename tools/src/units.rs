@@ -1,5 +1,5 @@
 //! Parsing and printing of the quantities users type and read: counts (`2M`), sizes (`64MiB`),
-//! durations (`250ms`), points in time (RFC 3339, ns since the epoch, or "15m" ago), and human-readable
+//! durations (`250ms`), points in time (RFC 3339 through `jiff`, `@SECONDS`, or "15m" ago), and human-readable
 //! renderings of counts, bytes, nanoseconds and timestamps.
 //!
 //! Parsers return `Err(String)` so clap can use them as value parsers (a bad value is a usage error, exit 2).
@@ -82,122 +82,180 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(ns.round() as u64))
 }
 
-/// A point in time as ns since the Unix epoch: an RFC 3339 timestamp (`2025-01-01T00:00:00Z`,
-/// `2025-01-01T01:00:00.5+01:00`), an integer (ns since the epoch), `now`, or a duration ago (`15m`, `2h`).
+/// The unit of an integer time value: `s`, `ms`, `us` or `ns` since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// Seconds.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+    /// Nanoseconds.
+    Ns,
+}
+
+impl EpochUnit {
+    /// Nanoseconds in one of it.
+    pub fn ns(self) -> u64 {
+        match self {
+            EpochUnit::S => NS_PER_S,
+            EpochUnit::Ms => NS_PER_MS,
+            EpochUnit::Us => NS_PER_US,
+            EpochUnit::Ns => 1,
+        }
+    }
+
+    /// Its symbol (`s`, `ms`, `us`, `ns`).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            EpochUnit::S => "s",
+            EpochUnit::Ms => "ms",
+            EpochUnit::Us => "us",
+            EpochUnit::Ns => "ns",
+        }
+    }
+
+    /// Its name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            EpochUnit::S => "seconds",
+            EpochUnit::Ms => "milliseconds",
+            EpochUnit::Us => "microseconds",
+            EpochUnit::Ns => "nanoseconds",
+        }
+    }
+
+    /// Parses `s`, `ms`, `us` or `ns`.
+    pub fn parse(s: &str) -> Option<EpochUnit> {
+        Some(match s {
+            "s" => EpochUnit::S,
+            "ms" => EpochUnit::Ms,
+            "us" | "µs" => EpochUnit::Us,
+            "ns" => EpochUnit::Ns,
+            _ => return None,
+        })
+    }
+
+    /// The unit that makes `v` a time between 1970 and the year 5138: below 10^11 seconds, below 10^14
+    /// milliseconds, below 10^17 microseconds, otherwise nanoseconds. Today's time reads as about 1.7e9
+    /// in seconds, 1.7e12 in ms, 1.7e15 in us and 1.7e18 in ns, so the ranges do not meet.
+    pub fn guess(v: u64) -> EpochUnit {
+        match v {
+            0..100_000_000_000 => EpochUnit::S,
+            100_000_000_000..100_000_000_000_000 => EpochUnit::Ms,
+            100_000_000_000_000..100_000_000_000_000_000 => EpochUnit::Us,
+            _ => EpochUnit::Ns,
+        }
+    }
+}
+
+/// A point in time as ns since the Unix epoch, as users type it on the command line:
+/// - an RFC 3339 timestamp (`2025-01-01T00:00:00Z`, `2025-01-01T01:00:00.5+01:00`, `T` or a space between
+///   date and time); a date and time without an offset (`2025-01-01 00:10:00`) or a date alone
+///   (`2025-01-01`) is UTC;
+/// - `@N`: seconds since the epoch, like `date -d @N` (`@1735690200`, `@1735690200.5`), or with a unit:
+///   `@1735690200000ms`, `@...us`, `@...ns`;
+/// - `now`, or a duration ago (`15m`, `2h`).
+///
+/// A bare integer is refused: it used to mean ns, so `1735690200` (seconds) silently meant 1970. The
+/// message says what the number would be in each unit.
 pub fn parse_time(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t == "now" {
         return Ok(now_ns());
     }
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse::<u64>().map_err(|_| format!("`{s}` is out of range for ns since the epoch"));
+    if let Some(n) = t.strip_prefix('@') {
+        return parse_epoch(n).map_err(|why| format!("`{s}`: {why}"));
     }
-    if t.contains('-') && t.len() >= 10 {
-        return parse_rfc3339(t);
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let Ok(v) = t.parse::<u64>() else { return Err(format!("`{s}` is out of range")) };
+        let unit = EpochUnit::guess(v);
+        let at = v.checked_mul(unit.ns()).map(format_rfc3339).unwrap_or_default();
+        let suffix = if unit == EpochUnit::S { "" } else { unit.symbol() };
+        return Err(format!(
+            "`{s}` has no unit: if it is {} since the epoch ({at}), write @{t}{suffix}; @N is seconds (as in `date \
+             -d @N`), @Nms, @Nus and @Nns the other units; or give an RFC 3339 time (2025-01-01T00:00:00Z)",
+            unit.name()
+        ));
+    }
+    if t.len() >= 10 && t.as_bytes()[4] == b'-' {
+        return parse_datetime(t).map_err(|why| format!("`{s}` is not a time: {why}"));
     }
     match parse_duration(t) {
         Ok(d) => Ok(now_ns().saturating_sub(d.as_nanos() as u64)),
         Err(_) => Err(format!(
-            "`{s}` is not a time: use RFC 3339 (2025-01-01T00:00:00Z), ns since the epoch, `now`, or a duration \
-             ago (15m)"
+            "`{s}` is not a time: use RFC 3339 (2025-01-01T00:00:00Z), a date (2025-01-01, UTC), @SECONDS since \
+             the epoch (@1735690200, or @1735690200000ms), `now`, or a duration ago (15m)"
         )),
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+/// `1735690200`, `1735690200.5` (seconds), or an integer with a unit (`1735690200000ms`), since the epoch.
+fn parse_epoch(n: &str) -> Result<u64, String> {
+    let split = n.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(n.len());
+    let (num, unit) = n.split_at(split);
+    let unit = match unit {
+        "" => EpochUnit::S,
+        u => EpochUnit::parse(u).ok_or_else(|| format!("unknown unit `{u}` (use s, ms, us or ns)"))?,
+    };
+    let bad = || "expected a number of seconds since the epoch (@1735690200) or one with a unit (@1735690200000ms)";
+    if let Some((whole, frac)) = num.split_once('.') {
+        let whole: u64 = whole.parse().map_err(|_| bad())?;
+        if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad().into());
+        }
+        // Exact decimal fraction of the unit, to the ns.
+        let mut frac_ns: u64 = 0;
+        let mut scale = unit.ns();
+        for d in frac.bytes() {
+            scale /= 10;
+            frac_ns += (d - b'0') as u64 * scale;
+        }
+        return whole.checked_mul(unit.ns()).and_then(|x| x.checked_add(frac_ns)).ok_or_else(|| "out of range".into());
+    }
+    let v: u64 = num.parse().map_err(|_| bad())?;
+    v.checked_mul(unit.ns()).ok_or_else(|| "out of range".into())
 }
 
-/// The date of a day count since 1970-01-01 (Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// An RFC 3339 time, or a date and time without an offset, or a date alone (both UTC).
+fn parse_datetime(t: &str) -> Result<u64, String> {
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return timestamp_ns(ts);
+    }
+    let utc = |dt: jiff::civil::DateTime| {
+        jiff::tz::Offset::UTC.to_timestamp(dt).map_err(|e| e.to_string()).and_then(timestamp_ns)
+    };
+    if let Ok(dt) = t.parse::<jiff::civil::DateTime>() {
+        return utc(dt);
+    }
+    match t.parse::<jiff::civil::Date>() {
+        Ok(d) => utc(d.to_datetime(jiff::civil::Time::midnight())),
+        // jiff's own message says which field is wrong (e.g. day 31 in February).
+        Err(_) => Err(parse_rfc3339(t).unwrap_err()),
+    }
 }
 
-/// Parses an RFC 3339 timestamp into ns since the Unix epoch (times before 1970 are rejected).
+fn timestamp_ns(ts: jiff::Timestamp) -> Result<u64, String> {
+    u64::try_from(ts.as_nanosecond()).map_err(|_| format!("{ts} is before 1970"))
+}
+
+/// Parses an RFC 3339 timestamp (with `Z` or an offset) into ns since the Unix epoch; times before 1970
+/// are rejected. Dates are checked against the calendar (`2025-02-31` is refused).
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
-    let bad = |why: &str| format!("`{s}` is not an RFC 3339 timestamp ({why}); example: 2025-01-01T00:00:00.5Z");
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
-        let part = s.get(r).ok_or_else(|| bad("too short"))?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad("expected digits"));
-        }
-        part.parse().map_err(|_| bad("expected digits"))
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(bad("expected YYYY-MM-DDTHH:MM:SS followed by Z or an offset"));
+    match s.parse::<jiff::Timestamp>() {
+        Ok(ts) => timestamp_ns(ts).map_err(|e| format!("`{s}`: {e}")),
+        Err(e) => Err(format!("`{s}` is not an RFC 3339 timestamp ({e}); example: 2025-01-01T00:00:00.5Z")),
     }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return Err(bad("a field is out of range"));
-    }
-    let mut at = 19;
-    let mut frac_ns: u64 = 0;
-    if b[at] == b'.' {
-        at += 1;
-        let start = at;
-        while at < b.len() && b[at].is_ascii_digit() {
-            if at - start < 9 {
-                frac_ns = frac_ns * 10 + (b[at] - b'0') as u64;
-            }
-            at += 1;
-        }
-        let digits = at - start;
-        if digits == 0 {
-            return Err(bad("empty fraction"));
-        }
-        for _ in digits..9 {
-            frac_ns *= 10;
-        }
-    }
-    let offset_s: i64 = match b.get(at) {
-        Some(b'Z' | b'z') if at + 1 == b.len() => 0,
-        Some(sign @ (b'+' | b'-')) if at + 6 == b.len() && b[at + 3] == b':' => {
-            let h = num(at + 1..at + 3)? as i64;
-            let m = num(at + 4..at + 6)? as i64;
-            let o = h * 3600 + m * 60;
-            if *sign == b'+' { o } else { -o }
-        }
-        _ => return Err(bad("expected Z or an offset like +01:00 at the end")),
-    };
-    let days = days_from_civil(year as i64, month, day);
-    let secs = days * 86400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64 - offset_s;
-    if secs < 0 {
-        return Err(bad("before 1970"));
-    }
-    (secs as u64).checked_mul(NS_PER_S).and_then(|x| x.checked_add(frac_ns)).ok_or_else(|| bad("out of range"))
 }
 
 /// Formats ns since the epoch as RFC 3339 in UTC with millisecond precision (`2025-01-01T00:00:00.000Z`).
 pub fn format_rfc3339(ns: u64) -> String {
-    let secs = (ns / NS_PER_S) as i64;
-    let ms = (ns % NS_PER_S) / NS_PER_MS;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-    let sod = secs.rem_euclid(86400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+    match jiff::Timestamp::from_nanosecond(ns as i128) {
+        Ok(ts) => format!("{ts:.3}"),
+        // Past the year 9999: jiff's range ends there (a u64 of ns ends in 2554, so this does not happen).
+        Err(_) => format!("@{}.{:09}", ns / NS_PER_S, ns % NS_PER_S),
+    }
 }
 
 /// `1234567` -> `1,234,567`.
@@ -211,6 +269,11 @@ pub fn fmt_count(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// A count and a noun, singular or plural: `1 event`, `0 events`, `1,000 events`.
+pub fn fmt_n(n: u64, noun: &str) -> String {
+    format!("{} {noun}{}", fmt_count(n), if n == 1 { "" } else { "s" })
 }
 
 /// A rate with a decimal prefix: `1.23 M/s`.
@@ -309,9 +372,49 @@ mod tests {
     }
 
     #[test]
+    fn impossible_dates_are_refused() {
+        // The hand-written parser took day 31 of February and rolled it into March.
+        assert!(parse_rfc3339("2025-02-31T00:00:00Z").is_err());
+        assert!(parse_rfc3339("2025-04-31T00:00:00Z").is_err());
+        assert!(parse_time("2025-02-31").is_err());
+        assert!(parse_time("2025-02-29T00:00:00Z").is_err());
+        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_ok());
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z").unwrap_err().contains("before 1970"));
+    }
+
+    #[test]
+    fn times_need_a_unit() {
+        let jan1 = 1_735_689_600 * NS_PER_S;
+        // A bare integer used to be ns: `date +%s` output meant 1970.
+        let e = parse_time("1735690200").unwrap_err();
+        assert!(e.contains("@1735690200") && e.contains("seconds") && e.contains("2025-01-01T00:10:00"), "{e}");
+        let e = parse_time("1735690200000").unwrap_err();
+        assert!(e.contains("@1735690200000ms") && e.contains("milliseconds"), "{e}");
+        assert_eq!(parse_time("@1735689600"), Ok(jan1));
+        assert_eq!(parse_time("@1735689600.25"), Ok(jan1 + 250_000_000));
+        assert_eq!(parse_time("@1735689600000ms"), Ok(jan1));
+        assert_eq!(parse_time("@1735689600000001us"), Ok(jan1 + 1_000));
+        assert_eq!(parse_time("@1735689600000000007ns"), Ok(jan1 + 7));
+        assert!(parse_time("@17x").is_err());
+        assert_eq!(parse_time("2025-01-01"), Ok(jan1));
+        assert_eq!(parse_time("2025-01-01 00:10:00"), Ok(jan1 + 600 * NS_PER_S));
+        assert_eq!(parse_time("2025-01-01T00:10:00Z"), Ok(jan1 + 600 * NS_PER_S));
+        assert_eq!(parse_time("2025-01-01 01:10:00+01:00"), Ok(jan1 + 600 * NS_PER_S));
+        let ago = parse_time("15m").unwrap();
+        assert!(now_ns() - ago >= 15 * 60 * NS_PER_S);
+        assert_eq!(EpochUnit::guess(1_700_000_000), EpochUnit::S);
+        assert_eq!(EpochUnit::guess(1_700_000_000_000), EpochUnit::Ms);
+        assert_eq!(EpochUnit::guess(1_700_000_000_000_000), EpochUnit::Us);
+        assert_eq!(EpochUnit::guess(1_700_000_000_000_000_000), EpochUnit::Ns);
+    }
+
+    #[test]
     fn human_formats() {
         assert_eq!(fmt_count(1234567), "1,234,567");
         assert_eq!(fmt_count(12), "12");
+        assert_eq!(fmt_n(1, "event"), "1 event");
+        assert_eq!(fmt_n(0, "event"), "0 events");
+        assert_eq!(fmt_n(1000, "event"), "1,000 events");
         assert_eq!(fmt_ns(850.0), "850 ns");
         assert_eq!(fmt_ns(12_345.0), "12.3 µs");
         assert_eq!(fmt_ns(4_560_000.0), "4.56 ms");

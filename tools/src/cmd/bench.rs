@@ -53,6 +53,8 @@ pub fn main(args: BenchArgs, ui: &Ui) -> Result<Exit> {
         })?;
     let tmp =
         tempfile::Builder::new().prefix("catchup-bench-").tempdir().context("cannot create a temporary directory")?;
+    // Ctrl-C or SIGTERM exits at once (the benchmark keeps no state worth a clean stop): remove the log then.
+    crate::interrupt::remove_on_exit(tmp.path());
     let dir: PathBuf = args.dir.clone().unwrap_or_else(|| tmp.path().join("log"));
     if !super::holds_log(&dir)? {
         let spec = SynthSpec {

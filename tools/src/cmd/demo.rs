@@ -33,6 +33,8 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
                 .prefix("catchup-demo-")
                 .tempdir()
                 .context("cannot create a temporary directory")?;
+            // Ctrl-C or SIGTERM while generating or replaying exits at once: remove the log then too.
+            crate::interrupt::remove_on_exit(t.path());
             (t.path().join("log"), Some(t))
         }
     };

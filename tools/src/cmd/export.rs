@@ -62,9 +62,7 @@ pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
     let mut n = 0u64;
     let mut line = Vec::with_capacity(4096);
     'batches: while n < limit {
-        let batch = cursor.next_batch().with_context(|| {
-            format!("cannot read log {} (run `catchup verify {}` for details)", cfg.dir.display(), cfg.dir.display())
-        })?;
+        let batch = cursor.next_batch().map_err(|e| super::read_error(&cfg.dir, e))?;
         let Some(batch) = batch else { break };
         for (_, r) in batch.records() {
             if r.position.0 >= to || n >= limit {
@@ -110,6 +108,7 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let cfg = Config::from_args(args)?;
+    super::check_log_dir(&cfg.dir)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     run(&cfg, &mut out)?;

@@ -15,7 +15,7 @@ use catchup_segments::{Durability, LogWriter, Position, WriterOptions};
 
 use crate::json::{self, FieldPath};
 use crate::progress::{CountBar, Ui};
-use crate::units::{fmt_count, parse_rfc3339};
+use crate::units::{EpochUnit, fmt_count, fmt_n, format_rfc3339, parse_rfc3339};
 use crate::{Exit, ImportArgs, usage};
 
 /// Longest input line read (a longer one cannot be a record and is an error, not an allocation).
@@ -43,8 +43,8 @@ pub enum LineFormat {
         key: FieldPath,
         /// Time field, if any.
         time: Option<FieldPath>,
-        /// ns per unit of integer time values.
-        time_unit_ns: u64,
+        /// Unit of integer time values; `None`: guessed from the first one (and then kept).
+        time_unit: Option<EpochUnit>,
     },
     /// `catchup export` lines.
     Export,
@@ -94,13 +94,8 @@ impl Config {
                 Ok(t) => t,
                 Err(e) => usage!("--time: {e}"),
             };
-            let time_unit_ns = match a.time_unit.as_str() {
-                "ns" => 1,
-                "us" => 1_000,
-                "ms" => 1_000_000,
-                _ => 1_000_000_000,
-            };
-            LineFormat::Fields { key, time, time_unit_ns }
+            let time_unit = EpochUnit::parse(&a.time_unit); // `auto`: None
+            LineFormat::Fields { key, time, time_unit }
         };
         let durability = match parse_sync(&a.sync) {
             Ok(d) => d,
@@ -121,17 +116,47 @@ struct Parsed {
     timestamp_ns: u64,
     /// The payload when it is not the line itself (`--from-export`).
     payload: Option<Vec<u8>>,
+    /// The unit guessed for this line's integer time (`--time-unit auto`, first integer time).
+    guessed: Option<EpochUnit>,
 }
 
-fn time_value(raw: &serde_json::value::RawValue, unit_ns: u64, field: &FieldPath) -> Result<u64, String> {
+/// Deserialises a field that may be JSON `null` as `Some(null)`: serde reads `null` into an `Option` as
+/// `None`, which made an exported tombstone payload (`"payload":null`) look missing.
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de serde_json::value::RawValue>, D::Error> {
+    <&serde_json::value::RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// A UTF-8 byte-order mark (Windows tools write one at the start of a file).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The line without the JSON whitespace around it (space, tab, CR, LF): it is not part of the value, and
+/// kept it made `export` print the payload as a string.
+fn trim_json_ws(line: &[u8]) -> &[u8] {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let start = line.iter().position(|b| !ws(b)).unwrap_or(line.len());
+    let end = line.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
+    &line[start..end]
+}
+
+/// The time of a `--time` field in ns, and the unit guessed for it if `unit` is `None`.
+fn time_value(
+    raw: &serde_json::value::RawValue,
+    unit: Option<EpochUnit>,
+    field: &FieldPath,
+) -> Result<(u64, Option<EpochUnit>), String> {
     let t = raw.get();
     if t.starts_with('"') {
         let s: String = serde_json::from_str(t).map_err(|e| format!("field `{field}`: {e}"))?;
-        return parse_rfc3339(&s).map_err(|e| format!("field `{field}`: {e}"));
+        return parse_rfc3339(&s).map(|ns| (ns, None)).map_err(|e| format!("field `{field}`: {e}"));
     }
     match json::number(raw) {
         Some(json::Number::Int(i)) if i >= 0 => {
-            (i as u64).checked_mul(unit_ns).ok_or_else(|| format!("field `{field}`: {i} is out of range"))
+            let (u, guessed) = match unit {
+                Some(u) => (u, None),
+                None => (EpochUnit::guess(i as u64), Some(EpochUnit::guess(i as u64))),
+            };
+            let ns = (i as u64).checked_mul(u.ns()).ok_or_else(|| format!("field `{field}`: {i} is out of range"))?;
+            Ok((ns, guessed))
         }
         Some(_) => Err(format!("field `{field}` must be a non-negative integer or an RFC 3339 string, not {t}")),
         None => Err(format!("field `{field}` is {}; a time is an integer or an RFC 3339 string", json::kind_of(raw))),
@@ -147,7 +172,7 @@ fn json_error(e: &serde_json::Error) -> String {
 
 fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result<Parsed, String> {
     match format {
-        LineFormat::Fields { key, time, time_unit_ns } => {
+        LineFormat::Fields { key, time, time_unit } => {
             let raw = match key.find(line) {
                 Ok(Some(r)) => r,
                 Ok(None) => return Err(format!("no key field `{key}`")),
@@ -155,15 +180,15 @@ fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result
             };
             let key_text = json::key_text(raw)
                 .map_err(|kind| format!("key field `{key}` is {kind}; a key must be a string or a number"))?;
-            let timestamp_ns = match time {
-                None => now(),
+            let (timestamp_ns, guessed) = match time {
+                None => (now(), None),
                 Some(tf) => match tf.find(line) {
-                    Ok(Some(r)) => time_value(r, *time_unit_ns, tf)?,
+                    Ok(Some(r)) => time_value(r, *time_unit, tf)?,
                     Ok(None) => return Err(format!("no time field `{tf}`")),
                     Err(e) => return Err(json_error(&e)),
                 },
             };
-            Ok(Parsed { key: key_text.into_bytes(), timestamp_ns, payload: None })
+            Ok(Parsed { key: key_text.into_bytes(), timestamp_ns, payload: None, guessed })
         }
         LineFormat::Export => {
             #[derive(serde::Deserialize)]
@@ -171,7 +196,7 @@ fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result
                 timestamp_ns: u64,
                 key: Option<String>,
                 key_hex: Option<String>,
-                #[serde(borrow)]
+                #[serde(borrow, default, deserialize_with = "raw_present")]
                 payload: Option<&'a serde_json::value::RawValue>,
                 payload_hex: Option<String>,
             }
@@ -190,7 +215,7 @@ fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result
                 (None, Some(h)) => json::from_hex(&h).ok_or("payload_hex is not hex")?,
                 _ => return Err("needs exactly one of payload and payload_hex".into()),
             };
-            Ok(Parsed { key, timestamp_ns: e.timestamp_ns, payload: Some(payload) })
+            Ok(Parsed { key, timestamp_ns: e.timestamp_ns, payload: Some(payload), guessed: None })
         }
     }
 }
@@ -200,6 +225,10 @@ fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result
 pub struct Stats {
     /// Positions of the imported records.
     pub positions: std::ops::Range<Position>,
+    /// Lines read (the last one included); with `interrupted`, the input goes on after line `lines`.
+    pub lines: u64,
+    /// Stopped by a signal: everything up to line `lines` is in the log, nothing after it.
+    pub interrupted: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -245,8 +274,9 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
         let kept = match kept {
             Ok(0) => format!("nothing was written (no event before line {line_no})"),
             Ok(n) => format!(
-                "the {} events before it were imported (positions {}..{}); nothing from line {line_no} on was written",
-                fmt_count(n),
+                "the {} before it {} imported (positions {}..{}); nothing from line {line_no} on was written",
+                fmt_n(n, "event"),
+                if n == 1 { "was" } else { "were" },
                 first.0,
                 first.0 + n
             ),
@@ -254,21 +284,29 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
                 // The writer is poisoned: say exactly what is safe, from what it acknowledged durable.
                 let durable = writer.durable_position().0.max(first.0);
                 format!(
-                    "and committing the lines before it failed too: {e}\n  durable: the {} events of this import \
+                    "and committing the lines before it failed too: {e}\n  durable: the {} of this import \
                      below position {durable} (positions {}..{durable}); everything after may be lost",
-                    fmt_count(durable - first.0),
+                    fmt_n(durable - first.0, "event"),
                     first.0
                 )
             }
         };
         anyhow::anyhow!("{name}: line {line_no}: {why}\n  {kept}")
     };
+    let mut format = cfg.format.clone();
+    let mut interrupted = false;
     loop {
         line.clear();
         let n = (&mut reader)
             .take(LINE_BYTES_MAX as u64 + 2)
             .read_until(b'\n', &mut line)
             .with_context(|| format!("cannot read {name}"))?;
+        // A signal (Ctrl-C, SIGTERM) stops the import between lines: the line just read is not imported (a
+        // read from a pipe may have waited for it), what came before is synced below.
+        if crate::interrupt::requested() {
+            interrupted = true;
+            break;
+        }
         if n == 0 {
             break;
         }
@@ -285,14 +323,31 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
                 format!("line is longer than the record limit of {LINE_BYTES_MAX} bytes"),
             ));
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let mut text = &line[..];
+        if line_no == 1
+            && let Some(rest) = text.strip_prefix(BOM)
+        {
+            ui.note(format!("note: {name} starts with a UTF-8 byte-order mark; it was skipped"));
+            text = rest;
+        }
+        let text = trim_json_ws(text);
+        if text.is_empty() {
             continue;
         }
-        let parsed = match parse_line(&line, &cfg.format, crate::units::now_ns) {
+        let parsed = match parse_line(text, &format, crate::units::now_ns) {
             Ok(p) => p,
             Err(why) => return Err(fail(&mut writer, line_no, why)),
         };
-        let payload = parsed.payload.as_deref().unwrap_or(&line);
+        if let (Some(u), LineFormat::Fields { time_unit, time: Some(tf), .. }) = (parsed.guessed, &mut format) {
+            ui.note(format!(
+                "note: --time-unit auto: {name} line {line_no}: the first integer `{tf}` reads as {} since the \
+                 epoch ({}); every integer time of this import is read so (pass --time-unit to choose)",
+                u.name(),
+                format_rfc3339(parsed.timestamp_ns)
+            ));
+            *time_unit = Some(u);
+        }
+        let payload = parsed.payload.as_deref().unwrap_or(text);
         if let Err(e) = writer.append(&parsed.key, payload, parsed.timestamp_ns) {
             return Err(fail(&mut writer, line_no, e.to_string()));
         }
@@ -312,17 +367,17 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
     if let Err(e) = writer.sync() {
         let durable = writer.durable_position().0.max(first.0);
         anyhow::bail!(
-            "cannot sync {}: {e}\n  durable: the {} events of this import below position {durable} (positions \
+            "cannot sync {}: {e}\n  durable: the {} of this import below position {durable} (positions \
              {}..{durable}); everything after may be lost",
             cfg.out.display(),
-            fmt_count(durable - first.0),
+            fmt_n(durable - first.0, "event"),
             first.0
         );
     }
     let end = writer.next_position();
     writer.close().with_context(|| format!("cannot close {}", cfg.out.display()))?;
     bar.finish();
-    Ok(Stats { positions: first..end, elapsed: started.elapsed() })
+    Ok(Stats { positions: first..end, lines: line_no, interrupted, elapsed: started.elapsed() })
 }
 
 /// `catchup import`.
@@ -333,10 +388,41 @@ pub fn main(args: ImportArgs, ui: &Ui) -> Result<Exit> {
     {
         bail!("input file {} does not exist", p.display());
     }
+    // Ctrl-C or SIGTERM: stop after the current line, sync, say how far it got.
+    crate::interrupt::install()?;
     let s = run(&cfg, ui)?;
+    let n = s.positions.end.0 - s.positions.start.0;
+    if s.interrupted {
+        // Said even with -q: the user needs it to go on, and it comes with a non-zero status.
+        let resume = match &cfg.input {
+            Input::File(p) => format!(
+                "\n  to go on: tail -n +{} {} | catchup import --out {} ... (the same flags)",
+                s.lines + 1,
+                p.display(),
+                cfg.out.display()
+            ),
+            Input::Stdin => String::new(),
+        };
+        eprintln!(
+            "catchup: interrupted ({}) after line {} of {}: imported {} into {} (positions {}..{}), synced; the log \
+             is consistent up to there and holds nothing from line {} on{resume}",
+            crate::interrupt::signal_name(),
+            fmt_count(s.lines),
+            match &cfg.input {
+                Input::File(p) => p.display().to_string(),
+                Input::Stdin => "stdin".into(),
+            },
+            fmt_n(n, "event"),
+            cfg.out.display(),
+            s.positions.start,
+            s.positions.end,
+            fmt_count(s.lines + 1),
+        );
+        return Ok(Exit::Interrupted);
+    }
     ui.note(format!(
-        "imported {} events into {} (positions {}..{}) in {:.2} s",
-        fmt_count(s.positions.end.0 - s.positions.start.0),
+        "imported {} into {} (positions {}..{}) in {:.2} s",
+        fmt_n(n, "event"),
         cfg.out.display(),
         s.positions.start,
         s.positions.end,
@@ -353,7 +439,7 @@ mod tests {
         LineFormat::Fields {
             key: FieldPath::parse(key).unwrap(),
             time: time.map(|t| FieldPath::parse(t).unwrap()),
-            time_unit_ns: 1_000_000,
+            time_unit: Some(EpochUnit::Ms),
         }
     }
 

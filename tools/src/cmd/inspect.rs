@@ -162,9 +162,7 @@ pub fn inspect(dir: &std::path::Path) -> Result<LogInfo> {
     let bases: Vec<u64> = reader.segments().iter().map(|s| s.base_position().0).collect();
     let mut keys = KeyCounter::new();
     let mut cursor = reader.cursor(catchup_segments::Start::Beginning)?;
-    while let Some(batch) = cursor.next_batch().with_context(|| {
-        format!("cannot read log {} (run `catchup verify {}` for details)", dir.display(), dir.display())
-    })? {
+    while let Some(batch) = cursor.next_batch().map_err(|e| super::read_error(dir, e))? {
         let base = batch.segment.base_position().0;
         let i = bases.partition_point(|b| *b <= base).saturating_sub(1);
         let seg = &mut info.segments[i];
@@ -268,6 +266,7 @@ pub fn write_text(info: &LogInfo, out: &mut dyn Write) -> Result<()> {
 
 /// `catchup inspect`.
 pub fn main(args: InspectArgs, _ui: &Ui) -> Result<Exit> {
+    super::check_log_dir(&args.dir)?;
     let info = inspect(&args.dir)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -2,6 +2,7 @@
 //! is a [`crate::UsageError`]) and then runs from the config alone, so other commands (`demo`) can run it too.
 
 pub mod bench;
+pub mod completions;
 pub mod demo;
 pub mod export;
 #[path = "gen.rs"]
@@ -16,6 +17,30 @@ pub mod verify;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+
+/// Checks that a log directory given on the command line exists and is a directory, with the one wording
+/// every command uses (`replay` says the same).
+pub fn check_log_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("{} is not a directory (a log is a directory of segment files)", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("log directory {} does not exist", dir.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot open log directory {}", dir.display())),
+    }
+}
+
+/// A read error with its context: the `catchup verify` hint only when data is damaged (it used to come
+/// with every error, a position past the end included).
+pub fn read_error(dir: &Path, e: catchup_segments::ReadError) -> anyhow::Error {
+    let hint = if matches!(e, catchup_segments::ReadError::Corrupt(_)) {
+        format!(" (run `catchup verify {}` for details)", dir.display())
+    } else {
+        String::new()
+    };
+    anyhow::Error::new(e).context(format!("cannot read log {}{hint}", dir.display()))
+}
 
 /// True if `dir` holds at least one segment file.
 pub fn holds_log(dir: &Path) -> Result<bool> {

@@ -100,8 +100,7 @@ pub fn main(args: ReportArgs, ui: &Ui) -> Result<Exit> {
         }
     }
     if let Some(svg) = &cfg.svg {
-        let scale = cfg.y_scale.unwrap_or_else(|| hist::auto_scale(&series));
-        let chart = hist::svg_chart(&series, &cfg.title, scale);
+        let chart = hist::svg_chart(&series, &cfg.title, cfg.y_scale);
         std::fs::write(svg, chart).with_context(|| format!("cannot write chart {}", svg.display()))?;
         ui.note(format!("wrote chart {}", svg.display()));
     }

@@ -11,7 +11,7 @@ use catchup_segments::truncate::CutReport;
 use catchup_segments::{OpenError, Position};
 
 use crate::units::fmt_count;
-use crate::{Exit, TruncateArgs, usage};
+use crate::{Exit, TruncateArgs};
 
 /// What `truncate` runs from.
 #[derive(Debug, Clone)]
@@ -25,9 +25,7 @@ pub struct TruncateConfig {
 impl TruncateConfig {
     /// Validates the arguments.
     pub fn from_args(a: TruncateArgs) -> Result<TruncateConfig> {
-        if !a.dir.is_dir() {
-            usage!("{} is not a directory", a.dir.display());
-        }
+        super::check_log_dir(&a.dir)?;
         Ok(TruncateConfig { dir: a.dir, to: Position(a.to) })
     }
 }

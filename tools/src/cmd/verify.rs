@@ -180,9 +180,7 @@ fn repair_torn_tail(dir: &Path, ui: &Ui) -> Result<()> {
 /// `catchup verify`.
 pub fn main(args: VerifyArgs, ui: &Ui) -> Result<Exit> {
     let dir = &args.dir;
-    if !dir.is_dir() {
-        anyhow::bail!("{} is not a directory", dir.display());
-    }
+    super::check_log_dir(dir)?;
     let mut report = verify(dir).with_context(|| format!("cannot verify {}", dir.display()))?;
     if args.repair && !report.is_sound() {
         // Index files are caches: each is rewritten from its segment's data (atomically), with or without a

@@ -1,0 +1,534 @@
+//! The command line's rough edges (issue #18, "Rough edges" 2, 3, 5, 7, 9, 10, 11, 13), each reproduced
+//! the way `../shared/reviews/ux-review.md` found it: integer times without a unit, impossible dates, signals
+//! (status, what `import` says, temporary logs of `demo` and `bench`), a `null` payload through export and
+//! import, error wording, the SVG chart, the HdrHistogram log format, a byte-order mark and trailing
+//! whitespace, completions and the manual page.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_catchup");
+
+fn catchup() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("catchup-edges-").tempdir().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Generates a small log (1 ms apart from 2025-01-01T00:00:00Z); returns its directory.
+fn make_log(dir: &Path, events: u64) -> PathBuf {
+    let log = dir.join("log");
+    catchup()
+        .args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", "10"])
+        .args(["--segment-bytes", "1MiB"])
+        .assert()
+        .success();
+    log
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn export_lines(log: &Path, extra: &[&str]) -> Vec<Value> {
+    let out = catchup().args(["export", s(log)]).args(extra).assert().success().get_output().stdout.clone();
+    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn send(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for `cond` up to `limit`; false if it never held.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+// ---- 2. times ----
+
+#[test]
+fn an_integer_time_without_a_unit_is_refused_with_the_fix() {
+    let d = tmp();
+    let log = make_log(d.path(), 20);
+    // `date +%s` output: it used to be read as ns (1.7 s after 1970) and print the whole log.
+    let out = catchup().args(["export", s(&log), "--since", "1735689600"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("@1735689600") && err.contains("seconds") && err.contains("2025-01-01T00:00:00"), "{err}");
+    // With the unit it says: seconds, fractional seconds, milliseconds.
+    let pos = |since: &str| export_lines(&log, &["--since", since])[0]["position"].as_u64().unwrap();
+    assert_eq!(pos("@1735689600"), 0);
+    assert_eq!(pos("@1735689600.005"), 5);
+    assert_eq!(pos("@1735689600007ms"), 7);
+    assert_eq!(pos("2025-01-01T00:00:00.012Z"), 12);
+    assert_eq!(pos("2025-01-01"), 0);
+}
+
+#[test]
+fn an_impossible_date_is_refused() {
+    let d = tmp();
+    let log = make_log(d.path(), 5);
+    // The hand-written parser turned 2025-02-31 into 2025-03-03.
+    let out = catchup().args(["export", s(&log), "--since", "2025-02-31T00:00:00Z"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, "{\"k\":\"a\",\"t\":\"2025-02-31T00:00:00Z\"}\n").unwrap();
+    let out =
+        catchup().args(["import", "--out", s(&d.path().join("l2")), "--key", "k", "--time", "t", s(&input)]).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("line 1"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn import_detects_millisecond_times_and_says_so() {
+    let d = tmp();
+    let input = d.path().join("in.jsonl");
+    // Kafka/JavaScript milliseconds: they landed in 1970 as ns.
+    std::fs::write(&input, "{\"k\":\"a\",\"t\":1735689600000}\n{\"k\":\"b\",\"t\":1735689600001}\n").unwrap();
+    let log = d.path().join("log");
+    let out = catchup().args(["import", "--out", s(&log), "--key", "k", "--time", "t", s(&input)]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("milliseconds") && err.contains("2025-01-01T00:00:00.000Z"), "{err}");
+    let ts: Vec<u64> = export_lines(&log, &[]).iter().map(|e| e["timestamp_ns"].as_u64().unwrap()).collect();
+    assert_eq!(ts, [1_735_689_600_000_000_000, 1_735_689_600_001_000_000]);
+    // An explicit unit is obeyed without a note.
+    let log2 = d.path().join("log2");
+    let out = catchup()
+        .args(["import", "--out", s(&log2), "--key", "k", "--time", "t", "--time-unit", "us", s(&input)])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !stderr_of(&out).contains("auto"), "{}", stderr_of(&out));
+    assert_eq!(export_lines(&log2, &[])[0]["timestamp_ns"].as_u64(), Some(1_735_689_600_000_000));
+}
+
+// ---- 3. signals ----
+
+#[test]
+fn interrupted_import_says_what_it_imported_and_exits_with_the_signal() {
+    let d = tmp();
+    let log = d.path().join("log");
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let _ = std::fs::remove_dir_all(&log);
+        let mut child = std::process::Command::new(BIN)
+            .args(["import", "--out", s(&log), "--key", "k", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"{\"k\":\"a\"}\n{\"k\":\"b\"}\n{\"k\":\"c\"}\n").unwrap();
+        stdin.flush().unwrap();
+        // Streaming: the three lines are committed as soon as the input pauses.
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                catchup().args(["export", s(&log)]).output().is_ok_and(|o| o.stdout.split(|b| *b == b'\n').count() > 3)
+            }),
+            "the import never committed its input"
+        );
+        send(&child, sig);
+        std::thread::sleep(Duration::from_millis(300));
+        // The line after the signal is read, but not imported.
+        let _ = stdin.write_all(b"{\"k\":\"d\"}\n");
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(code), "{sig}: {err}");
+        assert!(err.contains("after line 3") && err.contains("imported 3 events"), "{err}");
+        assert!(err.contains("consistent") && err.contains("nothing from line 4 on"), "{err}");
+        let keys: Vec<String> =
+            export_lines(&log, &[]).iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+}
+
+/// Names under `dir` that start with `prefix`.
+fn entries(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Starts `args` with TMPDIR set to `tmpdir`, signals it once its temporary log holds a segment, and
+/// checks the status and that the temporary directory is gone.
+fn interrupted_generator_cleans_up(args: &[&str], prefix: &str, sig: &str, code: i32) {
+    let d = tmp();
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .env("TMPDIR", d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(Duration::from_secs(60), || {
+        entries(d.path(), prefix).iter().any(|t| {
+            std::fs::read_dir(d.path().join(t).join("log"))
+                .is_ok_and(|mut r| r.any(|e| e.unwrap().path().extension().is_some_and(|x| x == "seg")))
+        })
+    });
+    assert!(started, "{args:?} never started writing its log");
+    assert!(child.try_wait().unwrap().is_none(), "{args:?} ended before the signal");
+    send(&child, sig);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+    assert_eq!(entries(d.path(), prefix), Vec::<String>::new(), "left behind; stderr: {}", stderr_of(&out));
+}
+
+#[test]
+fn interrupted_demo_removes_its_temporary_log() {
+    interrupted_generator_cleans_up(&["demo", "--events", "50M", "--keys", "1k"], "catchup-demo-", "-INT", 130);
+}
+
+#[test]
+fn terminated_bench_removes_its_temporary_log() {
+    interrupted_generator_cleans_up(&["bench", "--events", "50M", "--keys", "1k"], "catchup-bench-", "-TERM", 143);
+}
+
+// ---- 5. a `null` payload ----
+
+#[test]
+fn a_null_payload_survives_export_and_import() {
+    let d = tmp();
+    let line = r#"{"position":0,"timestamp_ns":5,"key":"a","payload":null}"#;
+    let log = d.path().join("log");
+    catchup()
+        .args(["import", "-q", "--from-export", "--out", s(&log), "-"])
+        .write_stdin(format!("{line}\n"))
+        .assert()
+        .success();
+    let out = catchup().args(["export", s(&log)]).assert().success().get_output().stdout.clone();
+    assert_eq!(String::from_utf8(out).unwrap(), format!("{line}\n"));
+    // A line without any payload is still refused.
+    let out = catchup()
+        .args(["import", "--from-export", "--out", s(&d.path().join("l2")), "-"])
+        .write_stdin("{\"position\":0,\"timestamp_ns\":5,\"key\":\"a\"}\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("exactly one of payload and payload_hex"), "{}", stderr_of(&out));
+}
+
+// ---- 7. errors ----
+
+#[test]
+fn a_missing_log_directory_reads_the_same_everywhere() {
+    let d = tmp();
+    let missing = d.path().join("nosuchdir");
+    let file = d.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for cmd in [&["export"][..], &["inspect"], &["verify"], &["truncate", "--to", "1"]] {
+        let out = catchup().args(&cmd[..1]).arg(&missing).args(&cmd[1..]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        assert_eq!(
+            stderr_of(&out).trim_end(),
+            format!("catchup: error: log directory {} does not exist", missing.display()),
+            "{cmd:?}"
+        );
+        let out = catchup().args(&cmd[..1]).arg(&file).args(&cmd[1..]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        let err = stderr_of(&out);
+        assert!(err.contains("is not a directory") && err.matches("os error").count() <= 1, "{cmd:?}: {err}");
+    }
+    // The OS error once, not twice.
+    let out = catchup().args(["import", "--out", s(&file), "--key", "k", "-"]).write_stdin("").output().unwrap();
+    assert_eq!(stderr_of(&out).matches("os error").count(), 1, "{}", stderr_of(&out));
+}
+
+#[test]
+fn verify_is_suggested_only_for_damage_and_counts_are_singular() {
+    let d = tmp();
+    let log = make_log(d.path(), 10);
+    let out = catchup().args(["export", s(&log), "--from", "2000000"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("past the end"), "{}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains("catchup verify"), "{}", stderr_of(&out));
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = catchup().args(["export", s(&empty)]).output().unwrap();
+    assert!(!stderr_of(&out).contains("catchup verify"), "{}", stderr_of(&out));
+    // "imported 1 events"
+    let out = catchup()
+        .args(["import", "--out", s(&d.path().join("one")), "--key", "k", "-"])
+        .write_stdin("{\"k\":1}\n")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(err.starts_with("imported 1 event into"), "{err}");
+    let out = catchup()
+        .args(["import", "--out", s(&d.path().join("two")), "--key", "k", "-"])
+        .write_stdin("{\"k\":1}\nnot json\n")
+        .output()
+        .unwrap();
+    assert!(stderr_of(&out).contains("the 1 event before it was imported"), "{}", stderr_of(&out));
+}
+
+// ---- 9 and 10. the chart and the interval log ----
+
+/// A replay's interval log (handler, queue wait, event age of a log from 2025: hundreds of days).
+fn hist_log(dir: &Path) -> PathBuf {
+    let log = make_log(dir, 20_000);
+    let hlog = dir.join("run.hlog");
+    catchup()
+        .args(["replay", s(&log), "-q", "--shards", "2", "--latency-sample-every", "1", "--hist-log", s(&hlog)])
+        .assert()
+        .success();
+    hlog
+}
+
+/// The `(x, anchor, text)` of every `<text>` element.
+fn svg_texts(svg: &str) -> Vec<(f64, String, String)> {
+    svg.split("<text ")
+        .skip(1)
+        .map(|t| {
+            let attr = |name: &str| {
+                t.split(&format!(" {name}=\""))
+                    .nth(1)
+                    .or_else(|| t.strip_prefix(&format!("{name}=\"")))?
+                    .split('"')
+                    .next()
+            };
+            let x = attr("x").and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+            let anchor = attr("text-anchor").unwrap_or("start").to_string();
+            let text = t.split('>').nth(1).unwrap_or("").split('<').next().unwrap_or("").to_string();
+            (x, anchor, text)
+        })
+        .collect()
+}
+
+#[test]
+fn the_chart_keeps_event_age_apart_and_its_labels_readable() {
+    let d = tmp();
+    let hlog = hist_log(d.path());
+    let svg_path = d.path().join("c.svg");
+    catchup().args(["report", "-q", s(&hlog), "--svg", s(&svg_path)]).assert().success();
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let width: f64 = svg.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    let texts = svg_texts(&svg);
+    // Event age has a panel (and y axis) of its own.
+    let titles: Vec<&str> =
+        texts.iter().map(|t| t.2.as_str()).filter(|t| t.contains("scale") || t.contains('(')).collect();
+    assert!(titles.iter().any(|t| t.starts_with("latency")), "{titles:?}");
+    assert!(titles.iter().any(|t| t.starts_with("event age")), "{titles:?}");
+    // y labels (right-aligned) are short and in readable units: no "100000000 s".
+    for (_, anchor, text) in &texts {
+        if anchor == "end" {
+            assert!(text.chars().count() <= 8, "long y label `{text}`");
+            assert!(!text.contains("0000"), "unreadable y label `{text}`");
+        }
+    }
+    // Every centred label (the x axis) fits: half of "99.9999%" is about 30 px at 13 px type.
+    for (x, anchor, text) in &texts {
+        if anchor == "middle" && text.ends_with('%') {
+            assert!(x + 4.0 * text.chars().count() as f64 <= width, "x label `{text}` at {x} is cut at {width}");
+        }
+    }
+}
+
+#[test]
+fn the_interval_log_has_the_reference_header_and_max_in_ms() {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+    let d = tmp();
+    let hlog = hist_log(d.path());
+    let text = std::fs::read_to_string(&hlog).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"#[Histogram log format version 1.3]"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("#[StartTime: ") && l.contains("(seconds since epoch)")), "{text}");
+    assert!(
+        lines.contains(&r#""StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram""#),
+        "{text}"
+    );
+    let mut intervals = 0;
+    for l in lines.iter().filter(|l| l.starts_with("Tag=")) {
+        let cols: Vec<&str> = l.splitn(5, ',').collect();
+        let raw = base64::engine::general_purpose::STANDARD.decode(cols[4]).unwrap();
+        let h: hdrhistogram::Histogram<u64> = Deserializer::new().deserialize(&mut &raw[..]).unwrap();
+        // Interval_Max is in ms with 3 decimals, as Java's and Python's writers print it.
+        let max_ms: f64 = cols[3].parse().unwrap();
+        assert!((max_ms - h.max() as f64 / 1e6).abs() <= 0.0005 + 1e-9, "{l}: max {} ns", h.max());
+        intervals += 1;
+    }
+    assert!(intervals >= 3, "{text}");
+    // The reference reader, where it is installed (`pip install hdrhistogram`).
+    let has_hdrh = std::process::Command::new("python3")
+        .args(["-c", "import hdrh"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_hdrh {
+        eprintln!("skipped the Python check: python3 with the hdrh module (pip install hdrhistogram) not found");
+        return;
+    }
+    let script = r#"
+import sys
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+r = HistogramLogReader(sys.argv[1], HdrHistogram(1, 2**62, 3))
+tot = {}
+while True:
+    h = r.get_next_interval_histogram()
+    if h is None: break
+    t = h.get_tag()
+    if t in tot: tot[t].add(h)
+    else: tot[t] = h
+for t in sorted(tot):
+    h = tot[t]
+    print(t, h.get_total_count(), h.get_value_at_percentile(50), h.get_value_at_percentile(99), h.get_max_value())
+"#;
+    let py = std::process::Command::new("python3").args(["-c", script, s(&hlog)]).output().unwrap();
+    assert!(py.status.success(), "{}", stderr_of(&py));
+    let py = String::from_utf8(py.stdout).unwrap();
+    let report = catchup().args(["report", s(&hlog), "--json"]).assert().success().get_output().stdout.clone();
+    let report: Value = serde_json::from_slice(&report).unwrap();
+    for l in py.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let r = &report[f[0]];
+        assert_eq!(r["count"].as_u64().unwrap().to_string(), f[1], "{l} vs {r}");
+        // Python and catchup pick the same bucket; values above 2^53 ns differ by f64 rounding.
+        for (col, key) in [(2, "p50"), (3, "p99"), (4, "max")] {
+            let ours = r[key].as_u64().unwrap() as f64;
+            let theirs: f64 = f[col].parse().unwrap();
+            assert!((ours - theirs).abs() <= theirs * 1e-9 + 1.0, "{key}: {l} vs {r}");
+        }
+    }
+    assert_eq!(py.lines().count(), 3, "{py}");
+}
+
+// ---- 11. byte-order mark and whitespace ----
+
+#[test]
+fn a_byte_order_mark_is_skipped_with_a_note() {
+    let d = tmp();
+    let input = d.path().join("bom.jsonl");
+    std::fs::write(&input, b"\xEF\xBB\xBF{\"k\":\"a\"}\r\n{\"k\":\"b\"}\r\n").unwrap();
+    let log = d.path().join("log");
+    let out = catchup().args(["import", "--out", s(&log), "--key", "k", s(&input)]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("byte-order mark"), "{}", stderr_of(&out));
+    let ev = export_lines(&log, &[]);
+    assert_eq!(ev[0]["payload"], serde_json::json!({"k": "a"}));
+    assert_eq!(ev[1]["key"], "b");
+}
+
+#[test]
+fn whitespace_around_a_line_is_not_part_of_its_payload() {
+    let d = tmp();
+    let log = d.path().join("log");
+    catchup()
+        .args(["import", "-q", "--out", s(&log), "--key", "k", "-"])
+        .write_stdin("{\"k\":\"c\"}   \n\t {\"k\":\"d\",\"n\":[1]}\t\n")
+        .assert()
+        .success();
+    let ev = export_lines(&log, &[]);
+    // `catchup export | jq .payload.k` works for them.
+    assert_eq!(ev[0]["payload"]["k"], "c");
+    assert_eq!(ev[1]["payload"], serde_json::json!({"k": "d", "n": [1]}));
+}
+
+// ---- 13. completions and the manual page ----
+
+const SUBCOMMANDS: [&str; 12] = [
+    "gen",
+    "import",
+    "export",
+    "replay",
+    "report",
+    "inspect",
+    "verify",
+    "truncate",
+    "demo",
+    "bench",
+    "completions",
+    "man",
+];
+
+fn shell_available(sh: &str) -> bool {
+    std::process::Command::new(sh).args(["-c", "exit 0"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn completions_parse_and_cover_every_command() {
+    let d = tmp();
+    for (shell, check) in [("bash", &["bash", "-n"][..]), ("zsh", &["zsh", "-n"]), ("fish", &["fish", "--no-execute"])]
+    {
+        let out = catchup().args(["completions", shell]).assert().success().get_output().stdout.clone();
+        let text = String::from_utf8(out).unwrap();
+        for sub in SUBCOMMANDS {
+            assert!(text.contains(sub), "{shell} completions lack `{sub}`");
+        }
+        assert!(text.contains("checkpoint-dir") && text.contains("from-export"), "{shell}: flags missing");
+        let file = d.path().join(format!("catchup.{shell}"));
+        std::fs::write(&file, &text).unwrap();
+        if shell_available(check[0]) {
+            let st = std::process::Command::new(check[0]).args(&check[1..]).arg(&file).output().unwrap();
+            assert!(st.status.success(), "{shell} does not parse its completions: {}", stderr_of(&st));
+        } else {
+            eprintln!("{} not installed: {shell} completions not parsed", check[0]);
+        }
+    }
+    // bash: loading the script registers the completion function.
+    if shell_available("bash") {
+        let file = d.path().join("catchup.bash");
+        let st = std::process::Command::new("bash")
+            .args(["-c", &format!("source {} && complete -p catchup", file.display())])
+            .output()
+            .unwrap();
+        assert!(st.status.success() && String::from_utf8_lossy(&st.stdout).contains("catchup"), "{}", stderr_of(&st));
+    }
+    catchup().args(["completions", "tcsh"]).assert().code(2);
+}
+
+#[test]
+fn the_manual_page_names_every_command() {
+    let out = catchup().arg("man").assert().success().get_output().stdout.clone();
+    let page = String::from_utf8(out).unwrap();
+    assert!(page.contains(".TH catchup 1"), "{page}");
+    assert!(page.contains(".SH SUBCOMMANDS") || page.contains(".SH COMMANDS"), "{page}");
+    for sub in SUBCOMMANDS {
+        assert!(page.contains(&format!("catchup\\-{sub}")), "man page lacks `{sub}`");
+    }
+    let d = tmp();
+    catchup().args(["man", "--dir", s(d.path())]).assert().success();
+    for sub in SUBCOMMANDS {
+        let p = d.path().join(format!("catchup-{sub}.1"));
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(text.contains(".TH catchup-") && text.contains(".SH OPTIONS"), "{}", p.display());
+    }
+    assert!(d.path().join("catchup.1").exists());
+    // Renders without warnings where groff is installed.
+    if std::process::Command::new("groff").arg("-v").output().is_ok_and(|o| o.status.success()) {
+        let mut child = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", stderr_of(&out));
+    }
+}
