@@ -95,3 +95,39 @@ pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut dyn std::io::Writ
     tmp.persist(path).with_context(|| format!("cannot rename the output into {}", path.display()))?;
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catchup_segments::{Corruption, CorruptionKind, Position, ReadError};
+
+    #[test]
+    fn verify_is_suggested_only_for_damage() {
+        let dir = Path::new("logdir");
+        let past = ReadError::PastEnd { requested: Position(20), end: Position(10) };
+        let msg = format!("{:#}", read_error(dir, past));
+        assert!(msg.starts_with("cannot read log logdir: position 20") && !msg.contains("verify"), "{msg}");
+        let damage = Corruption {
+            file: "logdir/00000000000000000000.seg".into(),
+            offset: 4096,
+            position: Some(Position(7)),
+            kind: CorruptionKind::Gap { expected: Position(7), found: Position(9) },
+        };
+        let msg = format!("{:#}", read_error(dir, ReadError::Corrupt(damage)));
+        assert!(msg.contains("(run `catchup verify logdir` for details)") && msg.contains("byte offset 4096"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_log_directory_has_one_wording() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        assert_eq!(
+            check_log_dir(&missing).unwrap_err().to_string(),
+            format!("log directory {} does not exist", missing.display())
+        );
+        let file = d.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(check_log_dir(&file).unwrap_err().to_string().contains("is not a directory"));
+        assert!(check_log_dir(d.path()).is_ok());
+    }
+}
