@@ -423,8 +423,8 @@ const RIGHT: f64 = 60.0;
 
 /// An SVG chart of latency by percentile: x is percentile on a "nines" (log) scale, y latency. Latencies
 /// share one panel; event age, if present, gets a panel of its own below with its own y axis. `y_scale`
-/// `None` picks linear or log per panel ([`auto_scale`]).
-pub fn svg_chart(series: &[Series], title: &str, y_scale: Option<YScale>) -> String {
+/// `None` picks linear or log per panel (`auto_scale_of`). `subtitle` (what was read) goes under the title.
+pub fn svg_chart(series: &[Series], title: &str, subtitle: &str, y_scale: Option<YScale>) -> String {
     let latencies: Vec<&Series> = series.iter().filter(|s| !is_event_age(&s.name)).collect();
     let ages: Vec<&Series> = series.iter().filter(|s| is_event_age(&s.name)).collect();
     let mut panels: Vec<(&str, Vec<&Series>)> = Vec::new();
@@ -436,7 +436,7 @@ pub fn svg_chart(series: &[Series], title: &str, y_scale: Option<YScale>) -> Str
     }
     let x_max = series.iter().map(|s| s.dist.nines()).fold(0.0, f64::max).ceil().clamp(2.0, 7.0);
     let mut body = String::new();
-    let mut y = 56.0;
+    let mut y = 70.0;
     let mut color_at = 0;
     for (name, ser) in &panels {
         let scale = y_scale.unwrap_or_else(|| auto_scale_of(ser));
@@ -453,6 +453,11 @@ pub fn svg_chart(series: &[Series], title: &str, y_scale: Option<YScale>) -> Str
         "<text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\">{}</text>\n",
         CHART_W / 2.0,
         xml_escape(title)
+    ));
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"50\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">{}</text>\n",
+        CHART_W / 2.0,
+        xml_escape(subtitle)
     ));
     s.push_str(&body);
     s.push_str("</svg>\n");
@@ -597,7 +602,7 @@ mod tests {
         assert_eq!(series[0].intervals, 2);
         let p50 = series[0].dist.value_at(0.5);
         assert!((490_000.0..=510_000.0).contains(&p50), "{p50}");
-        let svg = svg_chart(&series, "t", Some(YScale::Linear));
+        let svg = svg_chart(&series, "t", "x.hlog", Some(YScale::Linear));
         assert!(svg.starts_with("<svg") && svg.contains("99.9%"));
     }
 

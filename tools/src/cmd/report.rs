@@ -100,7 +100,8 @@ pub fn main(args: ReportArgs, ui: &Ui) -> Result<Exit> {
         }
     }
     if let Some(svg) = &cfg.svg {
-        let chart = hist::svg_chart(&series, &cfg.title, cfg.y_scale);
+        let files: Vec<String> = cfg.files.iter().map(|f| f.display().to_string()).collect();
+        let chart = hist::svg_chart(&series, &cfg.title, &files.join(", "), cfg.y_scale);
         std::fs::write(svg, chart).with_context(|| format!("cannot write chart {}", svg.display()))?;
         ui.note(format!("wrote chart {}", svg.display()));
     }
