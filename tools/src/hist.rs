@@ -446,7 +446,8 @@ pub fn svg_chart(series: &[Series], title: &str, subtitle: &str, y_scale: Option
     let h = y + 10.0;
     let mut s = String::new();
     s.push_str(&format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{CHART_W}\" height=\"{h}\" viewBox=\"0 0 {CHART_W} {h}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"13\">\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{CHART_W}\" height=\"{h}\" viewBox=\"0 0 {CHART_W} \
+         {h}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"13\">\n"
     ));
     s.push_str(&format!("<rect width=\"{CHART_W}\" height=\"{h}\" fill=\"white\"/>\n"));
     s.push_str(&format!(

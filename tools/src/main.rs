@@ -9,7 +9,7 @@
 //! | 0      | success |
 //! | 1      | failure at run time (bad data, I/O error, corrupt log, failed handler, problems found by `verify`) |
 //! | 2      | usage error (bad flags or values; clap's own errors use 2 too) |
-//! | 130    | interrupted by Ctrl-C (SIGINT); `replay` first stops cleanly and writes its snapshots and output, `import` syncs what it read and says how far it got |
+//! | 130    | interrupted by Ctrl-C (SIGINT); `replay` stops cleanly first (snapshots, output), `import` syncs |
 //! | 143, 129 | the same for SIGTERM and SIGHUP (128 + the signal's number) |
 //!
 //! Data goes to stdout, progress and logs to stderr; progress bars only when stderr is a terminal.
@@ -171,8 +171,8 @@ a note says what was assumed). Without --time, events get the current time.
 Blank lines are skipped; a UTF-8 byte-order mark at the start is skipped with
 a note.
 
-Ctrl-C or SIGTERM: the import stops after the current line, syncs, and says
-how many lines got in and how to go on (exit status 130 or 143).
+Ctrl-C or SIGTERM: the import stops between two lines, syncs, and says how
+many lines got in and how to go on (exit status 130 or 143).
 
 A bad line stops the import with exit status 1 and a message naming its line
 number: every line before it is in the log, nothing from it on. Reading stdin
