@@ -24,7 +24,7 @@ mod exec;
 mod hist;
 mod interrupt;
 mod json;
-mod kafka;
+mod kafka_export;
 mod progress;
 mod projection;
 mod units;

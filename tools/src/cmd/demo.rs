@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use catchup_engine::{ErrorPolicy, SHARDS_MAX, Start};
+use catchup_engine::{ErrorPolicy, SHARDS_MAX};
 
 use super::{generate, replay};
 use crate::progress::Ui;
@@ -62,13 +62,10 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
     let gstats = generate::run(&gcfg, ui)?;
     println!("{}", generate::describe(&gcfg, &gstats));
     let rcfg = replay::Config {
-        log_dir: dir.clone(),
-        kafka: None,
+        source: replay::Source::log(dir.clone()),
         n_shards,
         handler: replay::HandlerSpec::Projection(ProjectionSpec::Count),
         checkpoint: None,
-        start: Start::Beginning,
-        stop_at: None,
         follow: false,
         on_error: ErrorPolicy::Stop,
         dead_letters: PathBuf::from("catchup-dead-letters.jsonl"),
@@ -77,7 +74,6 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         hist_log: None,
         latency_sample_every: 64,
         max_rate: None,
-        durable_only: false,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

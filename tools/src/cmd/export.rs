@@ -95,7 +95,7 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
                 Err(e) => usage!("{e}"),
             }
         }
-        let st = crate::kafka::export(&args.dir, &url, &options, ui)?;
+        let st = crate::kafka_export::export(&args.dir, &url, &options, ui)?;
         let resumed = if st.resumed_at == 0 {
             String::new()
         } else {

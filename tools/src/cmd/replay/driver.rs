@@ -1,0 +1,273 @@
+//! The one replay driver, for every source: starts the engine with the handlers the `--projection` or
+//! `--exec` asks for, watches it (progress bar, `--hist-log`, Ctrl-C), then writes the results and gathers
+//! the figures.
+//!
+//! The main thread only watches: it polls the run for the bar, takes the latency interval every second for
+//! `--hist-log`, and turns Ctrl-C into a clean stop (a drain with snapshots). The results are written after
+//! the engine finished: sorted by key for projections, spools concatenated in part (partition), then shard
+//! order for `--exec`; files are written atomically (temporary file, rename).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use catchup_engine::{Keyed, KeyedHandler, KeyedView, ReplayError, ShardHandler, ShardId, SnapshotError};
+
+use super::config::{Config, HandlerSpec, Output};
+use super::kafka::{self, KafkaStats};
+use super::log;
+use super::source::{End, Finished, Part, PartFactory, Run, Source};
+use super::summary::{SourceStats, Stats};
+use crate::exec::{self, ExecHandler, ExecSpec};
+use crate::hist::IntervalLog;
+use crate::interrupt;
+use crate::progress::{ReplayBar, Ui};
+use crate::projection::{Count, Last, ProjectionSpec, Render, Sum, write_sorted};
+
+/// How often the watcher looks at the engine (short, so the measured time ends when the run does).
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// Length of one `--hist-log` interval.
+const HIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Turns an engine error into one that says what to do.
+fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
+    let dir = cfg.source_name();
+    match e {
+        ReplayError::Snapshot(SnapshotError::Mismatch { path, why }) => anyhow::anyhow!(
+            "checkpoint {} does not match this run: {why}\n  use another --checkpoint-dir, or delete {} to start \
+             over",
+            path.display(),
+            path.parent().map_or_else(|| path.display().to_string(), |p| p.display().to_string())
+        ),
+        ReplayError::Handler(f) => {
+            let resume = match (&cfg.checkpoint, &cfg.source) {
+                (Some(c), Source::Kafka(_)) => format!(
+                    "snapshots in {} and the group's committed offsets stay below the event: run again to resume \
+                     there",
+                    c.dir.display()
+                ),
+                (Some(c), Source::Log(_)) => format!(
+                    "snapshots in {} stay below position {}: run again to resume there",
+                    c.dir.display(),
+                    f.position
+                ),
+                (None, _) => "nothing was written".into(),
+            };
+            anyhow::anyhow!(
+                "replay of {dir} stopped: {f}\n  {resume}; to go on past bad events use --on-error skip (they are \
+                 recorded in {})",
+                cfg.dead_letters.display()
+            )
+        }
+        e @ ReplayError::Read(catchup_segments::ReadError::NoRecoveryPoint { .. }) => anyhow::Error::new(e).context(
+            format!("cannot replay {dir} durable-only (the default with --checkpoint-dir); --no-durable-only reads it"),
+        ),
+        e @ (ReplayError::Read(_) | ReplayError::Open(_)) => {
+            anyhow::Error::new(e).context(format!("cannot replay {dir} (run `catchup verify {dir}` for details)"))
+        }
+        e => anyhow::Error::new(e).context(format!("replay of {dir} failed")),
+    }
+}
+
+/// Opens `--hist-log`, if asked for.
+fn open_hist_log(cfg: &Config) -> Result<Option<IntervalLog>> {
+    Ok(match &cfg.hist_log {
+        Some(p) => Some(IntervalLog::create(
+            p,
+            SystemTime::now(),
+            &format!("catchup replay {} ({}, {} shards)", cfg.source_name(), cfg.handler_name(), cfg.n_shards),
+        )?),
+        None => None,
+    })
+}
+
+/// Watches a run until it ends: progress bar, interval log, Ctrl-C (a clean stop). Returns whether it was
+/// interrupted.
+fn watch<H>(ui: &Ui, run: &dyn Run<H>, mut hist_log: Option<IntervalLog>, started: Instant) -> Result<bool> {
+    let bar = ReplayBar::new(ui);
+    let mut interval_start = Instant::now();
+    let mut stopping = false;
+    while !run.is_finished() {
+        if !stopping && interrupt::requested() {
+            run.stop();
+            stopping = true;
+        }
+        run.show(&bar, stopping);
+        if let Some(log) = &mut hist_log
+            && interval_start.elapsed() >= HIST_INTERVAL
+        {
+            let now = Instant::now();
+            log.write(&run.take_interval(), interval_start - started, now - interval_start)?;
+            interval_start = now;
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+    bar.finish();
+    if let Some(mut log) = hist_log {
+        let now = Instant::now();
+        log.write(&run.take_interval(), interval_start - started, now - interval_start)?;
+        log.finish()?;
+    }
+    Ok(stopping)
+}
+
+/// Starts the engine on the configured source and watches it. Returns what it finished with, whether it was
+/// interrupted, and the wall time.
+fn drive<H: ShardHandler + 'static>(
+    cfg: &Config,
+    ui: &Ui,
+    factory: impl PartFactory<H>,
+) -> Result<(Finished<H>, bool, Duration)> {
+    interrupt::install()?;
+    let hist_log = open_hist_log(cfg)?;
+    let started = Instant::now();
+    let running = match &cfg.source {
+        Source::Log(l) => log::start(cfg, l, factory),
+        Source::Kafka(k) => kafka::start(cfg, k, factory),
+    }
+    .map_err(|e| explain(e, cfg))?;
+    let interrupted = watch(ui, &*running, hist_log, started)?;
+    let finished = running.wait().map_err(|e| explain(e, cfg))?;
+    let elapsed = started.elapsed();
+    if let (Source::Log(l), End::Log { watermark, .. }, false) = (&cfg.source, &finished.end, interrupted) {
+        log::note_unread_committed(l, ui, *watermark);
+    }
+    Ok((finished, interrupted, elapsed))
+}
+
+/// Writes results per `cfg.output`; `fill` writes them and returns the line count.
+fn write_output(
+    cfg: &Config,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
+) -> Result<Option<(String, u64)>> {
+    match &cfg.output {
+        Output::Discard => Ok(None),
+        Output::Stdout => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let n = fill(&mut w).context("cannot write the results to stdout")?;
+            w.flush().context("cannot write the results to stdout")?;
+            Ok(Some(("stdout".into(), n)))
+        }
+        Output::File(p) => {
+            let n = crate::cmd::write_atomically(p, fill)?;
+            Ok(Some((p.display().to_string(), n)))
+        }
+    }
+}
+
+fn stats<H>(
+    cfg: &Config,
+    f: &Finished<H>,
+    interrupted: bool,
+    elapsed: Duration,
+    output: Option<(String, u64)>,
+) -> Stats {
+    let dead = f.shards.iter().any(|x| x.dead_lettered > 0);
+    Stats {
+        handler: cfg.handler_name(),
+        handled: f.handled,
+        elapsed,
+        caught_up: f.caught_up,
+        interrupted,
+        shards: f.shards.clone(),
+        covered: f.covered,
+        latencies: f.latencies.clone(),
+        sample_every: cfg.latency_sample_every,
+        dead_letters: dead.then(|| cfg.dead_letters.clone()),
+        output,
+        source: match &f.end {
+            End::Log { start, watermark } => SourceStats::Log { start: *start, watermark: *watermark },
+            End::Kafka { source, progress, .. } => SourceStats::Kafka(KafkaStats::new(source, progress)),
+        },
+    }
+}
+
+/// The keyed state of one part: its view and its handlers, one per shard.
+fn keyed_part<P: Render + Clone>(projection: &P, n: usize) -> (KeyedView<P>, Vec<KeyedHandler<P>>) {
+    let keyed = Keyed::new(projection.clone(), n);
+    (keyed.view(), (0..n).map(|s| keyed.handler(ShardId(s as u16))).collect())
+}
+
+/// Each part gets its own keyed state (so a partition can move alone); the output is the keys of the parts
+/// this process held at the end, and of the partitions the group finished elsewhere (read from their
+/// snapshots, so every member writes the whole result).
+fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<Stats> {
+    let views: Arc<Mutex<BTreeMap<Part, KeyedView<P>>>> = Arc::default();
+    let factory = {
+        let views = views.clone();
+        let projection = projection.clone();
+        move |part: Part, n: usize| {
+            let (view, handlers) = keyed_part(&projection, n);
+            views.lock().unwrap_or_else(|e| e.into_inner()).insert(part, view);
+            handlers
+        }
+    };
+    let (finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
+    let views = views.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held: Vec<KeyedView<P>> = finished.handlers.keys().filter_map(|p| views.get(p).cloned()).collect();
+    if let End::Kafka { source, done_elsewhere, .. } = &finished.end {
+        for &p in done_elsewhere {
+            let (view, mut handlers) = keyed_part(&projection, cfg.n_shards);
+            kafka::restore_partition(cfg, source, p, &mut handlers).map_err(|e| explain(e, cfg))?;
+            held.push(view);
+        }
+    }
+    let output = write_output(cfg, |w| write_sorted(&projection, &held, w))?;
+    Ok(stats(cfg, &finished, interrupted, elapsed, output))
+}
+
+/// Where `--exec` spools go: beside the snapshots with checkpoints (they are part of the resumable state),
+/// otherwise in a temporary directory removed when the guard drops.
+fn spool_root(cfg: &Config) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match &cfg.checkpoint {
+        Some(c) => {
+            let d = c.dir.join("exec-output");
+            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            (d, None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("catchup-exec-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    })
+}
+
+/// A child per part and shard; the output is the spools concatenated in part, then shard order.
+fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
+    let (root, _tmp) = spool_root(cfg)?;
+    let durable = cfg.checkpoint.is_some();
+    let cmd: Arc<str> = cmd.into();
+    let factory = move |part: Part, n: usize| {
+        let spec = ExecSpec { cmd: cmd.clone(), spool_dir: part.spool_dir(&root), durable, n_shards: n };
+        (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
+    };
+    let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
+    let mut spools = Vec::new();
+    for h in finished.handlers.values_mut().flatten() {
+        spools.push(h.finish().map_err(|e| anyhow::anyhow!("replay of {} failed: {e}", cfg.source_name()))?);
+    }
+    let output = write_output(cfg, |w| exec::concat_spools(&spools, w))?;
+    Ok(stats(cfg, &finished, interrupted, elapsed, output))
+}
+
+/// Runs the replay and writes its results; returns the figures.
+pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
+    if let Source::Log(l) = &cfg.source
+        && !l.dir.is_dir()
+    {
+        anyhow::bail!("log directory {} does not exist", l.dir.display());
+    }
+    match &cfg.handler {
+        HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, ui, Count),
+        HandlerSpec::Projection(ProjectionSpec::Sum(f)) => run_keyed(cfg, ui, Sum::new(f.clone())),
+        HandlerSpec::Projection(ProjectionSpec::Last) => run_keyed(cfg, ui, Last),
+        HandlerSpec::Exec(cmd) => run_exec(cfg, ui, cmd),
+    }
+}

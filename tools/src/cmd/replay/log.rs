@@ -1,0 +1,91 @@
+//! What is a log's alone in a replay: the engine's configuration, the engine's handle as a [`Run`], and the
+//! note a durable-only run leaves about committed events it could not read yet.
+
+use std::collections::BTreeMap;
+
+use catchup_engine::{Engine, EngineConfig, Latencies, Position, ReplayError, Running, ShardHandler};
+
+use super::config::Config;
+use super::source::{End, Finished, LogSource, Part, PartFactory, Run};
+use crate::progress::{ReplayBar, Ui};
+use crate::units::fmt_count;
+
+fn engine_config(cfg: &Config, log: &LogSource) -> EngineConfig {
+    EngineConfig {
+        n_shards: cfg.n_shards,
+        start: log.start,
+        stop_at: log.stop_at,
+        follow: cfg.follow,
+        checkpoint: cfg.checkpoint.clone(),
+        on_error: cfg.on_error,
+        dead_letters: Some(cfg.dead_letters.clone()),
+        latency_sample_every: cfg.latency_sample_every,
+        fingerprint: cfg.fingerprint(),
+        max_rate: cfg.max_rate,
+        durable_only: log.durable_only,
+        ..EngineConfig::default()
+    }
+}
+
+/// Starts the engine on the log, with the handlers of its one part.
+pub(crate) fn start<H: ShardHandler + 'static>(
+    cfg: &Config,
+    log: &LogSource,
+    mut factory: impl PartFactory<H>,
+) -> Result<Box<dyn Run<H>>, ReplayError> {
+    let mut handlers: Vec<Option<H>> = factory(Part::Log, cfg.n_shards).into_iter().map(Some).collect();
+    assert_eq!(handlers.len(), cfg.n_shards, "the factory makes one handler per shard");
+    let running = Engine::start(&log.dir, engine_config(cfg, log), |s| {
+        handlers[s.0 as usize].take().expect("the engine asks for each shard's handler once")
+    })?;
+    Ok(Box::new(running))
+}
+
+impl<H> Run<H> for Running<H> {
+    fn is_finished(&self) -> bool {
+        Running::is_finished(self)
+    }
+    fn stop(&self) {
+        Running::stop(self)
+    }
+    fn take_interval(&self) -> Latencies {
+        Running::take_interval(self)
+    }
+    fn show(&self, bar: &ReplayBar, stopping: bool) {
+        bar.update(&self.progress(), stopping)
+    }
+    fn wait(self: Box<Self>) -> Result<Finished<H>, ReplayError> {
+        let s = Running::wait(*self)?;
+        Ok(Finished {
+            handlers: BTreeMap::from([(Part::Log, s.handlers)]),
+            handled: s.progress.handled,
+            covered: s.covered,
+            caught_up: s.progress.caught_up,
+            shards: s.shards,
+            latencies: s.latencies,
+            end: End::Log { start: s.progress.start, watermark: s.progress.watermark },
+        })
+    }
+}
+
+/// A durable-only replay ends at the durable end: committed events after it (a live writer that has not
+/// synced them yet, or a crashed one whose next writer will keep them) were not read. Says so, so that "end
+/// of log" is never read as "every committed event".
+pub(crate) fn note_unread_committed(log: &LogSource, ui: &Ui, watermark: Position) {
+    if !log.durable_only {
+        return;
+    }
+    let committed = catchup_segments::LogReader::open(&log.dir).ok().and_then(|r| r.end_position().ok());
+    let stop = log.stop_at.unwrap_or(Position(u64::MAX));
+    if let Some(end) = committed
+        && end > watermark
+        && stop > watermark
+    {
+        ui.note(format!(
+            "note: {} committed events after position {} are not durable yet and were not read (durable-only \
+             reads; --no-durable-only reads them, or run again once the writer has synced)",
+            fmt_count(end.0 - watermark.0),
+            watermark.0
+        ));
+    }
+}
