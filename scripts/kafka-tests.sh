@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Kafka tests (`cargo test --workspace --test kafka -- --ignored`) against a real
+# Runs the Kafka tests (tests/kafka.rs: `cargo test --workspace --test kafka -- --ignored`) against a real
 # Kafka-protocol broker, except the two mock-cluster kill tests, which need no broker and which
 # scripts/test.sh runs always (even with CATCHUP_SKIP_BROKER_TESTS=1). The broker: tansu (Apache-2.0, a
 # Rust package), installed with cargo if it is not on the PATH (about 13 minutes on 2 cores the first
@@ -41,6 +41,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# The tests run the `catchup` binary, which cargo does not build for them (see tests/util/mod.rs).
+cargo build --workspace --bins --locked
 CATCHUP_KAFKA="127.0.0.1:$port" CATCHUP_TANSU="$TANSU" \
     cargo test --workspace --test kafka --locked -- --ignored --test-threads 1 \
     --skip a_killed_member_costs_a_bounded_amount_of_redone_work \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every test of the workspace, on a fresh machine.
 #
-# 1. `cargo test --workspace --all-targets`: unit tests, every integration-test binary, the benches in smoke
-#    mode; examples are built (and `examples/embedded.rs` is run by `tests/examples.rs`).
+# 1. `cargo test --workspace --all-targets`: each crate's unit and property tests, the end-to-end tests in
+#    `tests/` (they run the `catchup` binary and the examples, built first), the benches in smoke mode.
 # 2. The doc tests.
 # 3. The Kafka kill tests that need no broker (librdkafka's mock cluster, hosted by the test itself): always.
 #    They are `#[ignore]`d only so that plain `cargo test` does not run them next to the third mock kill
@@ -12,14 +12,15 @@
 #    CATCHUP_SKIP_BROKER_TESTS=1 leaves out step 4 only (for a quick local run; CI never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The examples as programs (tests/examples.rs runs them as a user would). `cargo test --all-targets` builds
-# examples only as test harnesses, so a fresh checkout would not have the programs.
-cargo build --workspace --examples --locked
+# The programs the end-to-end tests in tests/ run: the `catchup` binary and the examples. Those tests belong to
+# the root package, which cannot ask cargo for another package's binary, and `cargo test --all-targets`
+# builds examples only as test harnesses; so a fresh checkout would not have them (the tests fail saying so).
+cargo build --workspace --bins --examples --locked
 cargo test --workspace --all-targets --locked
 # Doc tests (examples in the API docs).
 cargo test --workspace --doc --locked
 # The mock-cluster kill tests (no broker needed); scripts/kafka-tests.sh skips them. `--workspace` (not
-# `-p catchup-tools`) resolves features as the first step did, so the test binary is reused, not rebuilt.
+# `-p catchup`) resolves features as the first step did, so the test binary (tests/kafka.rs) is reused.
 cargo test --workspace --test kafka --locked -- --ignored --exact --test-threads 1 \
     a_killed_member_costs_a_bounded_amount_of_redone_work \
     a_killed_member_with_cooperative_rebalancing

@@ -2,9 +2,10 @@
 //! answer queries on stdin, follow live appends (with their side effect, suppressed for history), quit with
 //! snapshots, and restart from them.
 //!
-//! This test runs the example programs in `target/<profile>/examples/`. `scripts/test.sh` builds them first
-//! (`cargo build --examples`): `cargo test --all-targets` alone builds examples only as test harnesses (a
-//! fresh checkout's CI run found that), so without that step the test fails saying what to run.
+//! This test runs the example programs in `target/<profile>/examples/` (`util::built`). `scripts/test.sh`
+//! builds them first (`cargo build --workspace --bins --examples`): `cargo test --all-targets` alone builds
+//! examples only as test harnesses (a fresh checkout's CI run found that), so without that step the test
+//! fails saying what to run.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use catchup::{LogWriter, WriterOptions};
 
+mod util;
+
 fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/examples-HASH -> target/<profile>/examples/NAME
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} is not built: run `cargo build --examples` (or `cargo test`) first", path.display());
-    path
+    util::built(&format!("examples/{name}"))
 }
 
 /// The example, started on `log` with checkpoints in `ckpt`; its stdout lines and its whole stderr come

@@ -3,42 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use catchup_segments::index::SparseIndex;
 use catchup_segments::{LogWriter, Position, WriterOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_catchup");
-
-fn catchup() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
+mod util;
+use util::{catchup, run, s};
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("catchup-storage-cli-").tempdir().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    util::tmp("catchup-storage-cli-")
 }
 
 /// A log of `events` events of `keys` keys in 64 KiB segments (several sealed ones, each with an index
 /// file).
 fn make_log(dir: &Path, name: &str, events: u64, keys: u64, seed: u64) -> PathBuf {
-    let log = dir.join(name);
-    catchup()
-        .args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", &keys.to_string()])
-        .args(["--segment-bytes", "64KiB", "--seed", &seed.to_string()])
-        .assert()
-        .success();
-    log
-}
-
-/// Runs the binary; returns (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = catchup().args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    util::gen_log(dir, name, events, keys, &["--segment-bytes", "64KiB", "--seed", &seed.to_string()])
 }
 
 fn first_index(log: &Path) -> PathBuf {

@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_catchup");
+mod util;
+use util::{run_ok, s};
 
 /// Short session timeout so a killed member's partitions move within seconds.
 const FAST_GROUP: [&str; 4] =
@@ -32,29 +33,14 @@ fn broker() -> String {
     })
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("catchup-kafka-").tempdir().unwrap()
+    util::tmp("catchup-kafka-")
 }
 
 fn catchup(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_remove("RUST_BACKTRACE");
+    let mut c = util::command();
+    c.args(args);
     c
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = catchup(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "catchup {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A topic name unique to this test run.
@@ -78,22 +64,7 @@ fn url(topic: &str) -> String {
 }
 
 fn gen_log(dir: &Path, name: &str, events: u64, keys: u64, seed: u64) -> PathBuf {
-    let log = dir.join(name);
-    run_ok(&[
-        "gen",
-        "-q",
-        "--out",
-        s(&log),
-        "--events",
-        &events.to_string(),
-        "--keys",
-        &keys.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--segment-bytes",
-        "1MiB",
-    ]);
-    log
+    util::gen_log(dir, name, events, keys, &["--seed", &seed.to_string()])
 }
 
 /// Exports with one record per producer batch: tansu 0.6 serves a fetch from an offset inside a batch
@@ -200,7 +171,7 @@ fn start_member_with(
     args.extend(extra.iter().map(|x| x.to_string()));
     // Rebalances and warnings as they happen (CATCHUP_KAFKA_TRACE), for tests that act on them.
     let trace = dir.join(format!("trace-{i}.txt"));
-    let child = Command::new(BIN)
+    let child = util::command()
         .args(&args)
         .env("CATCHUP_KAFKA_TRACE", "1")
         // For `--exec` children that write files of their own: which member they belong to.

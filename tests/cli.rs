@@ -8,40 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_catchup");
-
-fn catchup() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
+mod util;
+use util::{catchup, export, gen_log as make_log, json_lines, read, s};
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("catchup-cli-").tempdir().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    util::tmp("catchup-cli-")
 }
 
 /// Small segments: opening a log scans its active segment, which is slow for big ones in debug builds.
 const SEGMENT: [&str; 2] = ["--segment-bytes", "1MiB"];
-
-/// Generates a log; returns its directory.
-fn make_log(dir: &Path, name: &str, events: u64, keys: u64, extra: &[&str]) -> PathBuf {
-    let log = dir.join(name);
-    let mut c = catchup();
-    c.args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", &keys.to_string()]);
-    if !extra.contains(&"--segment-bytes") {
-        c.args(SEGMENT);
-    }
-    c.args(extra).assert().success();
-    log
-}
 
 /// The raw text of each exported payload, in log order.
 fn exported_payloads(log: &Path) -> Vec<String> {
@@ -56,19 +34,6 @@ fn exported_payloads(log: &Path) -> Vec<String> {
         .lines()
         .map(|l| serde_json::from_str::<E<'_>>(l).unwrap().payload.get().to_string())
         .collect()
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
-}
-
-fn export(log: &Path) -> Vec<Value> {
-    let out = catchup().args(["export", s(log)]).assert().success().get_output().stdout.clone();
-    json_lines(&String::from_utf8(out).unwrap())
 }
 
 #[test]
@@ -136,8 +101,7 @@ fn snapshot_floor(ckpt: &Path) -> u64 {
 /// running, and returns where its snapshots stand. Fails if the run ends before it could be killed, or
 /// if the kill came after the end (the output exists): either way the resume path would go untested.
 fn kill_mid_replay(args: &[&str], ckpt: &Path, out: &Path, past: u64, n_events: u64) -> u64 {
-    let mut child =
-        std::process::Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = util::command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while snapshot_floor(ckpt) <= past {
         if let Some(st) = child.try_wait().unwrap() {
@@ -298,7 +262,7 @@ fn interrupt_stops_cleanly_with_status_130() {
     let log = make_log(d.path(), "log", 3_000, 50, &[]);
     let out = d.path().join("out.jsonl");
     let ckpt = d.path().join("ckpt");
-    let mut child = std::process::Command::new(BIN)
+    let mut child = util::command()
         .args(["replay", s(&log), "-q", "--follow", "--checkpoint-dir", s(&ckpt), "--out", s(&out)])
         .spawn()
         .unwrap();

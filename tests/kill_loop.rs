@@ -34,8 +34,9 @@
 //! CI runs a short loop (5 kills each). Longer runs, which print their figures:
 //!
 //! ```sh
+//! cargo build --release --bin catchup
 //! CATCHUP_KILL_ITERS=300 CATCHUP_KILL_EVENTS=400000 CATCHUP_BIN=target/release/catchup \
-//!     cargo test -p catchup-tools --test kill_loop -- --nocapture --test-threads 1
+//!     cargo test -p catchup --test kill_loop -- --nocapture --test-threads 1
 //! ```
 //!
 //! `CATCHUP_KILL_SEED` replays a schedule of kill delays (each run prints its seed).
@@ -43,7 +44,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ use catchup_engine::shard_of;
 use catchup_engine::snapshot;
 use catchup_segments::key_hash;
 use serde_json::Value;
+
+mod util;
+use util::s;
 
 const SHARDS: usize = 3;
 const SNAPSHOT_EVERY: u64 = 1000;
@@ -66,20 +70,8 @@ const IO_QUEUE: u64 = 4 * SHARDS as u64 + 16;
 const BOUND: u64 = (IO_QUEUE + SHARDS as u64 + 1) * SNAPSHOT_EVERY + SHARDS as u64 * RING_SIZE + CONSUME_BATCH_MAX;
 const _: () = assert!(BOUND < EVENTS, "at CI size the bound must be able to fail");
 
-/// `CATCHUP_BIN` (relative to the workspace root) if set, else the binary cargo built for this test.
-fn bin() -> PathBuf {
-    match std::env::var_os("CATCHUP_BIN") {
-        Some(p) => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_catchup")),
-    }
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// xorshift64*: a reproducible schedule of kill delays.
@@ -111,20 +103,11 @@ struct Setup {
 }
 
 fn setup(events: u64) -> Setup {
-    let dir = tempfile::Builder::new().prefix("catchup-kill-").tempdir().unwrap();
+    let dir = util::tmp("catchup-kill-");
     let root = dir.path().to_path_buf();
-    let log = root.join("log");
-    let st = Command::new(bin())
-        .args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", "2000", "--zipf", "1.1"])
-        .args(["--segment-bytes", "1MiB", "--seed", "5"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = Command::new(bin()).args(["export", s(&log)]).output().unwrap();
-    assert!(out.status.success());
+    let log = util::gen_log(&root, "log", events, 2000, &["--zipf", "1.1", "--seed", "5"]);
     let mut shards = Vec::with_capacity(events as usize);
-    for (i, line) in String::from_utf8(out.stdout).unwrap().lines().enumerate() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for (i, v) in util::export(&log).iter().enumerate() {
         assert_eq!(v["position"].as_u64(), Some(i as u64));
         shards.push(shard_of(key_hash(v["key"].as_str().unwrap().as_bytes()), SHARDS).0);
     }
@@ -157,7 +140,7 @@ struct Run {
 }
 
 fn spawn(args: &[String], run: u64, stdout: &Path) -> Run {
-    let mut child = Command::new(bin())
+    let mut child = util::command()
         .args(args)
         .env("CATCHUP_TEST_RUN", run.to_string())
         .stdout(std::fs::File::create(stdout).unwrap())

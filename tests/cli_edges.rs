@@ -9,34 +9,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_catchup");
-
-fn catchup() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
+mod util;
+use util::{catchup, s};
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("catchup-edges-").tempdir().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    util::tmp("catchup-edges-")
 }
 
 /// Generates a small log (1 ms apart from 2025-01-01T00:00:00Z); returns its directory.
 fn make_log(dir: &Path, events: u64) -> PathBuf {
-    let log = dir.join("log");
-    catchup()
-        .args(["gen", "-q", "--out", s(&log), "--events", &events.to_string(), "--keys", "10"])
-        .args(["--segment-bytes", "1MiB"])
-        .assert()
-        .success();
-    log
+    util::gen_log(dir, "log", events, 10, &[])
 }
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -132,7 +116,7 @@ fn interrupted_import_says_what_it_imported_and_exits_with_the_signal() {
     let log = d.path().join("log");
     for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
         let _ = std::fs::remove_dir_all(&log);
-        let mut child = std::process::Command::new(BIN)
+        let mut child = util::command()
             .args(["import", "--out", s(&log), "--key", "k", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
@@ -177,7 +161,7 @@ fn entries(dir: &Path, prefix: &str) -> Vec<String> {
 /// checks the status and that the temporary directory is gone.
 fn interrupted_generator_cleans_up(args: &[&str], prefix: &str, sig: &str, code: i32) {
     let d = tmp();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = util::command()
         .args(args)
         .env("TMPDIR", d.path())
         .stdout(Stdio::null())
