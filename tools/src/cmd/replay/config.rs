@@ -242,7 +242,35 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let cli = crate::Cli::try_parse_from(["catchup", "replay"].iter().chain(args)).unwrap();
+        let crate::Command::Replay(a) = cli.command else { unreachable!("parsed `replay`") };
+        Config::from_args(*a).unwrap()
+    }
+
+    /// The arguments name the source: a log (durable-only by default only with a checkpoint directory) or a
+    /// topic and its group.
+    #[test]
+    fn sources() {
+        let Source::Log(l) = config(&["LOG", "--from", "5", "--to", "9"]).source else { panic!("a log") };
+        assert_eq!(l.dir, PathBuf::from("LOG"));
+        assert_eq!((l.start, l.stop_at, l.durable_only), (Start::Position(Position(5)), Some(Position(9)), false));
+        let Source::Log(l) = config(&["LOG", "--checkpoint-dir", "C"]).source else { panic!("a log") };
+        assert!(l.durable_only, "durable-only is the default with checkpoints");
+        let Source::Log(l) = config(&["LOG", "--checkpoint-dir", "C", "--no-durable-only"]).source else {
+            panic!("a log")
+        };
+        assert!(!l.durable_only);
+        let cfg = config(&["--source", "kafka://h:1/t", "--group", "g", "--kafka-option", "a=b"]);
+        let Source::Kafka(k) = &cfg.source else { panic!("a topic") };
+        assert_eq!((k.url.topic.as_str(), k.group.as_str()), ("t", "g"));
+        assert_eq!(k.options, [("a".to_string(), "b".to_string())]);
+        assert_eq!(cfg.source_name(), "kafka://h:1/t (group g)");
+    }
 
     #[test]
     fn policies() {
