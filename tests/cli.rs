@@ -316,6 +316,12 @@ fn corrupt_and_truncated_logs_fail_naming_the_file() {
     {
         catchup().args(cmd).assert().code(1).stderr(predicate::str::contains(name));
     }
+    // Damaged data: replay says how to find out more.
+    catchup()
+        .args(["replay", s(&log), "--out", s(&d.path().join("x"))])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("(run `catchup verify {}` for details)", s(&log))));
 
     let log2 = make_log(d.path(), "log2", 20_000, 100, &["--segment-bytes", "256KiB"]);
     let last = segments(&log2).pop().unwrap();

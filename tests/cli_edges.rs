@@ -224,7 +224,7 @@ fn a_missing_log_directory_reads_the_same_everywhere() {
     let missing = d.path().join("nosuchdir");
     let file = d.path().join("afile");
     std::fs::write(&file, "x").unwrap();
-    for cmd in [&["export"][..], &["inspect"], &["verify"], &["truncate", "--to", "1"]] {
+    for cmd in [&["export"][..], &["inspect"], &["verify"], &["truncate", "--to", "1"], &["replay", "-q"]] {
         let out = catchup().args(&cmd[..1]).arg(&missing).args(&cmd[1..]).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{cmd:?}");
         assert_eq!(
@@ -246,14 +246,17 @@ fn a_missing_log_directory_reads_the_same_everywhere() {
 fn verify_is_suggested_only_for_damage_and_counts_are_singular() {
     let d = tmp();
     let log = make_log(d.path(), 10);
-    let out = catchup().args(["export", s(&log), "--from", "2000000"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("past the end"), "{}", stderr_of(&out));
-    assert!(!stderr_of(&out).contains("catchup verify"), "{}", stderr_of(&out));
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = catchup().args(["export", s(&empty)]).output().unwrap();
-    assert!(!stderr_of(&out).contains("catchup verify"), "{}", stderr_of(&out));
+    for cmd in ["export", "replay"] {
+        let out = catchup().args([cmd, s(&log), "-q", "--from", "2000000"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(stderr_of(&out).contains("past the end"), "{cmd}: {}", stderr_of(&out));
+        assert!(!stderr_of(&out).contains("catchup verify"), "{cmd}: {}", stderr_of(&out));
+        let out = catchup().args([cmd, s(&empty), "-q"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(!stderr_of(&out).contains("catchup verify"), "{cmd}: {}", stderr_of(&out));
+    }
     // "imported 1 events"
     let out = catchup()
         .args(["import", "--out", s(&d.path().join("one")), "--key", "k", "-"])

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use catchup_engine::{Keyed, KeyedHandler, KeyedView, ReplayError, ShardHandler, ShardId, SnapshotError};
+use catchup_segments::{OpenError, ReadError};
 
 use super::config::{Config, HandlerSpec, Output};
 use super::kafka::{self, KafkaStats};
@@ -62,11 +63,15 @@ fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
                 cfg.dead_letters.display()
             )
         }
-        e @ ReplayError::Read(catchup_segments::ReadError::NoRecoveryPoint { .. }) => anyhow::Error::new(e).context(
-            format!("cannot replay {dir} durable-only (the default with --checkpoint-dir); --no-durable-only reads it"),
-        ),
-        e @ (ReplayError::Read(_) | ReplayError::Open(_)) => {
+        e @ ReplayError::Read(ReadError::NoRecoveryPoint { .. }) => anyhow::Error::new(e).context(format!(
+            "cannot replay {dir} durable-only (the default with --checkpoint-dir); --no-durable-only reads it"
+        )),
+        // The `catchup verify` hint only with damaged data (as `cmd::read_error` gives it).
+        e @ (ReplayError::Read(ReadError::Corrupt(_)) | ReplayError::Open(OpenError::Corrupt(_))) => {
             anyhow::Error::new(e).context(format!("cannot replay {dir} (run `catchup verify {dir}` for details)"))
+        }
+        e @ (ReplayError::Read(_) | ReplayError::Open(_)) => {
+            anyhow::Error::new(e).context(format!("cannot replay {dir}"))
         }
         e => anyhow::Error::new(e).context(format!("replay of {dir} failed")),
     }
@@ -259,10 +264,8 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
 
 /// Runs the replay and writes its results; returns the figures.
 pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
-    if let Source::Log(l) = &cfg.source
-        && !l.dir.is_dir()
-    {
-        anyhow::bail!("log directory {} does not exist", l.dir.display());
+    if let Source::Log(l) = &cfg.source {
+        crate::cmd::check_log_dir(&l.dir)?;
     }
     match &cfg.handler {
         HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, ui, Count),
