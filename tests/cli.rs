@@ -341,7 +341,7 @@ fn torn_tail_is_reported_as_recoverable_and_repaired() {
     let d = tmp();
     let log = make_log(d.path(), "log", 1_000, 10, &[]);
     // As a writer that crashed after its last sync leaves it (after a clean close the same bytes would be
-    // damage, not a torn tail: tools/tests/storage_cli.rs).
+    // damage, not a torn tail: tests/storage_cli.rs).
     catchup_segments::testing::crash_recovery_point(&log, catchup_segments::Position(1_000)).unwrap();
     let seg = segments(&log).pop().unwrap();
     let used = catchup().args(["inspect", s(&log), "--json"]).assert().success().get_output().stdout.clone();
