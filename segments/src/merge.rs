@@ -56,7 +56,7 @@ pub struct MergedHead<'a> {
     pub head: RecordHead,
 }
 
-/// What [`MergedCursor::next`] found.
+/// What [`MergedCursor::step`] found.
 #[derive(Debug, Clone, Copy)]
 pub enum Step<'a> {
     /// The next record in merged order.
@@ -145,7 +145,7 @@ impl MergedCursor {
 
     /// The next record in merged order (see [`Step`]). An error of any log's cursor (damage, a segment that
     /// cannot be mapped) is returned as it is; the cursor can be asked again after it, and asks that log again.
-    pub fn next(&mut self) -> Result<Step<'_>, ReadError> {
+    pub fn step(&mut self) -> Result<Step<'_>, ReadError> {
         let mut best: Option<(usize, RecordHead)> = None;
         let mut some_empty = false;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
@@ -182,7 +182,7 @@ impl MergedCursor {
         Ok(Step::Record(MergedHead { log: i, segment, head }))
     }
 
-    /// The cursor of log `i`, e.g. to wait on it ([`Cursor::wait`]) while [`MergedCursor::next`] says
+    /// The cursor of log `i`, e.g. to wait on it ([`Cursor::wait`]) while [`MergedCursor::step`] says
     /// [`Step::Pending`].
     pub fn cursor_mut(&mut self, i: usize) -> &mut Cursor {
         &mut self.lanes[i].cursor

@@ -74,7 +74,7 @@ fn merged(readers: &[LogReader], starts: &[Position], limit: usize) -> (Vec<Rec>
     let mut m = MergedCursor::open(readers, starts, Wait::No).unwrap();
     let mut out = Vec::new();
     while out.len() < limit {
-        match m.next().unwrap() {
+        match m.step().unwrap() {
             Step::Record(r) => {
                 let rec = r.segment.record_at(r.head.offset).expect("the head names a record");
                 assert_eq!((rec.position, rec.timestamp_ns), (r.head.position, r.head.timestamp_ns));
@@ -149,7 +149,7 @@ fn a_damaged_log_fails_the_merge() {
     let mut m = MergedCursor::open(&rs, &[Position(0), Position(0)], Wait::No).unwrap();
     let mut seen = 0;
     let err = loop {
-        match m.next() {
+        match m.step() {
             Ok(Step::Record(_)) => seen += 1,
             Ok(other) => panic!("the damage must be reported, got {other:?} after {seen} records"),
             Err(e) => break e,
@@ -171,7 +171,7 @@ fn follow_waits_for_a_silent_log_up_to_the_skew() {
     let mut m = MergedCursor::open(&rs, &[Position(0), Position(0)], Wait::Skew(skew)).unwrap();
 
     // b is silent: a's record waits.
-    assert!(matches!(m.next().unwrap(), Step::Pending));
+    assert!(matches!(m.step().unwrap(), Step::Pending));
     // b gets an earlier record within the skew: it goes first, then a's (b now has nothing again, but the
     // wait for it started before and the record was ready; it waits out the rest of the skew).
     append_stamps(&mut wb, &[50], 1, 1);
@@ -183,7 +183,7 @@ fn follow_waits_for_a_silent_log_up_to_the_skew() {
     assert!(t0.elapsed() < skew + Duration::from_secs(2), "the skew bounds the wait");
 
     // Both silent: pending, not an end.
-    assert!(matches!(m.next().unwrap(), Step::Pending));
+    assert!(matches!(m.step().unwrap(), Step::Pending));
     assert_eq!(m.positions(), vec![Position(1), Position(1)]);
 
     // A record in a while b stays silent goes after the skew, not before.
@@ -198,7 +198,7 @@ fn follow_waits_for_a_silent_log_up_to_the_skew() {
 fn next_record(m: &mut MergedCursor, timeout: Duration) -> Rec {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Step::Record(r) = m.next().unwrap() {
+        if let Step::Record(r) = m.step().unwrap() {
             let rec = r.segment.record_at(r.head.offset).unwrap();
             return (r.log, rec.position.0, rec.timestamp_ns, rec.key.to_vec());
         }
