@@ -47,7 +47,7 @@ pub use catchup_segments::{Position, Start};
 pub use error::{HandlerFailure, ReplayError, SnapshotError};
 pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
 pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
-pub use log::{Engine, log_id};
+pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
 pub use run::{
     CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX, RunSummary, Running,

@@ -17,8 +17,11 @@
 
 mod bindings;
 mod dispatch;
+mod merge;
 mod reader;
 mod start;
 
 pub(crate) use dispatch::Slot;
+pub use merge::MergeConfig;
+pub(crate) use merge::{MergedShard, bind_merged};
 pub use start::{Engine, log_id};

@@ -115,8 +115,11 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir =
-                config.checkpoint.as_ref().map(|c| c.dir.clone()).zip(full_view.map(snapshot::BindingLookup::new));
+            let snap_dir = config
+                .checkpoint
+                .as_ref()
+                .map(|c| c.dir.clone())
+                .zip(full_view.map(|v| vec![snapshot::BindingLookup::new(v)]));
             let dlq = config.dead_letters.clone();
             // After a redistribution, files of another shard count are retired once this run's are complete.
             let retire = per_key_restored.then_some(n);
@@ -174,6 +177,7 @@ impl Engine {
                         snapshot_failed: false,
                         sample_countdown: cfg.latency_sample_every as u64,
                         routed: cfg.topology == Topology::Routed,
+                        merged: None,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
                     if let Err(p) = run {

@@ -12,9 +12,19 @@ use crate::snapshot::{self, SnapshotMeta};
 
 /// Work for the I/O thread, so shards never touch the file system themselves.
 pub(crate) enum IoJob {
-    Snapshot { meta: SnapshotMeta, state: Vec<u8> },
-    DeadLetter { line: String },
+    /// `logs`: a merged run's per-log positions (their checksums are filled in here); empty for one log.
+    Snapshot {
+        meta: SnapshotMeta,
+        state: Vec<u8>,
+        logs: Vec<snapshot::LogMark>,
+    },
+    DeadLetter {
+        line: String,
+    },
 }
+
+/// A snapshot waiting to be written: header fields, state, and a merged run's log table.
+type Queued = (SnapshotMeta, Vec<u8>, Vec<snapshot::LogMark>);
 
 /// Writes snapshots and dead letters. `retire`: this run redistributed per-key snapshots to this many
 /// shards; once each of its shards has written a snapshot, the files of shards `>= retire` (left by a run
@@ -22,14 +32,14 @@ pub(crate) enum IoJob {
 pub(crate) fn io_loop(
     shared: &EngineShared,
     rx: channel::Receiver<IoJob>,
-    mut snap_dir: Option<(PathBuf, snapshot::BindingLookup)>,
+    mut snap_dir: Option<(PathBuf, Vec<snapshot::BindingLookup>)>,
     dlq: Option<PathBuf>,
     mut retire: Option<usize>,
 ) {
     use std::io::Write;
     let mut dlq_file: Option<std::fs::File> = None;
     let mut written = vec![false; retire.unwrap_or(0)];
-    let mut newest: Vec<Option<(SnapshotMeta, Vec<u8>)>> = Vec::new();
+    let mut newest: Vec<Option<Queued>> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
     // Each round takes everything queued: dead letters are written (in order, one fsync) before any
     // snapshot of the round, since a snapshot may cover the events they record; of the snapshots, only the
@@ -39,13 +49,13 @@ pub(crate) fn io_loop(
         for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match job {
                 IoJob::DeadLetter { line } => lines.push(line),
-                IoJob::Snapshot { meta, state } => {
+                IoJob::Snapshot { meta, state, logs } => {
                     let i = meta.shard_idx as usize;
                     if newest.len() <= i {
                         newest.resize_with(i + 1, || None);
                     }
-                    if newest[i].as_ref().is_none_or(|(m, _)| m.position <= meta.position) {
-                        newest[i] = Some((meta, state));
+                    if newest[i].as_ref().is_none_or(|(m, _, _)| m.position <= meta.position) {
+                        newest[i] = Some((meta, state, logs));
                     }
                 }
             }
@@ -72,10 +82,15 @@ pub(crate) fn io_loop(
             }
             lines.clear();
         }
-        for (meta, state) in newest.iter_mut().filter_map(Option::take) {
-            let Some((dir, log)) = &mut snap_dir else { continue };
-            let bound_and_written =
-                bind(log, dir, &meta, &state).and_then(|b| Ok(snapshot::write_bound(dir, &meta, &b, &state)?));
+        for (meta, state, mut logs) in newest.iter_mut().filter_map(Option::take) {
+            let Some((dir, lookups)) = &mut snap_dir else { continue };
+            let bound_and_written = if logs.is_empty() {
+                bind(&mut lookups[0], dir, &meta, &state)
+                    .and_then(|b| Ok(snapshot::write_bound(dir, &meta, &b, &state)?))
+            } else {
+                crate::log::bind_merged(lookups, dir, &meta, &mut logs)
+                    .and_then(|()| Ok(snapshot::write_merged(dir, &meta, &logs, &state)?))
+            };
             if let Err(e) = bound_and_written {
                 shared.fail(e);
                 return;

@@ -28,6 +28,13 @@ pub(crate) fn restore<H: ShardHandler>(
     let layout = handlers[0].state_layout();
     for (path, s) in snaps {
         let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
+        if !s.logs.is_empty() {
+            return Err(mismatch(format!(
+                "it is a checkpoint of {} logs replayed as one; resume it by merging the same logs in the same order",
+                s.logs.len()
+            ))
+            .into());
+        }
         if s.meta.log_id != log_id {
             return Err(mismatch("it was written for a different log".into()).into());
         }

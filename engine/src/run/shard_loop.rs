@@ -39,6 +39,8 @@ pub(crate) struct ShardLoop<'a, H> {
     pub(crate) sample_countdown: u64,
     /// Routed topology: this shard's ring holds only its own events.
     pub(crate) routed: bool,
+    /// A merged run of several logs: what turns `passed` into the per-log positions its snapshots store.
+    pub(crate) merged: Option<crate::log::MergedShard>,
 }
 
 /// Per-ring-batch counts.
@@ -225,11 +227,22 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     }
 
     fn send_snapshot(&mut self) {
+        let (position, logs) = match &self.merged {
+            None => (self.passed, Vec::new()),
+            Some(m) => match m.marks(self.passed) {
+                Ok(pl) => pl,
+                Err(why) => {
+                    self.snapshot_failed = true;
+                    self.shared.fail(ReplayError::Internal(why));
+                    return;
+                }
+            },
+        };
         let meta = SnapshotMeta {
             layout: self.handler.state_layout(),
             shard_idx: self.shard.0,
             n_shards: self.shared.n_shards as u16,
-            position: self.passed,
+            position,
             log_id: self.log_id,
             fingerprint: self.cfg.fingerprint,
             created_ns: wall_ns(),
@@ -249,7 +262,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
         };
         // A closed channel means the I/O thread failed and recorded why.
-        let _ = self.io.send(IoJob::Snapshot { meta, state });
+        let _ = self.io.send(IoJob::Snapshot { meta, state, logs });
     }
 
     /// Handles the events of one ring batch until it ends or an event fails. Everything an event changes
