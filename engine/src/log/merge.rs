@@ -20,8 +20,9 @@
 //! order than a backlog read would): each vector entry says exactly which of that log's records a shard's
 //! state holds. Resharding a merged checkpoint is refused: a keyed projection's per-key `covered` positions
 //! are merge sequence numbers of the run that wrote them, meaningless to another run, so a key moved to
-//! another shard could not tell which of its events are already folded in. Per-key state restored here has
-//! its `covered` reset to 0 for the same reason (the reader's per-log rule does that job).
+//! another shard could not tell which of its events are already folded in. For the same reason per-key
+//! state in a merged snapshot never has a `covered` position (the reader's per-log rule does that job):
+//! restore refuses one that does.
 //!
 //! # Topology
 //!
@@ -48,7 +49,7 @@ use super::start::log_id;
 use crate::Engine;
 use crate::error::{ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
-use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::keyed::decode_key_entries;
 use crate::metrics::{ShardMetrics, bump};
 use crate::policy::panic_message;
 use crate::run::{EngineConfig, EngineShared, IoJob, RunSummary, Running, ShardLoop, Topology, io_loop};
@@ -267,14 +268,23 @@ fn restore_merged<H: ShardHandler>(
         let i = s.meta.shard_idx as usize;
         let state = match layout {
             StateLayout::PerShard => s.state.clone(),
-            // The per-key `covered` positions are merge sequence numbers of the run that wrote them.
+            // A merged run never sets a per-key `covered` position (it would be a merge number of the run
+            // that wrote it, meaningless here; the per-log vector skips events instead).
             StateLayout::PerKey => {
-                let mut out = Vec::with_capacity(s.state.len());
                 for entry in decode_key_entries(&s.state) {
-                    let (key, _, st) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
-                    encode_key_entry(&mut out, key, Position(0), st);
+                    let (key, covered, _) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
+                    if covered != Position(0) {
+                        return Err(SnapshotError::Invalid {
+                            path: path.clone(),
+                            why: format!(
+                                "key {:?} has a covered position ({covered}) in a merged snapshot",
+                                String::from_utf8_lossy(key)
+                            ),
+                        }
+                        .into());
+                    }
                 }
-                out
+                s.state.clone()
             }
         };
         handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
@@ -639,4 +649,25 @@ fn merged_reader_loop(
         shared.reader_at_end.store(true, Ordering::Release);
     }
     drop(rings);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vector_at` counts each log's records before `m`, from the start vector, and still answers for the
+    /// lowest position every shard has passed after forgetting what lies below it.
+    #[test]
+    fn tracker_vectors_are_exact_and_survive_trimming() {
+        let t = Tracker::new(13, &[Position(10), Position(3)]);
+        assert_eq!(t.vector_at(13), Some(vec![10, 3]));
+        t.push(&[0, 1, 1, 0, 1], 0);
+        assert_eq!(t.vector_at(15), Some(vec![11, 4]));
+        assert_eq!(t.vector_at(18), Some(vec![12, 6]));
+        assert_eq!(t.vector_at(19), None, "past what was handed out");
+        t.push(&[0], 16);
+        assert_eq!(t.vector_at(15), None, "below what every shard passed");
+        assert_eq!(t.vector_at(16), Some(vec![11, 5]));
+        assert_eq!(t.vector_at(19), Some(vec![13, 6]));
+    }
 }

@@ -281,8 +281,16 @@ fn shards_ahead_of_the_start_vector_skip_by_their_own_vector() {
     let vectors: Vec<Vec<Position>> =
         (0..4).map(|i| load_snap(ckpt.path(), i).logs.iter().map(|m| m.position).collect()).collect();
     assert!(vectors.iter().any(|v| *v != vectors[0]), "the shards' vectors differ: {vectors:?}");
-    let (s3, got) = run_merged_keyed(&logs, cfg, Arc::default()).unwrap();
-    assert_states_eq(&got, &oracle_merged(&sorted), "after three runs");
+    // A resume that stops early: the shards ahead snapshot again, and must keep their own vector rather
+    // than the lower v(2100).
+    let early = EngineConfig { stop_at: Some(Position(2100)), ..cfg.clone() };
+    let (s3, _) = run_merged_keyed(&logs, early, Arc::default()).unwrap();
+    for i in (0..4u16).filter(|&i| i as usize != poisoned) {
+        let v: Vec<Position> = load_snap(ckpt.path(), i).logs.iter().map(|m| m.position).collect();
+        assert_eq!(v, vectors[i as usize], "shard {i} kept its vector");
+    }
+    let (s4, got) = run_merged_keyed(&logs, cfg, Arc::default()).unwrap();
+    assert_states_eq(&got, &oracle_merged(&sorted), "after four runs");
     // Each shard's vector says which of its records its state held: the sum over shards of its records at
     // or above its vector is what the last run handled.
     let mut left = 0u64;
@@ -290,7 +298,7 @@ fn shards_ahead_of_the_start_vector_skip_by_their_own_vector() {
         let i = shard_of(catchup_segments::key_hash(&r.key), 4).0 as usize;
         left += (r.position >= vectors[i][r.log].0) as u64;
     }
-    assert_eq!(handled(&s3.shards), left);
+    assert_eq!(handled(&s3.shards) + handled(&s4.shards), left);
 }
 
 /// What a merged checkpoint refuses, each with the file named: a single-log run over it, a merge of the
@@ -339,6 +347,27 @@ fn merged_checkpoints_refuse_what_they_cannot_resume() {
             Err(ReplayError::Config(_)) => {}
             other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
         }
+    }
+
+    // A per-key `covered` position in a merged snapshot (which a merged run never writes).
+    let copy = mem_tempdir();
+    for i in 0..2 {
+        std::fs::copy(snap_path(ckpt.path(), i), snap_path(copy.path(), i)).unwrap();
+    }
+    let s = load_snap(copy.path(), 0);
+    let mut state = Vec::new();
+    for e in catchup_engine::keyed::decode_key_entries(&s.state) {
+        let (key, _, st) = e.unwrap();
+        catchup_engine::keyed::encode_key_entry(&mut state, key, Position(5), st);
+    }
+    snapshot::write_merged(copy.path(), &s.meta, &s.logs, &state).unwrap();
+    let covered = EngineConfig { checkpoint: checkpoint(copy.path(), 100), ..cfg.clone() };
+    match run_merged_keyed(&logs, covered, Arc::default()) {
+        Err(ReplayError::Snapshot(SnapshotError::Invalid { path, why })) => {
+            assert_eq!(path, snap_path(copy.path(), 0));
+            assert!(why.contains("covered position"), "{why}");
+        }
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
     }
 
     // Log 1 cut below the checkpoint and appended again with other records.
