@@ -451,6 +451,17 @@ fn following_merges_live_appends_within_the_skew() {
     assert!(last_wait < MAX_SKEW + Duration::from_secs(5), "the skew wait ended ({last_wait:?})");
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: `clock_gettime` only writes the `timespec` we pass, a valid, writable, zeroed struct.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        assert_eq!(libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts), 0);
+        ts
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 const CHILD_KILL: &str = "CATCHUP_IT_CHILD_MERGED";
 
 /// Child mode: a merged, checkpointed run over the logs in `$CATCHUP_IT_CHILD_MERGED` (`LOG;LOG;CKPT`), with
@@ -550,6 +561,39 @@ fn merged_throughput() {
         }
     }
     let total = (2 * n_each) as f64;
+    // The read alone, no engine: one cursor's record heads against the merged cursor's, in M heads per
+    // second of this thread's CPU time (less at the mercy of other processes than wall time).
+    let mut scan = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = thread_cpu();
+        let reader = catchup_segments::LogReader::open(single.path()).unwrap();
+        let mut c = reader.cursor(Start::Beginning).unwrap();
+        let mut x = 0u64;
+        while let Some(b) = c.next_batch().unwrap() {
+            x = b.heads().fold(x, |x, h| x ^ h.key_hash);
+        }
+        std::hint::black_box(x);
+        scan.0.push(total / (thread_cpu() - t).as_secs_f64() / 1e6);
+        let t = thread_cpu();
+        let readers: Vec<_> = logs.iter().map(|l| catchup_segments::LogReader::open(l).unwrap()).collect();
+        let mut c =
+            catchup_segments::MergedCursor::open(&readers, &[Position(0); 2], catchup_segments::merge::Wait::No)
+                .unwrap();
+        let mut x = 0u64;
+        while let catchup_segments::merge::Step::Record(h) = c.step().unwrap() {
+            x ^= h.head.key_hash;
+        }
+        std::hint::black_box(x);
+        scan.1.push(total / (thread_cpu() - t).as_secs_f64() / 1e6);
+    }
+    scan.0.sort_by(f64::total_cmp);
+    scan.1.sort_by(f64::total_cmp);
+    println!(
+        "read only (CPU time): one log {:.2} M heads/s, two logs merged {:.2} M heads/s, ratio {:.2}",
+        scan.0[2],
+        scan.1[2],
+        scan.1[2] / scan.0[2]
+    );
     for n in [1usize, 2, 4] {
         let cfg = EngineConfig { n_shards: n, ..Default::default() };
         let mut one = Vec::new();
