@@ -263,6 +263,12 @@ pub fn encode_merged(meta: &SnapshotMeta, logs: &[LogMark], state: &[u8]) -> Vec
     encode_with(meta, &Binding::NONE, logs, state)
 }
 
+/// Encodes a decoded snapshot again, in its own version (2, or 3 for a merged one): for any `s` that
+/// [`decode`] accepted, `encode_snapshot(&decode(b)?) == b`.
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    encode_with(&s.meta, &s.binding, &s.logs, &s.state)
+}
+
 fn encode_with(meta: &SnapshotMeta, binding: &Binding, logs: &[LogMark], state: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; SNAPSHOT_HEADER_SIZE];
     b[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&SNAPSHOT_MAGIC);

@@ -12,8 +12,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use catchup_engine::snapshot::{HEADER_CRC_AT, LOG_MARK_SIZE, LogMark, SNAPSHOT_HEADER_SIZE, SnapshotMeta};
 use catchup_engine::*;
 use catchup_segments::LogWriter;
+use proptest::prelude::*;
 
 use crate::util::*;
 
@@ -615,5 +617,84 @@ fn merged_throughput() {
             merged[2],
             merged[2] / one[2]
         );
+    }
+}
+
+/// Recomputes the three checksums of a (possibly mutated) version-3 snapshot whose table size is read from
+/// its own `n_logs` field, where the bytes are long enough.
+fn reseal_merged(mut b: Vec<u8>) -> Vec<u8> {
+    if b.len() < SNAPSHOT_HEADER_SIZE + 4 {
+        return b;
+    }
+    let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
+    b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    let n_logs = u32::from_le_bytes(b[68..72].try_into().unwrap()) as usize;
+    let table_end = SNAPSHOT_HEADER_SIZE + n_logs.min(4096) * LOG_MARK_SIZE;
+    if b.len() < table_end + 8 + 4 {
+        return b;
+    }
+    let crc = crc32c::crc32c(&b[SNAPSHOT_HEADER_SIZE..table_end]);
+    b[table_end..table_end + 4].copy_from_slice(&crc.to_le_bytes());
+    let n = b.len();
+    let crc = crc32c::crc32c(&b[table_end + 8..n - 4]);
+    b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A merged snapshot as the engine writes one: 1..4 logs, the header's position their sum, its log id theirs.
+fn merged_snapshot() -> impl Strategy<Value = (SnapshotMeta, Vec<LogMark>, Vec<u8>)> {
+    (
+        prop::collection::vec((any::<u64>(), 0u64..1 << 40, any::<u32>()), 1..4),
+        1u16..=16,
+        any::<u16>(),
+        any::<bool>(),
+        prop::collection::vec(any::<u8>(), 0..40),
+    )
+        .prop_map(|(logs, n_shards, idx, per_key, state)| {
+            let logs: Vec<LogMark> = logs
+                .into_iter()
+                .map(|(log_id, p, crc)| LogMark { log_id, position: Position(p), crc: if p == 0 { 0 } else { crc } })
+                .collect();
+            let ids: Vec<u64> = logs.iter().map(|m| m.log_id).collect();
+            let meta = SnapshotMeta {
+                layout: if per_key { StateLayout::PerKey } else { StateLayout::PerShard },
+                shard_idx: idx % n_shards,
+                n_shards,
+                position: Position(logs.iter().map(|m| m.position.0).sum()),
+                log_id: snapshot::merged_log_id(&ids),
+                fingerprint: 1,
+                created_ns: 2,
+            };
+            (meta, logs, state)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
+
+    /// Version-3 bytes mutated (flips, a new length), then resealed or not: decode never panics, and what
+    /// it accepts re-encodes to the same bytes (the snapshot fuzz target's contract, for version 3).
+    #[test]
+    fn almost_valid_merged_snapshots(
+        (meta, logs, state) in merged_snapshot(),
+        flips in prop::collection::vec((any::<usize>(), 1u8..), 0..4),
+        len in prop::option::of(any::<usize>()),
+        resealed in any::<bool>(),
+    ) {
+        let mut b = snapshot::encode_merged(&meta, &logs, &state);
+        let s = snapshot::decode(&b).map_err(TestCaseError::fail)?;
+        prop_assert_eq!((&s.meta, &s.logs, &s.state), (&meta, &logs, &state));
+        for (at, x) in flips {
+            let i = at % b.len();
+            b[i] ^= x;
+        }
+        if let Some(len) = len {
+            b.resize(len % (b.len() + 16), 0);
+        }
+        let b = if resealed { reseal_merged(b) } else { b };
+        if let Ok(s) = snapshot::decode(&b) {
+            prop_assert_eq!(snapshot::encode_snapshot(&s), b);
+            prop_assert!(s.meta.shard_idx < s.meta.n_shards);
+        }
     }
 }
