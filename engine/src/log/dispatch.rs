@@ -206,7 +206,7 @@ fn publish_direct(
 
 /// Publishes `buf` into the ring, waiting (with back-off, never a bare spin) while it is full. Returns
 /// false if the engine aborted meanwhile.
-pub(super) fn publish(
+pub(crate) fn publish(
     shared: &EngineShared,
     producer: &mut impl Producer<Slot>,
     buf: &mut Vec<Slot>,

@@ -106,7 +106,7 @@ fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor
 /// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
 /// appended to before any slot naming the segment is published (so a shard that finds an index past its
 /// copy of the table can always re-read it).
-pub(super) fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
+pub(crate) fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
     match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
         Some(i) => i,
         None => {
