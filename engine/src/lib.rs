@@ -35,19 +35,23 @@ pub mod handler;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod keyed;
+mod log;
 pub mod metrics;
 mod policy;
+mod run;
 pub mod shard;
 pub mod snapshot;
 pub mod wait;
 
 pub use catchup_segments::{Position, Start};
-pub use engine::{
-    CheckpointConfig, Engine, EngineConfig, ErrorPolicy, Progress, RunSummary, Running, ShardSummary, Topology, log_id,
-};
 pub use error::{HandlerFailure, ReplayError, SnapshotError};
 pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
 pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
+pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
+pub use run::{
+    CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX, RunSummary, Running,
+    ShardSummary, Topology,
+};
 pub use shard::{SHARDS_MAX, ShardId, shard_of};
 pub use wait::WaitStrategy;

@@ -19,8 +19,14 @@ use crate::handler::StateLayout;
 
 /// `CATCHSNP`: the first eight bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CATCHSNP";
-/// Snapshot format version written and read.
+/// Snapshot format version written and read for a replay of one log.
 pub const SNAPSHOT_VERSION: u16 = 2;
+/// Snapshot format version of a replay of several logs merged into one ([`LogMark`] table after the header).
+pub const SNAPSHOT_VERSION_MERGED: u16 = 3;
+/// Most logs a merged snapshot's table may name.
+pub const MERGED_LOGS_MAX: usize = 1024;
+/// Size of one [`LogMark`] in a merged snapshot's table.
+pub const LOG_MARK_SIZE: usize = 24;
 /// The last version without a [`Binding`]: recognised only to refuse it with a message.
 pub const SNAPSHOT_VERSION_UNBOUND: u16 = 1;
 /// Size of the snapshot header.
@@ -40,7 +46,9 @@ const CREATED_NS_AT: usize = FINGERPRINT_AT + 8;
 const STATE_LEN_AT: usize = CREATED_NS_AT + 8;
 const BOUND_POSITION_AT: usize = STATE_LEN_AT + 8;
 const BOUND_CRC_AT: usize = BOUND_POSITION_AT + 8;
+/// Version 2: reserved (0). Version 3: the number of logs in the table after the header.
 const RESERVED2_AT: usize = BOUND_CRC_AT + 4;
+const N_LOGS_AT: usize = RESERVED2_AT;
 /// The header checksum covers every byte before it.
 pub const HEADER_CRC_AT: usize = RESERVED2_AT + 4;
 const RESERVED3_AT: usize = HEADER_CRC_AT + 4;
@@ -146,6 +154,11 @@ impl BindingLookup {
         Ok(self.record_crc(at)?.map(|crc| Binding { position, crc }))
     }
 
+    /// The log's directory (for messages).
+    pub fn dir(&self) -> &Path {
+        self.reader.dir()
+    }
+
     /// The end of the log as far as it is mapped (for messages).
     pub fn end_position(&self) -> Result<Position, ReadError> {
         self.reader.end_position()
@@ -196,13 +209,38 @@ impl BindingLookup {
     }
 }
 
+/// One log of a merged replay's snapshot (format version 3): the log, the next position of it not merged
+/// yet, and the binding of that position in that log (the CRC-32C of the record at `position - 1`, as
+/// [`Binding`] defines it; 0 when `position` is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogMark {
+    /// The log's identity ([`crate::log_id`]).
+    pub log_id: u64,
+    /// Every event of the snapshot's shard in this log below this position is reflected in the state, and
+    /// none at or above it.
+    pub position: Position,
+    /// CRC-32C of the stored bytes of the record at `position - 1` (0 when `position` is 0).
+    pub crc: u32,
+}
+
+/// The `log_id` header field of a merged snapshot: xxh3-64 (seed 0) of the logs' identities (8 bytes each,
+/// little-endian) in merge order.
+pub fn merged_log_id(log_ids: &[u64]) -> u64 {
+    let bytes: Vec<u8> = log_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    catchup_segments::key_hash(&bytes)
+}
+
 /// A loaded, validated snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Header fields.
     pub meta: SnapshotMeta,
-    /// What ties it to the log's content (checked on resume by the engine; [`Binding::NONE`] for Kafka).
+    /// What ties it to the log's content (checked on resume by the engine; [`Binding::NONE`] for Kafka and
+    /// for a merged snapshot, whose bindings are per log in `logs`).
     pub binding: Binding,
+    /// A merged replay's snapshot (version 3): per log, in merge order, its position and binding. Empty for
+    /// a snapshot of one log (version 2).
+    pub logs: Vec<LogMark>,
     /// The handler's state bytes.
     pub state: Vec<u8>,
 }
@@ -212,11 +250,31 @@ pub fn snapshot_file_name(shard_idx: u16) -> String {
     format!("shard-{shard_idx:05}.snap")
 }
 
-/// Encodes a snapshot file.
+/// Encodes a snapshot file of one log (version 2).
 pub fn encode(meta: &SnapshotMeta, binding: &Binding, state: &[u8]) -> Vec<u8> {
+    encode_with(meta, binding, &[], state)
+}
+
+/// Encodes a merged replay's snapshot file (version 3): `logs` in merge order (at least one). The header's
+/// `position` should be the sum of their positions and its `log_id` [`merged_log_id`] of theirs (decode
+/// checks both); the header binds nothing, each log mark binds its own log.
+pub fn encode_merged(meta: &SnapshotMeta, logs: &[LogMark], state: &[u8]) -> Vec<u8> {
+    assert!(!logs.is_empty(), "a merged snapshot names at least one log");
+    encode_with(meta, &Binding::NONE, logs, state)
+}
+
+/// Encodes a decoded snapshot again, in its own version (2, or 3 for a merged one): for any `s` that
+/// [`decode`] accepted, `encode_snapshot(&decode(b)?) == b`.
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    encode_with(&s.meta, &s.binding, &s.logs, &s.state)
+}
+
+fn encode_with(meta: &SnapshotMeta, binding: &Binding, logs: &[LogMark], state: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; SNAPSHOT_HEADER_SIZE];
     b[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&SNAPSHOT_MAGIC);
-    b[VERSION_AT..VERSION_AT + 2].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    let version = if logs.is_empty() { SNAPSHOT_VERSION } else { SNAPSHOT_VERSION_MERGED };
+    b[VERSION_AT..VERSION_AT + 2].copy_from_slice(&version.to_le_bytes());
+    b[N_LOGS_AT..N_LOGS_AT + 4].copy_from_slice(&(logs.len() as u32).to_le_bytes());
     b[LAYOUT_AT] = match meta.layout {
         StateLayout::PerShard => 0,
         StateLayout::PerKey => 1,
@@ -232,6 +290,18 @@ pub fn encode(meta: &SnapshotMeta, binding: &Binding, state: &[u8]) -> Vec<u8> {
     b[BOUND_CRC_AT..BOUND_CRC_AT + 4].copy_from_slice(&binding.crc.to_le_bytes());
     let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
     b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    if !logs.is_empty() {
+        let table_at = b.len();
+        for m in logs {
+            b.extend_from_slice(&m.log_id.to_le_bytes());
+            b.extend_from_slice(&m.position.0.to_le_bytes());
+            b.extend_from_slice(&m.crc.to_le_bytes());
+            b.extend_from_slice(&[0; 4]);
+        }
+        let crc = crc32c::crc32c(&b[table_at..]);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+    }
     b.extend_from_slice(state);
     b.extend_from_slice(&crc32c::crc32c(state).to_le_bytes());
     b
@@ -257,17 +327,51 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     }
     // The version is looked at before the header checksum, whose place depends on it.
     let version = u16_at(bytes, VERSION_AT);
-    if version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION})"));
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_MERGED {
+        return Err(format!(
+            "snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION} and \
+             {SNAPSHOT_VERSION_MERGED})"
+        ));
     }
     if crc32c::crc32c(&bytes[..HEADER_CRC_AT]) != u32_at(bytes, HEADER_CRC_AT) {
         return Err("header checksum mismatch".into());
     }
+    let merged = version == SNAPSHOT_VERSION_MERGED;
     if bytes[RESERVED1_AT] != 0
-        || bytes[RESERVED2_AT..RESERVED2_AT + 4] != [0; 4]
+        || (!merged && bytes[RESERVED2_AT..RESERVED2_AT + 4] != [0; 4])
         || bytes[RESERVED3_AT..RESERVED3_AT + 4] != [0; 4]
     {
         return Err("non-zero reserved bytes".into());
+    }
+    let n_logs = if merged { u32_at(bytes, N_LOGS_AT) as usize } else { 0 };
+    if merged && !(1..=MERGED_LOGS_MAX).contains(&n_logs) {
+        return Err(format!("merged snapshot names {n_logs} logs, not 1..={MERGED_LOGS_MAX}"));
+    }
+    // Version 3: the log table (and its checksum and a reserved word) between the header and the state.
+    let table_size = if merged { n_logs * LOG_MARK_SIZE + 8 } else { 0 };
+    let state_at = SNAPSHOT_HEADER_SIZE + table_size;
+    if bytes.len() < state_at + 4 {
+        return Err(format!("{} bytes, shorter than a merged snapshot's header and table", bytes.len()));
+    }
+    let mut logs = Vec::with_capacity(n_logs);
+    if merged {
+        let table = &bytes[SNAPSHOT_HEADER_SIZE..state_at - 8];
+        if crc32c::crc32c(table) != u32_at(bytes, state_at - 8) {
+            return Err("log table checksum mismatch".into());
+        }
+        if bytes[state_at - 4..state_at] != [0; 4] {
+            return Err("non-zero reserved bytes after the log table".into());
+        }
+        for (i, m) in table.chunks_exact(LOG_MARK_SIZE).enumerate() {
+            let mark = LogMark { log_id: u64_at(m, 0), position: Position(u64_at(m, 8)), crc: u32_at(m, 16) };
+            if m[20..24] != [0; 4] {
+                return Err(format!("non-zero reserved bytes in log {i}'s entry"));
+            }
+            if mark.position == Position(0) && mark.crc != 0 {
+                return Err(format!("log {i}: binding checksum {:#010x} at position 0", mark.crc));
+            }
+            logs.push(mark);
+        }
     }
     let layout = match bytes[LAYOUT_AT] {
         0 => StateLayout::PerShard,
@@ -275,10 +379,10 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         x => return Err(format!("unknown state layout {x}")),
     };
     let state_len = u64_at(bytes, STATE_LEN_AT);
-    if state_len > SNAPSHOT_STATE_SIZE_MAX || state_len + SNAPSHOT_HEADER_SIZE as u64 + 4 != bytes.len() as u64 {
+    if state_len > SNAPSHOT_STATE_SIZE_MAX || state_len + state_at as u64 + 4 != bytes.len() as u64 {
         return Err(format!("state length {state_len} does not match the file size {}", bytes.len()));
     }
-    let state = &bytes[SNAPSHOT_HEADER_SIZE..bytes.len() - 4];
+    let state = &bytes[state_at..bytes.len() - 4];
     if crc32c::crc32c(state) != u32_at(bytes, bytes.len() - 4) {
         return Err("state checksum mismatch".into());
     }
@@ -301,7 +405,20 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if binding.position != Position(0) && binding.position < meta.position {
         return Err(format!("bound position {} is below the snapshot's position {}", binding.position, meta.position));
     }
-    Ok(Snapshot { meta, binding, state: state.to_vec() })
+    if merged {
+        if binding != Binding::NONE {
+            return Err("a merged snapshot's header binds a position (its bindings are per log)".into());
+        }
+        let sum = logs.iter().try_fold(0u64, |a, m| a.checked_add(m.position.0));
+        if sum != Some(meta.position.0) {
+            return Err(format!("position {} is not the sum of the logs' positions", meta.position));
+        }
+        let ids: Vec<u64> = logs.iter().map(|m| m.log_id).collect();
+        if merged_log_id(&ids) != meta.log_id {
+            return Err("log id does not match the log table".into());
+        }
+    }
+    Ok(Snapshot { meta, binding, logs, state: state.to_vec() })
 }
 
 /// Writes an unbound snapshot ([`Binding::NONE`]): what a Kafka partition snapshot is, its offsets being
@@ -313,10 +430,31 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, state: &[u8]) -> Result<PathBuf, S
 /// Writes a snapshot atomically: tmp file, fsync, rename over the old one, fsync the directory.
 /// The encoded bytes are decoded again before they are written (checked at both ends).
 pub fn write_bound(dir: &Path, meta: &SnapshotMeta, binding: &Binding, state: &[u8]) -> Result<PathBuf, SnapshotError> {
+    write_with(dir, meta, binding, &[], state)
+}
+
+/// Writes a merged replay's snapshot (version 3, see [`encode_merged`]) atomically, as [`write_bound`] does.
+pub fn write_merged(dir: &Path, meta: &SnapshotMeta, logs: &[LogMark], state: &[u8]) -> Result<PathBuf, SnapshotError> {
+    if logs.is_empty() {
+        return Err(SnapshotError::Invalid {
+            path: dir.join(snapshot_file_name(meta.shard_idx)),
+            why: "a merged snapshot names no log".into(),
+        });
+    }
+    write_with(dir, meta, &Binding::NONE, logs, state)
+}
+
+fn write_with(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    binding: &Binding,
+    logs: &[LogMark],
+    state: &[u8],
+) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(snapshot_file_name(meta.shard_idx));
-    let bytes = encode(meta, binding, state);
+    let bytes = encode_with(meta, binding, logs, state);
     match decode(&bytes) {
-        Ok(s) if s.meta == *meta && s.binding == *binding => {}
+        Ok(s) if s.meta == *meta && s.binding == *binding && s.logs == logs => {}
         other => {
             return Err(SnapshotError::Invalid {
                 path,
@@ -427,6 +565,45 @@ mod tests {
             assert!(decode(&c).is_err(), "flip at byte {i} undetected");
         }
         assert!(decode(&b[..b.len() - 1]).is_err());
+    }
+
+    /// A merged snapshot (version 3) round-trips with its log table, and every bit flip is caught.
+    #[test]
+    fn merged_round_trip_and_every_flip_detected() {
+        let logs = [
+            LogMark { log_id: 11, position: Position(60), crc: 0x1234_5678 },
+            LogMark { log_id: 12, position: Position(39), crc: 0x9abc_def0 },
+            LogMark { log_id: 13, position: Position(0), crc: 0 },
+        ];
+        let m = SnapshotMeta { log_id: merged_log_id(&[11, 12, 13]), ..meta() };
+        let b = encode_merged(&m, &logs, b"state bytes");
+        assert_eq!(u16_at(&b, VERSION_AT), SNAPSHOT_VERSION_MERGED);
+        let s = decode(&b).unwrap();
+        assert_eq!((s.meta, s.binding, &s.logs[..], &s.state[..]), (m, Binding::NONE, &logs[..], &b"state bytes"[..]));
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(decode(&c).is_err(), "flip at byte {i} undetected");
+        }
+        assert!(decode(&b[..b.len() - 1]).is_err());
+        // A single-log snapshot is still version 2, with no table.
+        let v2 = encode(&meta(), &BOUND, b"x");
+        assert_eq!((u16_at(&v2, VERSION_AT), v2.len()), (SNAPSHOT_VERSION, SNAPSHOT_HEADER_SIZE + 1 + 4));
+        assert!(decode(&v2).unwrap().logs.is_empty());
+    }
+
+    /// A merged header whose position is not the sum of the table's, or whose log id is not the table's,
+    /// is refused even with valid checksums.
+    #[test]
+    fn merged_header_must_agree_with_its_table() {
+        let logs = [LogMark { log_id: 11, position: Position(60), crc: 1 }];
+        let good = SnapshotMeta { log_id: merged_log_id(&[11]), position: Position(60), ..meta() };
+        assert!(decode(&encode_merged(&good, &logs, b"")).is_ok());
+        assert!(decode(&encode_merged(&SnapshotMeta { position: Position(61), ..good }, &logs, b"")).is_err());
+        assert!(decode(&encode_merged(&SnapshotMeta { log_id: 11, ..good }, &logs, b"")).is_err());
+        let unbound = [LogMark { log_id: 11, position: Position(0), crc: 1 }];
+        let m = SnapshotMeta { position: Position(0), ..good };
+        assert!(decode(&encode_merged(&m, &unbound, b"")).is_err());
     }
 
     /// A binding checksum without a bound position, or a bound position below the snapshot's, cannot be

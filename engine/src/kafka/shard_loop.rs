@@ -1,0 +1,269 @@
+//! A Kafka shard thread: runs each partition's handler over its batches and answers barriers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use catchup_segments::Position;
+use crossbeam::channel;
+
+use super::channel::{Ack, ToShard};
+use super::shared::Shared;
+use crate::error::{HandlerFailure, ReplayError, printable_key};
+use crate::handler::{Ctx, Event, ShardHandler};
+use crate::metrics::{Latencies, bump};
+use crate::policy::{self, Outcome, json_string};
+use crate::run::{ErrorPolicy, wall_ns};
+use crate::shard::ShardId;
+
+pub(crate) struct DeadLetters {
+    pub(crate) path: PathBuf,
+    pub(crate) file: Mutex<Option<(std::fs::File, bool)>>,
+}
+
+impl DeadLetters {
+    fn append(&self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some((std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?, false));
+        }
+        let (f, dirty) = g.as_mut().expect("opened above");
+        f.write_all(line.as_bytes())?;
+        f.write_all(b"\n")?;
+        *dirty = true;
+        Ok(())
+    }
+
+    /// Makes every line durable: called before a barrier is answered, since the commit that follows
+    /// moves past the skipped events.
+    fn sync(&self) -> std::io::Result<()> {
+        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((f, dirty)) = g.as_mut()
+            && *dirty
+        {
+            f.sync_data()?;
+            *dirty = false;
+        }
+        Ok(())
+    }
+}
+
+struct Part<H> {
+    handler: H,
+    start: i64,
+    check_covered: bool,
+    replay_end: i64,
+}
+
+pub(crate) struct ShardCtx<'a> {
+    pub(crate) idx: usize,
+    pub(crate) shared: &'a Shared,
+    pub(crate) topic: &'a str,
+    pub(crate) on_error: ErrorPolicy,
+    pub(crate) dead_letters: Option<&'a DeadLetters>,
+    pub(crate) sample_every: u64,
+}
+
+pub(crate) fn shard_loop<H: ShardHandler>(
+    cx: &ShardCtx<'_>,
+    rx: channel::Receiver<ToShard<H>>,
+    acks: channel::Sender<Ack>,
+) -> BTreeMap<i32, H> {
+    let mut parts: HashMap<i32, Part<H>> = HashMap::new();
+    let metrics = &cx.shared.metrics[cx.idx];
+    let c = &metrics.counters;
+    let mut local = Latencies::default();
+    let mut countdown = cx.sample_every;
+    let mut failed = false;
+    let mut touched: Vec<i32> = Vec::new();
+    let shard = ShardId(cx.idx as u16);
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            ToShard::Install { partition, handler, start, check_covered, replay_end } => {
+                parts.insert(partition, Part { handler, start, check_covered, replay_end });
+            }
+            ToShard::Release { partition } => {
+                parts.remove(&partition);
+            }
+            ToShard::LiveFrom { partition, offset } => {
+                if let Some(part) = parts.get_mut(&partition) {
+                    part.replay_end = offset;
+                }
+            }
+            ToShard::Barrier { id, snapshot } => {
+                if failed || cx.shared.aborted() {
+                    // No answer: the coordinator sees the abort instead and commits nothing.
+                    continue;
+                }
+                if let Some(d) = cx.dead_letters
+                    && let Err(source) = d.sync()
+                {
+                    cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
+                    failed = true;
+                    continue;
+                }
+                let mut states = Vec::new();
+                for (&p, part) in parts.iter_mut() {
+                    // Without snapshots, `flush` finishes the side effects the commit will cover.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if snapshot { part.handler.snapshot() } else { part.handler.flush().map(|()| Vec::new()) }
+                    }));
+                    let r = match r {
+                        Ok(Ok(b)) => Ok(b),
+                        Ok(Err(e)) => Err(e.0),
+                        Err(p) => Err(policy::panic_message(&*p)),
+                    };
+                    states.push((p, r));
+                }
+                metrics.publish(&mut local);
+                if acks.send(Ack { shard: cx.idx, id, states }).is_err() {
+                    break;
+                }
+            }
+            ToShard::Events(batch) => {
+                if failed || cx.shared.aborted() {
+                    continue;
+                }
+                bump(&c.batches, 1);
+                bump(&c.slots, batch.items.len() as u64);
+                c.batch_max.fetch_max(batch.items.len() as u64, Ordering::Relaxed);
+                let mut at = 0usize;
+                let (mut handled, mut covered) = (0u64, 0u64);
+                touched.clear();
+                for it in &batch.items {
+                    let key = &batch.data[at..at + it.key_len as usize];
+                    at += it.key_len as usize;
+                    let payload = &batch.data[at..at + it.payload_len as usize];
+                    at += it.payload_len as usize;
+                    let Some(part) = parts.get_mut(&it.partition) else {
+                        cx.shared.fail(ReplayError::Internal(format!(
+                            "shard {shard} got a record of partition {} it was never given",
+                            it.partition
+                        )));
+                        failed = true;
+                        break;
+                    };
+                    if it.offset < part.start {
+                        covered += 1;
+                        continue;
+                    }
+                    let position = Position(it.offset as u64);
+                    let event = Event { position, timestamp_ns: it.timestamp_ns, key_hash: it.key_hash, key, payload };
+                    if part.check_covered && part.handler.covered(&event) {
+                        covered += 1;
+                        continue;
+                    }
+                    if !touched.contains(&it.partition) {
+                        touched.push(it.partition);
+                    }
+                    let ctx =
+                        Ctx { shard, n_shards: cx.shared.n_shards, position, replay: it.offset < part.replay_end };
+                    countdown -= 1;
+                    let sampled = countdown == 0;
+                    let t0 = Instant::now();
+                    let first = policy::call(&mut part.handler, &event, &ctx);
+                    if sampled {
+                        countdown = cx.sample_every;
+                        let now = Instant::now();
+                        local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
+                        let since_start = (t0 - cx.shared.started).as_nanos() as u64;
+                        local.queue_wait_ns.saturating_record(since_start.saturating_sub(batch.sent_ns));
+                        local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
+                    }
+                    let Err(first) = first else {
+                        handled += 1;
+                        continue;
+                    };
+                    let shared = cx.shared;
+                    let aborted = || shared.aborted();
+                    match policy::after_failure(
+                        &mut part.handler,
+                        cx.on_error,
+                        &event,
+                        &ctx,
+                        first,
+                        &aborted,
+                        &c.retries,
+                    ) {
+                        Outcome::Done => handled += 1,
+                        Outcome::Skipped(why) => {
+                            bump(&c.dead_lettered, 1);
+                            let line = dead_letter_line(cx.topic, it.partition, shard, &event, &why);
+                            let d = cx.dead_letters.expect("validated: a skipping policy has a dead-letter log");
+                            if let Err(source) = d.append(&line) {
+                                cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
+                                failed = true;
+                                break;
+                            }
+                        }
+                        Outcome::Fatal(why) => {
+                            cx.shared.fail(ReplayError::Handler(HandlerFailure {
+                                shard,
+                                key: printable_key(key),
+                                position,
+                                cause: format!(
+                                    "{why} (topic {}, partition {}, offset {})",
+                                    cx.topic, it.partition, it.offset
+                                ),
+                            }));
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if !failed {
+                    for p in &touched {
+                        let part = parts.get_mut(p).expect("touched partitions are installed");
+                        if let Err(e) = part.handler.end_of_batch(shard) {
+                            cx.shared.fail(ReplayError::Handler(HandlerFailure {
+                                shard,
+                                key: String::new(),
+                                position: Position(0),
+                                cause: format!("end of batch (topic {}, partition {p}): {e}", cx.topic),
+                            }));
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                bump(&c.handled, handled);
+                bump(&c.covered, covered);
+            }
+        }
+    }
+    metrics.publish(&mut local);
+    parts.into_iter().map(|(p, part)| (p, part.handler)).collect()
+}
+
+/// `{"topic":T,"partition":P,"offset":O,"shard":S,"timestamp_ns":N,"key":K,"error":E}`.
+fn dead_letter_line(topic: &str, partition: i32, shard: ShardId, event: &Event<'_>, why: &str) -> String {
+    let mut s = String::from("{\"topic\":");
+    json_string(&mut s, topic);
+    s.push_str(&format!(
+        ",\"partition\":{partition},\"offset\":{},\"shard\":{shard},\"timestamp_ns\":{},\"key\":",
+        event.position, event.timestamp_ns
+    ));
+    json_string(&mut s, &printable_key(event.key));
+    s.push_str(",\"error\":");
+    json_string(&mut s, why);
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_lines_are_json() {
+        let e = Event { position: Position(7), timestamp_ns: 9, key_hash: 0, key: b"k\"1", payload: b"" };
+        let line = dead_letter_line("t", 2, ShardId(1), &e, "bad\nthing");
+        assert_eq!(
+            line,
+            r#"{"topic":"t","partition":2,"offset":7,"shard":1,"timestamp_ns":9,"key":"k\"1","error":"bad\nthing"}"#
+        );
+    }
+}

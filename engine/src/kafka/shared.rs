@@ -1,0 +1,147 @@
+//! The state the poll thread, the shards and the handle share, and the progress computed from it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::ReplayError;
+use crate::metrics::{ShardMetrics, bump};
+
+/// Where one owned partition stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// Partition number.
+    pub partition: i32,
+    /// Offset this process started the partition at (snapshot or commit).
+    pub start: i64,
+    /// Next offset to hand to the shards (everything below is dispatched).
+    pub dispatched: i64,
+    /// Everything below this offset has been handled (as of the last barrier).
+    pub handled: i64,
+    /// Last offset committed to the group.
+    pub committed: i64,
+    /// High watermark (the partition's end) as last fetched.
+    pub high: i64,
+    /// `high - handled`.
+    pub lag: i64,
+}
+
+/// Where a Kafka run stands.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaProgress {
+    /// The partitions this process owns now.
+    pub partitions: Vec<PartitionProgress>,
+    /// Events handled by handlers so far.
+    pub handled: u64,
+    /// Events skipped because a snapshot already covered them.
+    pub covered: u64,
+    /// Records dropped on arrival: of partitions this process no longer owned (their new owner reads them),
+    /// or fetched a second time.
+    pub stale: u64,
+    /// Rebalances seen (assignments and revocations).
+    pub rebalances: u64,
+    /// The latest rebalance events, oldest first (at most 16), for example `assigned [0, 2]`.
+    pub rebalance_log: Vec<String>,
+    /// Problems that cost time but no data (refused commits, failed checks), and the latest one.
+    pub warnings: u64,
+    /// The latest warning.
+    pub last_warning: Option<String>,
+    /// Sum of `lag` over owned partitions.
+    pub lag_events: i64,
+    /// Time since the start.
+    pub elapsed: Duration,
+    /// Events handled per second since the start.
+    pub rate_per_s: f64,
+    /// True once every owned partition is handled and committed up to its end.
+    pub caught_up: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) n_shards: usize,
+    /// Clean stop requested: Release-stored by `KafkaRunning::stop`, Acquire-loaded by the poll loop (it
+    /// publishes nothing else through the flag; the pairing only orders the request before the drain).
+    pub(crate) stop: AtomicBool,
+    /// Release-stored by `fail`; Acquire-loaded by every loop that checks it (so the failure is visible).
+    pub(crate) abort: AtomicBool,
+    pub(crate) failure: Mutex<Option<ReplayError>>,
+    pub(crate) metrics: Vec<ShardMetrics>,
+    /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
+    /// rebalances, warnings.
+    pub(crate) stale: AtomicU64,
+    /// Set by the poll thread when it ends the run because the group is done (Relaxed: read after the
+    /// thread is joined).
+    pub(crate) group_done: AtomicBool,
+    /// The topic's partitions, read from its metadata before the poll thread starts.
+    pub(crate) topic_partitions: Mutex<Vec<i32>>,
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) rebalance_log: Mutex<Vec<String>>,
+    pub(crate) warnings: AtomicU64,
+    pub(crate) last_warning: Mutex<Option<String>>,
+    pub(crate) partitions: Mutex<Vec<PartitionProgress>>,
+    /// Every owned partition handled and committed to its end (Relaxed: a statistic for progress).
+    pub(crate) caught_up: AtomicBool,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn fail(&self, e: ReplayError) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        // Release pairs with the Acquire in `aborted`.
+        self.abort.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note(&self, what: String) {
+        if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
+            eprintln!("[{:?}] {what}", self.started.elapsed());
+        }
+        bump(&self.rebalances, 1);
+        let mut log = self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == 16 {
+            log.remove(0);
+        }
+        log.push(what);
+    }
+
+    /// A problem that costs time, not data (a refused commit, a failed check): counted and shown.
+    pub(crate) fn warn(&self, what: String) {
+        if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
+            eprintln!("[{:?}] warning: {what}", self.started.elapsed());
+        }
+        bump(&self.warnings, 1);
+        *self.last_warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    }
+
+    pub(crate) fn progress(&self) -> KafkaProgress {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
+        let covered: u64 = self.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
+        let elapsed = self.started.elapsed();
+        let secs = elapsed.as_secs_f64();
+        KafkaProgress {
+            lag_events: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+            handled,
+            covered,
+            stale: self.stale.load(Ordering::Relaxed),
+            rebalances: self.rebalances.load(Ordering::Relaxed),
+            rebalance_log: self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            warnings: self.warnings.load(Ordering::Relaxed),
+            last_warning: self.last_warning.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            elapsed,
+            rate_per_s: if secs > 0.0 { handled as f64 / secs } else { 0.0 },
+            caught_up: self.caught_up.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) fn kafka_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ReplayError {
+    ReplayError::Kafka(format!("{what}: {e}"))
+}

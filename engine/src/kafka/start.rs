@@ -1,0 +1,182 @@
+//! [`start`]: builds the consumer and starts the shard and poll threads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
+
+use super::PartitionFactory;
+use super::channel::{Batch, ToShard};
+use super::config::KafkaConfig;
+use super::coord::{Coord, KafkaContext, Kc};
+use super::handle::KafkaRunning;
+use super::poll::poll_loop;
+use super::shard_loop::{DeadLetters, ShardCtx, shard_loop};
+use super::shared::{Shared, kafka_err};
+use crate::error::{ReplayError, SnapshotError};
+use crate::handler::ShardHandler;
+use crate::metrics::ShardMetrics;
+use crate::policy::{self};
+
+/// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
+///
+/// Fails at once if the brokers cannot be reached or the topic does not exist.
+pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
+    cfg: KafkaConfig,
+    factory: F,
+) -> Result<KafkaRunning<H>, ReplayError> {
+    cfg.validate()?;
+    let n = cfg.n_shards;
+    let shared = Arc::new(Shared {
+        n_shards: n,
+        stop: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
+        stale: AtomicU64::new(0),
+        group_done: AtomicBool::new(false),
+        topic_partitions: Mutex::new(Vec::new()),
+        rebalances: AtomicU64::new(0),
+        rebalance_log: Mutex::new(Vec::new()),
+        warnings: AtomicU64::new(0),
+        last_warning: Mutex::new(None),
+        partitions: Mutex::new(Vec::new()),
+        caught_up: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    if let Some(cp) = &cfg.checkpoint {
+        std::fs::create_dir_all(&cp.dir).map_err(|source| SnapshotError::Io {
+            op: "create directory",
+            path: cp.dir.clone(),
+            error: source,
+        })?;
+    }
+    let dead_letters = cfg.dead_letters.clone().map(|path| Arc::new(DeadLetters { path, file: Mutex::new(None) }));
+
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &cfg.url.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // End-of-partition events say where the backlog ends.
+        .set("enable.partition.eof", "true")
+        // Every partition is assigned at an explicit offset (snapshot, commit, or its low watermark): one
+        // out of range means the topic was recreated or truncated under the checkpoint, which must stop the
+        // run rather than silently restart the partition somewhere else.
+        .set("auto.offset.reset", "error");
+    for (k, v) in &cfg.client {
+        client.set(k, v);
+    }
+
+    let (acks_tx, acks_rx) = channel::unbounded();
+    let mut to_shards = Vec::with_capacity(n);
+    let mut shard_threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = channel::bounded::<ToShard<H>>(64);
+        to_shards.push(tx);
+        let shared = shared.clone();
+        let acks = acks_tx.clone();
+        let topic = cfg.url.topic.clone();
+        let on_error = cfg.on_error;
+        let dead_letters = dead_letters.clone();
+        let sample_every = cfg.latency_sample_every as u64;
+        let t = std::thread::Builder::new()
+            .name(format!("catchup-shard-{i}"))
+            .spawn(move || {
+                let cx = ShardCtx {
+                    idx: i,
+                    shared: &shared,
+                    topic: &topic,
+                    on_error,
+                    dead_letters: dead_letters.as_deref(),
+                    sample_every,
+                };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard_loop(&cx, rx, acks)));
+                r.unwrap_or_else(|p| {
+                    shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", policy::panic_message(&*p))));
+                    BTreeMap::new()
+                })
+            })
+            .map_err(ReplayError::Thread)?;
+        shard_threads.push(t);
+    }
+    drop(acks_tx);
+
+    let topic = cfg.url.topic.clone();
+    let url = cfg.url.to_string();
+    let coord = Coord {
+        shared: shared.clone(),
+        factory,
+        to_shards,
+        acks: acks_rx,
+        owned: BTreeMap::new(),
+        bufs: (0..n).map(|_| Batch::default()).collect(),
+        pending: None,
+        next_barrier: 0,
+        since_barrier: 0,
+        last_barrier: Instant::now(),
+        closed: false,
+        refused: 0,
+        cfg,
+    };
+    let consumer: Kc<H, F> = client
+        .create_with_context(KafkaContext { coord: Mutex::new(coord) })
+        .map_err(|e| kafka_err(format!("create a consumer for {url}"), e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(30))
+        .map_err(|e| kafka_err(format!("read the metadata of {url} (is the broker up?)"), e))?;
+    let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().iter().map(|p| p.id()).collect(),
+        Some(t) => {
+            return Err(ReplayError::Kafka(format!(
+                "{url}: topic not available ({:?})",
+                t.error().map(rdkafka::error::RDKafkaErrorCode::from)
+            )));
+        }
+        None => return Err(ReplayError::Kafka(format!("{url}: no such topic"))),
+    };
+    *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions;
+    consumer.subscribe(&[&topic]).map_err(|e| kafka_err(format!("subscribe to {topic}"), e))?;
+
+    let poll = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("catchup-kafka".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&consumer, &shared)));
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => shared.fail(e),
+                    Err(p) => shared
+                        .fail(ReplayError::Internal(format!("poll thread crashed: {}", policy::panic_message(&*p)))),
+                }
+                // Stop the shards: closing their channels ends their loops. Rebalance callbacks from here on
+                // (the close below) only release.
+                let owned: Vec<i32> = {
+                    let mut c = consumer.context().coord.lock().unwrap_or_else(|e| e.into_inner());
+                    c.closed = true;
+                    c.to_shards.clear();
+                    c.publish_progress();
+                    c.owned.keys().copied().collect()
+                };
+                let mut per_shard: Vec<BTreeMap<i32, H>> =
+                    shard_threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
+                consumer.unsubscribe();
+                drop(consumer);
+                owned
+                    .into_iter()
+                    .filter_map(|p| {
+                        let hs: Option<Vec<H>> = per_shard.iter_mut().map(|m| m.remove(&p)).collect();
+                        hs.map(|hs| (p, hs))
+                    })
+                    .collect()
+            })
+            .map_err(ReplayError::Thread)?
+    };
+    Ok(KafkaRunning { shared, poll: Some(poll) })
+}

@@ -1,0 +1,243 @@
+//! Dispatch into the rings: the ring slot, the two topologies, and publishing batches of record heads.
+
+use std::sync::atomic::Ordering;
+
+use catchup_segments::Position;
+use disruptor::Producer;
+
+use crate::metrics::bump;
+use crate::run::{EngineConfig, EngineShared};
+use crate::shard::shard_of;
+use crate::wait::Backoff;
+
+/// One ring slot: a reference to a record in a mapped segment. Payload bytes stay in the mapping.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Slot {
+    pub(crate) seg_idx: u32,
+    pub(crate) offset: u64,
+    pub(crate) position: u64,
+    pub(crate) key_hash: u64,
+    /// Engine clock (ns since start) when the reader published the batch holding this slot.
+    pub(crate) published_ns: u64,
+}
+
+impl Slot {
+    /// The slot for a record of segment `seg_idx`; `published_ns` is set when it is published.
+    #[inline]
+    fn new(seg_idx: u32, rec: &catchup_segments::RecordHead) -> Slot {
+        Slot { seg_idx, offset: rec.offset, position: rec.position.0, key_hash: rec.key_hash, published_ns: 0 }
+    }
+}
+
+/// The producer side of the rings, as built for the topology.
+pub(crate) enum Producers {
+    Broadcast(disruptor::SingleProducer<Slot, disruptor::MultiConsumerBarrier>),
+    Routed(Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>),
+}
+
+/// How the reader hands a log batch's records to the rings: the only part of the reader that depends on
+/// the topology.
+pub(crate) trait Dispatch {
+    /// Hands over the records of `batch` below `end_here`, raising `newest_ts` to their latest timestamp.
+    /// Returns false if the engine aborted meanwhile.
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool;
+
+    /// Publishes whatever is buffered; afterwards every record below `upto` has been handed over.
+    fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool;
+}
+
+/// One ring that every shard reads.
+pub(crate) struct Broadcast {
+    pub(crate) producer: disruptor::SingleProducer<Slot, disruptor::MultiConsumerBarrier>,
+    pub(crate) buf: Vec<Slot>,
+    pub(crate) backoff: Backoff,
+}
+
+impl Dispatch for Broadcast {
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool {
+        let mut heads = batch.heads();
+        let mut left = (end_here - batch.first_position.0) as usize;
+        if self.buf.is_empty() && left >= DIRECT_PUBLISH_MIN {
+            // Big batch: write slots straight into the ring, no intermediate copy.
+            while left > 0 {
+                let n = left.min(cfg.publish_batch);
+                let Some(ts) = publish_direct(shared, &mut self.producer, &mut heads, n, seg_idx, &mut self.backoff)
+                else {
+                    return false;
+                };
+                *newest_ts = (*newest_ts).max(ts);
+                left -= n;
+            }
+            return true;
+        }
+        for rec in heads.take(left) {
+            *newest_ts = (*newest_ts).max(rec.timestamp_ns);
+            self.buf.push(Slot::new(seg_idx, &rec));
+            if self.buf.len() == cfg.publish_batch
+                && !publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn flush(&mut self, shared: &EngineShared, _upto: u64) -> bool {
+        publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+    }
+}
+
+/// One ring per shard: the reader routes each record to its shard's ring, and after each log batch flushes
+/// every ring and advances `routed_upto` (so idle shards can move their position).
+pub(crate) struct Routed {
+    pub(crate) producers: Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>,
+    pub(crate) bufs: Vec<Vec<Slot>>,
+    /// Each shard's start: records below it are already in that shard's snapshot.
+    pub(crate) starts: Vec<Position>,
+    /// Per shard, records of the current batch skipped because a snapshot covers them.
+    pub(crate) covered: Vec<u64>,
+    pub(crate) backoff: Backoff,
+}
+
+impl Dispatch for Routed {
+    fn batch(
+        &mut self,
+        shared: &EngineShared,
+        cfg: &EngineConfig,
+        batch: &catchup_segments::Batch<'_>,
+        seg_idx: u32,
+        end_here: u64,
+        newest_ts: &mut u64,
+    ) -> bool {
+        let n = self.producers.len();
+        let mut newest = *newest_ts;
+        for rec in batch.heads().take((end_here - batch.first_position.0) as usize) {
+            let i = shard_of(rec.key_hash, n).0 as usize;
+            if rec.position < self.starts[i] {
+                // Already in that shard's snapshot: counted as re-read, not routed.
+                self.covered[i] += 1;
+                continue;
+            }
+            newest = newest.max(rec.timestamp_ns);
+            self.bufs[i].push(Slot::new(seg_idx, &rec));
+            if self.bufs[i].len() == cfg.publish_batch
+                && !publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff)
+            {
+                return false;
+            }
+        }
+        *newest_ts = newest;
+        for (i, c) in self.covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
+            bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+        }
+        self.flush(shared, end_here)
+    }
+
+    fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool {
+        for (p, b) in self.producers.iter_mut().zip(self.bufs.iter_mut()) {
+            if !publish(shared, p, b, &mut self.backoff) {
+                return false;
+            }
+        }
+        // Release pairs with the shard's Acquire load before it checks its ring is empty.
+        shared.routed_upto.fetch_max(upto, Ordering::Release);
+        shared.published.fetch_max(upto, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Log batches with at least this many records are published straight into the ring.
+const DIRECT_PUBLISH_MIN: usize = 32;
+
+/// Publishes the next `n` records of `heads` straight into ring slots, waiting (with back-off) while the
+/// ring is full. Returns the largest timestamp published, or `None` if the engine aborted meanwhile.
+fn publish_direct(
+    shared: &EngineShared,
+    producer: &mut impl Producer<Slot>,
+    heads: &mut catchup_segments::RecordHeads<'_>,
+    n: usize,
+    seg_idx: u32,
+    backoff: &mut Backoff,
+) -> Option<u64> {
+    let now = shared.started.elapsed().as_nanos() as u64;
+    let mut newest = 0u64;
+    let mut last = 0u64;
+    loop {
+        // The closure only runs once `n` slots are free, so `heads` advances exactly once per record.
+        let r = producer.try_batch_publish(n, |iter| {
+            for slot in iter {
+                let h = heads.next().expect("the batch holds the records counted");
+                newest = newest.max(h.timestamp_ns);
+                last = h.position.0;
+                *slot = Slot { published_ns: now, ..Slot::new(seg_idx, &h) };
+            }
+        });
+        match r {
+            Ok(_) => {
+                backoff.reset();
+                shared.published.fetch_max(last + 1, Ordering::Relaxed);
+                return Some(newest);
+            }
+            Err(_) => {
+                if shared.aborted() {
+                    return None;
+                }
+                backoff.snooze();
+            }
+        }
+    }
+}
+
+/// Publishes `buf` into the ring, waiting (with back-off, never a bare spin) while it is full. Returns
+/// false if the engine aborted meanwhile.
+pub(crate) fn publish(
+    shared: &EngineShared,
+    producer: &mut impl Producer<Slot>,
+    buf: &mut Vec<Slot>,
+    backoff: &mut Backoff,
+) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let now = shared.started.elapsed().as_nanos() as u64;
+    loop {
+        let src = &buf[..];
+        let r = producer.try_batch_publish(src.len(), |iter| {
+            for (slot, s) in iter.zip(src) {
+                *slot = *s;
+                slot.published_ns = now;
+            }
+        });
+        match r {
+            Ok(_) => {
+                backoff.reset();
+                let last = buf.last().expect("not empty").position;
+                shared.published.fetch_max(last + 1, Ordering::Relaxed);
+                buf.clear();
+                return true;
+            }
+            Err(_) => {
+                if shared.aborted() {
+                    return false;
+                }
+                backoff.snooze();
+            }
+        }
+    }
+}

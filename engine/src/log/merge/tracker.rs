@@ -1,0 +1,110 @@
+//! The tracker: the log of every merged record in flight, so that a shard's merge sequence number turns
+//! into the per-log vector its snapshot stores.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use catchup_segments::Position;
+
+use crate::snapshot::LogMark;
+
+/// The log of every merged record in flight: turns a merge sequence number into the per-log vector.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    inner: Mutex<TrackerInner>,
+}
+
+#[derive(Debug)]
+struct TrackerInner {
+    /// The sequence number of `log_of[0]`.
+    base_m: u64,
+    /// `v(base_m)`: per log, the next position not merged before `base_m`.
+    base: Vec<u64>,
+    /// The log of each record from `base_m` on, in merge order.
+    log_of: VecDeque<u16>,
+}
+
+impl Tracker {
+    pub(super) fn new(m0: u64, start: &[Position]) -> Tracker {
+        let base = start.iter().map(|p| p.0).collect();
+        Tracker { inner: Mutex::new(TrackerInner { base_m: m0, base, log_of: VecDeque::new() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends the logs of the next records handed out, and forgets those below `low` (every shard has
+    /// passed them, so no snapshot will ask for them again).
+    pub(super) fn push(&self, logs: &[u16], low: u64) {
+        let mut t = self.lock();
+        t.log_of.extend(logs);
+        while t.base_m < low {
+            let Some(l) = t.log_of.pop_front() else { break };
+            t.base[l as usize] += 1;
+            t.base_m += 1;
+        }
+    }
+
+    /// `v(m)`: per log, the next position not merged before sequence number `m`. `None` if `m` is outside
+    /// what the tracker holds (below what every shard passed, or above what was handed out): a bug.
+    pub(crate) fn vector_at(&self, m: u64) -> Option<Vec<u64>> {
+        let t = self.lock();
+        let k = usize::try_from(m.checked_sub(t.base_m)?).ok()?;
+        if k > t.log_of.len() {
+            return None;
+        }
+        let mut v = t.base.clone();
+        for &l in t.log_of.iter().take(k) {
+            v[l as usize] += 1;
+        }
+        Some(v)
+    }
+}
+
+/// What a shard of a merged run needs to write its snapshots' log table.
+#[derive(Debug)]
+pub(crate) struct MergedShard {
+    pub(super) tracker: Arc<Tracker>,
+    /// The vector this shard's state was restored from (the run's start vector without a snapshot).
+    pub(super) own: Vec<Position>,
+    pub(super) log_ids: Arc<Vec<u64>>,
+}
+
+impl MergedShard {
+    /// The header position (the vector's sum) and the log table (checksums left 0 for the I/O thread) of a
+    /// snapshot at merge sequence number `passed`: per log the maximum of `v(passed)` and the restored vector.
+    pub(crate) fn marks(&self, passed: Position) -> Result<(Position, Vec<LogMark>), String> {
+        let v = self.tracker.vector_at(passed.0).ok_or_else(|| {
+            format!("merged position {passed} is not in the reader's table of records in flight (a bug)")
+        })?;
+        let marks: Vec<LogMark> = v
+            .iter()
+            .zip(&self.own)
+            .zip(self.log_ids.iter())
+            .map(|((&p, own), &log_id)| LogMark { log_id, position: Position(p.max(own.0)), crc: 0 })
+            .collect();
+        Ok((Position(marks.iter().map(|m| m.position.0).sum()), marks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vector_at` counts each log's records before `m`, from the start vector, and still answers for the
+    /// lowest position every shard has passed after forgetting what lies below it.
+    #[test]
+    fn tracker_vectors_are_exact_and_survive_trimming() {
+        let t = Tracker::new(13, &[Position(10), Position(3)]);
+        assert_eq!(t.vector_at(13), Some(vec![10, 3]));
+        t.push(&[0, 1, 1, 0, 1], 0);
+        assert_eq!(t.vector_at(15), Some(vec![11, 4]));
+        assert_eq!(t.vector_at(18), Some(vec![12, 6]));
+        assert_eq!(t.vector_at(19), None, "past what was handed out");
+        t.push(&[0], 16);
+        assert_eq!(t.vector_at(15), None, "below what every shard passed");
+        assert_eq!(t.vector_at(16), Some(vec![11, 5]));
+        assert_eq!(t.vector_at(19), Some(vec![13, 6]));
+    }
+}

@@ -1,0 +1,118 @@
+//! The reader thread: walks the log and hands each batch to the rings.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use catchup_segments::{LogReader, Position, Segment, Start};
+
+use super::dispatch::Dispatch;
+use crate::run::{EngineConfig, EngineShared};
+use crate::wait::Pacer;
+
+pub(crate) fn reader_loop(
+    shared: &EngineShared,
+    cfg: &EngineConfig,
+    reader: LogReader,
+    start: Position,
+    mut rings: impl Dispatch,
+) {
+    let stop_at = cfg.stop_at.map_or(u64::MAX, |p| p.0);
+    let mut cursor = match reader.cursor(Start::Position(start)) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.fail(e.into());
+            return;
+        }
+    };
+    let mut local: Vec<Arc<Segment>> = Vec::new();
+    let mut newest_ts = 0u64;
+    let mut pacer = Pacer::new(cfg.max_rate);
+    loop {
+        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
+        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+            break;
+        }
+        match cursor.next_batch() {
+            Ok(Some(batch)) => {
+                let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
+                // Records this batch hands out, up to `stop_at`.
+                let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
+                if !rings.batch(shared, cfg, &batch, seg_idx, end_here, &mut newest_ts) {
+                    break;
+                }
+                shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                shared.end.fetch_max(end_here, Ordering::Relaxed);
+                if end_here >= stop_at {
+                    break;
+                }
+                if let Some(p) = &mut pacer {
+                    // Shards must not wait on a batch the pacer holds back.
+                    if !rings.flush(shared, end_here) {
+                        break;
+                    }
+                    p.pace(end_here - batch.first_position.0, || {
+                        shared.stop.load(Ordering::Acquire) || shared.aborted()
+                    });
+                }
+            }
+            Ok(None) => {
+                // Shards must see everything read so far while the reader waits for more.
+                if !rings.flush(shared, cursor.position().0.min(stop_at)) {
+                    break;
+                }
+                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
+                shared.reader_at_end.store(true, Ordering::Release);
+                if !cfg.follow || cursor.position().0 >= stop_at || !wait_for_appends(shared, &mut cursor) {
+                    break;
+                }
+                // Release pairs with the Acquire in `progress`.
+                shared.reader_at_end.store(false, Ordering::Release);
+            }
+            Err(e) => {
+                shared.fail(e.into());
+                break;
+            }
+        }
+    }
+    if !shared.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
+        shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
+        shared.reader_at_end.store(true, Ordering::Release);
+    }
+    // Dropping the producers tells the pollers to shut down once they have taken everything published.
+    drop(rings);
+}
+
+/// Follow mode: waits (without burning a core) until the log has more, or the engine is stopping. Returns
+/// false to stop.
+fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor) -> bool {
+    loop {
+        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
+        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+            return false;
+        }
+        match cursor.wait(Duration::from_millis(50)) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                shared.fail(e.into());
+                return false;
+            }
+        }
+    }
+}
+
+/// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
+/// appended to before any slot naming the segment is published (so a shard that finds an index past its
+/// copy of the table can always re-read it).
+pub(crate) fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
+    match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
+        Some(i) => i,
+        None => {
+            local.push(segment.clone());
+            shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(segment.clone());
+            local.len() - 1
+        }
+    }
+}

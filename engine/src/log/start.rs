@@ -1,0 +1,225 @@
+//! [`Engine::start`]: opens the log, restores the checkpoint and starts the reader, shard and I/O threads.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use catchup_segments::{LogReader, Position, Start};
+use crossbeam::channel;
+use crossbeam::utils::CachePadded;
+use disruptor::BusySpin;
+
+use super::bindings::check_bindings;
+use super::dispatch::{Broadcast, Producers, Routed, Slot};
+use super::reader::reader_loop;
+use crate::error::{ReplayError, SnapshotError};
+use crate::handler::ShardHandler;
+use crate::metrics::ShardMetrics;
+use crate::policy::panic_message;
+use crate::run::{EngineConfig, EngineShared, IoJob, RunSummary, Running, ShardLoop, Topology, io_loop, restore};
+use crate::shard::ShardId;
+use crate::snapshot;
+use crate::wait::Backoff;
+
+/// Entry points.
+#[derive(Debug)]
+pub struct Engine;
+
+/// A log's identity for snapshots: a hash of its first segment's header (creation time included).
+pub fn log_id(reader: &LogReader) -> u64 {
+    let first = &reader.segments()[0];
+    let h = first.header();
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(&h.base_position.0.to_le_bytes());
+    b[8..16].copy_from_slice(&h.created_ns.to_le_bytes());
+    b[16..].copy_from_slice(&h.capacity_bytes.to_le_bytes());
+    catchup_segments::key_hash(&b)
+}
+
+impl Engine {
+    /// Runs to the end of the log (or forever with `follow`, until [`Running::stop`]) and returns the
+    /// summary. `factory` makes the handler of each shard.
+    pub fn run<H: ShardHandler>(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        factory: impl FnMut(ShardId) -> H,
+    ) -> Result<RunSummary<H>, ReplayError> {
+        Engine::start(log_dir, config, factory)?.wait()
+    }
+
+    /// Starts the engine's threads and returns a handle to watch and stop them.
+    pub fn start<H: ShardHandler>(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        mut factory: impl FnMut(ShardId) -> H,
+    ) -> Result<Running<H>, ReplayError> {
+        config.validate()?;
+        let n = config.n_shards;
+        let reader = LogReader::open(log_dir.as_ref())?.durable_only(config.durable_only);
+        // Every committed record, durable or not: what snapshot bindings are checked against on resume (a
+        // checkpoint may have been taken without durable-only) and computed from by the I/O thread.
+        let full_view = match &config.checkpoint {
+            Some(_) => Some(LogReader::open(log_dir.as_ref())?),
+            None => None,
+        };
+        let mut handlers: Vec<H> = (0..n).map(|i| factory(ShardId(i as u16))).collect();
+        let default_start = match config.start {
+            Start::Beginning => Position(0),
+            Start::Position(p) => p,
+            Start::Timestamp(_) => {
+                let c = reader.cursor(config.start)?;
+                c.position()
+            }
+        };
+        let mut starts = vec![default_start; n];
+        let mut per_key_restored = false;
+        if let Some(cp) = &config.checkpoint {
+            std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
+                op: "create directory",
+                path: cp.dir.clone(),
+                error: e,
+            })?;
+            let snaps = snapshot::load_all(&cp.dir)?;
+            per_key_restored =
+                restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
+            // After the identity checks of `restore` (a snapshot of another log is a `Mismatch`); a failure
+            // here drops the restored handlers with the run.
+            check_bindings(full_view.as_ref().expect("opened with a checkpoint"), &snaps)?;
+        }
+        let replay_end = reader.end_position()?;
+        let start = *starts.iter().min().expect("n >= 1");
+        let shared = Arc::new(EngineShared {
+            n_shards: n,
+            stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            passed: starts.iter().map(|s| CachePadded::new(AtomicU64::new(s.0))).collect(),
+            last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
+            end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
+            routed_upto: AtomicU64::new(start.0),
+            published: AtomicU64::new(start.0),
+            newest_ts: AtomicU64::new(0),
+            reader_at_end: AtomicBool::new(false),
+            segments: RwLock::new(Vec::new()),
+            metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
+            started: Instant::now(),
+            start,
+            replay_end,
+        });
+        let log_id = log_id(&reader);
+
+        // I/O thread: snapshots and dead letters. It has its own view of the log to bind each snapshot to
+        // the record below its position.
+        let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
+        let io = {
+            let shared = shared.clone();
+            let snap_dir = config
+                .checkpoint
+                .as_ref()
+                .map(|c| c.dir.clone())
+                .zip(full_view.map(|v| vec![snapshot::BindingLookup::new(v)]));
+            let dlq = config.dead_letters.clone();
+            // After a redistribution, files of another shard count are retired once this run's are complete.
+            let retire = per_key_restored.then_some(n);
+            std::thread::Builder::new()
+                .name("catchup-io".into())
+                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq, retire))
+                .map_err(ReplayError::Thread)?
+        };
+
+        // The rings: one event poller per shard (we run the shard threads ourselves).
+        let mut pollers = Vec::with_capacity(n);
+        let producers = match config.topology {
+            Topology::Broadcast => {
+                let mut builder =
+                    disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).with_multi_consumer();
+                for _ in 0..n {
+                    let (p, b) = builder.new_event_poller();
+                    pollers.push(p);
+                    builder = b;
+                }
+                Producers::Broadcast(builder.build())
+            }
+            Topology::Routed => {
+                let mut producers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (p, b) =
+                        disruptor::build_single_producer(config.ring_size, Slot::default, BusySpin).new_event_poller();
+                    pollers.push(p);
+                    producers.push(b.build());
+                }
+                Producers::Routed(producers)
+            }
+        };
+
+        let mut shard_threads = Vec::with_capacity(n);
+        for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
+            let shared = shared.clone();
+            let io_tx = io_tx.clone();
+            let cfg = config.clone();
+            let shard_start = starts[i];
+            let t = std::thread::Builder::new()
+                .name(format!("catchup-shard-{i}"))
+                .spawn(move || {
+                    let mut s = ShardLoop {
+                        shard: ShardId(i as u16),
+                        handler,
+                        shared: &shared,
+                        cfg: &cfg,
+                        io: io_tx,
+                        start: shard_start,
+                        passed: shard_start,
+                        log_id,
+                        per_key_restored,
+                        segments: Vec::new(),
+                        snapshot_failed: false,
+                        sample_countdown: cfg.latency_sample_every as u64,
+                        routed: cfg.topology == Topology::Routed,
+                        merged: None,
+                    };
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
+                    if let Err(p) = run {
+                        // A bug outside the handler: stop everyone rather than leave the reader waiting on
+                        // a shard that will never advance.
+                        shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", panic_message(&*p))));
+                    }
+                    s.handler
+                })
+                .map_err(ReplayError::Thread)?;
+            shard_threads.push(t);
+        }
+        drop(io_tx);
+
+        let reader_thread = {
+            let shared = shared.clone();
+            let cfg = config.clone();
+            let starts_for_reader = starts.clone();
+            std::thread::Builder::new()
+                .name("catchup-reader".into())
+                .spawn(move || {
+                    let backoff = Backoff::new(cfg.wait);
+                    match producers {
+                        Producers::Broadcast(producer) => {
+                            let buf = Vec::with_capacity(cfg.publish_batch);
+                            reader_loop(&shared, &cfg, reader, start, Broadcast { producer, buf, backoff })
+                        }
+                        Producers::Routed(producers) => {
+                            let n = producers.len();
+                            let rings = Routed {
+                                producers,
+                                bufs: (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect(),
+                                starts: starts_for_reader,
+                                covered: vec![0; n],
+                                backoff,
+                            };
+                            reader_loop(&shared, &cfg, reader, start, rings)
+                        }
+                    }
+                })
+                .map_err(ReplayError::Thread)?
+        };
+        Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
+    }
+}

@@ -1,0 +1,162 @@
+//! The running handle ([`Running`]): progress, latencies, stop, and the [`RunSummary`] it ends with.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use catchup_segments::Position;
+
+use super::shared::{EngineShared, Progress};
+use crate::error::ReplayError;
+use crate::metrics::{self, Latencies};
+
+/// Per-shard figures at the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct ShardSummary {
+    /// Events handled.
+    pub handled: u64,
+    /// Events already covered by a snapshot, skipped.
+    pub covered: u64,
+    /// Events written to the dead-letter log.
+    pub dead_lettered: u64,
+    /// Handler retries.
+    pub retries: u64,
+    /// Batches taken from the ring.
+    pub batches: u64,
+    /// Largest batch taken.
+    pub batch_max: u64,
+    /// Ring slots taken (`slots / batches` is the mean batch size).
+    pub slots: u64,
+    /// Position the shard passed.
+    pub passed: Position,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct RunSummary<H> {
+    /// The handlers, with their final state, in shard order.
+    pub handlers: Vec<H>,
+    /// Per-shard figures.
+    pub shards: Vec<ShardSummary>,
+    /// Final progress.
+    pub progress: Progress,
+    /// Latency histograms over the whole run.
+    pub latencies: Latencies,
+    /// Events re-read after a restart because a snapshot already covered them (sum over shards).
+    pub covered: u64,
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Running<H> {
+    pub(crate) shared: Arc<EngineShared>,
+    pub(crate) reader: Option<JoinHandle<()>>,
+    pub(crate) shards: Vec<JoinHandle<H>>,
+    pub(crate) io: Option<JoinHandle<()>>,
+}
+
+impl<H> Running<H> {
+    /// Where the run stands.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+
+    /// Latency histograms since the start, merged over shards.
+    pub fn latencies(&self) -> Latencies {
+        metrics::merged_total(&self.shared.metrics)
+    }
+
+    /// Latency histograms since the last call (for interval logs), merged over shards.
+    pub fn take_interval(&self) -> Latencies {
+        metrics::take_merged_interval(&self.shared.metrics)
+    }
+
+    /// Per-shard counters so far.
+    pub fn shard_summaries(&self) -> Vec<ShardSummary> {
+        summaries(&self.shared)
+    }
+
+    /// Asks for a clean stop: the reader stops publishing, shards handle what was published, write their
+    /// snapshots and exit. `wait` then returns.
+    pub fn stop(&self) {
+        // Release pairs with the reader's Acquire load of `stop`.
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    /// True once every thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.reader.as_ref().is_none_or(|h| h.is_finished()) && self.shards.iter().all(|h| h.is_finished())
+    }
+
+    /// Waits for the run to end and returns its summary, or the first error.
+    pub fn wait(mut self) -> Result<RunSummary<H>, ReplayError> {
+        if let Some(r) = self.reader.take()
+            && r.join().is_err()
+        {
+            self.shared.fail(ReplayError::Internal("the reader thread panicked".into()));
+        }
+        let mut handlers = Vec::with_capacity(self.shards.len());
+        let mut panicked = false;
+        for h in self.shards.drain(..) {
+            match h.join() {
+                Ok(h) => handlers.push(h),
+                Err(_) => panicked = true,
+            }
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+        if let Some(e) = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+        if panicked {
+            return Err(ReplayError::Internal("a shard thread panicked outside its handler".into()));
+        }
+        let shards = summaries(&self.shared);
+        let covered = shards.iter().map(|s| s.covered).sum();
+        let mut latencies = Latencies::default();
+        for m in &self.shared.metrics {
+            latencies.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(RunSummary { handlers, shards, progress: self.shared.progress(), latencies, covered })
+    }
+}
+
+pub(crate) fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
+    shared
+        .metrics
+        .iter()
+        .zip(&shared.passed)
+        .map(|(m, p)| {
+            let c = &m.counters;
+            ShardSummary {
+                handled: c.handled.load(Ordering::Relaxed),
+                covered: c.covered.load(Ordering::Relaxed),
+                dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                retries: c.retries.load(Ordering::Relaxed),
+                batches: c.batches.load(Ordering::Relaxed),
+                batch_max: c.batch_max.load(Ordering::Relaxed),
+                slots: c.slots.load(Ordering::Relaxed),
+                // Acquire pairs with the shard's Release store of `passed` after each batch.
+                passed: Position(p.load(Ordering::Acquire)),
+            }
+        })
+        .collect()
+}
+
+impl<H> Drop for Running<H> {
+    fn drop(&mut self) {
+        // A handle dropped without `wait` stops the threads rather than leaking them.
+        // Relaxed would do (nothing is published through `stop`); Release keeps the pairing uniform with `stop()`.
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! What every source shares: the settings and their checks, the run state and progress, the shard loop,
+//! the I/O thread (snapshots and dead letters), snapshot restore and the running handle.
+
+mod config;
+mod handle;
+mod io;
+mod restore;
+mod shard_loop;
+mod shared;
+
+pub use config::{CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, RING_SIZE_MAX, Topology};
+pub use handle::{RunSummary, Running, ShardSummary};
+pub(crate) use io::{IoJob, io_loop};
+pub(crate) use restore::restore;
+pub(crate) use shard_loop::ShardLoop;
+pub use shared::Progress;
+pub(crate) use shared::{EngineShared, wall_ns};

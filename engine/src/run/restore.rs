@@ -1,0 +1,122 @@
+//! Snapshot restore: loading snapshots into handlers, and redistributing per-key state to a new shard count.
+
+use std::path::{Path, PathBuf};
+
+use catchup_segments::Position;
+
+use crate::error::{ReplayError, SnapshotError};
+use crate::handler::{ShardHandler, StateLayout};
+use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::shard::shard_of;
+use crate::snapshot;
+
+/// Loads the snapshots `snaps` (read from `dir` by `snapshot::load_all`) into the handlers and sets each
+/// shard's start. Returns true if per-key states were redistributed (so handlers must check per-key
+/// coverage).
+pub(crate) fn restore<H: ShardHandler>(
+    dir: &Path,
+    snaps: &[(PathBuf, snapshot::Snapshot)],
+    fingerprint: u64,
+    log_id: u64,
+    handlers: &mut [H],
+    starts: &mut [Position],
+) -> Result<bool, ReplayError> {
+    if snaps.is_empty() {
+        return Ok(false);
+    }
+    let n = handlers.len();
+    let layout = handlers[0].state_layout();
+    for (path, s) in snaps {
+        let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
+        if !s.logs.is_empty() {
+            return Err(mismatch(format!(
+                "it is a checkpoint of {} logs replayed as one; resume it by merging the same logs in the same order",
+                s.logs.len()
+            ))
+            .into());
+        }
+        if s.meta.log_id != log_id {
+            return Err(mismatch("it was written for a different log".into()).into());
+        }
+        if s.meta.fingerprint != fingerprint {
+            return Err(mismatch(format!(
+                "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
+                s.meta.fingerprint, fingerprint
+            ))
+            .into());
+        }
+        if s.meta.layout != layout {
+            return Err(mismatch("its state layout differs from this handler's".into()).into());
+        }
+    }
+    if snaps.iter().all(|(_, s)| s.meta.n_shards as usize == n) {
+        for (path, s) in snaps {
+            let i = s.meta.shard_idx as usize;
+            let state = match layout {
+                StateLayout::PerShard => s.state.clone(),
+                StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
+            };
+            handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
+            starts[i] = s.meta.position;
+        }
+        return Ok(false);
+    }
+    if layout == StateLayout::PerShard {
+        let (path, s) = snaps.iter().find(|(_, s)| s.meta.n_shards as usize != n).expect("one differs");
+        return Err(SnapshotError::Mismatch {
+            path: path.clone(),
+            why: format!(
+                "written by a run with {} shards, this run has {n}; a raw shard handler's state cannot be \
+                 redistributed (use a keyed projection, or the same shard count, or a new checkpoint directory)",
+                s.meta.n_shards
+            ),
+        }
+        .into());
+    }
+    // Per-key states: give every key to its new shard. The directory may mix shard counts: files left by a
+    // run with more shards, or a run that changed the count and stopped before every shard had written.
+    // Every run restores every key it finds, so for each key the entry with the highest `covered` (at least
+    // its file's position) is the newest, and it is the one kept.
+    let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
+    for (path, s) in snaps {
+        for entry in decode_key_entries(&s.state) {
+            let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
+            let covered = covered.max(s.meta.position);
+            let e = newest.entry(key).or_insert((covered, state));
+            if e.0 < covered {
+                *e = (covered, state);
+            }
+        }
+    }
+    // Every new shard starts at the lowest position of any file. A key without an entry has no events below
+    // the position of the file that owns it, if one does: certainly when all the files of one shard count
+    // are present. Otherwise its events may not be in any file, and the run starts where a shard without a
+    // snapshot would.
+    let mut low = snaps.iter().map(|(_, s)| s.meta.position).min().expect("non-empty");
+    let complete = snaps.iter().any(|(_, s)| {
+        let m = s.meta.n_shards;
+        (0..m).all(|i| snaps.iter().any(|(_, t)| t.meta.n_shards == m && t.meta.shard_idx == i))
+    });
+    if !complete {
+        low = low.min(starts[0]);
+    }
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
+    for (key, (covered, state)) in newest {
+        let j = shard_of(catchup_segments::key_hash(key), n).0 as usize;
+        encode_key_entry(&mut parts[j], key, covered, state);
+    }
+    for (j, part) in parts.iter().enumerate() {
+        handlers[j].restore(part).map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.0 })?;
+        starts[j] = low;
+    }
+    Ok(true)
+}
+
+fn with_covered_at_least(state: &[u8], position: Position, path: &Path) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::with_capacity(state.len());
+    for entry in decode_key_entries(state) {
+        let (key, covered, st) = entry.map_err(|why| SnapshotError::Invalid { path: path.to_path_buf(), why })?;
+        encode_key_entry(&mut out, key, covered.max(position), st);
+    }
+    Ok(out)
+}

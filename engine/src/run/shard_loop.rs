@@ -1,0 +1,369 @@
+//! The shard loop: a shard thread takes batches from its ring and runs its handler over them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use catchup_segments::{Position, Segment};
+use crossbeam::channel;
+use disruptor::Polling;
+
+use super::config::EngineConfig;
+use super::io::IoJob;
+use super::shared::{EngineShared, wall_ns};
+use crate::error::{HandlerFailure, ReplayError, printable_key};
+use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
+use crate::log::Slot;
+use crate::metrics::{Latencies, bump};
+use crate::policy::{self, Outcome, json_string, panic_message};
+use crate::shard::{ShardId, shard_of};
+use crate::snapshot::SnapshotMeta;
+use crate::wait::Backoff;
+
+pub(crate) struct ShardLoop<'a, H> {
+    pub(crate) shard: ShardId,
+    pub(crate) handler: H,
+    pub(crate) shared: &'a EngineShared,
+    pub(crate) cfg: &'a EngineConfig,
+    pub(crate) io: channel::Sender<IoJob>,
+    pub(crate) start: Position,
+    pub(crate) passed: Position,
+    pub(crate) log_id: u64,
+    pub(crate) per_key_restored: bool,
+    pub(crate) segments: Vec<Arc<Segment>>,
+    /// The handler failed to produce a snapshot: no later snapshot may be written (it could claim events
+    /// whose side effects failed).
+    pub(crate) snapshot_failed: bool,
+    /// Counts down to the next event whose latencies are sampled (a division per event would cost more
+    /// than a no-op handler).
+    pub(crate) sample_countdown: u64,
+    /// Routed topology: this shard's ring holds only its own events.
+    pub(crate) routed: bool,
+    /// A merged run of several logs: what turns `passed` into the per-log positions its snapshots store.
+    pub(crate) merged: Option<crate::log::MergedShard>,
+}
+
+/// Per-ring-batch counts.
+#[derive(Debug, Default)]
+struct Tally {
+    taken: u64,
+    handled: u64,
+    covered: u64,
+    last_ts: Option<u64>,
+}
+
+/// How the fast path of a ring batch ended.
+enum Step {
+    /// Every event of the batch was handled.
+    Done,
+    /// This event's handler returned an error (the policy decides what happens next).
+    Failed(Slot, String),
+    /// The engine is broken (a bug); the failure is recorded.
+    Broken,
+}
+
+impl<H: ShardHandler> ShardLoop<'_, H> {
+    pub(crate) fn run(&mut self, mut poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) {
+        let idx = self.shard.0 as usize;
+        let metrics = &self.shared.metrics[idx];
+        let c = &metrics.counters;
+        let n = self.shared.n_shards;
+        let sample_every = self.cfg.latency_sample_every as u64;
+        let mut local = Latencies::default();
+        let mut backoff = Backoff::new(self.cfg.wait);
+        let mut last_publish = Instant::now();
+        let mut last_snap_pos = self.passed;
+        let mut last_snap_time = Instant::now();
+        let mut failed = false;
+        // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
+        let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
+        loop {
+            if self.shared.aborted() {
+                break;
+            }
+            if self.routed && self.pass_routed(&poller) {
+                // Release pairs with the Acquire in `progress`.
+                self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+            }
+            let mut guard = match poller.take(self.cfg.consume_batch_max) {
+                Ok(g) => g,
+                Err(Polling::NoEvents) => {
+                    if backoff.is_sleeping() {
+                        // Broadcast: an idle shard's position cannot move, so only the time rule can apply.
+                        // Routed: it moves with `routed_upto` while other shards work, and a shard that
+                        // never snapshots would make a restart re-read from its old position.
+                        self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, !self.routed);
+                        if last_publish.elapsed() > Duration::from_millis(50) {
+                            metrics.publish(&mut local);
+                            last_publish = Instant::now();
+                        }
+                    }
+                    backoff.snooze();
+                    continue;
+                }
+                Err(Polling::Shutdown) => break,
+            };
+            backoff.reset();
+            let mut tally = Tally::default();
+            let mut events = &mut guard;
+            // The hot loop runs under one `catch_unwind` per ring batch (not per event), so the handler call
+            // inlines. When an event fails (an error or a panic), the policy is applied to that one event here
+            // and the loop resumes after it: the iterator has already moved past it.
+            loop {
+                let mut current = Slot::default();
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current, sample_every)
+                }));
+                let (slot, first_error) = match step {
+                    Ok(Step::Done) => break,
+                    Ok(Step::Broken) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(Step::Failed(slot, e)) => (slot, e),
+                    Err(p) => (current, panic_message(&*p)),
+                };
+                let pos = Position(slot.position);
+                let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                    self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                    failed = true;
+                    break;
+                };
+                let event = Event {
+                    position: pos,
+                    timestamp_ns: rec.timestamp_ns,
+                    key_hash: rec.key_hash,
+                    key: rec.key,
+                    payload: rec.payload,
+                };
+                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+                match self.after_failure(&event, &ctx, first_error) {
+                    Outcome::Done => tally.handled += 1,
+                    Outcome::Skipped(why) => {
+                        bump(&c.dead_lettered, 1);
+                        let line = dead_letter_line(self.shard, &event, &why);
+                        if self.io.send(IoJob::DeadLetter { line }).is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    Outcome::Fatal(why) => {
+                        self.fail(pos, event.key, why);
+                        failed = true;
+                        break;
+                    }
+                }
+                tally.last_ts = Some(event.timestamp_ns);
+                self.passed = Position(pos.0 + 1);
+            }
+            let Tally { taken, handled, covered, last_ts } = tally;
+            drop(guard);
+            if !failed && let Err(e) = self.handler.end_of_batch(self.shard) {
+                // The batch's events were handled; the failure is in flushing them.
+                self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
+                failed = true;
+            }
+            bump(&c.handled, handled);
+            bump(&c.covered, covered);
+            bump(&c.batches, 1);
+            c.batch_max.fetch_max(taken, Ordering::Relaxed);
+            bump(&c.slots, taken);
+            if let Some(ts) = last_ts {
+                self.shared.last_ts[idx].store(ts, Ordering::Relaxed);
+            }
+            if self.routed && !failed {
+                self.pass_routed(&poller);
+            }
+            // Release pairs with the Acquire in `progress`.
+            self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+            if failed {
+                break;
+            }
+            self.maybe_snapshot(&mut last_snap_pos, &mut last_snap_time, false);
+            if last_publish.elapsed() > Duration::from_millis(50) {
+                metrics.publish(&mut local);
+                last_publish = Instant::now();
+            }
+        }
+        metrics.publish(&mut local);
+        // Release pairs with the Acquire in `progress` and `summaries`.
+        self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+        // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
+        // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not
+        // write one: the events it handled in the failed batch were never flushed by `end_of_batch`, so its
+        // checkpoint stays at the last snapshot (below the poison event) and a resume handles them again.
+        if self.cfg.checkpoint.is_some() && !failed && !self.snapshot_failed && self.passed > last_snap_pos {
+            self.send_snapshot();
+        }
+    }
+
+    /// Routed topology: a shard sees only its own events, so its position cannot move over other shards'
+    /// events by itself. If its ring is empty after the reader said everything below `routed_upto` is
+    /// routed, every event of this shard below it has been handled.
+    /// Returns true if the position moved.
+    fn pass_routed(&mut self, poller: &disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) -> bool {
+        // Acquire pairs with the reader's Release store after it published to the rings.
+        let upto = self.shared.routed_upto.load(Ordering::Acquire);
+        if upto > self.passed.0 && upto > self.start.0 && !poller.has_available() {
+            self.passed = Position(upto);
+            return true;
+        }
+        false
+    }
+
+    fn maybe_snapshot(&mut self, last_pos: &mut Position, last_time: &mut Instant, idle: bool) {
+        let Some(cp) = &self.cfg.checkpoint else { return };
+        if self.passed <= *last_pos {
+            return;
+        }
+        let by_count = cp.every_events.is_some_and(|n| self.passed.0 - last_pos.0 >= n);
+        let by_time = cp.every.is_some_and(|d| last_time.elapsed() >= d);
+        // While idle only the time rule applies (the count cannot grow).
+        if (by_count && !idle) || by_time {
+            self.send_snapshot();
+            *last_pos = self.passed;
+            *last_time = Instant::now();
+        }
+    }
+
+    fn send_snapshot(&mut self) {
+        let (position, logs) = match &self.merged {
+            None => (self.passed, Vec::new()),
+            Some(m) => match m.marks(self.passed) {
+                Ok(pl) => pl,
+                Err(why) => {
+                    self.snapshot_failed = true;
+                    self.shared.fail(ReplayError::Internal(why));
+                    return;
+                }
+            },
+        };
+        let meta = SnapshotMeta {
+            layout: self.handler.state_layout(),
+            shard_idx: self.shard.0,
+            n_shards: self.shared.n_shards as u16,
+            position,
+            log_id: self.log_id,
+            fingerprint: self.cfg.fingerprint,
+            created_ns: wall_ns(),
+        };
+        let handler = &mut self.handler;
+        let state = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.snapshot())) {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                self.snapshot_failed = true;
+                self.fail(self.passed, b"", format!("snapshot failed: {e}"));
+                return;
+            }
+            Err(p) => {
+                self.snapshot_failed = true;
+                self.fail(self.passed, b"", format!("snapshot failed: {}", panic_message(&*p)));
+                return;
+            }
+        };
+        // A closed channel means the I/O thread failed and recorded why.
+        let _ = self.io.send(IoJob::Snapshot { meta, state, logs });
+    }
+
+    /// Handles the events of one ring batch until it ends or an event fails. Everything an event changes
+    /// (`passed`, the tally) is updated before the next one starts, so a panic leaves them consistent.
+    #[inline]
+    fn fast_path<'g>(
+        &mut self,
+        events: &mut impl Iterator<Item = &'g Slot>,
+        segments: &mut Vec<Arc<Segment>>,
+        tally: &mut Tally,
+        local: &mut Latencies,
+        current: &mut Slot,
+        sample_every: u64,
+    ) -> Step {
+        let n = self.shared.n_shards;
+        for slot in events {
+            // First, so a panic anywhere below (even in `covered`) is charged to this event.
+            *current = *slot;
+            tally.taken += 1;
+            let pos = Position(slot.position);
+            let own = self.routed || shard_of(slot.key_hash, n) == self.shard;
+            if pos < self.start {
+                // Below this shard's snapshot (re-read for a shard that starts lower): already in its
+                // state, so its position stays at the snapshot's rather than going back.
+                tally.covered += own as u64;
+                continue;
+            }
+            if !own {
+                self.passed = Position(pos.0 + 1);
+                continue;
+            }
+            if slot.seg_idx as usize >= segments.len() {
+                // The reader registered the segment before publishing this slot (see `segments`).
+                *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+            }
+            let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                return Step::Broken;
+            };
+            let event = Event {
+                position: pos,
+                timestamp_ns: rec.timestamp_ns,
+                key_hash: rec.key_hash,
+                key: rec.key,
+                payload: rec.payload,
+            };
+            if self.per_key_restored && self.handler.covered(&event) {
+                tally.covered += 1;
+                self.passed = Position(pos.0 + 1);
+                continue;
+            }
+            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+            self.sample_countdown -= 1;
+            if self.sample_countdown == 0 {
+                self.sample_countdown = sample_every;
+                let t0 = Instant::now();
+                let r = self.handler.handle(&event, &ctx);
+                let now = Instant::now();
+                local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
+                let since_start = (t0 - self.shared.started).as_nanos() as u64;
+                local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
+                local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
+                if let Err(HandlerError(e)) = r {
+                    return Step::Failed(*slot, e);
+                }
+            } else if let Err(HandlerError(e)) = self.handler.handle(&event, &ctx) {
+                return Step::Failed(*slot, e);
+            }
+            tally.handled += 1;
+            tally.last_ts = Some(event.timestamp_ns);
+            self.passed = Position(pos.0 + 1);
+        }
+        Step::Done
+    }
+
+    /// Applies the error policy to an event whose first attempt failed with `first`.
+    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
+        let retries = &self.shared.metrics[self.shard.0 as usize].counters.retries;
+        let shared = self.shared;
+        policy::after_failure(&mut self.handler, self.cfg.on_error, event, ctx, first, &|| shared.aborted(), retries)
+    }
+
+    fn fail(&self, position: Position, key: &[u8], cause: String) {
+        self.shared.fail(ReplayError::Handler(HandlerFailure {
+            shard: self.shard,
+            key: printable_key(key),
+            position,
+            cause,
+        }));
+    }
+}
+
+/// One dead-letter line: `{"position":P,"shard":S,"timestamp_ns":T,"key":"...","error":"..."}`.
+fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
+    let mut s = format!(
+        "{{\"position\":{},\"shard\":{},\"timestamp_ns\":{},\"key\":",
+        event.position, shard, event.timestamp_ns
+    );
+    json_string(&mut s, &printable_key(event.key));
+    s.push_str(",\"error\":");
+    json_string(&mut s, why);
+    s.push('}');
+    s
+}

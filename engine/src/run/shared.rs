@@ -1,0 +1,132 @@
+//! The run state every thread of a run shares ([`EngineShared`]) and the [`Progress`] computed from it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use catchup_segments::{Position, Segment};
+use crossbeam::utils::CachePadded;
+
+use crate::error::ReplayError;
+use crate::metrics::ShardMetrics;
+
+/// Where a run stands, for progress bars and health checks.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Every event below this position has been handled (or skipped) by its shard: the global watermark,
+    /// the minimum over shards of the position each has passed.
+    pub watermark: Position,
+    /// Where the run started (the lowest shard start).
+    pub start: Position,
+    /// The log's end as last seen by the reader.
+    pub end: Position,
+    /// The log's end when the run started: events below it are replays.
+    pub replay_end: Position,
+    /// True once the reader reached the end of the log and every shard passed it.
+    pub caught_up: bool,
+    /// `end - watermark`.
+    pub lag_events: u64,
+    /// Positions the reader has published that not every shard has passed yet (`published - watermark`):
+    /// how full the rings are, in log positions.
+    pub in_flight: u64,
+    /// Newest event time published minus the oldest "last handled" event time among shards that are
+    /// behind, in ns (0 when caught up).
+    pub lag_ns: u64,
+    /// Events handled by handlers so far.
+    pub handled: u64,
+    /// Time since the start.
+    pub elapsed: Duration,
+    /// Positions passed per second since the start.
+    pub rate_per_s: f64,
+    /// Estimated time to reach `end` at that rate.
+    pub eta: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub(crate) struct EngineShared {
+    pub(crate) n_shards: usize,
+    /// Clean stop requested: the reader stops publishing, shards drain and snapshot.
+    pub(crate) stop: AtomicBool,
+    /// A fatal error: everyone stops where they are.
+    pub(crate) abort: AtomicBool,
+    pub(crate) failure: Mutex<Option<ReplayError>>,
+    /// Position each shard has passed. Release-stored by the shard after each batch; Acquire-loaded by
+    /// `progress` (pairs: a monitor that sees a position also sees the shard's counters up to it).
+    pub(crate) passed: Vec<CachePadded<AtomicU64>>,
+    /// Timestamp of the last event each shard handled (Relaxed: a statistic).
+    pub(crate) last_ts: Vec<CachePadded<AtomicU64>>,
+    /// Log end as known by the reader (Relaxed: a statistic).
+    pub(crate) end: AtomicU64,
+    /// Every position below this has been published to the rings (Relaxed: a statistic).
+    pub(crate) published: AtomicU64,
+    /// Routed topology: every event below this position has been published to its shard's ring.
+    /// Release-stored by the reader after the publishes; Acquire-loaded by a shard that then finds its
+    /// ring empty, which proves it has passed every one of its events below this position.
+    pub(crate) routed_upto: AtomicU64,
+    /// Newest event timestamp published (Relaxed: a statistic).
+    pub(crate) newest_ts: AtomicU64,
+    /// Set by the reader when it reached the end of the log; Release-stored, Acquire-loaded by `progress`.
+    pub(crate) reader_at_end: AtomicBool,
+    /// Segments referenced by ring slots. The reader appends a segment before publishing any slot that
+    /// names it (the ring's publish/consume is the release/acquire edge that makes it visible).
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    pub(crate) metrics: Vec<ShardMetrics>,
+    pub(crate) started: Instant,
+    pub(crate) start: Position,
+    pub(crate) replay_end: Position,
+}
+
+impl EngineShared {
+    pub(crate) fn fail(&self, e: ReplayError) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        // Release pairs with the Acquire loads in every loop that checks `abort`: whoever sees it set also
+        // sees the failure recorded.
+        self.abort.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn progress(&self) -> Progress {
+        let watermark = self.passed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0);
+        let end = self.end.load(Ordering::Relaxed).max(watermark);
+        let at_end = self.reader_at_end.load(Ordering::Acquire);
+        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
+        let elapsed = self.started.elapsed();
+        let moved = watermark.saturating_sub(self.start.0);
+        let rate = if elapsed.as_secs_f64() > 0.0 { moved as f64 / elapsed.as_secs_f64() } else { 0.0 };
+        let lag_events = end - watermark;
+        let eta = (rate > 0.0).then(|| Duration::from_secs_f64(lag_events as f64 / rate));
+        let newest = self.newest_ts.load(Ordering::Relaxed);
+        let oldest_behind = self
+            .passed
+            .iter()
+            .zip(&self.last_ts)
+            .filter(|(p, _)| p.load(Ordering::Acquire) < end)
+            .map(|(_, t)| t.load(Ordering::Relaxed))
+            .min();
+        let lag_ns = oldest_behind.map_or(0, |t| newest.saturating_sub(t));
+        Progress {
+            watermark: Position(watermark),
+            start: self.start,
+            end: Position(end),
+            replay_end: self.replay_end,
+            caught_up: at_end && lag_events == 0,
+            lag_events,
+            in_flight: self.published.load(Ordering::Relaxed).saturating_sub(watermark),
+            lag_ns,
+            handled,
+            elapsed,
+            rate_per_s: rate,
+            eta,
+        }
+    }
+}
+
+pub(crate) fn wall_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}

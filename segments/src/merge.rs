@@ -1,0 +1,216 @@
+//! Several logs read as one: records handed out in one total order, by (event timestamp, log index,
+//! position), each log's own order kept.
+//!
+//! A [`MergedCursor`] owns one [`Cursor`] per log (a *lane*) and the record heads of each lane's current
+//! batch. It is a reader like any other: it trusts nothing the cursors did not validate, and it names the
+//! log of every record it hands out, so a caller can read the record again ([`Segment::record_at`]).
+//!
+//! # Where a merged read is, and resuming it
+//!
+//! [`MergedCursor::positions`] is a vector with, per log, the position of the next record that log will
+//! hand out. It describes exactly what has been handed out (every record of log `i` below `positions[i]`),
+//! whatever the order was, so it is what a checkpoint stores: a cursor made again from it
+//! ([`MergedCursor::open`]) hands out the rest. The number of records handed out since every log's
+//! position 0 is the vector's sum.
+//!
+//! # Backlog and live order
+//!
+//! Reading a backlog ([`Wait::No`]), a lane that has no more records is done. The next record is always
+//! the one with the lowest (timestamp, log index) among the logs' next records, so when each log's
+//! timestamps never go back the order is exactly an offline sort of every record by (timestamp, log,
+//! position). A record stamped earlier than the one before it in its own log is handed out after that one:
+//! a log's own order (and so each key's) is never broken. Following appends ([`Wait::Skew`]), a record
+//! is handed out only once every log has a record after it (so no log can still add an earlier one), or once
+//! the merge has waited `max_skew` for the logs that have nothing (the rule of Kafka Streams'
+//! `max.task.idle.ms`): live order then matches the order a later replay would see, unless a log falls
+//! behind by more than the skew. The wait starts when a record is ready but some log has nothing to compare
+//! it with, and ends when every log has records again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Position;
+use crate::error::ReadError;
+use crate::reader::{Cursor, LogReader, RecordHead, Start};
+use crate::segment::Segment;
+
+/// How a [`MergedCursor`] treats a log that has nothing more to read right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Reading a backlog: such a log is done (for this cursor, even if it grows later).
+    No,
+    /// Following: such a log may still receive an earlier record, so wait up to this long for it before
+    /// handing out the records the other logs have.
+    Skew(Duration),
+}
+
+/// One record of a merged read: which log, where, and its header fields.
+#[derive(Debug, Clone, Copy)]
+pub struct MergedHead<'a> {
+    /// Index of the log in the order given to [`MergedCursor::open`].
+    pub log: usize,
+    /// The segment holding the record.
+    pub segment: &'a Arc<Segment>,
+    /// The record's header fields and its byte offset in `segment`.
+    pub head: RecordHead,
+}
+
+/// What [`MergedCursor::step`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// The next record in merged order.
+    Record(MergedHead<'a>),
+    /// Following: nothing can be handed out yet (a log has nothing and the skew has not passed, or no log
+    /// has anything). Call again later.
+    Pending,
+    /// Reading a backlog: every log is done.
+    End,
+}
+
+/// One log's cursor and the heads of its current batch not handed out yet.
+#[derive(Debug)]
+struct Lane {
+    cursor: Cursor,
+    /// The segment of the heads in `heads`.
+    segment: Option<Arc<Segment>>,
+    heads: VecDeque<RecordHead>,
+    /// Backlog mode: the log had nothing more when last asked.
+    done: bool,
+}
+
+impl Lane {
+    /// Fills `heads` from the next batch if it is empty. Returns true if it has a head afterwards.
+    fn fill(&mut self) -> Result<bool, ReadError> {
+        if !self.heads.is_empty() {
+            return Ok(true);
+        }
+        if self.done {
+            return Ok(false);
+        }
+        match self.cursor.next_batch()? {
+            Some(batch) => {
+                self.heads.extend(batch.heads());
+                self.segment = Some(batch.segment.clone());
+                // A batch the cursor hands out has at least one record at or after its first position.
+                assert!(!self.heads.is_empty(), "a handed-out batch has a record");
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Position of the next record this lane will hand out.
+    fn next_position(&self) -> Position {
+        self.heads.front().map_or_else(|| self.cursor.position(), |h| h.position)
+    }
+}
+
+/// Reads several logs as one; see the [module docs](self).
+#[derive(Debug)]
+pub struct MergedCursor {
+    lanes: Vec<Lane>,
+    wait: Wait,
+    /// When a ready record started waiting for a log that has nothing (follow mode).
+    waiting_since: Option<Instant>,
+}
+
+impl MergedCursor {
+    /// A merged read of `readers` (log index = index in the slice), each from its position in `starts`
+    /// (a vector from [`MergedCursor::positions`], or all zeros for the beginning).
+    ///
+    /// # Panics
+    /// If the two slices differ in length.
+    pub fn open(readers: &[LogReader], starts: &[Position], wait: Wait) -> Result<MergedCursor, ReadError> {
+        assert_eq!(readers.len(), starts.len(), "one start position per log");
+        let lanes = readers
+            .iter()
+            .zip(starts)
+            .map(|(r, &p)| {
+                Ok(Lane { cursor: r.cursor(Start::Position(p))?, segment: None, heads: VecDeque::new(), done: false })
+            })
+            .collect::<Result<Vec<_>, ReadError>>()?;
+        Ok(MergedCursor { lanes, wait, waiting_since: None })
+    }
+
+    /// Number of logs.
+    pub fn logs(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Per log, the position of the next record it will hand out: what a checkpoint of this read stores.
+    pub fn positions(&self) -> Vec<Position> {
+        self.lanes.iter().map(Lane::next_position).collect()
+    }
+
+    /// The next record in merged order (see [`Step`]). An error of any log's cursor (damage, a segment that
+    /// cannot be mapped) is returned as it is; the cursor can be asked again after it, and asks that log again.
+    pub fn step(&mut self) -> Result<Step<'_>, ReadError> {
+        let mut best: Option<(usize, RecordHead)> = None;
+        let mut some_empty = false;
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if !lane.fill()? {
+                if self.wait == Wait::No {
+                    lane.done = true;
+                } else {
+                    some_empty = true;
+                }
+                continue;
+            }
+            let h = *lane.heads.front().expect("filled");
+            // Ties in time go to the lower log index (lanes are visited in index order), then position.
+            if best.is_none_or(|(_, b)| h.timestamp_ns < b.timestamp_ns) {
+                best = Some((i, h));
+            }
+        }
+        let Some((i, head)) = best else {
+            self.waiting_since = None;
+            return Ok(if self.wait == Wait::No { Step::End } else { Step::Pending });
+        };
+        if some_empty {
+            let Wait::Skew(max_skew) = self.wait else { unreachable!("only follow mode leaves a lane empty") };
+            let since = *self.waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < max_skew {
+                return Ok(Step::Pending);
+            }
+        } else {
+            self.waiting_since = None;
+        }
+        let lane = &mut self.lanes[i];
+        lane.heads.pop_front();
+        let segment = lane.segment.as_ref().expect("heads come with their segment");
+        Ok(Step::Record(MergedHead { log: i, segment, head }))
+    }
+
+    /// The cursor of log `i`, e.g. to wait on it ([`Cursor::wait`]) while [`MergedCursor::step`] says
+    /// [`Step::Pending`].
+    pub fn cursor_mut(&mut self, i: usize) -> &mut Cursor {
+        &mut self.lanes[i].cursor
+    }
+
+    /// Follow mode: waits up to `timeout` until some log with nothing buffered has something to read, or
+    /// the skew that a ready record waits for has passed. Returns early on either; sleeps in steps that grow
+    /// to [`crate::reader::FOLLOW_SLEEP_MAX`].
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        let deadline = Instant::now() + timeout;
+        let skew_ends = match (self.wait, self.waiting_since) {
+            (Wait::Skew(s), Some(since)) => Some(since + s),
+            _ => None,
+        };
+        let deadline = skew_ends.map_or(deadline, |e| e.min(deadline));
+        let mut sleep = Duration::from_micros(20);
+        loop {
+            for lane in self.lanes.iter_mut().filter(|l| l.heads.is_empty()) {
+                if lane.cursor.wait(Duration::ZERO)? {
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(sleep.min(deadline - now));
+            sleep = (sleep * 2).min(crate::reader::FOLLOW_SLEEP_MAX);
+        }
+    }
+}
