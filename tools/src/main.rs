@@ -350,9 +350,17 @@ Examples:
       --shards 4 --checkpoint-dir /shared/ckpt --out totals.jsonl
   catchup report run.hlog --svg run.svg")]
 pub struct ReplayArgs {
-    /// Log directory.
+    /// Log directory; several with --merge time (replayed as one log, in event-time order).
     #[arg(value_name = "DIR", required_unless_present = "source", conflicts_with = "source")]
-    pub dir: Option<PathBuf>,
+    pub dirs: Vec<PathBuf>,
+    /// Replay several logs as one, ordered by (event timestamp, log, position): `time`. Positions are then
+    /// numbers in the merged order; the checkpoint holds one position per log.
+    #[arg(long, value_name = "ORDER", value_parser = ["time"], conflicts_with_all = ["source", "from"])]
+    pub merge: Option<String>,
+    /// With --merge and --follow: how long an event that is next in time waits for a log that has nothing
+    /// yet (and may still append an earlier one) before it is handed out anyway (default 0s: at once).
+    #[arg(long, value_name = "DURATION", requires = "merge", value_parser = units::parse_duration)]
+    pub max_skew: Option<std::time::Duration>,
     /// Consume a Kafka topic instead of a log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC (needs --group).
     #[arg(long, value_name = "URL", requires = "group", conflicts_with_all = ["from", "since", "to"])]
     pub source: Option<String>,
@@ -383,7 +391,8 @@ pub struct ReplayArgs {
     /// Start at this position (when no snapshot says otherwise).
     #[arg(long, value_name = "POS", conflicts_with = "since")]
     pub from: Option<u64>,
-    /// Start at the first event at or after this time: RFC 3339, ns since the epoch, or a duration ago.
+    /// Start at the first event at or after this time: RFC 3339, a date, @SECONDS (or @Nms, @Nus, @Nns),
+    /// `now`, or a duration ago (e.g. 10m).
     #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
     pub since: Option<u64>,
     /// Stop before this position.

@@ -105,18 +105,23 @@ fn cores() -> usize {
 
 /// The source named by the arguments: a log directory, or `--source kafka://...` with `--group`.
 fn source_from_args(a: &ReplayArgs) -> Result<Source> {
-    Ok(match (&a.dir, &a.source) {
-        (Some(dir), None) => {
+    Ok(match (a.dirs.as_slice(), &a.source) {
+        ([dir, more @ ..], None) => {
             let start = match (a.from, a.since) {
                 (Some(p), _) => Start::Position(Position(p)),
                 (None, Some(ts)) => Start::Timestamp(ts),
                 (None, None) => Start::Beginning,
             };
+            let merged = match (&a.merge, more.is_empty()) {
+                (Some(_), _) => Some((a.dirs.clone(), a.max_skew.unwrap_or(Duration::ZERO))),
+                (None, true) => None,
+                (None, false) => usage!("{} log directories given: replay them as one with --merge time", a.dirs.len()),
+            };
             // A checkpoint must not get ahead of what survives a power cut (storage review W3).
             let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
-            Source::Log(LogSource { dir: dir.clone(), start, stop_at: a.to.map(Position), durable_only })
+            Source::Log(LogSource { dir: dir.clone(), merged, start, stop_at: a.to.map(Position), durable_only })
         }
-        (None, Some(url)) => {
+        ([], Some(url)) => {
             let url = match KafkaUrl::parse(url) {
                 Ok(u) => u,
                 Err(e) => usage!("--source: {e}"),

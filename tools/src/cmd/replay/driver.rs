@@ -265,7 +265,9 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
 /// Runs the replay and writes its results; returns the figures.
 pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
     if let Source::Log(l) = &cfg.source {
-        crate::cmd::check_log_dir(&l.dir)?;
+        for dir in l.merged.as_ref().map_or(std::slice::from_ref(&l.dir), |(dirs, _)| dirs.as_slice()) {
+            crate::cmd::check_log_dir(dir)?;
+        }
     }
     match &cfg.handler {
         HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, ui, Count),

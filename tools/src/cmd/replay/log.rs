@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use catchup_engine::{Engine, EngineConfig, Latencies, Position, ReplayError, Running, ShardHandler};
+use catchup_engine::{Engine, EngineConfig, Latencies, MergeConfig, Position, ReplayError, Running, ShardHandler};
 
 use super::config::Config;
 use super::source::{End, Finished, LogSource, Part, PartFactory, Run};
@@ -35,9 +35,15 @@ pub(crate) fn start<H: ShardHandler + 'static>(
 ) -> Result<Box<dyn Run<H>>, ReplayError> {
     let mut handlers: Vec<Option<H>> = factory(Part::Log, cfg.n_shards).into_iter().map(Some).collect();
     assert_eq!(handlers.len(), cfg.n_shards, "the factory makes one handler per shard");
-    let running = Engine::start(&log.dir, engine_config(cfg, log), |s| {
+    let handler = |s: catchup_engine::ShardId| {
         handlers[s.0 as usize].take().expect("the engine asks for each shard's handler once")
-    })?;
+    };
+    let running = match &log.merged {
+        Some((dirs, max_skew)) => {
+            Engine::start_merged(dirs, MergeConfig { max_skew: *max_skew }, engine_config(cfg, log), handler)?
+        }
+        None => Engine::start(&log.dir, engine_config(cfg, log), handler)?,
+    };
     Ok(Box::new(running))
 }
 
@@ -72,7 +78,8 @@ impl<H> Run<H> for Running<H> {
 /// synced them yet, or a crashed one whose next writer will keep them) were not read. Says so, so that "end
 /// of log" is never read as "every committed event".
 pub(crate) fn note_unread_committed(log: &LogSource, ui: &Ui, watermark: Position) {
-    if !log.durable_only {
+    // A merged run's watermark is a number in the merged order, not a position in one log.
+    if !log.durable_only || log.merged.is_some() {
         return;
     }
     let committed = catchup_segments::LogReader::open(&log.dir).ok().and_then(|r| r.end_position().ok());

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use catchup_engine::kafka::{KafkaProgress, KafkaUrl};
 use catchup_engine::{Latencies, Position, ReplayError, ShardSummary, Start};
@@ -23,11 +24,14 @@ pub enum Source {
     Kafka(KafkaSource),
 }
 
-/// A log as the source.
+/// A log as the source, or several logs replayed as one (`--merge time`).
 #[derive(Debug, Clone)]
 pub struct LogSource {
-    /// The log directory.
+    /// The log directory (the first one when merged).
     pub dir: PathBuf,
+    /// `--merge time`: every log, `dir` first, and how long a ready event waits for a silent log in follow
+    /// mode. None for one log.
+    pub merged: Option<(Vec<PathBuf>, Duration)>,
     /// Start when no snapshot says otherwise.
     pub start: Start,
     /// Stop before.
@@ -50,12 +54,15 @@ pub struct KafkaSource {
 impl Source {
     /// The whole log in `dir`, every committed event, from the beginning.
     pub fn log(dir: PathBuf) -> Source {
-        Source::Log(LogSource { dir, start: Start::Beginning, stop_at: None, durable_only: false })
+        Source::Log(LogSource { dir, merged: None, start: Start::Beginning, stop_at: None, durable_only: false })
     }
 
     /// The source, for messages: the log directory, or the topic and group.
     pub fn name(&self) -> String {
         match self {
+            Source::Log(LogSource { merged: Some((dirs, _)), .. }) => {
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + ")
+            }
             Source::Log(l) => l.dir.display().to_string(),
             Source::Kafka(k) => format!("{} (group {})", k.url, k.group),
         }
