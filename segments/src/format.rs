@@ -385,8 +385,10 @@ pub fn check_batch_offsets(
 }
 
 /// Bytes checksummed at a time by [`check_batch_with`], whose record headers are then checked while they
-/// are in L1.
-const CHECK_CHUNK: usize = 2048;
+/// are in L1: three of the `crc32c` crate's 768-byte interleaved blocks, so no chunk ends with bytes it must
+/// checksum one word at a time (2 KiB chunks left 512 such bytes and measured 5-10 % slower, 4.5 KiB ones
+/// also slower: `BENCHMARKS.md`).
+const CHECK_CHUNK: usize = 2304;
 
 /// How far ahead of the checksum [`check_batch_with`] prefetches: far enough to cover DRAM latency at the
 /// CRC's speed, past the 4 KiB page boundaries where the hardware prefetchers stop.
