@@ -62,9 +62,8 @@ use std::time::{Duration, Instant};
 use crate::Position;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::format::{
-    BATCH_HEADER_SIZE, BatchHeader, REC_KEY_HASH_OFFSET, REC_KEY_LEN_OFFSET, REC_PAYLOAD_LEN_OFFSET,
-    REC_POSITION_OFFSET, REC_TIMESTAMP_OFFSET, RECORD_HEADER_SIZE, RecordIter, RecordRef, SEGMENT_HEADER_SIZE,
-    record_size,
+    BatchHeader, REC_KEY_HASH_OFFSET, REC_POSITION_OFFSET, REC_TIMESTAMP_OFFSET, RECORD_HEADER_SIZE, RecordIter,
+    RecordRef, SEGMENT_HEADER_SIZE, decode_record,
 };
 use crate::index::SparseIndex;
 use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, RecoveryPointError, read_recovery_point};
@@ -209,6 +208,7 @@ impl LogReader {
             durable_only: self.durable_only,
             limit: Position(u64::MAX),
             tail_verdict: None,
+            offsets: Vec::new(),
         };
         if self.durable_only {
             c.limit = c.durable_limit()?;
@@ -403,27 +403,35 @@ pub struct Batch<'a> {
     /// Records below this position are not part of what the cursor hands out (a seek into the middle of
     /// a batch).
     pub first_position: Position,
+    /// The offset in `bytes` of each record of the batch, found while it was validated.
+    offsets: &'a [u32],
 }
 
 impl<'a> Batch<'a> {
     /// The records at or after `first_position`, each with its byte offset in the segment.
     #[inline]
     pub fn records(&self) -> impl Iterator<Item = (u64, RecordRef<'a>)> + 'a {
-        let mut it = RecordIter::new(self.bytes);
-        let base_offset = self.offset;
-        let first = self.first_position;
-        std::iter::from_fn(move || {
-            let off = it.offset_in_batch() as u64;
-            it.next().map(|r| (base_offset + off, r))
+        let (bytes, base_offset) = (self.bytes, self.offset);
+        // The batch passed `check_batch_offsets`, so every offset starts a record in bounds; `decode_record`
+        // keeps that a checked claim (it would end the iteration, never read out of bounds).
+        self.handed_offsets().iter().map_while(move |&at| {
+            let (r, _) = decode_record(bytes.get(at as usize..)?)?;
+            Some((base_offset + at as u64, r))
         })
-        .filter(move |(_, r)| r.position >= first)
     }
 
     /// The headers of the records at or after `first_position`, without building key and payload slices:
     /// what a dispatcher needs to route a record and find it again ([`Segment::record_at`]).
     #[inline]
     pub fn heads(&self) -> RecordHeads<'a> {
-        RecordHeads { bytes: self.bytes, at: BATCH_HEADER_SIZE, base_offset: self.offset, first: self.first_position }
+        RecordHeads { bytes: self.bytes, offsets: self.handed_offsets().iter(), base_offset: self.offset }
+    }
+
+    /// The offsets in the batch of the records handed out: those at or after `first_position`.
+    #[inline]
+    fn handed_offsets(&self) -> &'a [u32] {
+        let skip = (self.first_position.0 - self.header.base_position.0) as usize;
+        self.offsets.get(skip..).unwrap_or(&[])
     }
 
     /// Number of records handed out from this batch.
@@ -454,9 +462,9 @@ pub struct RecordHead {
 #[derive(Debug, Clone)]
 pub struct RecordHeads<'a> {
     bytes: &'a [u8],
-    at: usize,
+    /// The records' offsets in the batch, found when it was validated.
+    offsets: std::slice::Iter<'a, u32>,
     base_offset: u64,
-    first: Position,
 }
 
 impl Iterator for RecordHeads<'_> {
@@ -464,25 +472,21 @@ impl Iterator for RecordHeads<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<RecordHead> {
-        loop {
-            // The batch passed `check_batch`, so every header is in bounds; `get` keeps that a checked claim.
-            let h: &[u8; RECORD_HEADER_SIZE] =
-                self.bytes.get(self.at..self.at + RECORD_HEADER_SIZE)?.try_into().ok()?;
-            let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-            let payload_len =
-                u32::from_le_bytes(h[REC_PAYLOAD_LEN_OFFSET..REC_PAYLOAD_LEN_OFFSET + 4].try_into().expect("4 bytes"));
-            let key_len = u16::from_le_bytes([h[REC_KEY_LEN_OFFSET], h[REC_KEY_LEN_OFFSET + 1]]);
-            let head = RecordHead {
-                offset: self.base_offset + self.at as u64,
-                position: Position(word(REC_POSITION_OFFSET)),
-                timestamp_ns: word(REC_TIMESTAMP_OFFSET),
-                key_hash: word(REC_KEY_HASH_OFFSET),
-            };
-            self.at += record_size(key_len as usize, payload_len as usize);
-            if head.position >= self.first {
-                return Some(head);
-            }
-        }
+        let at = *self.offsets.next()? as usize;
+        // The batch passed `check_batch_offsets`, so every header is in bounds; `get` keeps that a checked claim.
+        let h: &[u8; RECORD_HEADER_SIZE] = self.bytes.get(at..at + RECORD_HEADER_SIZE)?.try_into().ok()?;
+        let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+        Some(RecordHead {
+            offset: self.base_offset + at as u64,
+            position: Position(word(REC_POSITION_OFFSET)),
+            timestamp_ns: word(REC_TIMESTAMP_OFFSET),
+            key_hash: word(REC_KEY_HASH_OFFSET),
+        })
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.offsets.len()))
     }
 }
 
@@ -506,6 +510,8 @@ pub struct Cursor {
     limit: Position,
     /// The last "nothing to read here yet" verdict at the tail (see [`Cursor::check_tail`]).
     tail_verdict: Option<TailVerdict>,
+    /// The record offsets of the batch last read (`Segment::read_batch_offsets`), lent to its `Batch`.
+    offsets: Vec<u32>,
 }
 
 /// A cached verdict that the tail at `(segment, offset, word, crc)` is the end of the log (nothing valid behind
@@ -875,7 +881,7 @@ impl Cursor {
     pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, ReadError> {
         loop {
             let seg_idx = self.seg_idx;
-            let read = self.segments[seg_idx].read_batch(self.offset);
+            let read = self.segments[seg_idx].read_batch_offsets(self.offset, &mut self.offsets);
             match read {
                 Ok(Some((h, _))) => {
                     self.check_position(&h)?;
@@ -898,7 +904,8 @@ impl Cursor {
                     let first = h.base_position.max(self.skip_below);
                     let seg = &self.segments[seg_idx];
                     let bytes = seg.committed(offset, h.length as usize).expect("validated batch is in bounds");
-                    return Ok(Some(Batch { segment: seg, offset, header: h, bytes, first_position: first }));
+                    let offsets = &self.offsets;
+                    return Ok(Some(Batch { segment: seg, offset, header: h, bytes, first_position: first, offsets }));
                 }
                 read => {
                     if !self.check_tail(read.err())? {
@@ -1064,12 +1071,56 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     use super::*;
-    use crate::format::BATCH_SIZE_MAX;
+    use crate::format::{BATCH_HEADER_SIZE, BATCH_SIZE_MAX, record_size};
     use crate::writer::{Durability, LogWriter, WriterOptions};
 
     thread_local! {
         /// Batches that `Cursor::has_more` read and validated on this thread.
         pub(super) static BATCH_READS_IN_WAIT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// `records()` and `heads()` read the offsets found while the batch was checked: after a seek into the
+    /// middle of a batch both start at the position sought, agree with each other and with a walk of the
+    /// batch's bytes, and cover the log exactly once.
+    #[test]
+    fn records_and_heads_agree_with_a_walk_after_a_seek_into_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { segment_size_bytes: 1 << 20, durability: Durability::None, batch_size_bytes: 4096 };
+        let mut w = LogWriter::open(dir.path(), opts).unwrap();
+        for i in 0..3000u64 {
+            w.append(format!("k{}", i % 7).as_bytes(), &vec![i as u8; (i % 97) as usize], i).unwrap();
+        }
+        w.close().unwrap();
+        let reader = LogReader::open(dir.path()).unwrap();
+        for start in [0u64, 1, 55, 1234, 2999] {
+            let mut c = reader.cursor(Start::Position(Position(start))).unwrap();
+            let mut next = start;
+            while let Some(b) = c.next_batch().unwrap() {
+                let recs: Vec<_> = b.records().collect();
+                let heads: Vec<_> = b.heads().collect();
+                let walked: Vec<_> = RecordIter::new(b.bytes)
+                    .scan(BATCH_HEADER_SIZE as u64, |at, r| {
+                        let here = *at;
+                        *at += record_size(r.key.len(), r.payload.len()) as u64;
+                        Some((b.offset + here, r))
+                    })
+                    .filter(|(_, r)| r.position >= b.first_position)
+                    .collect();
+                assert_eq!(recs, walked);
+                assert_eq!(recs.len() as u64, b.len());
+                assert_eq!(heads.len(), recs.len());
+                for (h, (off, r)) in heads.iter().zip(&recs) {
+                    assert_eq!(
+                        (h.offset, h.position, h.timestamp_ns, h.key_hash),
+                        (*off, r.position, r.timestamp_ns, r.key_hash)
+                    );
+                    assert_eq!(r.position.0, next);
+                    assert_eq!(r.payload.len() as u64, next % 97);
+                    next += 1;
+                }
+            }
+            assert_eq!(next, 3000);
+        }
     }
 
     /// W6: a follower idle at a torn tail whose commit word claims a large batch (a word that reached the

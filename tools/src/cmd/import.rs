@@ -139,17 +139,12 @@ fn trim_json_ws(line: &[u8]) -> &[u8] {
 }
 
 /// The time of a `--time` field in ns, and the unit guessed for it if `unit` is `None`.
-fn time_value(
-    raw: &serde_json::value::RawValue,
-    unit: Option<EpochUnit>,
-    field: &FieldPath,
-) -> Result<(u64, Option<EpochUnit>), String> {
-    let t = raw.get();
+fn time_value(t: &str, unit: Option<EpochUnit>, field: &FieldPath) -> Result<(u64, Option<EpochUnit>), String> {
     if t.starts_with('"') {
         let s: String = serde_json::from_str(t).map_err(|e| format!("field `{field}`: {e}"))?;
         return parse_rfc3339(&s).map(|ns| (ns, None)).map_err(|e| format!("field `{field}`: {e}"));
     }
-    match json::number(raw) {
+    match json::number(t) {
         Some(json::Number::Int(i)) if i >= 0 => {
             let (u, guessed) = match unit {
                 Some(u) => (u, None),
@@ -159,15 +154,13 @@ fn time_value(
             Ok((ns, guessed))
         }
         Some(_) => Err(format!("field `{field}` must be a non-negative integer or an RFC 3339 string, not {t}")),
-        None => Err(format!("field `{field}` is {}; a time is an integer or an RFC 3339 string", json::kind_of(raw))),
+        None => Err(format!("field `{field}` is {}; a time is an integer or an RFC 3339 string", json::kind_of(t))),
     }
 }
 
-/// "not valid JSON at column 27: EOF while parsing an object" (serde's "line 1" is meaningless here).
-fn json_error(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
-    format!("not valid JSON at column {}: {msg}", e.column())
+/// "not valid JSON at column 27: EOF while parsing an object" (a line has no other lines to name).
+fn json_error(e: &json::JsonError) -> String {
+    format!("not valid JSON at column {}: {}", e.column, e.message)
 }
 
 fn parse_line(line: &[u8], format: &LineFormat, now: impl Fn() -> u64) -> Result<Parsed, String> {
