@@ -50,8 +50,8 @@ pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
 pub use log::{Engine, log_id};
 pub use metrics::Latencies;
 pub use run::{
-    CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX, RunSummary, Running,
-    ShardSummary, Topology,
+    CheckpointConfig, DEAD_LETTER_VERSION, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX,
+    RunSummary, Running, ShardSummary, Topology,
 };
 pub use shard::{SHARDS_MAX, ShardId, shard_of};
 pub use wait::WaitStrategy;

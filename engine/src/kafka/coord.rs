@@ -21,6 +21,7 @@ use super::{HEADER_TIMESTAMP_NS, PartitionFactory, PartitionProgress};
 use crate::error::{ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::metrics::bump;
+use crate::run::IoJob;
 use crate::run::{restore, wall_ns};
 use crate::shard::shard_of;
 use crate::snapshot::{self, SnapshotMeta};
@@ -76,6 +77,14 @@ pub(crate) struct Coord<H, F> {
     pub(crate) closed: bool,
     /// Commits refused in a row (a rebalance in progress is normal; a long run of refusals is not).
     pub(crate) refused: u32,
+    /// The I/O thread: partition snapshots, and the `Sync` that makes a barrier's dead letters and snapshots
+    /// durable before its commit.
+    pub(crate) io: channel::Sender<IoJob>,
+}
+
+fn send_io(io: &channel::Sender<IoJob>, job: IoJob) -> Result<(), ReplayError> {
+    // A closed channel means the I/O thread failed and recorded why; the first failure is the one reported.
+    io.send(job).map_err(|_| ReplayError::Internal("the I/O thread is gone".into()))
 }
 
 /// When following, the least time between two barriers that only say "caught up".
@@ -444,10 +453,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                             fingerprint: self.cfg.fingerprint,
                             created_ns: wall_ns(),
                         };
-                        snapshot::write(&dir, &meta, &state)?;
+                        send_io(&self.io, IoJob::PartitionSnapshot { dir: dir.clone(), meta, state })?;
                     }
                     if o.retire {
-                        snapshot::remove_from(&dir, n)?;
+                        send_io(&self.io, IoJob::RemoveFrom { dir, n_shards: n })?;
                         o.retire = false;
                     }
                     o.snapshotted = upto;
@@ -460,6 +469,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     .map_err(|e| kafka_err("build the commit", e))?;
             }
         }
+        // Every dead letter of the events this barrier covers was sent to the I/O thread before its shard
+        // answered, so it is queued ahead of this `Sync`: once answered, they and the snapshots above are
+        // durable, and the commit may move past them.
+        self.sync_io()?;
         if commit.count() > 0 {
             // A refused commit (a rebalance in progress, a coordinator moving) loses nothing: the snapshots
             // are on disk and win over an older commit, and without snapshots the records are handled again
@@ -487,6 +500,13 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         }
         self.publish_progress();
         Ok(())
+    }
+
+    /// Waits until the I/O thread has made durable everything sent to it before.
+    fn sync_io(&self) -> Result<(), ReplayError> {
+        let (done, answered) = channel::bounded(1);
+        send_io(&self.io, IoJob::Sync { done })?;
+        answered.recv().map_err(|_| ReplayError::Internal("the I/O thread is gone".into()))
     }
 
     /// True if a barrier should start now: enough events or time since the last one, with something new

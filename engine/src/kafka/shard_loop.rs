@@ -1,8 +1,6 @@
 //! A Kafka shard thread: runs each partition's handler over its batches and answers barriers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,42 +12,9 @@ use super::shared::Shared;
 use crate::error::{HandlerFailure, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, ShardHandler};
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self, Outcome, json_string};
-use crate::run::{ErrorPolicy, wall_ns};
+use crate::policy::{self, Outcome};
+use crate::run::{ErrorPolicy, IoJob, Origin, dead_letter_line, wall_ns};
 use crate::shard::ShardId;
-
-pub(crate) struct DeadLetters {
-    pub(crate) path: PathBuf,
-    pub(crate) file: Mutex<Option<(std::fs::File, bool)>>,
-}
-
-impl DeadLetters {
-    fn append(&self, line: &str) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if g.is_none() {
-            *g = Some((std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?, false));
-        }
-        let (f, dirty) = g.as_mut().expect("opened above");
-        f.write_all(line.as_bytes())?;
-        f.write_all(b"\n")?;
-        *dirty = true;
-        Ok(())
-    }
-
-    /// Makes every line durable: called before a barrier is answered, since the commit that follows
-    /// moves past the skipped events.
-    fn sync(&self) -> std::io::Result<()> {
-        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((f, dirty)) = g.as_mut()
-            && *dirty
-        {
-            f.sync_data()?;
-            *dirty = false;
-        }
-        Ok(())
-    }
-}
 
 struct Part<H> {
     handler: H,
@@ -63,7 +28,8 @@ pub(crate) struct ShardCtx<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) topic: &'a str,
     pub(crate) on_error: ErrorPolicy,
-    pub(crate) dead_letters: Option<&'a DeadLetters>,
+    /// The I/O thread: dead letters go there.
+    pub(crate) io: channel::Sender<IoJob>,
     pub(crate) sample_every: u64,
 }
 
@@ -98,13 +64,8 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     // No answer: the coordinator sees the abort instead and commits nothing.
                     continue;
                 }
-                if let Some(d) = cx.dead_letters
-                    && let Err(source) = d.sync()
-                {
-                    cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
-                    failed = true;
-                    continue;
-                }
+                // Dead letters sent before this answer are queued at the I/O thread ahead of the `Sync` the
+                // coordinator sends once every shard has answered, and so are durable before the commit.
                 let mut states = Vec::new();
                 for (&p, part) in parts.iter_mut() {
                     // Without snapshots, `flush` finishes the side effects the commit will cover.
@@ -191,10 +152,10 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                         Outcome::Done => handled += 1,
                         Outcome::Skipped(why) => {
                             bump(&c.dead_lettered, 1);
-                            let line = dead_letter_line(cx.topic, it.partition, shard, &event, &why);
-                            let d = cx.dead_letters.expect("validated: a skipping policy has a dead-letter log");
-                            if let Err(source) = d.append(&line) {
-                                cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
+                            let origin = Origin::Kafka { topic: cx.topic, partition: it.partition };
+                            let line = dead_letter_line(origin, shard, &event, &why);
+                            if cx.io.send(IoJob::DeadLetter { line }).is_err() {
+                                // The I/O thread failed and recorded why.
                                 failed = true;
                                 break;
                             }
@@ -236,34 +197,4 @@ pub(crate) fn shard_loop<H: ShardHandler>(
     }
     metrics.publish(&mut local);
     parts.into_iter().map(|(p, part)| (p, part.handler)).collect()
-}
-
-/// `{"topic":T,"partition":P,"offset":O,"shard":S,"timestamp_ns":N,"key":K,"error":E}`.
-fn dead_letter_line(topic: &str, partition: i32, shard: ShardId, event: &Event<'_>, why: &str) -> String {
-    let mut s = String::from("{\"topic\":");
-    json_string(&mut s, topic);
-    s.push_str(&format!(
-        ",\"partition\":{partition},\"offset\":{},\"shard\":{shard},\"timestamp_ns\":{},\"key\":",
-        event.position, event.timestamp_ns
-    ));
-    json_string(&mut s, &printable_key(event.key));
-    s.push_str(",\"error\":");
-    json_string(&mut s, why);
-    s.push('}');
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_lines_are_json() {
-        let e = Event { position: Position(7), timestamp_ns: 9, key_hash: 0, key: b"k\"1", payload: b"" };
-        let line = dead_letter_line("t", 2, ShardId(1), &e, "bad\nthing");
-        assert_eq!(
-            line,
-            r#"{"topic":"t","partition":2,"offset":7,"shard":1,"timestamp_ns":9,"key":"k\"1","error":"bad\nthing"}"#
-        );
-    }
 }

@@ -15,12 +15,13 @@ use super::config::KafkaConfig;
 use super::coord::{Coord, KafkaContext, Kc};
 use super::handle::KafkaRunning;
 use super::poll::poll_loop;
-use super::shard_loop::{DeadLetters, ShardCtx, shard_loop};
+use super::shard_loop::{ShardCtx, shard_loop};
 use super::shared::{Shared, kafka_err};
 use crate::error::{ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::metrics::ShardMetrics;
 use crate::policy::{self};
+use crate::run::{IoJob, IoSetup, spawn_io};
 
 /// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
 ///
@@ -55,7 +56,14 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
             error: source,
         })?;
     }
-    let dead_letters = cfg.dead_letters.clone().map(|path| Arc::new(DeadLetters { path, file: Mutex::new(None) }));
+    // The I/O thread: dead letters and partition snapshots, so shards and the poll thread do no file-system
+    // calls for them. Shards send dead letters; the coordinator sends snapshots and a `Sync` per barrier.
+    let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
+    let io = {
+        let shared = shared.clone();
+        let setup = IoSetup { log_snapshots: None, dead_letters: cfg.dead_letters.clone(), retire: None };
+        spawn_io(setup, io_rx, move |e| shared.fail(e))?
+    };
 
     let mut client = ClientConfig::new();
     client
@@ -83,19 +91,12 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         let acks = acks_tx.clone();
         let topic = cfg.url.topic.clone();
         let on_error = cfg.on_error;
-        let dead_letters = dead_letters.clone();
+        let io = io_tx.clone();
         let sample_every = cfg.latency_sample_every as u64;
         let t = std::thread::Builder::new()
             .name(format!("catchup-shard-{i}"))
             .spawn(move || {
-                let cx = ShardCtx {
-                    idx: i,
-                    shared: &shared,
-                    topic: &topic,
-                    on_error,
-                    dead_letters: dead_letters.as_deref(),
-                    sample_every,
-                };
+                let cx = ShardCtx { idx: i, shared: &shared, topic: &topic, on_error, io, sample_every };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard_loop(&cx, rx, acks)));
                 r.unwrap_or_else(|p| {
                     shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", policy::panic_message(&*p))));
@@ -122,6 +123,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         last_barrier: Instant::now(),
         closed: false,
         refused: 0,
+        io: io_tx,
         cfg,
     };
     let consumer: Kc<H, F> = client
@@ -167,7 +169,11 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let mut per_shard: Vec<BTreeMap<i32, H>> =
                     shard_threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
                 consumer.unsubscribe();
+                // Drops the coordinator's sender: the I/O thread ends once it has written what it was sent.
                 drop(consumer);
+                if io.join().is_err() {
+                    shared.fail(ReplayError::Internal("the I/O thread could not be joined".into()));
+                }
                 owned
                     .into_iter()
                     .filter_map(|p| {

@@ -17,7 +17,9 @@ use crate::error::{ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
-use crate::run::{EngineConfig, EngineShared, IoJob, RunSummary, Running, ShardLoop, Topology, io_loop, restore};
+use crate::run::{
+    EngineConfig, EngineShared, IoJob, IoSetup, RunSummary, Running, ShardLoop, Topology, restore, spawn_io,
+};
 use crate::shard::ShardId;
 use crate::snapshot;
 use crate::wait::Backoff;
@@ -115,15 +117,17 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir =
-                config.checkpoint.as_ref().map(|c| c.dir.clone()).zip(full_view.map(snapshot::BindingLookup::new));
-            let dlq = config.dead_letters.clone();
-            // After a redistribution, files of another shard count are retired once this run's are complete.
-            let retire = per_key_restored.then_some(n);
-            std::thread::Builder::new()
-                .name("catchup-io".into())
-                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq, retire))
-                .map_err(ReplayError::Thread)?
+            let setup = IoSetup {
+                log_snapshots: config
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.dir.clone())
+                    .zip(full_view.map(snapshot::BindingLookup::new)),
+                dead_letters: config.dead_letters.clone(),
+                // After a redistribution, files of another shard count are retired once this run's are complete.
+                retire: per_key_restored.then_some(n),
+            };
+            spawn_io(setup, io_rx, move |e| shared.fail(e))?
         };
 
         // The rings: one event poller per shard (we run the shard threads ourselves).

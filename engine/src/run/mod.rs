@@ -2,6 +2,7 @@
 //! the I/O thread (snapshots and dead letters), snapshot restore and the running handle.
 
 mod config;
+mod dead_letter;
 mod handle;
 mod io;
 mod restore;
@@ -9,8 +10,10 @@ mod shard_loop;
 mod shared;
 
 pub use config::{CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, RING_SIZE_MAX, Topology};
+pub use dead_letter::DEAD_LETTER_VERSION;
+pub(crate) use dead_letter::{Origin, dead_letter_line};
 pub use handle::{RunSummary, Running, ShardSummary};
-pub(crate) use io::{IoJob, io_loop};
+pub(crate) use io::{IoJob, IoSetup, spawn_io};
 pub(crate) use restore::restore;
 pub(crate) use shard_loop::ShardLoop;
 pub use shared::Progress;

@@ -9,13 +9,14 @@ use crossbeam::channel;
 use disruptor::Polling;
 
 use super::config::EngineConfig;
+use super::dead_letter::{Origin, dead_letter_line};
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
 use crate::error::{HandlerFailure, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self, Outcome, json_string, panic_message};
+use crate::policy::{self, Outcome, panic_message};
 use crate::shard::{ShardId, shard_of};
 use crate::snapshot::SnapshotMeta;
 use crate::wait::Backoff;
@@ -139,7 +140,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     Outcome::Done => tally.handled += 1,
                     Outcome::Skipped(why) => {
                         bump(&c.dead_lettered, 1);
-                        let line = dead_letter_line(self.shard, &event, &why);
+                        let line = dead_letter_line(Origin::Log, self.shard, &event, &why);
                         if self.io.send(IoJob::DeadLetter { line }).is_err() {
                             failed = true;
                             break;
@@ -340,17 +341,4 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             cause,
         }));
     }
-}
-
-/// One dead-letter line: `{"position":P,"shard":S,"timestamp_ns":T,"key":"...","error":"..."}`.
-fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
-    let mut s = format!(
-        "{{\"position\":{},\"shard\":{},\"timestamp_ns\":{},\"key\":",
-        event.position, shard, event.timestamp_ns
-    );
-    json_string(&mut s, &printable_key(event.key));
-    s.push_str(",\"error\":");
-    json_string(&mut s, why);
-    s.push('}');
-    s
 }

@@ -154,6 +154,8 @@ fn check_skip(mode: FailMode, policy: ErrorPolicy, retries_each: u64) {
     let mut got = BTreeSet::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        // The schema of docs/dead-letters.md, version 1.
+        assert_eq!((v["v"].as_u64(), v["source"].as_str()), (Some(1), Some("log")), "{line}");
         let pos = v["position"].as_u64().unwrap();
         assert!(got.insert(pos), "position {pos} dead-lettered twice");
         let rec = &recs[pos as usize];
