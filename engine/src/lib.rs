@@ -44,7 +44,7 @@ pub mod snapshot;
 pub mod wait;
 
 pub use catchup_segments::{Position, Start};
-pub use error::{HandlerFailure, ReplayError, SnapshotError};
+pub use error::{ConfigError, HandlerFailure, InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
 pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
 pub use log::{Engine, log_id};

@@ -14,7 +14,7 @@ use catchup_segments::index::SparseIndex;
 use catchup_segments::segment::index_file_name;
 use catchup_segments::{LogReader, Position, ReadError, Segment, Start};
 
-use crate::error::SnapshotError;
+use crate::error::{InvalidSnapshot, SnapshotError};
 use crate::handler::StateLayout;
 
 /// `CATCHSNP`: the first eight bytes of a snapshot file.
@@ -247,40 +247,40 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Decodes and checks a snapshot file's bytes. `Err` carries the reason.
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+/// Decodes and checks a snapshot file's bytes. `Err` says which check failed.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, InvalidSnapshot> {
     if bytes.len() < SNAPSHOT_HEADER_SIZE + 4 {
-        return Err(format!("{} bytes, shorter than a snapshot header", bytes.len()));
+        return Err(InvalidSnapshot::TooShort { len: bytes.len() });
     }
     if bytes[MAGIC_AT..MAGIC_AT + 8] != SNAPSHOT_MAGIC {
-        return Err("bad magic (not a catchup snapshot)".into());
+        return Err(InvalidSnapshot::Magic);
     }
     // The version is looked at before the header checksum, whose place depends on it.
     let version = u16_at(bytes, VERSION_AT);
     if version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION})"));
+        return Err(InvalidSnapshot::Version { found: version, supported: SNAPSHOT_VERSION });
     }
     if crc32c::crc32c(&bytes[..HEADER_CRC_AT]) != u32_at(bytes, HEADER_CRC_AT) {
-        return Err("header checksum mismatch".into());
+        return Err(InvalidSnapshot::HeaderChecksum);
     }
     if bytes[RESERVED1_AT] != 0
         || bytes[RESERVED2_AT..RESERVED2_AT + 4] != [0; 4]
         || bytes[RESERVED3_AT..RESERVED3_AT + 4] != [0; 4]
     {
-        return Err("non-zero reserved bytes".into());
+        return Err(InvalidSnapshot::Reserved);
     }
     let layout = match bytes[LAYOUT_AT] {
         0 => StateLayout::PerShard,
         1 => StateLayout::PerKey,
-        x => return Err(format!("unknown state layout {x}")),
+        x => return Err(InvalidSnapshot::Layout(x)),
     };
     let state_len = u64_at(bytes, STATE_LEN_AT);
     if state_len > SNAPSHOT_STATE_SIZE_MAX || state_len + SNAPSHOT_HEADER_SIZE as u64 + 4 != bytes.len() as u64 {
-        return Err(format!("state length {state_len} does not match the file size {}", bytes.len()));
+        return Err(InvalidSnapshot::StateLength { state_len, file_len: bytes.len() });
     }
     let state = &bytes[SNAPSHOT_HEADER_SIZE..bytes.len() - 4];
     if crc32c::crc32c(state) != u32_at(bytes, bytes.len() - 4) {
-        return Err("state checksum mismatch".into());
+        return Err(InvalidSnapshot::StateChecksum);
     }
     let meta = SnapshotMeta {
         layout,
@@ -292,14 +292,14 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         created_ns: u64_at(bytes, CREATED_NS_AT),
     };
     if meta.n_shards == 0 || meta.shard_idx >= meta.n_shards {
-        return Err(format!("shard {} of {} is out of range", meta.shard_idx, meta.n_shards));
+        return Err(InvalidSnapshot::ShardOutOfRange { shard_idx: meta.shard_idx, n_shards: meta.n_shards });
     }
     let binding = Binding { position: Position(u64_at(bytes, BOUND_POSITION_AT)), crc: u32_at(bytes, BOUND_CRC_AT) };
     if binding.position == Position(0) && binding.crc != 0 {
-        return Err(format!("binding checksum {:#010x} without a bound position", binding.crc));
+        return Err(InvalidSnapshot::BindingWithoutPosition { crc: binding.crc });
     }
     if binding.position != Position(0) && binding.position < meta.position {
-        return Err(format!("bound position {} is below the snapshot's position {}", binding.position, meta.position));
+        return Err(InvalidSnapshot::BoundBelowPosition { bound: binding.position, position: meta.position });
     }
     Ok(Snapshot { meta, binding, state: state.to_vec() })
 }
@@ -318,10 +318,7 @@ pub fn write_bound(dir: &Path, meta: &SnapshotMeta, binding: &Binding, state: &[
     match decode(&bytes) {
         Ok(s) if s.meta == *meta && s.binding == *binding => {}
         other => {
-            return Err(SnapshotError::Invalid {
-                path,
-                why: format!("encoded snapshot does not decode to itself: {:?}", other.err()),
-            });
+            return Err(SnapshotError::Invalid { path, why: InvalidSnapshot::SelfCheck(other.err().map(Box::new)) });
         }
     }
     let tmp = dir.join(format!("{}.tmp", snapshot_file_name(meta.shard_idx)));
@@ -387,10 +384,7 @@ pub fn load_all(dir: &Path) -> Result<Vec<(PathBuf, Snapshot)>, SnapshotError> {
         }
         let snap = decode(&bytes).map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
         if path.file_name().and_then(|n| n.to_str()) != Some(snapshot_file_name(snap.meta.shard_idx).as_str()) {
-            return Err(SnapshotError::Invalid {
-                path,
-                why: format!("file name does not match shard {}", snap.meta.shard_idx),
-            });
+            return Err(SnapshotError::Invalid { path, why: InvalidSnapshot::FileName(snap.meta.shard_idx) });
         }
         out.push((path, snap));
     }

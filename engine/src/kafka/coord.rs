@@ -1,7 +1,6 @@
 //! The coordinator on the poll thread: rebalances, dispatch into per-shard batches, barriers and commits.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,12 +17,13 @@ use super::partition::{partition_dir, partition_log_id};
 use super::poll::fetched_high_watermark;
 use super::shared::{Shared, kafka_err};
 use super::{HEADER_TIMESTAMP_NS, PartitionFactory, PartitionProgress};
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{ConfigError, HandlerFailure, InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
+use crate::kafka::KafkaError;
 use crate::metrics::bump;
 use crate::run::IoJob;
 use crate::run::{restore, wall_ns};
-use crate::shard::shard_of;
+use crate::shard::{ShardId, shard_of};
 use crate::snapshot::{self, SnapshotMeta};
 
 /// A partition this process owns, as the poll thread tracks it.
@@ -84,7 +84,7 @@ pub(crate) struct Coord<H, F> {
 
 fn send_io(io: &channel::Sender<IoJob>, job: IoJob) -> Result<(), ReplayError> {
     // A closed channel means the I/O thread failed and recorded why; the first failure is the one reported.
-    io.send(job).map_err(|_| ReplayError::Internal("the I/O thread is gone".into()))
+    io.send(job).map_err(|_| InternalError::Gone("I/O").into())
 }
 
 /// When following, the least time between two barriers that only say "caught up".
@@ -176,10 +176,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 .map_err(|e| kafka_err(format!("read the offsets of {topic} partition {p}"), e))?;
             let mut handlers = (self.factory)(p, n);
             if handlers.len() != n {
-                return Err(ReplayError::Config(format!(
-                    "the handler factory made {} handlers for partition {p}, expected {n}",
-                    handlers.len()
-                )));
+                return Err(ConfigError::HandlerCount { partition: p, made: handlers.len(), expected: n }.into());
             }
             let layout = handlers[0].state_layout();
             let default_start = committed.unwrap_or(low).max(low);
@@ -199,13 +196,14 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 } else if let Some(c) = committed
                     && c > low
                 {
-                    return Err(ReplayError::Kafka(format!(
-                        "partition {p} of {topic} has offset {c} committed by group {} but no snapshot in {}: the \
-                         state of the records below it is not here (is the checkpoint directory shared by every \
-                         member of the group?)",
-                        self.cfg.group,
-                        dir.display()
-                    )));
+                    return Err(KafkaError::NoSnapshot {
+                        topic,
+                        partition: p,
+                        committed: c,
+                        group: self.cfg.group.clone(),
+                        dir,
+                    }
+                    .into());
                 }
             }
             let start = starts.iter().map(|s| s.0 as i64).min().expect("n >= 1").max(low);
@@ -218,7 +216,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     replay_end: i64::MAX,
                 };
                 if self.to_shards[i].send(install).is_err() {
-                    return Err(ReplayError::Internal(format!("shard {i} is gone")));
+                    return Err(InternalError::Gone("shard").into());
                 }
             }
             tpl.set_partition_offset(&topic, p, Offset::Offset(start))
@@ -388,12 +386,12 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     Ok(a) => a,
                     Err(channel::RecvTimeoutError::Timeout) => {
                         if self.shared.aborted() {
-                            return Err(ReplayError::Internal("aborted".into()));
+                            return Err(InternalError::Aborted.into());
                         }
                         continue;
                     }
                     Err(channel::RecvTimeoutError::Disconnected) => {
-                        return Err(ReplayError::Internal("shards are gone".into()));
+                        return Err(InternalError::Gone("shard").into());
                     }
                 }
             } else {
@@ -408,9 +406,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             pending.acks += 1;
             for (p, state) in ack.states {
                 let state = state.map_err(|why| {
-                    ReplayError::Snapshot(SnapshotError::Restore {
-                        path: PathBuf::new(),
-                        why: format!("shard {} could not snapshot partition {p}: {why}", ack.shard),
+                    ReplayError::Handler(HandlerFailure {
+                        shard: ShardId(ack.shard as u16),
+                        key: String::new(),
+                        position: Position(pending.upto.get(&p).copied().unwrap_or(0).max(0) as u64),
+                        cause: format!("snapshot of partition {p} failed: {why}"),
                     })
                 })?;
                 pending.states.entry(p).or_insert_with(|| vec![None; self.cfg.n_shards])[ack.shard] = Some(state);
@@ -437,13 +437,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 durable = o.snapshotted;
                 if upto > o.snapshotted {
                     let Some(states) = pending.states.remove(&p) else {
-                        return Err(ReplayError::Internal(format!("barrier lacks partition {p}'s state")));
+                        return Err(InternalError::MissingState { shard: 0, partition: p }.into());
                     };
                     let dir = partition_dir(&cp.dir, &topic, p);
                     for (i, state) in states.into_iter().enumerate() {
-                        let state = state.ok_or_else(|| {
-                            ReplayError::Internal(format!("shard {i} sent no state for partition {p}"))
-                        })?;
+                        let state = state.ok_or(InternalError::MissingState { shard: i, partition: p })?;
                         let meta = SnapshotMeta {
                             layout: o.layout,
                             shard_idx: i as u16,
@@ -489,10 +487,12 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 Err(e) => {
                     self.refused += 1;
                     if self.refused >= COMMITS_REFUSED_MAX {
-                        return Err(kafka_err(
-                            format!("{} commits in a row refused for group {}", self.refused, self.cfg.group),
-                            e,
-                        ));
+                        return Err(KafkaError::CommitsRefused {
+                            refused: self.refused,
+                            group: self.cfg.group.clone(),
+                            error: e,
+                        }
+                        .into());
                     }
                     self.shared.warn(format!("commit refused: {e}"));
                 }
@@ -506,7 +506,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     fn sync_io(&self) -> Result<(), ReplayError> {
         let (done, answered) = channel::bounded(1);
         send_io(&self.io, IoJob::Sync { done })?;
-        answered.recv().map_err(|_| ReplayError::Internal("the I/O thread is gone".into()))
+        answered.recv().map_err(|_| InternalError::Gone("I/O").into())
     }
 
     /// True if a barrier should start now: enough events or time since the last one, with something new

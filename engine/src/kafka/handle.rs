@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use catchup_segments::Position;
 
 use super::shared::{KafkaProgress, Shared};
-use crate::error::ReplayError;
+use crate::error::{InternalError, ReplayError};
 use crate::metrics::Latencies;
 use crate::policy::{self};
 use crate::run::ShardSummary;
@@ -74,7 +74,7 @@ impl<H> KafkaRunning<H> {
             .take()
             .expect("wait consumes the handle")
             .join()
-            .map_err(|p| ReplayError::Internal(format!("poll thread crashed: {}", policy::panic_message(&*p))))?;
+            .map_err(|p| InternalError::Panicked { thread: "poll".into(), message: policy::panic_message(&*p) })?;
         if let Some(e) = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(e);
         }

@@ -9,7 +9,7 @@ use crossbeam::channel;
 
 use super::channel::{Ack, ToShard};
 use super::shared::Shared;
-use crate::error::{HandlerFailure, ReplayError, printable_key};
+use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, ShardHandler};
 use crate::metrics::{Latencies, bump};
 use crate::policy::{self, Outcome};
@@ -100,10 +100,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     let payload = &batch.data[at..at + it.payload_len as usize];
                     at += it.payload_len as usize;
                     let Some(part) = parts.get_mut(&it.partition) else {
-                        cx.shared.fail(ReplayError::Internal(format!(
-                            "shard {shard} got a record of partition {} it was never given",
-                            it.partition
-                        )));
+                        cx.shared.fail(InternalError::UnknownPartition { shard, partition: it.partition }.into());
                         failed = true;
                         break;
                     };

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::KafkaError;
 use crate::error::ReplayError;
 use crate::metrics::{ShardMetrics, bump};
 
@@ -142,6 +143,6 @@ impl Shared {
     }
 }
 
-pub(crate) fn kafka_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ReplayError {
-    ReplayError::Kafka(format!("{what}: {e}"))
+pub(crate) fn kafka_err(what: impl std::fmt::Display, error: rdkafka::error::KafkaError) -> ReplayError {
+    KafkaError::Client { what: what.to_string(), error }.into()
 }

@@ -17,8 +17,9 @@ use super::handle::KafkaRunning;
 use super::poll::poll_loop;
 use super::shard_loop::{ShardCtx, shard_loop};
 use super::shared::{Shared, kafka_err};
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
+use crate::kafka::KafkaError;
 use crate::metrics::ShardMetrics;
 use crate::policy::{self};
 use crate::run::{IoJob, IoSetup, spawn_io};
@@ -99,7 +100,8 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let cx = ShardCtx { idx: i, shared: &shared, topic: &topic, on_error, io, sample_every };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard_loop(&cx, rx, acks)));
                 r.unwrap_or_else(|p| {
-                    shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", policy::panic_message(&*p))));
+                    let message = policy::panic_message(&*p);
+                    shared.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     BTreeMap::new()
                 })
             })
@@ -135,12 +137,10 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
     let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().iter().map(|p| p.id()).collect(),
         Some(t) => {
-            return Err(ReplayError::Kafka(format!(
-                "{url}: topic not available ({:?})",
-                t.error().map(rdkafka::error::RDKafkaErrorCode::from)
-            )));
+            let code = t.error().map(rdkafka::error::RDKafkaErrorCode::from);
+            return Err(KafkaError::TopicUnavailable { url, code }.into());
         }
-        None => return Err(ReplayError::Kafka(format!("{url}: no such topic"))),
+        None => return Err(KafkaError::NoSuchTopic { url }.into()),
     };
     *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions;
     consumer.subscribe(&[&topic]).map_err(|e| kafka_err(format!("subscribe to {topic}"), e))?;
@@ -154,8 +154,9 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => shared.fail(e),
-                    Err(p) => shared
-                        .fail(ReplayError::Internal(format!("poll thread crashed: {}", policy::panic_message(&*p)))),
+                    Err(p) => shared.fail(
+                        InternalError::Panicked { thread: "poll".into(), message: policy::panic_message(&*p) }.into(),
+                    ),
                 }
                 // Stop the shards: closing their channels ends their loops. Rebalance callbacks from here on
                 // (the close below) only release.
@@ -171,9 +172,8 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 consumer.unsubscribe();
                 // Drops the coordinator's sender: the I/O thread ends once it has written what it was sent.
                 drop(consumer);
-                if io.join().is_err() {
-                    shared.fail(ReplayError::Internal("the I/O thread could not be joined".into()));
-                }
+                // The I/O thread catches its own panics (`spawn_io`), so the join cannot fail.
+                let _ = io.join();
                 owned
                     .into_iter()
                     .filter_map(|p| {

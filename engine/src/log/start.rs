@@ -13,7 +13,7 @@ use disruptor::BusySpin;
 use super::bindings::check_bindings;
 use super::dispatch::{Broadcast, Producers, Routed, Slot};
 use super::reader::reader_loop;
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
@@ -183,7 +183,8 @@ impl Engine {
                     if let Err(p) = run {
                         // A bug outside the handler: stop everyone rather than leave the reader waiting on
                         // a shard that will never advance.
-                        shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", panic_message(&*p))));
+                        let message = panic_message(&*p);
+                        shared.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     }
                     s.handler
                 })

@@ -11,6 +11,7 @@ pub const DEAD_LETTER_VERSION: u32 = 1;
 
 /// Where a dead-lettered event was read from.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) enum Origin<'a> {
     /// The local log: `position` is the log position.
     Log,

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use catchup_segments::Position;
 
 use super::shared::{EngineShared, Progress};
-use crate::error::ReplayError;
+use crate::error::{InternalError, ReplayError};
 use crate::metrics::{self, Latencies};
 
 /// Per-shard figures at the end of a run.
@@ -93,7 +93,7 @@ impl<H> Running<H> {
         if let Some(r) = self.reader.take()
             && r.join().is_err()
         {
-            self.shared.fail(ReplayError::Internal("the reader thread panicked".into()));
+            self.shared.fail(InternalError::Panicked { thread: "reader".into(), message: "panic".into() }.into());
         }
         let mut handlers = Vec::with_capacity(self.shards.len());
         let mut panicked = false;
@@ -110,7 +110,7 @@ impl<H> Running<H> {
             return Err(e);
         }
         if panicked {
-            return Err(ReplayError::Internal("a shard thread panicked outside its handler".into()));
+            return Err(InternalError::Panicked { thread: "shard".into(), message: "panic".into() }.into());
         }
         let shards = summaries(&self.shared);
         let covered = shards.iter().map(|s| s.covered).sum();

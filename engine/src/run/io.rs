@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel;
 
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::StateLayout;
 use crate::keyed::decode_key_entries;
 use crate::policy::panic_message;
@@ -14,6 +14,7 @@ use crate::snapshot::{self, SnapshotMeta};
 
 /// Work for the I/O thread, so shards never touch the file system themselves. Jobs from one sender are
 /// handled in the order sent (crossbeam channels keep each sender's order).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) enum IoJob {
     /// A log shard's snapshot, bound to the log before it is written; a newer one of the same shard
     /// queued behind it supersedes it.
@@ -55,7 +56,7 @@ pub(crate) fn spawn_io(
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => fail(e),
-                Err(p) => fail(ReplayError::Internal(format!("the I/O thread crashed: {}", panic_message(&*p)))),
+                Err(p) => fail(InternalError::Panicked { thread: "I/O".into(), message: panic_message(&*p) }.into()),
             }
         })
         .map_err(ReplayError::Thread)
@@ -157,7 +158,8 @@ fn bind(
     let mut upto = meta.position;
     if meta.layout == StateLayout::PerKey {
         for entry in decode_key_entries(state) {
-            let (_, covered, _) = entry.map_err(|why| SnapshotError::Invalid { path: path(), why })?;
+            let (_, covered, _) =
+                entry.map_err(|why| SnapshotError::Invalid { path: path(), why: InvalidSnapshot::KeyEntries(why) })?;
             upto = upto.max(covered);
         }
     }

@@ -12,7 +12,7 @@ use super::config::EngineConfig;
 use super::dead_letter::{Origin, dead_letter_line};
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
-use crate::error::{HandlerFailure, ReplayError, printable_key};
+use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
 use crate::metrics::{Latencies, bump};
@@ -124,7 +124,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 };
                 let pos = Position(slot.position);
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                    self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                    self.shared.fail(InternalError::SlotOutsideLog { position: pos }.into());
                     failed = true;
                     break;
                 };
@@ -287,7 +287,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
             }
             let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                self.shared.fail(InternalError::SlotOutsideLog { position: pos }.into());
                 return Step::Broken;
             };
             let event = Event {
