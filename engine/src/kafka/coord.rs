@@ -431,7 +431,14 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         let mut commit = TopicPartitionList::new();
         for (&p, &upto) in &pending.upto {
             let Some(o) = self.owned.get_mut(&p) else { continue };
-            o.handled = o.handled.max(upto);
+            // A partition's watermark only moves forward: a barrier covers what was dispatched before it,
+            // and dispatch only moves forward (`Coord::dispatch`).
+            assert!(
+                upto >= o.handled,
+                "partition {p}: barrier watermark {upto} below the handled watermark {}",
+                o.handled
+            );
+            o.handled = upto;
             let mut durable = upto;
             if let Some(cp) = &self.cfg.checkpoint {
                 durable = o.snapshotted;

@@ -58,8 +58,8 @@ impl<H> KafkaRunning<H> {
     /// Asks for a clean stop: what was dispatched is handled, snapshotted and committed, then the process
     /// leaves the group.
     pub fn stop(&self) {
-        // Release pairs with the Acquire in the poll loop.
-        self.shared.stop.store(true, Ordering::Release);
+        // Pairs with `stopping` in the poll loop.
+        self.shared.stop.raise_release();
     }
 
     /// True once the run has ended.
@@ -109,7 +109,7 @@ impl<H> KafkaRunning<H> {
 impl<H> Drop for KafkaRunning<H> {
     fn drop(&mut self) {
         if let Some(t) = self.poll.take() {
-            self.shared.stop.store(true, Ordering::Release);
+            self.shared.stop.raise_release();
             let _ = t.join();
         }
     }

@@ -130,7 +130,7 @@ pub(crate) fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(
         if shared.aborted() {
             return Ok(());
         }
-        if shared.stop.load(Ordering::Acquire) {
+        if shared.stopping() {
             // A clean stop: everything dispatched is handled, snapshotted and committed.
             return lock().barrier_now(consumer);
         }
@@ -159,7 +159,7 @@ pub(crate) fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(
             && got > 0
         {
             lock().flush();
-            p.pace(got, || shared.stop.load(Ordering::Acquire) || shared.aborted());
+            p.pace(got, || shared.stopping() || shared.aborted());
         }
         let mut c = lock();
         c.flush();

@@ -14,7 +14,7 @@ use crate::handler::{Ctx, Event, ShardHandler};
 use crate::metrics::{Latencies, bump};
 use crate::policy::{self, Outcome};
 use crate::run::{ErrorPolicy, IoJob, Origin, dead_letter_line, wall_ns};
-use crate::shard::ShardId;
+use crate::shard::{ShardId, shard_of};
 
 struct Part<H> {
     handler: H,
@@ -104,6 +104,12 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                         failed = true;
                         break;
                     };
+                    // A key's shard is fixed: the coordinator routes by `shard_of` with this shard count.
+                    debug_assert_eq!(
+                        shard_of(it.key_hash, cx.shared.n_shards),
+                        shard,
+                        "a record of another shard's key"
+                    );
                     if it.offset < part.start {
                         covered += 1;
                         continue;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::KafkaError;
 use crate::error::ReplayError;
 use crate::metrics::{ShardMetrics, bump};
+use crate::run::Flag;
 
 /// Where one owned partition stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,11 +61,12 @@ pub struct KafkaProgress {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) n_shards: usize,
-    /// Clean stop requested: Release-stored by `KafkaRunning::stop`, Acquire-loaded by the poll loop (it
+    /// Clean stop requested: raised by `KafkaRunning::stop`, watched by the poll loop through `stopping` (it
     /// publishes nothing else through the flag; the pairing only orders the request before the drain).
-    pub(crate) stop: AtomicBool,
-    /// Release-stored by `fail`; Acquire-loaded by every loop that checks it (so the failure is visible).
-    pub(crate) abort: AtomicBool,
+    pub(crate) stop: Flag,
+    /// Raised by `fail` after it recorded the failure; watched through `aborted` by every loop (so the
+    /// failure is visible to whoever sees it raised).
+    pub(crate) abort: Flag,
     pub(crate) failure: Mutex<Option<ReplayError>>,
     pub(crate) metrics: Vec<ShardMetrics>,
     /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
@@ -91,12 +93,17 @@ impl Shared {
         if f.is_none() {
             *f = Some(e);
         }
-        // Release pairs with the Acquire in `aborted`.
-        self.abort.store(true, Ordering::Release);
+        // Pairs with `aborted`.
+        self.abort.raise_release();
     }
 
     pub(crate) fn aborted(&self) -> bool {
-        self.abort.load(Ordering::Acquire)
+        self.abort.is_raised_acquire()
+    }
+
+    /// A clean stop was asked for (pairs with the raise in `KafkaRunning::stop`).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_raised_acquire()
     }
 
     pub(crate) fn note(&self, what: String) {

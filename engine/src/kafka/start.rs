@@ -22,7 +22,7 @@ use crate::handler::ShardHandler;
 use crate::kafka::KafkaError;
 use crate::metrics::ShardMetrics;
 use crate::policy::{self};
-use crate::run::{IoJob, IoSetup, spawn_io};
+use crate::run::{Flag, IoJob, IoSetup, spawn_io};
 
 /// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
 ///
@@ -35,8 +35,8 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
     let n = cfg.n_shards;
     let shared = Arc::new(Shared {
         n_shards: n,
-        stop: AtomicBool::new(false),
-        abort: AtomicBool::new(false),
+        stop: Flag::default(),
+        abort: Flag::default(),
         failure: Mutex::new(None),
         metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
         stale: AtomicU64::new(0),

@@ -155,8 +155,8 @@ impl Dispatch for Routed {
                 return false;
             }
         }
-        // Release pairs with the shard's Acquire load before it checks its ring is empty.
-        shared.routed_upto.fetch_max(upto, Ordering::Release);
+        // Pairs with the shard's load before it checks its ring is empty.
+        shared.routed_upto.raise_release(upto);
         shared.published.fetch_max(upto, Ordering::Relaxed);
         true
     }

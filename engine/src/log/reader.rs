@@ -28,13 +28,23 @@ pub(crate) fn reader_loop(
     let mut local: Vec<Arc<Segment>> = Vec::new();
     let mut newest_ts = 0u64;
     let mut pacer = Pacer::new(cfg.max_rate);
+    // The next position the rings are owed: every shard relies on the log's order reaching it whole.
+    let mut next = start.0;
     loop {
-        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+        // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
+        if shared.stopping() || shared.aborted() {
             break;
         }
         match cursor.next_batch() {
             Ok(Some(batch)) => {
+                // Established by the cursor (it checks positions batch by batch and segment by segment);
+                // asserted here, where the shards start relying on it. Once per batch.
+                assert_eq!(
+                    batch.first_position.0, next,
+                    "the reader's batches are not contiguous: one starts at {} after {next}",
+                    batch.first_position
+                );
+                next = batch.header.end_position().0;
                 let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
                 // Records this batch hands out, up to `stop_at`.
                 let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
@@ -51,9 +61,7 @@ pub(crate) fn reader_loop(
                     if !rings.flush(shared, end_here) {
                         break;
                     }
-                    p.pace(end_here - batch.first_position.0, || {
-                        shared.stop.load(Ordering::Acquire) || shared.aborted()
-                    });
+                    p.pace(end_here - batch.first_position.0, || shared.stopping() || shared.aborted());
                 }
             }
             Ok(None) => {
@@ -61,13 +69,13 @@ pub(crate) fn reader_loop(
                 if !rings.flush(shared, cursor.position().0.min(stop_at)) {
                     break;
                 }
-                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-                shared.reader_at_end.store(true, Ordering::Release);
+                // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
+                shared.reader_at_end.raise_release();
                 if !cfg.follow || cursor.position().0 >= stop_at || !wait_for_appends(shared, &mut cursor) {
                     break;
                 }
-                // Release pairs with the Acquire in `progress`.
-                shared.reader_at_end.store(false, Ordering::Release);
+                // Pairs with the load in `progress`.
+                shared.reader_at_end.lower_release();
             }
             Err(e) => {
                 shared.fail(e.into());
@@ -77,8 +85,8 @@ pub(crate) fn reader_loop(
     }
     if !shared.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-        shared.reader_at_end.store(true, Ordering::Release);
+        // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
+        shared.reader_at_end.raise_release();
     }
     // Dropping the producers tells the pollers to shut down once they have taken everything published.
     drop(rings);
@@ -88,8 +96,8 @@ pub(crate) fn reader_loop(
 /// false to stop.
 fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor) -> bool {
     loop {
-        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+        // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
+        if shared.stopping() || shared.aborted() {
             return false;
         }
         match cursor.wait(Duration::from_millis(50)) {

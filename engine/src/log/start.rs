@@ -1,7 +1,7 @@
 //! [`Engine::start`]: opens the log, restores the checkpoint and starts the reader, shard and I/O threads.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -18,7 +18,8 @@ use crate::handler::ShardHandler;
 use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, IoJob, IoSetup, RunSummary, Running, ShardLoop, Topology, restore, spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunSummary, Running, ShardLoop, Topology, Watermark, restore,
+    spawn_io,
 };
 use crate::shard::ShardId;
 use crate::snapshot;
@@ -93,17 +94,17 @@ impl Engine {
         let start = *starts.iter().min().expect("n >= 1");
         let shared = Arc::new(EngineShared {
             n_shards: n,
-            stop: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
+            stop: Flag::default(),
+            abort: Flag::default(),
             failure: Mutex::new(None),
-            passed: starts.iter().map(|s| CachePadded::new(AtomicU64::new(s.0))).collect(),
+            passed: starts.iter().map(|s| Watermark::new(s.0)).collect(),
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
             end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
-            routed_upto: AtomicU64::new(start.0),
+            routed_upto: Watermark::new(start.0),
             published: AtomicU64::new(start.0),
             newest_ts: AtomicU64::new(0),
-            reader_at_end: AtomicBool::new(false),
+            reader_at_end: Flag::default(),
             segments: RwLock::new(Vec::new()),
             metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
             started: Instant::now(),

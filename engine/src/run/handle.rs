@@ -79,8 +79,8 @@ impl<H> Running<H> {
     /// Asks for a clean stop: the reader stops publishing, shards handle what was published, write their
     /// snapshots and exit. `wait` then returns.
     pub fn stop(&self) {
-        // Release pairs with the reader's Acquire load of `stop`.
-        self.shared.stop.store(true, Ordering::Release);
+        // Pairs with the reader's `stopping`.
+        self.shared.stop.raise_release();
     }
 
     /// True once every thread has finished.
@@ -137,8 +137,8 @@ pub(crate) fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
                 batches: c.batches.load(Ordering::Relaxed),
                 batch_max: c.batch_max.load(Ordering::Relaxed),
                 slots: c.slots.load(Ordering::Relaxed),
-                // Acquire pairs with the shard's Release store of `passed` after each batch.
-                passed: Position(p.load(Ordering::Acquire)),
+                // Pairs with the shard's publish of `passed` after each batch.
+                passed: Position(p.load_acquire()),
             }
         })
         .collect()
@@ -147,8 +147,7 @@ pub(crate) fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
 impl<H> Drop for Running<H> {
     fn drop(&mut self) {
         // A handle dropped without `wait` stops the threads rather than leaking them.
-        // Relaxed would do (nothing is published through `stop`); Release keeps the pairing uniform with `stop()`.
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.stop.raise_release();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

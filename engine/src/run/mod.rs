@@ -1,6 +1,7 @@
 //! What every source shares: the settings and their checks, the run state and progress, the shard loop,
 //! the I/O thread (snapshots and dead letters), snapshot restore and the running handle.
 
+mod atomics;
 mod config;
 mod dead_letter;
 mod handle;
@@ -11,6 +12,7 @@ mod shared;
 
 pub use config::{CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, RING_SIZE_MAX, Topology};
 // Used by the Kafka source only.
+pub(crate) use atomics::{Flag, Watermark};
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use config::validate_common;
 pub use dead_letter::DEAD_LETTER_VERSION;

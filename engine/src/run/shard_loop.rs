@@ -81,8 +81,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 break;
             }
             if self.routed && self.pass_routed(&poller) {
-                // Release pairs with the Acquire in `progress`.
-                self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+                // Pairs with the load in `progress`.
+                self.shared.passed[idx].publish_release(self.passed.0);
             }
             let mut guard = match poller.take(self.cfg.consume_batch_max) {
                 Ok(g) => g,
@@ -173,8 +173,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             if self.routed && !failed {
                 self.pass_routed(&poller);
             }
-            // Release pairs with the Acquire in `progress`.
-            self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+            // Pairs with the load in `progress`.
+            self.shared.passed[idx].publish_release(self.passed.0);
             if failed {
                 break;
             }
@@ -185,8 +185,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
         }
         metrics.publish(&mut local);
-        // Release pairs with the Acquire in `progress` and `summaries`.
-        self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+        // Pairs with the loads in `progress` and `summaries`.
+        self.shared.passed[idx].publish_release(self.passed.0);
         // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
         // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not
         // write one: the events it handled in the failed batch were never flushed by `end_of_batch`, so its
@@ -201,8 +201,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     /// routed, every event of this shard below it has been handled.
     /// Returns true if the position moved.
     fn pass_routed(&mut self, poller: &disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) -> bool {
-        // Acquire pairs with the reader's Release store after it published to the rings.
-        let upto = self.shared.routed_upto.load(Ordering::Acquire);
+        // Pairs with the reader's raise after it published to the rings.
+        let upto = self.shared.routed_upto.load_acquire();
         if upto > self.passed.0 && upto > self.start.0 && !poller.has_available() {
             self.passed = Position(upto);
             return true;
@@ -271,7 +271,20 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             *current = *slot;
             tally.taken += 1;
             let pos = Position(slot.position);
+            // A key's shard is fixed: the reader routes by `shard_of`, with this run's shard count.
+            debug_assert!(
+                !self.routed || shard_of(slot.key_hash, n) == self.shard,
+                "shard {}: got position {pos} of another shard's key",
+                self.shard
+            );
             let own = self.routed || shard_of(slot.key_hash, n) == self.shard;
+            // Each shard sees its events in log order, so its position only moves forward.
+            debug_assert!(
+                pos < self.start || pos >= self.passed,
+                "shard {}: position {pos} after {}",
+                self.shard,
+                self.passed
+            );
             if pos < self.start {
                 // Below this shard's snapshot (re-read for a shard that starts lower): already in its
                 // state, so its position stays at the snapshot's rather than going back.
