@@ -88,6 +88,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(n_shards: usize) -> Shared {
+        Shared {
+            n_shards,
+            stop: Flag::default(),
+            abort: Flag::default(),
+            failure: Mutex::new(None),
+            metrics: (0..n_shards).map(|_| ShardMetrics::default()).collect(),
+            stale: AtomicU64::new(0),
+            group_done: AtomicBool::new(false),
+            topic_partitions: Mutex::new(Vec::new()),
+            rebalances: AtomicU64::new(0),
+            rebalance_log: Mutex::new(Vec::new()),
+            warnings: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+            partitions: Mutex::new(Vec::new()),
+            caught_up: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
     pub(crate) fn fail(&self, e: ReplayError) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {

@@ -1,7 +1,6 @@
 //! [`start`]: builds the consumer and starts the shard and poll threads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +19,8 @@ use super::shared::{Shared, kafka_err};
 use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::kafka::KafkaError;
-use crate::metrics::ShardMetrics;
 use crate::policy::{self};
-use crate::run::{Flag, IoJob, IoSetup, spawn_io};
+use crate::run::{IoJob, IoSetup, spawn_io};
 
 /// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
 ///
@@ -33,23 +31,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
 ) -> Result<KafkaRunning<H>, ReplayError> {
     cfg.validate()?;
     let n = cfg.n_shards;
-    let shared = Arc::new(Shared {
-        n_shards: n,
-        stop: Flag::default(),
-        abort: Flag::default(),
-        failure: Mutex::new(None),
-        metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
-        stale: AtomicU64::new(0),
-        group_done: AtomicBool::new(false),
-        topic_partitions: Mutex::new(Vec::new()),
-        rebalances: AtomicU64::new(0),
-        rebalance_log: Mutex::new(Vec::new()),
-        warnings: AtomicU64::new(0),
-        last_warning: Mutex::new(None),
-        partitions: Mutex::new(Vec::new()),
-        caught_up: AtomicBool::new(false),
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared::new(n));
     if let Some(cp) = &cfg.checkpoint {
         std::fs::create_dir_all(&cp.dir).map_err(|source| SnapshotError::Io {
             op: "create directory",
@@ -93,7 +75,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         let topic = cfg.url.topic.clone();
         let on_error = cfg.on_error;
         let io = io_tx.clone();
-        let sample_every = cfg.latency_sample_every as u64;
+        let sample_every = cfg.latency_sample_every;
         let t = std::thread::Builder::new()
             .name(format!("catchup-shard-{i}"))
             .spawn(move || {

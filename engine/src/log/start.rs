@@ -18,8 +18,8 @@ use crate::handler::ShardHandler;
 use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunSummary, Running, ShardLoop, Topology, Watermark, restore,
-    spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunSummary, Running, ShardLoop, Step, Topology, Watermark,
+    restore, spawn_io,
 };
 use crate::shard::ShardId;
 use crate::snapshot;
@@ -170,6 +170,14 @@ impl Engine {
                         handler,
                         shared: &shared,
                         cfg: &cfg,
+                        step: Step::new(
+                            ShardId(i as u16),
+                            cfg.on_error,
+                            io_tx.clone(),
+                            &shared.metrics[i].counters,
+                            shared.started,
+                            cfg.latency_sample_every,
+                        ),
                         io: io_tx,
                         start: shard_start,
                         passed: shard_start,
@@ -177,7 +185,6 @@ impl Engine {
                         per_key_restored,
                         segments: Vec::new(),
                         snapshot_failed: false,
-                        sample_countdown: cfg.latency_sample_every as u64,
                         routed: cfg.topology == Topology::Routed,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));

@@ -9,6 +9,7 @@ mod io;
 mod restore;
 mod shard_loop;
 mod shared;
+mod step;
 
 pub use config::{CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, RING_SIZE_MAX, Topology};
 // Used by the Kafka source only.
@@ -17,7 +18,7 @@ pub(crate) use atomics::{Flag, Watermark};
 pub(crate) use config::validate_common;
 pub use dead_letter::DEAD_LETTER_VERSION;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
-pub(crate) use dead_letter::{Origin, dead_letter_line};
+pub(crate) use dead_letter::Origin;
 pub use handle::{RunSummary, Running, ShardSummary};
 pub(crate) use io::{IoJob, IoSetup, spawn_io};
 pub(crate) use restore::restore;
@@ -25,3 +26,5 @@ pub(crate) use shard_loop::ShardLoop;
 pub use shared::Progress;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use shared::{EngineShared, wall_ns};
+#[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
+pub(crate) use step::{Resolved, Step};

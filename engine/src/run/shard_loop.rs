@@ -9,14 +9,15 @@ use crossbeam::channel;
 use disruptor::Polling;
 
 use super::config::EngineConfig;
-use super::dead_letter::{Origin, dead_letter_line};
+use super::dead_letter::Origin;
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
+use super::step::{Resolved, Step};
 use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self, Outcome, panic_message};
+use crate::policy::panic_message;
 use crate::shard::{ShardId, shard_of};
 use crate::snapshot::SnapshotMeta;
 use crate::wait::Backoff;
@@ -35,9 +36,8 @@ pub(crate) struct ShardLoop<'a, H> {
     /// The handler failed to produce a snapshot: no later snapshot may be written (it could claim events
     /// whose side effects failed).
     pub(crate) snapshot_failed: bool,
-    /// Counts down to the next event whose latencies are sampled (a division per event would cost more
-    /// than a no-op handler).
-    pub(crate) sample_countdown: u64,
+    /// The per-event step (handler call, error policy, dead letters), shared with the Kafka source.
+    pub(crate) step: Step<'a>,
     /// Routed topology: this shard's ring holds only its own events.
     pub(crate) routed: bool,
 }
@@ -52,7 +52,7 @@ struct Tally {
 }
 
 /// How the fast path of a ring batch ended.
-enum Step {
+enum BatchEnd {
     /// Every event of the batch was handled.
     Done,
     /// This event's handler returned an error (the policy decides what happens next).
@@ -67,7 +67,6 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let metrics = &self.shared.metrics[idx];
         let c = &metrics.counters;
         let n = self.shared.n_shards;
-        let sample_every = self.cfg.latency_sample_every as u64;
         let mut local = Latencies::default();
         let mut backoff = Backoff::new(self.cfg.wait);
         let mut last_publish = Instant::now();
@@ -111,15 +110,15 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             loop {
                 let mut current = Slot::default();
                 let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current, sample_every)
+                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current)
                 }));
                 let (slot, first_error) = match step {
-                    Ok(Step::Done) => break,
-                    Ok(Step::Broken) => {
+                    Ok(BatchEnd::Done) => break,
+                    Ok(BatchEnd::Broken) => {
                         failed = true;
                         break;
                     }
-                    Ok(Step::Failed(slot, e)) => (slot, e),
+                    Ok(BatchEnd::Failed(slot, e)) => (slot, e),
                     Err(p) => (current, panic_message(&*p)),
                 };
                 let pos = Position(slot.position);
@@ -136,18 +135,17 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     payload: rec.payload,
                 };
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-                match self.after_failure(&event, &ctx, first_error) {
-                    Outcome::Done => tally.handled += 1,
-                    Outcome::Skipped(why) => {
-                        bump(&c.dead_lettered, 1);
-                        let line = dead_letter_line(Origin::Log, self.shard, &event, &why);
-                        if self.io.send(IoJob::DeadLetter { line }).is_err() {
-                            failed = true;
-                            break;
-                        }
+                let shared = self.shared;
+                let aborted = || shared.aborted();
+                match self.step.resolve(&mut self.handler, &event, &ctx, Origin::Log, first_error, &aborted) {
+                    Resolved::Handled => tally.handled += 1,
+                    Resolved::DeadLettered => {}
+                    Resolved::Stop(failure) => {
+                        self.shared.fail(failure.into());
+                        failed = true;
+                        break;
                     }
-                    Outcome::Fatal(why) => {
-                        self.fail(pos, event.key, why);
+                    Resolved::Broken => {
                         failed = true;
                         break;
                     }
@@ -263,8 +261,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         tally: &mut Tally,
         local: &mut Latencies,
         current: &mut Slot,
-        sample_every: u64,
-    ) -> Step {
+    ) -> BatchEnd {
         let n = self.shared.n_shards;
         for slot in events {
             // First, so a panic anywhere below (even in `covered`) is charged to this event.
@@ -301,7 +298,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
             let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
                 self.shared.fail(InternalError::SlotOutsideLog { position: pos }.into());
-                return Step::Broken;
+                return BatchEnd::Broken;
             };
             let event = Event {
                 position: pos,
@@ -316,34 +313,14 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 continue;
             }
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-            self.sample_countdown -= 1;
-            if self.sample_countdown == 0 {
-                self.sample_countdown = sample_every;
-                let t0 = Instant::now();
-                let r = self.handler.handle(&event, &ctx);
-                let now = Instant::now();
-                local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
-                let since_start = (t0 - self.shared.started).as_nanos() as u64;
-                local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
-                local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
-                if let Err(HandlerError(e)) = r {
-                    return Step::Failed(*slot, e);
-                }
-            } else if let Err(HandlerError(e)) = self.handler.handle(&event, &ctx) {
-                return Step::Failed(*slot, e);
+            if let Err(HandlerError(e)) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
+                return BatchEnd::Failed(*slot, e);
             }
             tally.handled += 1;
             tally.last_ts = Some(event.timestamp_ns);
             self.passed = Position(pos.0 + 1);
         }
-        Step::Done
-    }
-
-    /// Applies the error policy to an event whose first attempt failed with `first`.
-    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
-        let retries = &self.shared.metrics[self.shard.0 as usize].counters.retries;
-        let shared = self.shared;
-        policy::after_failure(&mut self.handler, self.cfg.on_error, event, ctx, first, &|| shared.aborted(), retries)
+        BatchEnd::Done
     }
 
     fn fail(&self, position: Position, key: &[u8], cause: String) {
