@@ -116,7 +116,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = coord.on_assign(consumer, tpl) {
-                    coord.shared.fail(e);
+                    coord.shared.run.fail(e);
                     // Take nothing, so no record is fetched for partitions we could not set up.
                     if !incremental {
                         let _ = consumer.assign(&TopicPartitionList::new());
@@ -125,7 +125,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
                 }
                 let r = if incremental { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
-                    coord.shared.fail(kafka_err("assign partitions", e));
+                    coord.shared.run.fail(kafka_err("assign partitions", e));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -133,11 +133,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
                 let topic = coord.topic().to_string();
                 let parts: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
                 if let Err(e) = coord.on_revoke(consumer, lost, &parts) {
-                    coord.shared.fail(e);
+                    coord.shared.run.fail(e);
                 }
                 let r = if incremental { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
-                    coord.shared.fail(kafka_err("release partitions", e));
+                    coord.shared.run.fail(kafka_err("release partitions", e));
                 }
             }
             other => {
@@ -246,7 +246,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     /// committed, then their handlers are dropped. A lost assignment (this member was presumed dead) commits
     /// and writes nothing: another member may own the partitions already, and its snapshots and commits win.
     fn on_revoke(&mut self, consumer: &Kc<H, F>, lost: bool, parts: &[i32]) -> Result<(), ReplayError> {
-        let result = if lost || self.shared.aborted() {
+        let result = if lost || self.shared.run.aborted() {
             // Nothing of these partitions may reach the shards any more, and a barrier still running must
             // not write or commit for them.
             for b in &mut self.bufs {
@@ -338,7 +338,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             return;
         }
         let mut b = std::mem::take(&mut self.bufs[s]);
-        b.sent_ns = self.shared.started.elapsed().as_nanos() as u64;
+        b.sent_ns = self.shared.run.started.elapsed().as_nanos() as u64;
         // A send fails only when the shard has exited after a failure, which the abort flag reports.
         let _ = self.to_shards[s].send(ToShard::Events(b));
     }
@@ -385,7 +385,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 match self.acks.recv_timeout(Duration::from_millis(50)) {
                     Ok(a) => a,
                     Err(channel::RecvTimeoutError::Timeout) => {
-                        if self.shared.aborted() {
+                        if self.shared.run.aborted() {
                             return Err(InternalError::Aborted.into());
                         }
                         continue;

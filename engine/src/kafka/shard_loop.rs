@@ -38,13 +38,13 @@ pub(crate) fn shard_loop<H: ShardHandler>(
     acks: channel::Sender<Ack>,
 ) -> BTreeMap<i32, H> {
     let mut parts: HashMap<i32, Part<H>> = HashMap::new();
-    let metrics = &cx.shared.metrics[cx.idx];
+    let metrics = &cx.shared.run.metrics[cx.idx];
     let c = &metrics.counters;
     let mut local = Latencies::default();
     let mut failed = false;
     let mut touched: Vec<i32> = Vec::new();
     let shard = ShardId(cx.idx as u16);
-    let mut step = Step::new(shard, cx.on_error, cx.io.clone(), c, cx.shared.started, cx.sample_every);
+    let mut step = Step::new(shard, cx.on_error, cx.io.clone(), c, cx.shared.run.started, cx.sample_every);
     while let Ok(msg) = rx.recv() {
         match msg {
             ToShard::Install { partition, handler, start, check_covered, replay_end } => {
@@ -59,7 +59,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                 }
             }
             ToShard::Barrier { id, snapshot } => {
-                if failed || cx.shared.aborted() {
+                if failed || cx.shared.run.aborted() {
                     // No answer: the coordinator sees the abort instead and commits nothing.
                     continue;
                 }
@@ -84,7 +84,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                 }
             }
             ToShard::Events(batch) => {
-                if failed || cx.shared.aborted() {
+                if failed || cx.shared.run.aborted() {
                     continue;
                 }
                 bump(&c.batches, 1);
@@ -125,14 +125,14 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     let position = Position(it.offset as u64);
                     let event = Event { position, timestamp_ns: it.timestamp_ns, key_hash: it.key_hash, key, payload };
                     let ctx =
-                        Ctx { shard, n_shards: cx.shared.n_shards, position, replay: it.offset < part.replay_end };
+                        Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
                     let origin = Origin::Kafka { topic: cx.topic, partition: it.partition };
                     let shared = cx.shared;
-                    match step.resolve(&mut part.handler, &event, &ctx, origin, first, &|| shared.aborted()) {
+                    match step.resolve(&mut part.handler, &event, &ctx, origin, first, &|| shared.run.aborted()) {
                         Resolved::Handled => tally.handled += 1,
                         Resolved::DeadLettered => {}
                         Resolved::Stop(failure) => {
-                            cx.shared.fail(failure.into());
+                            cx.shared.run.fail(failure.into());
                             failed = true;
                             break;
                         }
@@ -147,7 +147,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     for p in &touched {
                         let part = parts.get_mut(p).expect("touched partitions are installed");
                         if let Err(e) = part.handler.end_of_batch(shard) {
-                            cx.shared.fail(ReplayError::Handler(HandlerFailure {
+                            cx.shared.run.fail(ReplayError::Handler(HandlerFailure {
                                 shard,
                                 key: String::new(),
                                 position: Position(0),
@@ -213,11 +213,11 @@ fn fast_path<H: ShardHandler>(
         next.item += 1;
         next.data_at += key.len() + payload.len();
         let Some(part) = parts.get_mut(&it.partition) else {
-            cx.shared.fail(InternalError::UnknownPartition { shard, partition: it.partition }.into());
+            cx.shared.run.fail(InternalError::UnknownPartition { shard, partition: it.partition }.into());
             return BatchEnd::Broken;
         };
         // A key's shard is fixed: the coordinator routes by `shard_of` with this shard count.
-        debug_assert_eq!(shard_of(it.key_hash, cx.shared.n_shards), shard, "a record of another shard's key");
+        debug_assert_eq!(shard_of(it.key_hash, cx.shared.run.n_shards), shard, "a record of another shard's key");
         if it.offset < part.start {
             tally.covered += 1;
             continue;
@@ -231,7 +231,7 @@ fn fast_path<H: ShardHandler>(
         if !touched.contains(&it.partition) {
             touched.push(it.partition);
         }
-        let ctx = Ctx { shard, n_shards: cx.shared.n_shards, position, replay: it.offset < part.replay_end };
+        let ctx = Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
         if let Err(HandlerError(e)) = step.call(&mut part.handler, &event, &ctx, batch.sent_ns, local) {
             return BatchEnd::Failed(e);
         }
@@ -308,10 +308,10 @@ mod tests {
         tx.send(ToShard::Barrier { id: 1, snapshot: false }).unwrap();
         drop(tx);
         let handlers = shard_loop(&cx, rx, acks_tx);
-        assert!(!shared.aborted(), "{:?}", shared.failure.lock().unwrap());
+        assert!(!shared.run.aborted(), "{:?}", shared.run.take_failure());
         assert_eq!(acks_rx.recv_timeout(Duration::from_secs(1)).unwrap().id, 1);
         assert_eq!(handlers[&3].0, [0, 2, 4]);
-        let c = &shared.metrics[0].counters;
+        let c = &shared.run.metrics[0].counters;
         assert_eq!((c.handled.load(Ordering::Relaxed), c.dead_lettered.load(Ordering::Relaxed)), (3, 2));
         let lines: Vec<String> = io_rx
             .try_iter()

@@ -2,12 +2,12 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::KafkaError;
 use crate::error::ReplayError;
-use crate::metrics::{ShardMetrics, bump};
-use crate::run::Flag;
+use crate::metrics::bump;
+use crate::run::RunState;
 
 /// Where one owned partition stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,15 +60,8 @@ pub struct KafkaProgress {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) n_shards: usize,
-    /// Clean stop requested: raised by `KafkaRunning::stop`, watched by the poll loop through `stopping` (it
-    /// publishes nothing else through the flag; the pairing only orders the request before the drain).
-    pub(crate) stop: Flag,
-    /// Raised by `fail` after it recorded the failure; watched through `aborted` by every loop (so the
-    /// failure is visible to whoever sees it raised).
-    pub(crate) abort: Flag,
-    pub(crate) failure: Mutex<Option<ReplayError>>,
-    pub(crate) metrics: Vec<ShardMetrics>,
+    /// Stop, abort, the first failure, metrics, the clock: what every source's run shares.
+    pub(crate) run: RunState,
     /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
     /// rebalances, warnings.
     pub(crate) stale: AtomicU64,
@@ -84,17 +77,12 @@ pub(crate) struct Shared {
     pub(crate) partitions: Mutex<Vec<PartitionProgress>>,
     /// Every owned partition handled and committed to its end (Relaxed: a statistic for progress).
     pub(crate) caught_up: AtomicBool,
-    pub(crate) started: Instant,
 }
 
 impl Shared {
     pub(crate) fn new(n_shards: usize) -> Shared {
         Shared {
-            n_shards,
-            stop: Flag::default(),
-            abort: Flag::default(),
-            failure: Mutex::new(None),
-            metrics: (0..n_shards).map(|_| ShardMetrics::default()).collect(),
+            run: RunState::new(n_shards),
             stale: AtomicU64::new(0),
             group_done: AtomicBool::new(false),
             topic_partitions: Mutex::new(Vec::new()),
@@ -104,31 +92,12 @@ impl Shared {
             last_warning: Mutex::new(None),
             partitions: Mutex::new(Vec::new()),
             caught_up: AtomicBool::new(false),
-            started: Instant::now(),
         }
-    }
-
-    pub(crate) fn fail(&self, e: ReplayError) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(e);
-        }
-        // Pairs with `aborted`.
-        self.abort.raise_release();
-    }
-
-    pub(crate) fn aborted(&self) -> bool {
-        self.abort.is_raised_acquire()
-    }
-
-    /// A clean stop was asked for (pairs with the raise in `KafkaRunning::stop`).
-    pub(crate) fn stopping(&self) -> bool {
-        self.stop.is_raised_acquire()
     }
 
     pub(crate) fn note(&self, what: String) {
         if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
-            eprintln!("[{:?}] {what}", self.started.elapsed());
+            eprintln!("[{:?}] {what}", self.run.started.elapsed());
         }
         bump(&self.rebalances, 1);
         let mut log = self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +110,7 @@ impl Shared {
     /// A problem that costs time, not data (a refused commit, a failed check): counted and shown.
     pub(crate) fn warn(&self, what: String) {
         if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
-            eprintln!("[{:?}] warning: {what}", self.started.elapsed());
+            eprintln!("[{:?}] warning: {what}", self.run.started.elapsed());
         }
         bump(&self.warnings, 1);
         *self.last_warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
@@ -149,9 +118,9 @@ impl Shared {
 
     pub(crate) fn progress(&self) -> KafkaProgress {
         let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
-        let covered: u64 = self.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
-        let elapsed = self.started.elapsed();
+        let handled = self.run.handled();
+        let covered: u64 = self.run.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
+        let elapsed = self.run.started.elapsed();
         let secs = elapsed.as_secs_f64();
         KafkaProgress {
             lag_events: partitions.iter().map(|p| p.lag).sum(),

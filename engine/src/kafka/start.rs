@@ -45,7 +45,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
     let io = {
         let shared = shared.clone();
         let setup = IoSetup { log_snapshots: None, dead_letters: cfg.dead_letters.clone(), retire: None };
-        spawn_io(setup, io_rx, move |e| shared.fail(e))?
+        spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
     };
 
     let mut client = ClientConfig::new();
@@ -83,7 +83,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard_loop(&cx, rx, acks)));
                 r.unwrap_or_else(|p| {
                     let message = policy::panic_message(&*p);
-                    shared.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
+                    shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     BTreeMap::new()
                 })
             })
@@ -135,8 +135,8 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&consumer, &shared)));
                 match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => shared.fail(e),
-                    Err(p) => shared.fail(
+                    Ok(Err(e)) => shared.run.fail(e),
+                    Err(p) => shared.run.fail(
                         InternalError::Panicked { thread: "poll".into(), message: policy::panic_message(&*p) }.into(),
                     ),
                 }

@@ -144,7 +144,7 @@ impl Dispatch for Routed {
         }
         *newest_ts = newest;
         for (i, c) in self.covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
-            bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+            bump(&shared.run.metrics[i].counters.covered, std::mem::take(c));
         }
         self.flush(shared, end_here)
     }
@@ -175,7 +175,7 @@ fn publish_direct(
     seg_idx: u32,
     backoff: &mut Backoff,
 ) -> Option<u64> {
-    let now = shared.started.elapsed().as_nanos() as u64;
+    let now = shared.run.started.elapsed().as_nanos() as u64;
     let mut newest = 0u64;
     let mut last = 0u64;
     loop {
@@ -195,7 +195,7 @@ fn publish_direct(
                 return Some(newest);
             }
             Err(_) => {
-                if shared.aborted() {
+                if shared.run.aborted() {
                     return None;
                 }
                 backoff.snooze();
@@ -215,7 +215,7 @@ fn publish(
     if buf.is_empty() {
         return true;
     }
-    let now = shared.started.elapsed().as_nanos() as u64;
+    let now = shared.run.started.elapsed().as_nanos() as u64;
     loop {
         let src = &buf[..];
         let r = producer.try_batch_publish(src.len(), |iter| {
@@ -233,7 +233,7 @@ fn publish(
                 return true;
             }
             Err(_) => {
-                if shared.aborted() {
+                if shared.run.aborted() {
                     return false;
                 }
                 backoff.snooze();

@@ -21,7 +21,7 @@ pub(crate) fn reader_loop(
     let mut cursor = match reader.cursor(Start::Position(start)) {
         Ok(c) => c,
         Err(e) => {
-            shared.fail(e.into());
+            shared.run.fail(e.into());
             return;
         }
     };
@@ -32,7 +32,7 @@ pub(crate) fn reader_loop(
     let mut next = start.0;
     loop {
         // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
-        if shared.stopping() || shared.aborted() {
+        if shared.run.stopping() || shared.run.aborted() {
             break;
         }
         match cursor.next_batch() {
@@ -61,7 +61,7 @@ pub(crate) fn reader_loop(
                     if !rings.flush(shared, end_here) {
                         break;
                     }
-                    p.pace(end_here - batch.first_position.0, || shared.stopping() || shared.aborted());
+                    p.pace(end_here - batch.first_position.0, || shared.run.stopping() || shared.run.aborted());
                 }
             }
             Ok(None) => {
@@ -78,12 +78,12 @@ pub(crate) fn reader_loop(
                 shared.reader_at_end.lower_release();
             }
             Err(e) => {
-                shared.fail(e.into());
+                shared.run.fail(e.into());
                 break;
             }
         }
     }
-    if !shared.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
+    if !shared.run.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
         // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
         shared.reader_at_end.raise_release();
@@ -97,14 +97,14 @@ pub(crate) fn reader_loop(
 fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor) -> bool {
     loop {
         // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
-        if shared.stopping() || shared.aborted() {
+        if shared.run.stopping() || shared.run.aborted() {
             return false;
         }
         match cursor.wait(Duration::from_millis(50)) {
             Ok(true) => return true,
             Ok(false) => {}
             Err(e) => {
-                shared.fail(e.into());
+                shared.run.fail(e.into());
                 return false;
             }
         }

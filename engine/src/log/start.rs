@@ -2,8 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
 
 use catchup_segments::{LogReader, Position, Start};
 use crossbeam::channel;
@@ -15,11 +14,10 @@ use super::dispatch::{Broadcast, Producers, Routed, Slot};
 use super::reader::reader_loop;
 use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
-use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunSummary, Running, ShardLoop, Step, Topology, Watermark,
-    restore, spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
+    Watermark, restore, spawn_io,
 };
 use crate::shard::ShardId;
 use crate::snapshot;
@@ -93,10 +91,7 @@ impl Engine {
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
         let shared = Arc::new(EngineShared {
-            n_shards: n,
-            stop: Flag::default(),
-            abort: Flag::default(),
-            failure: Mutex::new(None),
+            run: RunState::new(n),
             passed: starts.iter().map(|s| Watermark::new(s.0)).collect(),
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
@@ -106,8 +101,6 @@ impl Engine {
             newest_ts: AtomicU64::new(0),
             reader_at_end: Flag::default(),
             segments: RwLock::new(Vec::new()),
-            metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
-            started: Instant::now(),
             start,
             replay_end,
         });
@@ -128,7 +121,7 @@ impl Engine {
                 // After a redistribution, files of another shard count are retired once this run's are complete.
                 retire: per_key_restored.then_some(n),
             };
-            spawn_io(setup, io_rx, move |e| shared.fail(e))?
+            spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };
 
         // The rings: one event poller per shard (we run the shard threads ourselves).
@@ -174,8 +167,8 @@ impl Engine {
                             ShardId(i as u16),
                             cfg.on_error,
                             io_tx.clone(),
-                            &shared.metrics[i].counters,
-                            shared.started,
+                            &shared.run.metrics[i].counters,
+                            shared.run.started,
                             cfg.latency_sample_every,
                         ),
                         io: io_tx,
@@ -192,7 +185,7 @@ impl Engine {
                         // A bug outside the handler: stop everyone rather than leave the reader waiting on
                         // a shard that will never advance.
                         let message = panic_message(&*p);
-                        shared.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
+                        shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     }
                     s.handler
                 })

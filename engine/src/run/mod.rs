@@ -9,6 +9,7 @@ mod io;
 mod restore;
 mod shard_loop;
 mod shared;
+mod state;
 mod step;
 
 pub use config::{CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, RING_SIZE_MAX, Topology};
@@ -26,5 +27,6 @@ pub(crate) use shard_loop::ShardLoop;
 pub use shared::Progress;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use shared::{EngineShared, wall_ns};
+pub(crate) use state::RunState;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use step::{Resolved, Step};

@@ -64,9 +64,9 @@ enum BatchEnd {
 impl<H: ShardHandler> ShardLoop<'_, H> {
     pub(crate) fn run(&mut self, mut poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) {
         let idx = self.shard.0 as usize;
-        let metrics = &self.shared.metrics[idx];
+        let metrics = &self.shared.run.metrics[idx];
         let c = &metrics.counters;
-        let n = self.shared.n_shards;
+        let n = self.shared.run.n_shards;
         let mut local = Latencies::default();
         let mut backoff = Backoff::new(self.cfg.wait);
         let mut last_publish = Instant::now();
@@ -76,7 +76,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
         loop {
-            if self.shared.aborted() {
+            if self.shared.run.aborted() {
                 break;
             }
             if self.routed && self.pass_routed(&poller) {
@@ -123,7 +123,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 };
                 let pos = Position(slot.position);
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                    self.shared.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                    self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                     failed = true;
                     break;
                 };
@@ -136,12 +136,12 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 };
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
                 let shared = self.shared;
-                let aborted = || shared.aborted();
+                let aborted = || shared.run.aborted();
                 match self.step.resolve(&mut self.handler, &event, &ctx, Origin::Log, first_error, &aborted) {
                     Resolved::Handled => tally.handled += 1,
                     Resolved::DeadLettered => {}
                     Resolved::Stop(failure) => {
-                        self.shared.fail(failure.into());
+                        self.shared.run.fail(failure.into());
                         failed = true;
                         break;
                     }
@@ -227,7 +227,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let meta = SnapshotMeta {
             layout: self.handler.state_layout(),
             shard_idx: self.shard.0,
-            n_shards: self.shared.n_shards as u16,
+            n_shards: self.shared.run.n_shards as u16,
             position: self.passed,
             log_id: self.log_id,
             fingerprint: self.cfg.fingerprint,
@@ -262,7 +262,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         local: &mut Latencies,
         current: &mut Slot,
     ) -> BatchEnd {
-        let n = self.shared.n_shards;
+        let n = self.shared.run.n_shards;
         for slot in events {
             // First, so a panic anywhere below (even in `covered`) is charged to this event.
             *current = *slot;
@@ -297,7 +297,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
             }
             let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                self.shared.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                 return BatchEnd::Broken;
             };
             let event = Event {
@@ -324,7 +324,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     }
 
     fn fail(&self, position: Position, key: &[u8], cause: String) {
-        self.shared.fail(ReplayError::Handler(HandlerFailure {
+        self.shared.run.fail(ReplayError::Handler(HandlerFailure {
             shard: self.shard,
             key: printable_key(key),
             position,

@@ -1,15 +1,14 @@
 //! The run state every thread of a run shares ([`EngineShared`]) and the [`Progress`] computed from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catchup_segments::{Position, Segment};
 use crossbeam::utils::CachePadded;
 
 use super::atomics::{Flag, Watermark};
-use crate::error::ReplayError;
-use crate::metrics::ShardMetrics;
+use super::state::RunState;
 
 /// Where a run stands, for progress bars and health checks.
 #[derive(Debug, Clone, Default)]
@@ -45,14 +44,8 @@ pub struct Progress {
 
 #[derive(Debug)]
 pub(crate) struct EngineShared {
-    pub(crate) n_shards: usize,
-    /// Clean stop requested: the reader stops publishing, shards drain and snapshot. Raised by
-    /// `Running::stop` (or its drop); watched by the reader (nothing else is published through it).
-    pub(crate) stop: Flag,
-    /// A fatal error: everyone stops where they are. Raised by `fail` after it recorded the failure;
-    /// watched by every loop (whoever sees it raised also sees the failure).
-    pub(crate) abort: Flag,
-    pub(crate) failure: Mutex<Option<ReplayError>>,
+    /// Stop, abort, the first failure, metrics, the clock: what every source's run shares.
+    pub(crate) run: RunState,
     /// Position each shard has passed. Published by the shard after each batch; loaded by `progress` and
     /// `summaries` (a monitor that sees a position also sees the shard's counters up to it).
     pub(crate) passed: Vec<Watermark>,
@@ -74,31 +67,11 @@ pub(crate) struct EngineShared {
     /// Segments referenced by ring slots. The reader appends a segment before publishing any slot that
     /// names it (the ring's publish/consume is the release/acquire edge that makes it visible).
     pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
-    pub(crate) metrics: Vec<ShardMetrics>,
-    pub(crate) started: Instant,
     pub(crate) start: Position,
     pub(crate) replay_end: Position,
 }
 
 impl EngineShared {
-    pub(crate) fn fail(&self, e: ReplayError) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(e);
-        }
-        // Pairs with `aborted`: whoever sees it raised also sees the failure recorded.
-        self.abort.raise_release();
-    }
-
-    pub(crate) fn aborted(&self) -> bool {
-        self.abort.is_raised_acquire()
-    }
-
-    /// A clean stop was asked for (pairs with the raise in `Running::stop`).
-    pub(crate) fn stopping(&self) -> bool {
-        self.stop.is_raised_acquire()
-    }
-
     pub(crate) fn progress(&self) -> Progress {
         // In this order (engine review B4): the flag first, so the `end` read after it is at least the one the
         // reader had raised when it raised the flag; shard positions last, never past that end.
@@ -106,8 +79,8 @@ impl EngineShared {
         let end = self.end.load(Ordering::Relaxed);
         let watermark = self.passed.iter().map(Watermark::load_acquire).min().unwrap_or(0);
         let end = end.max(watermark);
-        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
-        let elapsed = self.started.elapsed();
+        let handled = self.run.handled();
+        let elapsed = self.run.started.elapsed();
         let moved = watermark.saturating_sub(self.start.0);
         let rate = if elapsed.as_secs_f64() > 0.0 { moved as f64 / elapsed.as_secs_f64() } else { 0.0 };
         let lag_events = end - watermark;
