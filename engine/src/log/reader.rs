@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use catchup_segments::{LogReader, Position, Segment, Start};
 
-use super::dispatch::Dispatch;
+use super::dispatch::{Dispatch, register_segment};
 use crate::run::{EngineConfig, EngineShared};
 use crate::wait::Pacer;
 
@@ -48,7 +48,10 @@ pub(crate) fn reader_loop(
                 let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
                 // Records this batch hands out, up to `stop_at`.
                 let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
-                if !rings.batch(shared, cfg, &batch, seg_idx, end_here, &mut newest_ts) {
+                let n = (end_here - batch.first_position.0) as usize;
+                if !rings.publish_heads(shared, cfg, seg_idx, batch.heads(), n, &mut newest_ts)
+                    || !rings.handed_over(shared, end_here)
+                {
                     break;
                 }
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
@@ -107,20 +110,6 @@ fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor
                 shared.run.fail(e.into());
                 return false;
             }
-        }
-    }
-}
-
-/// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
-/// appended to before any slot naming the segment is published (so a shard that finds an index past its
-/// copy of the table can always re-read it).
-fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
-    match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
-        Some(i) => i,
-        None => {
-            local.push(segment.clone());
-            shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(segment.clone());
-            local.len() - 1
         }
     }
 }
