@@ -12,7 +12,7 @@ use crate::error::{HandlerFailure, InternalError, ReplayError};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::metrics::{Latencies, bump};
 use crate::policy::{self};
-use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step};
+use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step, end_of_batch};
 use crate::shard::{ShardId, shard_of};
 
 struct Part<H> {
@@ -146,7 +146,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                 if !failed {
                     for p in &touched {
                         let part = parts.get_mut(p).expect("touched partitions are installed");
-                        if let Err(e) = part.handler.end_of_batch(shard) {
+                        if let Err(e) = end_of_batch(&mut part.handler, shard) {
                             cx.shared.run.fail(ReplayError::Handler(HandlerFailure {
                                 shard,
                                 key: String::new(),

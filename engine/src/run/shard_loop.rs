@@ -12,7 +12,7 @@ use super::config::EngineConfig;
 use super::dead_letter::Origin;
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
-use super::step::{Resolved, Step};
+use super::step::{Resolved, Step, end_of_batch};
 use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
@@ -155,7 +155,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
             let Tally { taken, handled, covered, last_ts } = tally;
             drop(guard);
-            if !failed && let Err(e) = self.handler.end_of_batch(self.shard) {
+            if !failed && let Err(e) = end_of_batch(&mut self.handler, self.shard) {
                 // The batch's events were handled; the failure is in flushing them.
                 self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
                 failed = true;

@@ -372,3 +372,39 @@ fn unwritable_dead_letter_log_is_an_error() {
         Ok(_) => panic!("skipped events were lost silently"),
     }
 }
+
+/// Engine review B3: a panic in `end_of_batch` stopped the run as "internal error (a bug in catchup): shard 0
+/// crashed". It is the handler's failure, reported as one: shard, position and cause.
+#[test]
+fn a_panic_in_end_of_batch_is_a_handler_failure() {
+    struct PanicsAtFlush;
+    impl ShardHandler for PanicsAtFlush {
+        fn handle(&mut self, _: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            Ok(())
+        }
+        fn end_of_batch(&mut self, _: ShardId) -> Result<(), HandlerError> {
+            panic!("flush exploded")
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let (log, _) = log();
+    let c = EngineConfig {
+        n_shards: 2,
+        on_error: ErrorPolicy::Skip,
+        dead_letters: Some(log.path().join("dl")),
+        ..Default::default()
+    };
+    let path = log.path().to_path_buf();
+    let r = within(30, "end_of_batch panic", move || Engine::run(&path, c, |_| PanicsAtFlush).map(|_| ()));
+    match r {
+        Err(ReplayError::Handler(f)) => {
+            assert!(f.cause.contains("end of batch") && f.cause.contains("flush exploded"), "{}", f.cause)
+        }
+        other => panic!("expected a handler failure, got {other:?}"),
+    }
+}
