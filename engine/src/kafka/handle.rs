@@ -10,7 +10,7 @@ use catchup_segments::Position;
 use super::shared::{KafkaProgress, Shared};
 use crate::error::{InternalError, ReplayError};
 use crate::metrics::Latencies;
-use crate::policy::{self};
+use crate::policy;
 use crate::run::ShardSummary;
 
 /// The outcome of a Kafka run.

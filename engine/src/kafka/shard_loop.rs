@@ -11,17 +11,20 @@ use super::shared::Shared;
 use crate::error::{HandlerFailure, InternalError, ReplayError};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self};
+use crate::policy;
 use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step, end_of_batch};
 use crate::shard::{ShardId, shard_of};
 
+/// A partition this shard holds a handler of.
 struct Part<H> {
     handler: H,
+    /// Records below this offset are in the handler's snapshot already.
     start: i64,
     check_covered: bool,
     replay_end: i64,
 }
 
+/// What a Kafka shard thread is given.
 pub(crate) struct ShardCtx<'a> {
     pub(crate) idx: usize,
     pub(crate) shared: &'a Shared,
@@ -32,6 +35,7 @@ pub(crate) struct ShardCtx<'a> {
     pub(crate) sample_every: u32,
 }
 
+/// Runs until the coordinator closes the channel; returns the handlers of the partitions held at the end.
 pub(crate) fn shard_loop<H: ShardHandler>(
     cx: &ShardCtx<'_>,
     rx: channel::Receiver<ToShard<H>>,

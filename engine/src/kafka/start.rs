@@ -19,7 +19,7 @@ use super::shared::{Shared, kafka_err};
 use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::kafka::KafkaError;
-use crate::policy::{self};
+use crate::policy;
 use crate::run::{IoJob, IoSetup, spawn_io};
 
 /// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
