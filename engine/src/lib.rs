@@ -44,14 +44,14 @@ pub mod snapshot;
 pub mod wait;
 
 pub use catchup_segments::{Position, Start};
-pub use error::{HandlerFailure, ReplayError, SnapshotError};
+pub use error::{ConfigError, HandlerFailure, InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
 pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
 pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
 pub use run::{
-    CheckpointConfig, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX, RunSummary, Running,
-    ShardSummary, Topology,
+    CheckpointConfig, DEAD_LETTER_VERSION, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX,
+    RunSummary, Running, ShardSummary, Topology,
 };
 pub use shard::{SHARDS_MAX, ShardId, shard_of};
 pub use wait::WaitStrategy;

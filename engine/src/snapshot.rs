@@ -14,7 +14,7 @@ use catchup_segments::index::SparseIndex;
 use catchup_segments::segment::index_file_name;
 use catchup_segments::{LogReader, Position, ReadError, Segment, Start};
 
-use crate::error::SnapshotError;
+use crate::error::{InvalidSnapshot, SnapshotError};
 use crate::handler::StateLayout;
 
 /// `CATCHSNP`: the first eight bytes of a snapshot file.
@@ -317,58 +317,58 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Decodes and checks a snapshot file's bytes. `Err` carries the reason.
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+/// Decodes and checks a snapshot file's bytes. `Err` says which check failed.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, InvalidSnapshot> {
     if bytes.len() < SNAPSHOT_HEADER_SIZE + 4 {
-        return Err(format!("{} bytes, shorter than a snapshot header", bytes.len()));
+        return Err(InvalidSnapshot::TooShort { len: bytes.len() });
     }
     if bytes[MAGIC_AT..MAGIC_AT + 8] != SNAPSHOT_MAGIC {
-        return Err("bad magic (not a catchup snapshot)".into());
+        return Err(InvalidSnapshot::Magic);
     }
     // The version is looked at before the header checksum, whose place depends on it.
     let version = u16_at(bytes, VERSION_AT);
     if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_MERGED {
-        return Err(format!(
-            "snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION} and \
-             {SNAPSHOT_VERSION_MERGED})"
-        ));
+        return Err(InvalidSnapshot::Version {
+            found: version,
+            supported: [SNAPSHOT_VERSION, SNAPSHOT_VERSION_MERGED],
+        });
     }
     if crc32c::crc32c(&bytes[..HEADER_CRC_AT]) != u32_at(bytes, HEADER_CRC_AT) {
-        return Err("header checksum mismatch".into());
+        return Err(InvalidSnapshot::HeaderChecksum);
     }
     let merged = version == SNAPSHOT_VERSION_MERGED;
     if bytes[RESERVED1_AT] != 0
         || (!merged && bytes[RESERVED2_AT..RESERVED2_AT + 4] != [0; 4])
         || bytes[RESERVED3_AT..RESERVED3_AT + 4] != [0; 4]
     {
-        return Err("non-zero reserved bytes".into());
+        return Err(InvalidSnapshot::Reserved);
     }
     let n_logs = if merged { u32_at(bytes, N_LOGS_AT) as usize } else { 0 };
     if merged && !(1..=MERGED_LOGS_MAX).contains(&n_logs) {
-        return Err(format!("merged snapshot names {n_logs} logs, not 1..={MERGED_LOGS_MAX}"));
+        return Err(InvalidSnapshot::LogCount(n_logs));
     }
     // Version 3: the log table (and its checksum and a reserved word) between the header and the state.
     let table_size = if merged { n_logs * LOG_MARK_SIZE + 8 } else { 0 };
     let state_at = SNAPSHOT_HEADER_SIZE + table_size;
     if bytes.len() < state_at + 4 {
-        return Err(format!("{} bytes, shorter than a merged snapshot's header and table", bytes.len()));
+        return Err(InvalidSnapshot::TooShort { len: bytes.len() });
     }
     let mut logs = Vec::with_capacity(n_logs);
     if merged {
         let table = &bytes[SNAPSHOT_HEADER_SIZE..state_at - 8];
         if crc32c::crc32c(table) != u32_at(bytes, state_at - 8) {
-            return Err("log table checksum mismatch".into());
+            return Err(InvalidSnapshot::LogTableChecksum);
         }
         if bytes[state_at - 4..state_at] != [0; 4] {
-            return Err("non-zero reserved bytes after the log table".into());
+            return Err(InvalidSnapshot::Reserved);
         }
         for (i, m) in table.chunks_exact(LOG_MARK_SIZE).enumerate() {
             let mark = LogMark { log_id: u64_at(m, 0), position: Position(u64_at(m, 8)), crc: u32_at(m, 16) };
             if m[20..24] != [0; 4] {
-                return Err(format!("non-zero reserved bytes in log {i}'s entry"));
+                return Err(InvalidSnapshot::LogReserved { log: i });
             }
             if mark.position == Position(0) && mark.crc != 0 {
-                return Err(format!("log {i}: binding checksum {:#010x} at position 0", mark.crc));
+                return Err(InvalidSnapshot::LogBindingWithoutPosition { log: i, crc: mark.crc });
             }
             logs.push(mark);
         }
@@ -376,15 +376,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let layout = match bytes[LAYOUT_AT] {
         0 => StateLayout::PerShard,
         1 => StateLayout::PerKey,
-        x => return Err(format!("unknown state layout {x}")),
+        x => return Err(InvalidSnapshot::Layout(x)),
     };
     let state_len = u64_at(bytes, STATE_LEN_AT);
     if state_len > SNAPSHOT_STATE_SIZE_MAX || state_len + state_at as u64 + 4 != bytes.len() as u64 {
-        return Err(format!("state length {state_len} does not match the file size {}", bytes.len()));
+        return Err(InvalidSnapshot::StateLength { state_len, file_len: bytes.len() });
     }
     let state = &bytes[state_at..bytes.len() - 4];
     if crc32c::crc32c(state) != u32_at(bytes, bytes.len() - 4) {
-        return Err("state checksum mismatch".into());
+        return Err(InvalidSnapshot::StateChecksum);
     }
     let meta = SnapshotMeta {
         layout,
@@ -396,26 +396,26 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         created_ns: u64_at(bytes, CREATED_NS_AT),
     };
     if meta.n_shards == 0 || meta.shard_idx >= meta.n_shards {
-        return Err(format!("shard {} of {} is out of range", meta.shard_idx, meta.n_shards));
+        return Err(InvalidSnapshot::ShardOutOfRange { shard_idx: meta.shard_idx, n_shards: meta.n_shards });
     }
     let binding = Binding { position: Position(u64_at(bytes, BOUND_POSITION_AT)), crc: u32_at(bytes, BOUND_CRC_AT) };
     if binding.position == Position(0) && binding.crc != 0 {
-        return Err(format!("binding checksum {:#010x} without a bound position", binding.crc));
+        return Err(InvalidSnapshot::BindingWithoutPosition { crc: binding.crc });
     }
     if binding.position != Position(0) && binding.position < meta.position {
-        return Err(format!("bound position {} is below the snapshot's position {}", binding.position, meta.position));
+        return Err(InvalidSnapshot::BoundBelowPosition { bound: binding.position, position: meta.position });
     }
     if merged {
         if binding != Binding::NONE {
-            return Err("a merged snapshot's header binds a position (its bindings are per log)".into());
+            return Err(InvalidSnapshot::MergedHeaderBinding);
         }
         let sum = logs.iter().try_fold(0u64, |a, m| a.checked_add(m.position.0));
         if sum != Some(meta.position.0) {
-            return Err(format!("position {} is not the sum of the logs' positions", meta.position));
+            return Err(InvalidSnapshot::MergedPositionSum(meta.position));
         }
         let ids: Vec<u64> = logs.iter().map(|m| m.log_id).collect();
         if merged_log_id(&ids) != meta.log_id {
-            return Err("log id does not match the log table".into());
+            return Err(InvalidSnapshot::MergedLogId);
         }
     }
     Ok(Snapshot { meta, binding, logs, state: state.to_vec() })
@@ -438,7 +438,7 @@ pub fn write_merged(dir: &Path, meta: &SnapshotMeta, logs: &[LogMark], state: &[
     if logs.is_empty() {
         return Err(SnapshotError::Invalid {
             path: dir.join(snapshot_file_name(meta.shard_idx)),
-            why: "a merged snapshot names no log".into(),
+            why: InvalidSnapshot::LogCount(0),
         });
     }
     write_with(dir, meta, &Binding::NONE, logs, state)
@@ -456,10 +456,7 @@ fn write_with(
     match decode(&bytes) {
         Ok(s) if s.meta == *meta && s.binding == *binding && s.logs == logs => {}
         other => {
-            return Err(SnapshotError::Invalid {
-                path,
-                why: format!("encoded snapshot does not decode to itself: {:?}", other.err()),
-            });
+            return Err(SnapshotError::Invalid { path, why: InvalidSnapshot::SelfCheck(other.err().map(Box::new)) });
         }
     }
     let tmp = dir.join(format!("{}.tmp", snapshot_file_name(meta.shard_idx)));
@@ -525,10 +522,7 @@ pub fn load_all(dir: &Path) -> Result<Vec<(PathBuf, Snapshot)>, SnapshotError> {
         }
         let snap = decode(&bytes).map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
         if path.file_name().and_then(|n| n.to_str()) != Some(snapshot_file_name(snap.meta.shard_idx).as_str()) {
-            return Err(SnapshotError::Invalid {
-                path,
-                why: format!("file name does not match shard {}", snap.meta.shard_idx),
-            });
+            return Err(SnapshotError::Invalid { path, why: InvalidSnapshot::FileName(snap.meta.shard_idx) });
         }
         out.push((path, snap));
     }

@@ -21,6 +21,13 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Item `i`, whose key starts at `data_at` in `data`, with its key and payload.
+    pub(crate) fn record(&self, i: usize, data_at: usize) -> (&Item, &[u8], &[u8]) {
+        let it = &self.items[i];
+        let key_end = data_at + it.key_len as usize;
+        (it, &self.data[data_at..key_end], &self.data[key_end..key_end + it.payload_len as usize])
+    }
+
     /// Keeps only the records whose partition passes `keep`.
     pub(crate) fn retain(&mut self, keep: impl Fn(i32) -> bool) {
         if self.items.iter().all(|it| keep(it.partition)) {

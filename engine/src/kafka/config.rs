@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::ReplayError;
-use crate::run::{CheckpointConfig, ErrorPolicy};
-use crate::shard::SHARDS_MAX;
+use crate::error::ConfigError;
+use crate::run::{CheckpointConfig, ErrorPolicy, validate_common};
 
 /// Broker list and topic, from `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,20 +99,19 @@ impl KafkaConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ReplayError> {
-        let bad = |m: String| Err(ReplayError::Config(m));
-        if self.n_shards == 0 || self.n_shards > SHARDS_MAX {
-            return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.n_shards));
-        }
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        validate_common(
+            self.n_shards,
+            self.on_error,
+            self.dead_letters.as_deref(),
+            self.latency_sample_every,
+            self.checkpoint.as_ref(),
+        )?;
         if self.group.is_empty() {
-            return bad("a consumer group is required".into());
+            return Err(ConfigError::NoGroup);
         }
-        if self.batch_max == 0 || self.latency_sample_every == 0 {
-            return bad("batch size and latency sampling must be at least 1".into());
-        }
-        let skips = matches!(self.on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
-        if skips && self.dead_letters.is_none() {
-            return bad("a policy that skips events needs a dead-letter log".into());
+        if self.batch_max == 0 {
+            return Err(ConfigError::ZeroBatch("batch size"));
         }
         Ok(())
     }
@@ -149,6 +147,31 @@ mod tests {
             "kafka://h:1/..",
         ] {
             assert!(KafkaUrl::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    /// The Kafka source's settings go through the checks the log source's do, plus its own.
+    #[test]
+    fn kafka_configs_are_validated() {
+        use crate::error::ConfigError;
+        let base = KafkaConfig::new(KafkaUrl::parse("kafka://h:1/t").unwrap(), "g");
+        assert_eq!(base.validate(), Ok(()));
+        let cases = [
+            (KafkaConfig { n_shards: 0, ..base.clone() }, ConfigError::ShardCount(0)),
+            (KafkaConfig { group: String::new(), ..base.clone() }, ConfigError::NoGroup),
+            (KafkaConfig { batch_max: 0, ..base.clone() }, ConfigError::ZeroBatch("batch size")),
+            (KafkaConfig { latency_sample_every: 0, ..base.clone() }, ConfigError::LatencySampling),
+            (KafkaConfig { on_error: ErrorPolicy::Skip, ..base.clone() }, ConfigError::NoDeadLetters),
+            (
+                KafkaConfig {
+                    checkpoint: Some(CheckpointConfig { dir: "ck".into(), every_events: Some(0), every: None }),
+                    ..base.clone()
+                },
+                ConfigError::SnapshotInterval,
+            ),
+        ];
+        for (cfg, want) in cases {
+            assert_eq!(cfg.validate(), Err(want));
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The coordinator on the poll thread: rebalances, dispatch into per-shard batches, barriers and commits.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,11 +17,13 @@ use super::partition::{partition_dir, partition_log_id};
 use super::poll::fetched_high_watermark;
 use super::shared::{Shared, kafka_err};
 use super::{HEADER_TIMESTAMP_NS, PartitionFactory, PartitionProgress};
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{ConfigError, HandlerFailure, InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
+use crate::kafka::KafkaError;
 use crate::metrics::bump;
+use crate::run::IoJob;
 use crate::run::{restore, wall_ns};
-use crate::shard::shard_of;
+use crate::shard::{ShardId, shard_of};
 use crate::snapshot::{self, SnapshotMeta};
 
 /// A partition this process owns, as the poll thread tracks it.
@@ -76,6 +77,14 @@ pub(crate) struct Coord<H, F> {
     pub(crate) closed: bool,
     /// Commits refused in a row (a rebalance in progress is normal; a long run of refusals is not).
     pub(crate) refused: u32,
+    /// The I/O thread: partition snapshots, and the `Sync` that makes a barrier's dead letters and snapshots
+    /// durable before its commit.
+    pub(crate) io: channel::Sender<IoJob>,
+}
+
+fn send_io(io: &channel::Sender<IoJob>, job: IoJob) -> Result<(), ReplayError> {
+    // A closed channel means the I/O thread failed and recorded why; the first failure is the one reported.
+    io.send(job).map_err(|_| InternalError::Gone("I/O").into())
 }
 
 /// When following, the least time between two barriers that only say "caught up".
@@ -107,7 +116,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = coord.on_assign(consumer, tpl) {
-                    coord.shared.fail(e);
+                    coord.shared.run.fail(e);
                     // Take nothing, so no record is fetched for partitions we could not set up.
                     if !incremental {
                         let _ = consumer.assign(&TopicPartitionList::new());
@@ -116,7 +125,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
                 }
                 let r = if incremental { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
-                    coord.shared.fail(kafka_err("assign partitions", e));
+                    coord.shared.run.fail(kafka_err("assign partitions", e));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -124,11 +133,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> ConsumerContext for KafkaContext<H
                 let topic = coord.topic().to_string();
                 let parts: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
                 if let Err(e) = coord.on_revoke(consumer, lost, &parts) {
-                    coord.shared.fail(e);
+                    coord.shared.run.fail(e);
                 }
                 let r = if incremental { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
-                    coord.shared.fail(kafka_err("release partitions", e));
+                    coord.shared.run.fail(kafka_err("release partitions", e));
                 }
             }
             other => {
@@ -167,10 +176,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 .map_err(|e| kafka_err(format!("read the offsets of {topic} partition {p}"), e))?;
             let mut handlers = (self.factory)(p, n);
             if handlers.len() != n {
-                return Err(ReplayError::Config(format!(
-                    "the handler factory made {} handlers for partition {p}, expected {n}",
-                    handlers.len()
-                )));
+                return Err(ConfigError::HandlerCount { partition: p, made: handlers.len(), expected: n }.into());
             }
             let layout = handlers[0].state_layout();
             let default_start = committed.unwrap_or(low).max(low);
@@ -190,13 +196,14 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 } else if let Some(c) = committed
                     && c > low
                 {
-                    return Err(ReplayError::Kafka(format!(
-                        "partition {p} of {topic} has offset {c} committed by group {} but no snapshot in {}: the \
-                         state of the records below it is not here (is the checkpoint directory shared by every \
-                         member of the group?)",
-                        self.cfg.group,
-                        dir.display()
-                    )));
+                    return Err(KafkaError::NoSnapshot {
+                        topic,
+                        partition: p,
+                        committed: c,
+                        group: self.cfg.group.clone(),
+                        dir,
+                    }
+                    .into());
                 }
             }
             let start = starts.iter().map(|s| s.0 as i64).min().expect("n >= 1").max(low);
@@ -209,7 +216,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     replay_end: i64::MAX,
                 };
                 if self.to_shards[i].send(install).is_err() {
-                    return Err(ReplayError::Internal(format!("shard {i} is gone")));
+                    return Err(InternalError::Gone("shard").into());
                 }
             }
             tpl.set_partition_offset(&topic, p, Offset::Offset(start))
@@ -239,7 +246,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
     /// committed, then their handlers are dropped. A lost assignment (this member was presumed dead) commits
     /// and writes nothing: another member may own the partitions already, and its snapshots and commits win.
     fn on_revoke(&mut self, consumer: &Kc<H, F>, lost: bool, parts: &[i32]) -> Result<(), ReplayError> {
-        let result = if lost || self.shared.aborted() {
+        let result = if lost || self.shared.run.aborted() {
             // Nothing of these partitions may reach the shards any more, and a barrier still running must
             // not write or commit for them.
             for b in &mut self.bufs {
@@ -331,7 +338,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             return;
         }
         let mut b = std::mem::take(&mut self.bufs[s]);
-        b.sent_ns = self.shared.started.elapsed().as_nanos() as u64;
+        b.sent_ns = self.shared.run.started.elapsed().as_nanos() as u64;
         // A send fails only when the shard has exited after a failure, which the abort flag reports.
         let _ = self.to_shards[s].send(ToShard::Events(b));
     }
@@ -378,13 +385,13 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 match self.acks.recv_timeout(Duration::from_millis(50)) {
                     Ok(a) => a,
                     Err(channel::RecvTimeoutError::Timeout) => {
-                        if self.shared.aborted() {
-                            return Err(ReplayError::Internal("aborted".into()));
+                        if self.shared.run.aborted() {
+                            return Err(InternalError::Aborted.into());
                         }
                         continue;
                     }
                     Err(channel::RecvTimeoutError::Disconnected) => {
-                        return Err(ReplayError::Internal("shards are gone".into()));
+                        return Err(InternalError::Gone("shard").into());
                     }
                 }
             } else {
@@ -399,9 +406,11 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
             pending.acks += 1;
             for (p, state) in ack.states {
                 let state = state.map_err(|why| {
-                    ReplayError::Snapshot(SnapshotError::Restore {
-                        path: PathBuf::new(),
-                        why: format!("shard {} could not snapshot partition {p}: {why}", ack.shard),
+                    ReplayError::Handler(HandlerFailure {
+                        shard: ShardId(ack.shard as u16),
+                        key: String::new(),
+                        position: Position(pending.upto.get(&p).copied().unwrap_or(0).max(0) as u64),
+                        cause: format!("snapshot of partition {p} failed: {why}"),
                     })
                 })?;
                 pending.states.entry(p).or_insert_with(|| vec![None; self.cfg.n_shards])[ack.shard] = Some(state);
@@ -422,19 +431,24 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         let mut commit = TopicPartitionList::new();
         for (&p, &upto) in &pending.upto {
             let Some(o) = self.owned.get_mut(&p) else { continue };
-            o.handled = o.handled.max(upto);
+            // A partition's watermark only moves forward: a barrier covers what was dispatched before it,
+            // and dispatch only moves forward (`Coord::dispatch`).
+            assert!(
+                upto >= o.handled,
+                "partition {p}: barrier watermark {upto} below the handled watermark {}",
+                o.handled
+            );
+            o.handled = upto;
             let mut durable = upto;
             if let Some(cp) = &self.cfg.checkpoint {
                 durable = o.snapshotted;
                 if upto > o.snapshotted {
                     let Some(states) = pending.states.remove(&p) else {
-                        return Err(ReplayError::Internal(format!("barrier lacks partition {p}'s state")));
+                        return Err(InternalError::MissingState { shard: 0, partition: p }.into());
                     };
                     let dir = partition_dir(&cp.dir, &topic, p);
                     for (i, state) in states.into_iter().enumerate() {
-                        let state = state.ok_or_else(|| {
-                            ReplayError::Internal(format!("shard {i} sent no state for partition {p}"))
-                        })?;
+                        let state = state.ok_or(InternalError::MissingState { shard: i, partition: p })?;
                         let meta = SnapshotMeta {
                             layout: o.layout,
                             shard_idx: i as u16,
@@ -444,10 +458,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                             fingerprint: self.cfg.fingerprint,
                             created_ns: wall_ns(),
                         };
-                        snapshot::write(&dir, &meta, &state)?;
+                        send_io(&self.io, IoJob::PartitionSnapshot { dir: dir.clone(), meta, state })?;
                     }
                     if o.retire {
-                        snapshot::remove_from(&dir, n)?;
+                        send_io(&self.io, IoJob::RemoveFrom { dir, n_shards: n })?;
                         o.retire = false;
                     }
                     o.snapshotted = upto;
@@ -460,6 +474,10 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                     .map_err(|e| kafka_err("build the commit", e))?;
             }
         }
+        // Every dead letter of the events this barrier covers was sent to the I/O thread before its shard
+        // answered, so it is queued ahead of this `Sync`: once answered, they and the snapshots above are
+        // durable, and the commit may move past them.
+        self.sync_io()?;
         if commit.count() > 0 {
             // A refused commit (a rebalance in progress, a coordinator moving) loses nothing: the snapshots
             // are on disk and win over an older commit, and without snapshots the records are handled again
@@ -476,10 +494,12 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
                 Err(e) => {
                     self.refused += 1;
                     if self.refused >= COMMITS_REFUSED_MAX {
-                        return Err(kafka_err(
-                            format!("{} commits in a row refused for group {}", self.refused, self.cfg.group),
-                            e,
-                        ));
+                        return Err(KafkaError::CommitsRefused {
+                            refused: self.refused,
+                            group: self.cfg.group.clone(),
+                            error: e,
+                        }
+                        .into());
                     }
                     self.shared.warn(format!("commit refused: {e}"));
                 }
@@ -487,6 +507,13 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         }
         self.publish_progress();
         Ok(())
+    }
+
+    /// Waits until the I/O thread has made durable everything sent to it before.
+    fn sync_io(&self) -> Result<(), ReplayError> {
+        let (done, answered) = channel::bounded(1);
+        send_io(&self.io, IoJob::Sync { done })?;
+        answered.recv().map_err(|_| InternalError::Gone("I/O").into())
     }
 
     /// True if a barrier should start now: enough events or time since the last one, with something new

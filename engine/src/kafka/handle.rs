@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use catchup_segments::Position;
 
 use super::shared::{KafkaProgress, Shared};
-use crate::error::ReplayError;
+use crate::error::{InternalError, ReplayError};
 use crate::metrics::Latencies;
-use crate::policy::{self};
+use crate::policy;
 use crate::run::ShardSummary;
 
 /// The outcome of a Kafka run.
@@ -47,19 +47,19 @@ impl<H> KafkaRunning<H> {
 
     /// Latency histograms since the start, merged over shards.
     pub fn latencies(&self) -> Latencies {
-        crate::metrics::merged_total(&self.shared.metrics)
+        self.shared.run.latencies()
     }
 
     /// Latency histograms since the last call, merged over shards.
     pub fn take_interval(&self) -> Latencies {
-        crate::metrics::take_merged_interval(&self.shared.metrics)
+        self.shared.run.take_interval()
     }
 
     /// Asks for a clean stop: what was dispatched is handled, snapshotted and committed, then the process
     /// leaves the group.
     pub fn stop(&self) {
-        // Release pairs with the Acquire in the poll loop.
-        self.shared.stop.store(true, Ordering::Release);
+        // Pairs with `stopping` in the poll loop.
+        self.shared.run.request_stop();
     }
 
     /// True once the run has ended.
@@ -74,32 +74,16 @@ impl<H> KafkaRunning<H> {
             .take()
             .expect("wait consumes the handle")
             .join()
-            .map_err(|p| ReplayError::Internal(format!("poll thread crashed: {}", policy::panic_message(&*p))))?;
-        if let Some(e) = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            .map_err(|p| InternalError::Panicked { thread: "poll".into(), message: policy::panic_message(&*p) })?;
+        if let Some(e) = self.shared.run.take_failure() {
             return Err(e);
         }
-        let m = &self.shared.metrics;
         Ok(KafkaSummary {
             partitions,
             progress: self.shared.progress(),
-            latencies: crate::metrics::merged_total(m),
-            shards: m
-                .iter()
-                .map(|m| {
-                    let c = &m.counters;
-                    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                    ShardSummary {
-                        handled: get(&c.handled),
-                        covered: get(&c.covered),
-                        dead_lettered: get(&c.dead_lettered),
-                        retries: get(&c.retries),
-                        batches: get(&c.batches),
-                        batch_max: get(&c.batch_max),
-                        slots: get(&c.slots),
-                        passed: Position(0),
-                    }
-                })
-                .collect(),
+            latencies: self.shared.run.latencies(),
+            // Positions are per partition (in `progress`), not per shard.
+            shards: self.shared.run.shard_summaries(|_| Position(0)),
             group_done: self.shared.group_done.load(Ordering::Relaxed),
             topic_partitions: self.shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
@@ -109,7 +93,7 @@ impl<H> KafkaRunning<H> {
 impl<H> Drop for KafkaRunning<H> {
     fn drop(&mut self) {
         if let Some(t) = self.poll.take() {
-            self.shared.stop.store(true, Ordering::Release);
+            self.shared.run.request_stop();
             let _ = t.join();
         }
     }

@@ -68,6 +68,7 @@
 mod channel;
 mod config;
 mod coord;
+mod error;
 mod handle;
 mod partition;
 mod poll;
@@ -76,6 +77,7 @@ mod shared;
 mod start;
 
 pub use config::{KafkaConfig, KafkaUrl};
+pub use error::KafkaError;
 pub use handle::{KafkaRunning, KafkaSummary};
 pub use partition::{partition_dir, partition_log_id, restore_partition};
 pub use poll::fetched_high_watermark;

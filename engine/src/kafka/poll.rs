@@ -127,10 +127,10 @@ pub(crate) fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(
     // Under a rate limit, poll in bursts of about 20 ms of events.
     let burst = max_rate.map_or(4096, |r| (r / 50).clamp(1, 4096));
     loop {
-        if shared.aborted() {
+        if shared.run.aborted() {
             return Ok(());
         }
-        if shared.stop.load(Ordering::Acquire) {
+        if shared.run.stopping() {
             // A clean stop: everything dispatched is handled, snapshotted and committed.
             return lock().barrier_now(consumer);
         }
@@ -159,7 +159,7 @@ pub(crate) fn poll_loop<H: ShardHandler, F: PartitionFactory<H>>(
             && got > 0
         {
             lock().flush();
-            p.pace(got, || shared.stop.load(Ordering::Acquire) || shared.aborted());
+            p.pace(got, || shared.run.stopping() || shared.run.aborted());
         }
         let mut c = lock();
         c.flush();

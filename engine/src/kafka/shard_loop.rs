@@ -1,85 +1,54 @@
 //! A Kafka shard thread: runs each partition's handler over its batches and answers barriers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use catchup_segments::Position;
 use crossbeam::channel;
 
-use super::channel::{Ack, ToShard};
+use super::channel::{Ack, Batch, ToShard};
 use super::shared::Shared;
-use crate::error::{HandlerFailure, ReplayError, printable_key};
-use crate::handler::{Ctx, Event, ShardHandler};
+use crate::error::{HandlerFailure, InternalError, ReplayError};
+use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self, Outcome, json_string};
-use crate::run::{ErrorPolicy, wall_ns};
-use crate::shard::ShardId;
+use crate::policy;
+use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step, end_of_batch};
+use crate::shard::{ShardId, shard_of};
 
-pub(crate) struct DeadLetters {
-    pub(crate) path: PathBuf,
-    pub(crate) file: Mutex<Option<(std::fs::File, bool)>>,
-}
-
-impl DeadLetters {
-    fn append(&self, line: &str) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if g.is_none() {
-            *g = Some((std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?, false));
-        }
-        let (f, dirty) = g.as_mut().expect("opened above");
-        f.write_all(line.as_bytes())?;
-        f.write_all(b"\n")?;
-        *dirty = true;
-        Ok(())
-    }
-
-    /// Makes every line durable: called before a barrier is answered, since the commit that follows
-    /// moves past the skipped events.
-    fn sync(&self) -> std::io::Result<()> {
-        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((f, dirty)) = g.as_mut()
-            && *dirty
-        {
-            f.sync_data()?;
-            *dirty = false;
-        }
-        Ok(())
-    }
-}
-
+/// A partition this shard holds a handler of.
 struct Part<H> {
     handler: H,
+    /// Records below this offset are in the handler's snapshot already.
     start: i64,
     check_covered: bool,
     replay_end: i64,
 }
 
+/// What a Kafka shard thread is given.
 pub(crate) struct ShardCtx<'a> {
     pub(crate) idx: usize,
     pub(crate) shared: &'a Shared,
     pub(crate) topic: &'a str,
     pub(crate) on_error: ErrorPolicy,
-    pub(crate) dead_letters: Option<&'a DeadLetters>,
-    pub(crate) sample_every: u64,
+    /// The I/O thread: dead letters go there.
+    pub(crate) io: channel::Sender<IoJob>,
+    pub(crate) sample_every: u32,
 }
 
+/// Runs until the coordinator closes the channel; returns the handlers of the partitions held at the end.
 pub(crate) fn shard_loop<H: ShardHandler>(
     cx: &ShardCtx<'_>,
     rx: channel::Receiver<ToShard<H>>,
     acks: channel::Sender<Ack>,
 ) -> BTreeMap<i32, H> {
     let mut parts: HashMap<i32, Part<H>> = HashMap::new();
-    let metrics = &cx.shared.metrics[cx.idx];
+    let metrics = &cx.shared.run.metrics[cx.idx];
     let c = &metrics.counters;
     let mut local = Latencies::default();
-    let mut countdown = cx.sample_every;
     let mut failed = false;
     let mut touched: Vec<i32> = Vec::new();
     let shard = ShardId(cx.idx as u16);
+    let mut step = Step::new(shard, cx.on_error, cx.io.clone(), c, cx.shared.run.started, cx.sample_every);
     while let Ok(msg) = rx.recv() {
         match msg {
             ToShard::Install { partition, handler, start, check_covered, replay_end } => {
@@ -94,17 +63,12 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                 }
             }
             ToShard::Barrier { id, snapshot } => {
-                if failed || cx.shared.aborted() {
+                if failed || cx.shared.run.aborted() {
                     // No answer: the coordinator sees the abort instead and commits nothing.
                     continue;
                 }
-                if let Some(d) = cx.dead_letters
-                    && let Err(source) = d.sync()
-                {
-                    cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
-                    failed = true;
-                    continue;
-                }
+                // Dead letters sent before this answer are queued at the I/O thread ahead of the `Sync` the
+                // coordinator sends once every shard has answered, and so are durable before the commit.
                 let mut states = Vec::new();
                 for (&p, part) in parts.iter_mut() {
                     // Without snapshots, `flush` finishes the side effects the commit will cover.
@@ -124,101 +88,70 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                 }
             }
             ToShard::Events(batch) => {
-                if failed || cx.shared.aborted() {
+                if failed || cx.shared.run.aborted() {
                     continue;
                 }
                 bump(&c.batches, 1);
                 bump(&c.slots, batch.items.len() as u64);
                 c.batch_max.fetch_max(batch.items.len() as u64, Ordering::Relaxed);
-                let mut at = 0usize;
-                let (mut handled, mut covered) = (0u64, 0u64);
+                let mut tally = Tally::default();
                 touched.clear();
-                for it in &batch.items {
-                    let key = &batch.data[at..at + it.key_len as usize];
-                    at += it.key_len as usize;
-                    let payload = &batch.data[at..at + it.payload_len as usize];
-                    at += it.payload_len as usize;
-                    let Some(part) = parts.get_mut(&it.partition) else {
-                        cx.shared.fail(ReplayError::Internal(format!(
-                            "shard {shard} got a record of partition {} it was never given",
-                            it.partition
-                        )));
-                        failed = true;
-                        break;
+                let mut next = Cursor::default();
+                // As in the log's shard loop: one `catch_unwind` per batch, not per event. When an event fails
+                // (an error or a panic), the step resolves that one event here and the loop resumes after it:
+                // the cursor has already moved past it.
+                loop {
+                    let mut current = Cursor::default();
+                    let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        fast_path(
+                            cx,
+                            &batch,
+                            &mut next,
+                            &mut current,
+                            &mut parts,
+                            &mut step,
+                            &mut tally,
+                            &mut touched,
+                            &mut local,
+                        )
+                    }));
+                    let first = match end {
+                        Ok(BatchEnd::Done) => break,
+                        Ok(BatchEnd::Broken) => {
+                            failed = true;
+                            break;
+                        }
+                        Ok(BatchEnd::Failed(e)) => e,
+                        Err(p) => policy::panic_message(&*p),
                     };
-                    if it.offset < part.start {
-                        covered += 1;
-                        continue;
-                    }
+                    let (it, key, payload) = batch.record(current.item, current.data_at);
+                    let part = parts.get_mut(&it.partition).expect("the fast path found its partition");
                     let position = Position(it.offset as u64);
                     let event = Event { position, timestamp_ns: it.timestamp_ns, key_hash: it.key_hash, key, payload };
-                    if part.check_covered && part.handler.covered(&event) {
-                        covered += 1;
-                        continue;
-                    }
-                    if !touched.contains(&it.partition) {
-                        touched.push(it.partition);
-                    }
                     let ctx =
-                        Ctx { shard, n_shards: cx.shared.n_shards, position, replay: it.offset < part.replay_end };
-                    countdown -= 1;
-                    let sampled = countdown == 0;
-                    let t0 = Instant::now();
-                    let first = policy::call(&mut part.handler, &event, &ctx);
-                    if sampled {
-                        countdown = cx.sample_every;
-                        let now = Instant::now();
-                        local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
-                        let since_start = (t0 - cx.shared.started).as_nanos() as u64;
-                        local.queue_wait_ns.saturating_record(since_start.saturating_sub(batch.sent_ns));
-                        local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
-                    }
-                    let Err(first) = first else {
-                        handled += 1;
-                        continue;
-                    };
+                        Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
+                    let origin = Origin::Kafka { topic: cx.topic, partition: it.partition };
                     let shared = cx.shared;
-                    let aborted = || shared.aborted();
-                    match policy::after_failure(
-                        &mut part.handler,
-                        cx.on_error,
-                        &event,
-                        &ctx,
-                        first,
-                        &aborted,
-                        &c.retries,
-                    ) {
-                        Outcome::Done => handled += 1,
-                        Outcome::Skipped(why) => {
-                            bump(&c.dead_lettered, 1);
-                            let line = dead_letter_line(cx.topic, it.partition, shard, &event, &why);
-                            let d = cx.dead_letters.expect("validated: a skipping policy has a dead-letter log");
-                            if let Err(source) = d.append(&line) {
-                                cx.shared.fail(ReplayError::DeadLetter { path: d.path.clone(), error: source });
-                                failed = true;
-                                break;
-                            }
+                    match step.resolve(&mut part.handler, &event, &ctx, origin, first, &|| shared.run.aborted()) {
+                        Resolved::Handled => tally.handled += 1,
+                        Resolved::DeadLettered => {}
+                        Resolved::Stop(failure) => {
+                            cx.shared.run.fail(failure.into());
+                            failed = true;
+                            break;
                         }
-                        Outcome::Fatal(why) => {
-                            cx.shared.fail(ReplayError::Handler(HandlerFailure {
-                                shard,
-                                key: printable_key(key),
-                                position,
-                                cause: format!(
-                                    "{why} (topic {}, partition {}, offset {})",
-                                    cx.topic, it.partition, it.offset
-                                ),
-                            }));
+                        Resolved::Broken => {
                             failed = true;
                             break;
                         }
                     }
                 }
+                let Tally { handled, covered } = tally;
                 if !failed {
                     for p in &touched {
                         let part = parts.get_mut(p).expect("touched partitions are installed");
-                        if let Err(e) = part.handler.end_of_batch(shard) {
-                            cx.shared.fail(ReplayError::Handler(HandlerFailure {
+                        if let Err(e) = end_of_batch(&mut part.handler, shard) {
+                            cx.shared.run.fail(ReplayError::Handler(HandlerFailure {
                                 shard,
                                 key: String::new(),
                                 position: Position(0),
@@ -238,32 +171,166 @@ pub(crate) fn shard_loop<H: ShardHandler>(
     parts.into_iter().map(|(p, part)| (p, part.handler)).collect()
 }
 
-/// `{"topic":T,"partition":P,"offset":O,"shard":S,"timestamp_ns":N,"key":K,"error":E}`.
-fn dead_letter_line(topic: &str, partition: i32, shard: ShardId, event: &Event<'_>, why: &str) -> String {
-    let mut s = String::from("{\"topic\":");
-    json_string(&mut s, topic);
-    s.push_str(&format!(
-        ",\"partition\":{partition},\"offset\":{},\"shard\":{shard},\"timestamp_ns\":{},\"key\":",
-        event.position, event.timestamp_ns
-    ));
-    json_string(&mut s, &printable_key(event.key));
-    s.push_str(",\"error\":");
-    json_string(&mut s, why);
-    s.push('}');
-    s
+/// Per-batch counts.
+#[derive(Debug, Default)]
+struct Tally {
+    handled: u64,
+    covered: u64,
+}
+
+/// A place in a batch: the item, and where its key starts in the batch's bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    item: usize,
+    data_at: usize,
+}
+
+/// How the fast path of a batch ended.
+enum BatchEnd {
+    /// Every event of the batch was handled.
+    Done,
+    /// The event at `current` failed with this error (the step resolves it).
+    Failed(String),
+    /// The engine is broken (a bug); the failure is recorded.
+    Broken,
+}
+
+/// Handles the events of `batch` from `next` until it ends or an event fails (`current` then says which).
+/// `next` moves past each event before its handler is called, so a panic resumes after it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn fast_path<H: ShardHandler>(
+    cx: &ShardCtx<'_>,
+    batch: &Batch,
+    next: &mut Cursor,
+    current: &mut Cursor,
+    parts: &mut HashMap<i32, Part<H>>,
+    step: &mut Step<'_>,
+    tally: &mut Tally,
+    touched: &mut Vec<i32>,
+    local: &mut Latencies,
+) -> BatchEnd {
+    let shard = ShardId(cx.idx as u16);
+    while next.item < batch.items.len() {
+        *current = *next;
+        let (it, key, payload) = batch.record(next.item, next.data_at);
+        next.item += 1;
+        next.data_at += key.len() + payload.len();
+        let Some(part) = parts.get_mut(&it.partition) else {
+            cx.shared.run.fail(InternalError::UnknownPartition { shard, partition: it.partition }.into());
+            return BatchEnd::Broken;
+        };
+        // A key's shard is fixed: the coordinator routes by `shard_of` with this shard count.
+        debug_assert_eq!(shard_of(it.key_hash, cx.shared.run.n_shards), shard, "a record of another shard's key");
+        if it.offset < part.start {
+            tally.covered += 1;
+            continue;
+        }
+        let position = Position(it.offset as u64);
+        let event = Event { position, timestamp_ns: it.timestamp_ns, key_hash: it.key_hash, key, payload };
+        if part.check_covered && part.handler.covered(&event) {
+            tally.covered += 1;
+            continue;
+        }
+        if !touched.contains(&it.partition) {
+            touched.push(it.partition);
+        }
+        let ctx = Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
+        if let Err(HandlerError(e)) = step.call(&mut part.handler, &event, &ctx, batch.sent_ns, local) {
+            return BatchEnd::Failed(e);
+        }
+        tally.handled += 1;
+    }
+    BatchEnd::Done
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
+    use super::*;
+    use crate::kafka::channel::Item;
+    use crate::shard::shard_of;
+
+    /// Fails at payload `"err"`, panics at `"panic"`, and records the offsets it handled.
+    #[derive(Default)]
+    struct Picky(Vec<i64>);
+
+    impl ShardHandler for Picky {
+        fn handle(&mut self, e: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            match e.payload {
+                b"err" => return Err(HandlerError::new("bad record")),
+                b"panic" => panic!("boom at {}", e.position),
+                _ => {}
+            }
+            self.0.push(e.position.0 as i64);
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    /// One shard, partition 3: a batch whose second record returns an error and fourth panics, under the
+    /// skip policy. The panic is caught (once per batch, like the log's shard loop), both records go to the
+    /// dead letters in the one schema, and every other record of the batch is handled, in order.
     #[test]
-    fn dead_letter_lines_are_json() {
-        let e = Event { position: Position(7), timestamp_ns: 9, key_hash: 0, key: b"k\"1", payload: b"" };
-        let line = dead_letter_line("t", 2, ShardId(1), &e, "bad\nthing");
-        assert_eq!(
-            line,
-            r#"{"topic":"t","partition":2,"offset":7,"shard":1,"timestamp_ns":9,"key":"k\"1","error":"bad\nthing"}"#
+    fn failed_records_are_dead_lettered_and_the_batch_goes_on() {
+        let shared = Shared::new(1);
+        let (io_tx, io_rx) = channel::unbounded();
+        let cx =
+            ShardCtx { idx: 0, shared: &shared, topic: "t", on_error: ErrorPolicy::Skip, io: io_tx, sample_every: 1 };
+        let (tx, rx) = channel::unbounded();
+        let (acks_tx, acks_rx) = channel::unbounded();
+        tx.send(ToShard::Install {
+            partition: 3,
+            handler: Picky::default(),
+            start: 0,
+            check_covered: false,
+            replay_end: 0,
+        })
+        .unwrap();
+        let mut batch = Batch::default();
+        for (offset, payload) in ["a", "err", "b", "panic", "c"].iter().enumerate() {
+            let key = b"k";
+            assert_eq!(shard_of(catchup_segments::key_hash(key), 1), ShardId(0));
+            batch.data.extend_from_slice(key);
+            batch.data.extend_from_slice(payload.as_bytes());
+            batch.items.push(Item {
+                partition: 3,
+                offset: offset as i64,
+                timestamp_ns: 5,
+                key_hash: catchup_segments::key_hash(key),
+                key_len: 1,
+                payload_len: payload.len() as u32,
+            });
+        }
+        tx.send(ToShard::Events(batch)).unwrap();
+        tx.send(ToShard::Barrier { id: 1, snapshot: false }).unwrap();
+        drop(tx);
+        let handlers = shard_loop(&cx, rx, acks_tx);
+        assert!(!shared.run.aborted(), "{:?}", shared.run.take_failure());
+        assert_eq!(acks_rx.recv_timeout(Duration::from_secs(1)).unwrap().id, 1);
+        assert_eq!(handlers[&3].0, [0, 2, 4]);
+        let c = &shared.run.metrics[0].counters;
+        assert_eq!((c.handled.load(Ordering::Relaxed), c.dead_lettered.load(Ordering::Relaxed)), (3, 2));
+        let lines: Vec<String> = io_rx
+            .try_iter()
+            .map(|j| match j {
+                IoJob::DeadLetter { line } => line,
+                _ => panic!("a shard sends only dead letters"),
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(r#"{"v":1,"source":"kafka","topic":"t","partition":3,"offset":1,"#),
+            "{}",
+            lines[0]
         );
+        assert!(lines[0].ends_with(r#""error":"bad record"}"#), "{}", lines[0]);
+        assert!(lines[1].contains(r#""offset":3,"#) && lines[1].contains("panic: boom at 3"), "{}", lines[1]);
     }
 }

@@ -2,10 +2,12 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::KafkaError;
 use crate::error::ReplayError;
-use crate::metrics::{ShardMetrics, bump};
+use crate::metrics::bump;
+use crate::run::RunState;
 
 /// Where one owned partition stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,14 +60,8 @@ pub struct KafkaProgress {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) n_shards: usize,
-    /// Clean stop requested: Release-stored by `KafkaRunning::stop`, Acquire-loaded by the poll loop (it
-    /// publishes nothing else through the flag; the pairing only orders the request before the drain).
-    pub(crate) stop: AtomicBool,
-    /// Release-stored by `fail`; Acquire-loaded by every loop that checks it (so the failure is visible).
-    pub(crate) abort: AtomicBool,
-    pub(crate) failure: Mutex<Option<ReplayError>>,
-    pub(crate) metrics: Vec<ShardMetrics>,
+    /// Stop, abort, the first failure, metrics, the clock: what every source's run shares.
+    pub(crate) run: RunState,
     /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
     /// rebalances, warnings.
     pub(crate) stale: AtomicU64,
@@ -81,26 +77,27 @@ pub(crate) struct Shared {
     pub(crate) partitions: Mutex<Vec<PartitionProgress>>,
     /// Every owned partition handled and committed to its end (Relaxed: a statistic for progress).
     pub(crate) caught_up: AtomicBool,
-    pub(crate) started: Instant,
 }
 
 impl Shared {
-    pub(crate) fn fail(&self, e: ReplayError) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(e);
+    pub(crate) fn new(n_shards: usize) -> Shared {
+        Shared {
+            run: RunState::new(n_shards),
+            stale: AtomicU64::new(0),
+            group_done: AtomicBool::new(false),
+            topic_partitions: Mutex::new(Vec::new()),
+            rebalances: AtomicU64::new(0),
+            rebalance_log: Mutex::new(Vec::new()),
+            warnings: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+            partitions: Mutex::new(Vec::new()),
+            caught_up: AtomicBool::new(false),
         }
-        // Release pairs with the Acquire in `aborted`.
-        self.abort.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn aborted(&self) -> bool {
-        self.abort.load(Ordering::Acquire)
     }
 
     pub(crate) fn note(&self, what: String) {
         if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
-            eprintln!("[{:?}] {what}", self.started.elapsed());
+            eprintln!("[{:?}] {what}", self.run.started.elapsed());
         }
         bump(&self.rebalances, 1);
         let mut log = self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,7 +110,7 @@ impl Shared {
     /// A problem that costs time, not data (a refused commit, a failed check): counted and shown.
     pub(crate) fn warn(&self, what: String) {
         if std::env::var_os("CATCHUP_KAFKA_TRACE").is_some() {
-            eprintln!("[{:?}] warning: {what}", self.started.elapsed());
+            eprintln!("[{:?}] warning: {what}", self.run.started.elapsed());
         }
         bump(&self.warnings, 1);
         *self.last_warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
@@ -121,9 +118,9 @@ impl Shared {
 
     pub(crate) fn progress(&self) -> KafkaProgress {
         let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
-        let covered: u64 = self.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
-        let elapsed = self.started.elapsed();
+        let handled = self.run.handled();
+        let covered: u64 = self.run.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
+        let elapsed = self.run.started.elapsed();
         let secs = elapsed.as_secs_f64();
         KafkaProgress {
             lag_events: partitions.iter().map(|p| p.lag).sum(),
@@ -142,6 +139,6 @@ impl Shared {
     }
 }
 
-pub(crate) fn kafka_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ReplayError {
-    ReplayError::Kafka(format!("{what}: {e}"))
+pub(crate) fn kafka_err(what: impl std::fmt::Display, error: rdkafka::error::KafkaError) -> ReplayError {
+    KafkaError::Client { what: what.to_string(), error }.into()
 }

@@ -1,7 +1,6 @@
 //! [`start`]: builds the consumer and starts the shard and poll threads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,13 @@ use super::config::KafkaConfig;
 use super::coord::{Coord, KafkaContext, Kc};
 use super::handle::KafkaRunning;
 use super::poll::poll_loop;
-use super::shard_loop::{DeadLetters, ShardCtx, shard_loop};
+use super::shard_loop::{ShardCtx, shard_loop};
 use super::shared::{Shared, kafka_err};
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
-use crate::metrics::ShardMetrics;
-use crate::policy::{self};
+use crate::kafka::KafkaError;
+use crate::policy;
+use crate::run::{IoJob, IoSetup, spawn_io};
 
 /// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
 ///
@@ -31,23 +31,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
 ) -> Result<KafkaRunning<H>, ReplayError> {
     cfg.validate()?;
     let n = cfg.n_shards;
-    let shared = Arc::new(Shared {
-        n_shards: n,
-        stop: AtomicBool::new(false),
-        abort: AtomicBool::new(false),
-        failure: Mutex::new(None),
-        metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
-        stale: AtomicU64::new(0),
-        group_done: AtomicBool::new(false),
-        topic_partitions: Mutex::new(Vec::new()),
-        rebalances: AtomicU64::new(0),
-        rebalance_log: Mutex::new(Vec::new()),
-        warnings: AtomicU64::new(0),
-        last_warning: Mutex::new(None),
-        partitions: Mutex::new(Vec::new()),
-        caught_up: AtomicBool::new(false),
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared::new(n));
     if let Some(cp) = &cfg.checkpoint {
         std::fs::create_dir_all(&cp.dir).map_err(|source| SnapshotError::Io {
             op: "create directory",
@@ -55,7 +39,14 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
             error: source,
         })?;
     }
-    let dead_letters = cfg.dead_letters.clone().map(|path| Arc::new(DeadLetters { path, file: Mutex::new(None) }));
+    // The I/O thread: dead letters and partition snapshots, so shards and the poll thread do no file-system
+    // calls for them. Shards send dead letters; the coordinator sends snapshots and a `Sync` per barrier.
+    let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
+    let io = {
+        let shared = shared.clone();
+        let setup = IoSetup { log_snapshots: None, dead_letters: cfg.dead_letters.clone(), retire: None };
+        spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
+    };
 
     let mut client = ClientConfig::new();
     client
@@ -83,22 +74,16 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         let acks = acks_tx.clone();
         let topic = cfg.url.topic.clone();
         let on_error = cfg.on_error;
-        let dead_letters = dead_letters.clone();
-        let sample_every = cfg.latency_sample_every as u64;
+        let io = io_tx.clone();
+        let sample_every = cfg.latency_sample_every;
         let t = std::thread::Builder::new()
             .name(format!("catchup-shard-{i}"))
             .spawn(move || {
-                let cx = ShardCtx {
-                    idx: i,
-                    shared: &shared,
-                    topic: &topic,
-                    on_error,
-                    dead_letters: dead_letters.as_deref(),
-                    sample_every,
-                };
+                let cx = ShardCtx { idx: i, shared: &shared, topic: &topic, on_error, io, sample_every };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard_loop(&cx, rx, acks)));
                 r.unwrap_or_else(|p| {
-                    shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", policy::panic_message(&*p))));
+                    let message = policy::panic_message(&*p);
+                    shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     BTreeMap::new()
                 })
             })
@@ -122,6 +107,7 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
         last_barrier: Instant::now(),
         closed: false,
         refused: 0,
+        io: io_tx,
         cfg,
     };
     let consumer: Kc<H, F> = client
@@ -133,12 +119,10 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
     let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().iter().map(|p| p.id()).collect(),
         Some(t) => {
-            return Err(ReplayError::Kafka(format!(
-                "{url}: topic not available ({:?})",
-                t.error().map(rdkafka::error::RDKafkaErrorCode::from)
-            )));
+            let code = t.error().map(rdkafka::error::RDKafkaErrorCode::from);
+            return Err(KafkaError::TopicUnavailable { url, code }.into());
         }
-        None => return Err(ReplayError::Kafka(format!("{url}: no such topic"))),
+        None => return Err(KafkaError::NoSuchTopic { url }.into()),
     };
     *shared.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()) = partitions;
     consumer.subscribe(&[&topic]).map_err(|e| kafka_err(format!("subscribe to {topic}"), e))?;
@@ -151,9 +135,10 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&consumer, &shared)));
                 match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => shared.fail(e),
-                    Err(p) => shared
-                        .fail(ReplayError::Internal(format!("poll thread crashed: {}", policy::panic_message(&*p)))),
+                    Ok(Err(e)) => shared.run.fail(e),
+                    Err(p) => shared.run.fail(
+                        InternalError::Panicked { thread: "poll".into(), message: policy::panic_message(&*p) }.into(),
+                    ),
                 }
                 // Stop the shards: closing their channels ends their loops. Rebalance callbacks from here on
                 // (the close below) only release.
@@ -167,7 +152,10 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
                 let mut per_shard: Vec<BTreeMap<i32, H>> =
                     shard_threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
                 consumer.unsubscribe();
+                // Drops the coordinator's sender: the I/O thread ends once it has written what it was sent.
                 drop(consumer);
+                // The I/O thread catches its own panics (`spawn_io`), so the join cannot fail.
+                let _ = io.join();
                 owned
                     .into_iter()
                     .filter_map(|p| {

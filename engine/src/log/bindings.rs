@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use catchup_segments::{LogReader, Position};
 
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::snapshot;
 
 /// Checks every snapshot's [`snapshot::Binding`] against the log: the record just below its bound position
@@ -19,7 +19,7 @@ pub(crate) fn check_bindings(reader: &LogReader, snaps: &[(PathBuf, snapshot::Sn
             if s.meta.position != Position(0) {
                 return Err(SnapshotError::Invalid {
                     path: path.clone(),
-                    why: format!("position {} is not bound to the log's content", s.meta.position),
+                    why: InvalidSnapshot::NotBound(s.meta.position),
                 }
                 .into());
             }

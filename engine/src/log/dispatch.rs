@@ -2,7 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
-use catchup_segments::Position;
+use std::sync::Arc;
+
+use catchup_segments::{Position, Segment};
 use disruptor::Producer;
 
 use crate::metrics::bump;
@@ -35,23 +37,46 @@ pub(crate) enum Producers {
     Routed(Vec<disruptor::SingleProducer<Slot, disruptor::SingleConsumerBarrier>>),
 }
 
-/// How the reader hands a log batch's records to the rings: the only part of the reader that depends on
-/// the topology.
+/// How a reader hands records to the rings: the only part of a reader that depends on the topology. A
+/// reader registers each segment ([`register_segment`]) before it publishes records of it, publishes runs
+/// of record heads in the order shards must see them ([`publish_heads`](Dispatch::publish_heads)), says
+/// when everything below a position is handed over ([`handed_over`](Dispatch::handed_over)), and flushes
+/// before it waits. The local log's reader publishes whole batches; a reader that merges several logs can
+/// publish any run of heads of one batch at a time.
 pub(crate) trait Dispatch {
-    /// Hands over the records of `batch` below `end_here`, raising `newest_ts` to their latest timestamp.
-    /// Returns false if the engine aborted meanwhile.
-    fn batch(
+    /// Hands over the next `n` records of `heads` (of the segment registered as `seg_idx`), raising
+    /// `newest_ts` to their latest timestamp. Returns false if the engine aborted meanwhile.
+    fn publish_heads(
         &mut self,
         shared: &EngineShared,
         cfg: &EngineConfig,
-        batch: &catchup_segments::Batch<'_>,
         seg_idx: u32,
-        end_here: u64,
+        heads: catchup_segments::RecordHeads<'_>,
+        n: usize,
         newest_ts: &mut u64,
     ) -> bool;
 
+    /// Every record below `upto` has been handed to `publish_heads`. The routed topology publishes its
+    /// buffers here and advances `routed_upto`, so shards with no events in the run can move their position;
+    /// the broadcast one keeps buffering up to a publish batch.
+    fn handed_over(&mut self, shared: &EngineShared, upto: u64) -> bool;
+
     /// Publishes whatever is buffered; afterwards every record below `upto` has been handed over.
     fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool;
+}
+
+/// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
+/// appended to before any slot naming the segment is published (so a shard that finds an index past its
+/// copy of the table can always re-read it). `local` is the reader's copy of the table.
+pub(crate) fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
+    match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
+        Some(i) => i,
+        None => {
+            local.push(segment.clone());
+            shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(segment.clone());
+            local.len() - 1
+        }
+    }
 }
 
 /// One ring that every shard reads.
@@ -62,17 +87,16 @@ pub(crate) struct Broadcast {
 }
 
 impl Dispatch for Broadcast {
-    fn batch(
+    fn publish_heads(
         &mut self,
         shared: &EngineShared,
         cfg: &EngineConfig,
-        batch: &catchup_segments::Batch<'_>,
         seg_idx: u32,
-        end_here: u64,
+        mut heads: catchup_segments::RecordHeads<'_>,
+        n: usize,
         newest_ts: &mut u64,
     ) -> bool {
-        let mut heads = batch.heads();
-        let mut left = (end_here - batch.first_position.0) as usize;
+        let mut left = n;
         if self.buf.is_empty() && left >= DIRECT_PUBLISH_MIN {
             // Big batch: write slots straight into the ring, no intermediate copy.
             while left > 0 {
@@ -98,6 +122,10 @@ impl Dispatch for Broadcast {
         true
     }
 
+    fn handed_over(&mut self, _shared: &EngineShared, _upto: u64) -> bool {
+        true
+    }
+
     fn flush(&mut self, shared: &EngineShared, _upto: u64) -> bool {
         publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
     }
@@ -116,19 +144,19 @@ pub(crate) struct Routed {
 }
 
 impl Dispatch for Routed {
-    fn batch(
+    fn publish_heads(
         &mut self,
         shared: &EngineShared,
         cfg: &EngineConfig,
-        batch: &catchup_segments::Batch<'_>,
         seg_idx: u32,
-        end_here: u64,
+        heads: catchup_segments::RecordHeads<'_>,
+        n: usize,
         newest_ts: &mut u64,
     ) -> bool {
-        let n = self.producers.len();
+        let n_shards = self.producers.len();
         let mut newest = *newest_ts;
-        for rec in batch.heads().take((end_here - batch.first_position.0) as usize) {
-            let i = shard_of(rec.key_hash, n).0 as usize;
+        for rec in heads.take(n) {
+            let i = shard_of(rec.key_hash, n_shards).0 as usize;
             if rec.position < self.starts[i] {
                 // Already in that shard's snapshot: counted as re-read, not routed.
                 self.covered[i] += 1;
@@ -144,9 +172,13 @@ impl Dispatch for Routed {
         }
         *newest_ts = newest;
         for (i, c) in self.covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
-            bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+            bump(&shared.run.metrics[i].counters.covered, std::mem::take(c));
         }
-        self.flush(shared, end_here)
+        true
+    }
+
+    fn handed_over(&mut self, shared: &EngineShared, upto: u64) -> bool {
+        self.flush(shared, upto)
     }
 
     fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool {
@@ -155,8 +187,8 @@ impl Dispatch for Routed {
                 return false;
             }
         }
-        // Release pairs with the shard's Acquire load before it checks its ring is empty.
-        shared.routed_upto.fetch_max(upto, Ordering::Release);
+        // Pairs with the shard's load before it checks its ring is empty.
+        shared.routed_upto.raise_release(upto);
         shared.published.fetch_max(upto, Ordering::Relaxed);
         true
     }
@@ -175,7 +207,7 @@ fn publish_direct(
     seg_idx: u32,
     backoff: &mut Backoff,
 ) -> Option<u64> {
-    let now = shared.started.elapsed().as_nanos() as u64;
+    let now = shared.run.started.elapsed().as_nanos() as u64;
     let mut newest = 0u64;
     let mut last = 0u64;
     loop {
@@ -195,7 +227,7 @@ fn publish_direct(
                 return Some(newest);
             }
             Err(_) => {
-                if shared.aborted() {
+                if shared.run.aborted() {
                     return None;
                 }
                 backoff.snooze();
@@ -215,7 +247,7 @@ pub(crate) fn publish(
     if buf.is_empty() {
         return true;
     }
-    let now = shared.started.elapsed().as_nanos() as u64;
+    let now = shared.run.started.elapsed().as_nanos() as u64;
     loop {
         let src = &buf[..];
         let r = producer.try_batch_publish(src.len(), |iter| {
@@ -233,7 +265,7 @@ pub(crate) fn publish(
                 return true;
             }
             Err(_) => {
-                if shared.aborted() {
+                if shared.run.aborted() {
                     return false;
                 }
                 backoff.snooze();

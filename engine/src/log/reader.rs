@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use catchup_segments::{LogReader, Position, Segment, Start};
 
-use super::dispatch::Dispatch;
+use super::dispatch::{Dispatch, register_segment};
 use crate::run::{EngineConfig, EngineShared};
 use crate::wait::Pacer;
 
@@ -21,24 +21,37 @@ pub(crate) fn reader_loop(
     let mut cursor = match reader.cursor(Start::Position(start)) {
         Ok(c) => c,
         Err(e) => {
-            shared.fail(e.into());
+            shared.run.fail(e.into());
             return;
         }
     };
     let mut local: Vec<Arc<Segment>> = Vec::new();
     let mut newest_ts = 0u64;
     let mut pacer = Pacer::new(cfg.max_rate);
+    // The next position the rings are owed: every shard relies on the log's order reaching it whole.
+    let mut next = start.0;
     loop {
-        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+        // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
+        if shared.run.stopping() || shared.run.aborted() {
             break;
         }
         match cursor.next_batch() {
             Ok(Some(batch)) => {
+                // Established by the cursor (it checks positions batch by batch and segment by segment);
+                // asserted here, where the shards start relying on it. Once per batch.
+                assert_eq!(
+                    batch.first_position.0, next,
+                    "the reader's batches are not contiguous: one starts at {} after {next}",
+                    batch.first_position
+                );
+                next = batch.header.end_position().0;
                 let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
                 // Records this batch hands out, up to `stop_at`.
                 let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
-                if !rings.batch(shared, cfg, &batch, seg_idx, end_here, &mut newest_ts) {
+                let n = (end_here - batch.first_position.0) as usize;
+                if !rings.publish_heads(shared, cfg, seg_idx, batch.heads(), n, &mut newest_ts)
+                    || !rings.handed_over(shared, end_here)
+                {
                     break;
                 }
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
@@ -51,9 +64,7 @@ pub(crate) fn reader_loop(
                     if !rings.flush(shared, end_here) {
                         break;
                     }
-                    p.pace(end_here - batch.first_position.0, || {
-                        shared.stop.load(Ordering::Acquire) || shared.aborted()
-                    });
+                    p.pace(end_here - batch.first_position.0, || shared.run.stopping() || shared.run.aborted());
                 }
             }
             Ok(None) => {
@@ -61,24 +72,24 @@ pub(crate) fn reader_loop(
                 if !rings.flush(shared, cursor.position().0.min(stop_at)) {
                     break;
                 }
-                // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-                shared.reader_at_end.store(true, Ordering::Release);
+                // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
+                shared.reader_at_end.raise_release();
                 if !cfg.follow || cursor.position().0 >= stop_at || !wait_for_appends(shared, &mut cursor) {
                     break;
                 }
-                // Release pairs with the Acquire in `progress`.
-                shared.reader_at_end.store(false, Ordering::Release);
+                // Pairs with the load in `progress`.
+                shared.reader_at_end.lower_release();
             }
             Err(e) => {
-                shared.fail(e.into());
+                shared.run.fail(e.into());
                 break;
             }
         }
     }
-    if !shared.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
+    if !shared.run.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
-        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-        shared.reader_at_end.store(true, Ordering::Release);
+        // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
+        shared.reader_at_end.raise_release();
     }
     // Dropping the producers tells the pollers to shut down once they have taken everything published.
     drop(rings);
@@ -88,31 +99,17 @@ pub(crate) fn reader_loop(
 /// false to stop.
 fn wait_for_appends(shared: &EngineShared, cursor: &mut catchup_segments::Cursor) -> bool {
     loop {
-        // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-        if shared.stop.load(Ordering::Acquire) || shared.aborted() {
+        // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
+        if shared.run.stopping() || shared.run.aborted() {
             return false;
         }
         match cursor.wait(Duration::from_millis(50)) {
             Ok(true) => return true,
             Ok(false) => {}
             Err(e) => {
-                shared.fail(e.into());
+                shared.run.fail(e.into());
                 return false;
             }
-        }
-    }
-}
-
-/// The index of `segment` in the table slots refer to, adding it first if it is new. The shared table is
-/// appended to before any slot naming the segment is published (so a shard that finds an index past its
-/// copy of the table can always re-read it).
-pub(crate) fn register_segment(shared: &EngineShared, local: &mut Vec<Arc<Segment>>, segment: &Arc<Segment>) -> usize {
-    match local.iter().rposition(|s| Arc::ptr_eq(s, segment)) {
-        Some(i) => i,
-        None => {
-            local.push(segment.clone());
-            shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(segment.clone());
-            local.len() - 1
         }
     }
 }

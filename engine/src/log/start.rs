@@ -1,9 +1,8 @@
 //! [`Engine::start`]: opens the log, restores the checkpoint and starts the reader, shard and I/O threads.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use catchup_segments::{LogReader, Position, Start};
 use crossbeam::channel;
@@ -13,11 +12,13 @@ use disruptor::BusySpin;
 use super::bindings::check_bindings;
 use super::dispatch::{Broadcast, Producers, Routed, Slot};
 use super::reader::reader_loop;
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
-use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
-use crate::run::{EngineConfig, EngineShared, IoJob, RunSummary, Running, ShardLoop, Topology, io_loop, restore};
+use crate::run::{
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
+    Watermark, restore, spawn_io,
+};
 use crate::shard::ShardId;
 use crate::snapshot;
 use crate::wait::Backoff;
@@ -90,21 +91,16 @@ impl Engine {
         let replay_end = reader.end_position()?;
         let start = *starts.iter().min().expect("n >= 1");
         let shared = Arc::new(EngineShared {
-            n_shards: n,
-            stop: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            passed: starts.iter().map(|s| CachePadded::new(AtomicU64::new(s.0))).collect(),
+            run: RunState::new(n),
+            passed: starts.iter().map(|s| Watermark::new(s.0)).collect(),
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             // Capped at `stop_at` as the reader caps it: a run that reaches `stop_at` is caught up.
             end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
-            routed_upto: AtomicU64::new(start.0),
+            routed_upto: Watermark::new(start.0),
             published: AtomicU64::new(start.0),
             newest_ts: AtomicU64::new(0),
-            reader_at_end: AtomicBool::new(false),
+            reader_at_end: Flag::default(),
             segments: RwLock::new(Vec::new()),
-            metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
-            started: Instant::now(),
             start,
             replay_end,
         });
@@ -115,18 +111,17 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir = config
-                .checkpoint
-                .as_ref()
-                .map(|c| c.dir.clone())
-                .zip(full_view.map(|v| vec![snapshot::BindingLookup::new(v)]));
-            let dlq = config.dead_letters.clone();
-            // After a redistribution, files of another shard count are retired once this run's are complete.
-            let retire = per_key_restored.then_some(n);
-            std::thread::Builder::new()
-                .name("catchup-io".into())
-                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq, retire))
-                .map_err(ReplayError::Thread)?
+            let setup = IoSetup {
+                log_snapshots: config
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.dir.clone())
+                    .zip(full_view.map(|v| vec![snapshot::BindingLookup::new(v)])),
+                dead_letters: config.dead_letters.clone(),
+                // After a redistribution, files of another shard count are retired once this run's are complete.
+                retire: per_key_restored.then_some(n),
+            };
+            spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };
 
         // The rings: one event poller per shard (we run the shard threads ourselves).
@@ -168,6 +163,14 @@ impl Engine {
                         handler,
                         shared: &shared,
                         cfg: &cfg,
+                        step: Step::new(
+                            ShardId(i as u16),
+                            cfg.on_error,
+                            io_tx.clone(),
+                            &shared.run.metrics[i].counters,
+                            shared.run.started,
+                            cfg.latency_sample_every,
+                        ),
                         io: io_tx,
                         start: shard_start,
                         passed: shard_start,
@@ -175,7 +178,6 @@ impl Engine {
                         per_key_restored,
                         segments: Vec::new(),
                         snapshot_failed: false,
-                        sample_countdown: cfg.latency_sample_every as u64,
                         routed: cfg.topology == Topology::Routed,
                         merged: None,
                     };
@@ -183,7 +185,8 @@ impl Engine {
                     if let Err(p) = run {
                         // A bug outside the handler: stop everyone rather than leave the reader waiting on
                         // a shard that will never advance.
-                        shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", panic_message(&*p))));
+                        let message = panic_message(&*p);
+                        shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     }
                     s.handler
                 })

@@ -1,11 +1,11 @@
 //! Engine settings ([`EngineConfig`], [`ErrorPolicy`], [`CheckpointConfig`], [`Topology`]) and their validation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use catchup_segments::{Position, Start};
 
-use crate::error::ReplayError;
+use crate::error::ConfigError;
 use crate::shard::SHARDS_MAX;
 use crate::wait::WaitStrategy;
 
@@ -121,35 +121,49 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    pub(crate) fn validate(&self) -> Result<(), ReplayError> {
-        let bad = |s: String| Err(ReplayError::Config(s));
-        if self.n_shards == 0 || self.n_shards > SHARDS_MAX {
-            return bad(format!("shard count {} must be in 1..={SHARDS_MAX}", self.n_shards));
-        }
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        validate_common(
+            self.n_shards,
+            self.on_error,
+            self.dead_letters.as_deref(),
+            self.latency_sample_every,
+            self.checkpoint.as_ref(),
+        )?;
         if !self.ring_size.is_power_of_two() || self.ring_size > RING_SIZE_MAX || self.ring_size < 2 {
-            return bad(format!("ring size {} must be a power of two in 2..={RING_SIZE_MAX}", self.ring_size));
+            return Err(ConfigError::RingSize(self.ring_size));
         }
         if self.publish_batch == 0 || self.publish_batch > PUBLISH_BATCH_MAX || self.publish_batch > self.ring_size {
-            return bad(format!(
-                "publish batch {} must be in 1..={} (and at most the ring size)",
-                self.publish_batch, PUBLISH_BATCH_MAX
-            ));
+            return Err(ConfigError::PublishBatch(self.publish_batch));
         }
         if self.consume_batch_max == 0 {
-            return bad("consume batch must be at least 1".into());
-        }
-        if self.latency_sample_every == 0 {
-            return bad("latency sampling interval must be at least 1".into());
-        }
-        let skips = matches!(self.on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
-        if skips && self.dead_letters.is_none() {
-            return bad("the skip policy needs a dead-letter log path".into());
-        }
-        if let Some(c) = &self.checkpoint
-            && (c.every_events == Some(0) || c.every.is_some_and(|d| d.is_zero()))
-        {
-            return bad("snapshot intervals must be above zero".into());
+            return Err(ConfigError::ZeroBatch("consume batch"));
         }
         Ok(())
     }
+}
+
+/// The checks of the settings every source has (the one place they are made).
+pub(crate) fn validate_common(
+    n_shards: usize,
+    on_error: ErrorPolicy,
+    dead_letters: Option<&Path>,
+    latency_sample_every: u32,
+    checkpoint: Option<&CheckpointConfig>,
+) -> Result<(), ConfigError> {
+    if n_shards == 0 || n_shards > SHARDS_MAX {
+        return Err(ConfigError::ShardCount(n_shards));
+    }
+    if latency_sample_every == 0 {
+        return Err(ConfigError::LatencySampling);
+    }
+    let skips = matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
+    if skips && dead_letters.is_none() {
+        return Err(ConfigError::NoDeadLetters);
+    }
+    if let Some(c) = checkpoint
+        && (c.every_events == Some(0) || c.every.is_some_and(|d| d.is_zero()))
+    {
+        return Err(ConfigError::SnapshotInterval);
+    }
+    Ok(())
 }

@@ -1,14 +1,13 @@
 //! The running handle ([`Running`]): progress, latencies, stop, and the [`RunSummary`] it ends with.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use catchup_segments::Position;
 
 use super::shared::{EngineShared, Progress};
-use crate::error::ReplayError;
-use crate::metrics::{self, Latencies};
+use crate::error::{InternalError, ReplayError};
+use crate::metrics::Latencies;
 
 /// Per-shard figures at the end of a run.
 #[derive(Debug, Clone, Default)]
@@ -63,12 +62,12 @@ impl<H> Running<H> {
 
     /// Latency histograms since the start, merged over shards.
     pub fn latencies(&self) -> Latencies {
-        metrics::merged_total(&self.shared.metrics)
+        self.shared.run.latencies()
     }
 
     /// Latency histograms since the last call (for interval logs), merged over shards.
     pub fn take_interval(&self) -> Latencies {
-        metrics::take_merged_interval(&self.shared.metrics)
+        self.shared.run.take_interval()
     }
 
     /// Per-shard counters so far.
@@ -79,8 +78,8 @@ impl<H> Running<H> {
     /// Asks for a clean stop: the reader stops publishing, shards handle what was published, write their
     /// snapshots and exit. `wait` then returns.
     pub fn stop(&self) {
-        // Release pairs with the reader's Acquire load of `stop`.
-        self.shared.stop.store(true, Ordering::Release);
+        // Pairs with the reader's `stopping`.
+        self.shared.run.request_stop();
     }
 
     /// True once every thread has finished.
@@ -93,7 +92,7 @@ impl<H> Running<H> {
         if let Some(r) = self.reader.take()
             && r.join().is_err()
         {
-            self.shared.fail(ReplayError::Internal("the reader thread panicked".into()));
+            self.shared.run.fail(InternalError::Panicked { thread: "reader".into(), message: "panic".into() }.into());
         }
         let mut handlers = Vec::with_capacity(self.shards.len());
         let mut panicked = false;
@@ -106,49 +105,28 @@ impl<H> Running<H> {
         if let Some(io) = self.io.take() {
             let _ = io.join();
         }
-        if let Some(e) = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(e) = self.shared.run.take_failure() {
             return Err(e);
         }
         if panicked {
-            return Err(ReplayError::Internal("a shard thread panicked outside its handler".into()));
+            return Err(InternalError::Panicked { thread: "shard".into(), message: "panic".into() }.into());
         }
         let shards = summaries(&self.shared);
         let covered = shards.iter().map(|s| s.covered).sum();
-        let mut latencies = Latencies::default();
-        for m in &self.shared.metrics {
-            latencies.add(&m.total.lock().unwrap_or_else(|e| e.into_inner()));
-        }
+        let latencies = self.shared.run.latencies();
         Ok(RunSummary { handlers, shards, progress: self.shared.progress(), latencies, covered })
     }
 }
 
 pub(crate) fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
-    shared
-        .metrics
-        .iter()
-        .zip(&shared.passed)
-        .map(|(m, p)| {
-            let c = &m.counters;
-            ShardSummary {
-                handled: c.handled.load(Ordering::Relaxed),
-                covered: c.covered.load(Ordering::Relaxed),
-                dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-                retries: c.retries.load(Ordering::Relaxed),
-                batches: c.batches.load(Ordering::Relaxed),
-                batch_max: c.batch_max.load(Ordering::Relaxed),
-                slots: c.slots.load(Ordering::Relaxed),
-                // Acquire pairs with the shard's Release store of `passed` after each batch.
-                passed: Position(p.load(Ordering::Acquire)),
-            }
-        })
-        .collect()
+    // Pairs with the shard's publish of `passed` after each batch.
+    shared.run.shard_summaries(|i| Position(shared.passed[i].load_acquire()))
 }
 
 impl<H> Drop for Running<H> {
     fn drop(&mut self) {
         // A handle dropped without `wait` stops the threads rather than leaking them.
-        // Relaxed would do (nothing is published through `stop`); Release keeps the pairing uniform with `stop()`.
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.run.request_stop();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use catchup_segments::Position;
 
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
 use crate::keyed::{decode_key_entries, encode_key_entry};
 use crate::shard::shard_of;
@@ -80,7 +80,8 @@ pub(crate) fn restore<H: ShardHandler>(
     let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
     for (path, s) in snaps {
         for entry in decode_key_entries(&s.state) {
-            let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
+            let (key, covered, state) = entry
+                .map_err(|why| SnapshotError::Invalid { path: path.clone(), why: InvalidSnapshot::KeyEntries(why) })?;
             let covered = covered.max(s.meta.position);
             let e = newest.entry(key).or_insert((covered, state));
             if e.0 < covered {
@@ -115,7 +116,10 @@ pub(crate) fn restore<H: ShardHandler>(
 fn with_covered_at_least(state: &[u8], position: Position, path: &Path) -> Result<Vec<u8>, SnapshotError> {
     let mut out = Vec::with_capacity(state.len());
     for entry in decode_key_entries(state) {
-        let (key, covered, st) = entry.map_err(|why| SnapshotError::Invalid { path: path.to_path_buf(), why })?;
+        let (key, covered, st) = entry.map_err(|why| SnapshotError::Invalid {
+            path: path.to_path_buf(),
+            why: InvalidSnapshot::KeyEntries(why),
+        })?;
         encode_key_entry(&mut out, key, covered.max(position), st);
     }
     Ok(out)

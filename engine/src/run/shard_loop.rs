@@ -9,13 +9,15 @@ use crossbeam::channel;
 use disruptor::Polling;
 
 use super::config::EngineConfig;
+use super::dead_letter::Origin;
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
-use crate::error::{HandlerFailure, ReplayError, printable_key};
+use super::step::{Resolved, Step, end_of_batch};
+use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
 use crate::metrics::{Latencies, bump};
-use crate::policy::{self, Outcome, json_string, panic_message};
+use crate::policy::panic_message;
 use crate::shard::{ShardId, shard_of};
 use crate::snapshot::SnapshotMeta;
 use crate::wait::Backoff;
@@ -34,9 +36,8 @@ pub(crate) struct ShardLoop<'a, H> {
     /// The handler failed to produce a snapshot: no later snapshot may be written (it could claim events
     /// whose side effects failed).
     pub(crate) snapshot_failed: bool,
-    /// Counts down to the next event whose latencies are sampled (a division per event would cost more
-    /// than a no-op handler).
-    pub(crate) sample_countdown: u64,
+    /// The per-event step (handler call, error policy, dead letters), shared with the Kafka source.
+    pub(crate) step: Step<'a>,
     /// Routed topology: this shard's ring holds only its own events.
     pub(crate) routed: bool,
     /// A merged run of several logs: what turns `passed` into the per-log positions its snapshots store.
@@ -53,7 +54,7 @@ struct Tally {
 }
 
 /// How the fast path of a ring batch ended.
-enum Step {
+enum BatchEnd {
     /// Every event of the batch was handled.
     Done,
     /// This event's handler returned an error (the policy decides what happens next).
@@ -65,10 +66,9 @@ enum Step {
 impl<H: ShardHandler> ShardLoop<'_, H> {
     pub(crate) fn run(&mut self, mut poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) {
         let idx = self.shard.0 as usize;
-        let metrics = &self.shared.metrics[idx];
+        let metrics = &self.shared.run.metrics[idx];
         let c = &metrics.counters;
-        let n = self.shared.n_shards;
-        let sample_every = self.cfg.latency_sample_every as u64;
+        let n = self.shared.run.n_shards;
         let mut local = Latencies::default();
         let mut backoff = Backoff::new(self.cfg.wait);
         let mut last_publish = Instant::now();
@@ -78,12 +78,12 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
         loop {
-            if self.shared.aborted() {
+            if self.shared.run.aborted() {
                 break;
             }
             if self.routed && self.pass_routed(&poller) {
-                // Release pairs with the Acquire in `progress`.
-                self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+                // Pairs with the load in `progress`.
+                self.shared.passed[idx].publish_release(self.passed.0);
             }
             let mut guard = match poller.take(self.cfg.consume_batch_max) {
                 Ok(g) => g,
@@ -112,20 +112,20 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             loop {
                 let mut current = Slot::default();
                 let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current, sample_every)
+                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current)
                 }));
                 let (slot, first_error) = match step {
-                    Ok(Step::Done) => break,
-                    Ok(Step::Broken) => {
+                    Ok(BatchEnd::Done) => break,
+                    Ok(BatchEnd::Broken) => {
                         failed = true;
                         break;
                     }
-                    Ok(Step::Failed(slot, e)) => (slot, e),
+                    Ok(BatchEnd::Failed(slot, e)) => (slot, e),
                     Err(p) => (current, panic_message(&*p)),
                 };
                 let pos = Position(slot.position);
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                    self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
+                    self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                     failed = true;
                     break;
                 };
@@ -137,18 +137,17 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     payload: rec.payload,
                 };
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-                match self.after_failure(&event, &ctx, first_error) {
-                    Outcome::Done => tally.handled += 1,
-                    Outcome::Skipped(why) => {
-                        bump(&c.dead_lettered, 1);
-                        let line = dead_letter_line(self.shard, &event, &why);
-                        if self.io.send(IoJob::DeadLetter { line }).is_err() {
-                            failed = true;
-                            break;
-                        }
+                let shared = self.shared;
+                let aborted = || shared.run.aborted();
+                match self.step.resolve(&mut self.handler, &event, &ctx, Origin::Log, first_error, &aborted) {
+                    Resolved::Handled => tally.handled += 1,
+                    Resolved::DeadLettered => {}
+                    Resolved::Stop(failure) => {
+                        self.shared.run.fail(failure.into());
+                        failed = true;
+                        break;
                     }
-                    Outcome::Fatal(why) => {
-                        self.fail(pos, event.key, why);
+                    Resolved::Broken => {
                         failed = true;
                         break;
                     }
@@ -158,7 +157,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
             let Tally { taken, handled, covered, last_ts } = tally;
             drop(guard);
-            if !failed && let Err(e) = self.handler.end_of_batch(self.shard) {
+            if !failed && let Err(e) = end_of_batch(&mut self.handler, self.shard) {
                 // The batch's events were handled; the failure is in flushing them.
                 self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
                 failed = true;
@@ -174,8 +173,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             if self.routed && !failed {
                 self.pass_routed(&poller);
             }
-            // Release pairs with the Acquire in `progress`.
-            self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+            // Pairs with the load in `progress`.
+            self.shared.passed[idx].publish_release(self.passed.0);
             if failed {
                 break;
             }
@@ -186,8 +185,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
         }
         metrics.publish(&mut local);
-        // Release pairs with the Acquire in `progress` and `summaries`.
-        self.shared.passed[idx].store(self.passed.0, Ordering::Release);
+        // Pairs with the loads in `progress` and `summaries`.
+        self.shared.passed[idx].publish_release(self.passed.0);
         // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
         // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not
         // write one: the events it handled in the failed batch were never flushed by `end_of_batch`, so its
@@ -202,8 +201,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     /// routed, every event of this shard below it has been handled.
     /// Returns true if the position moved.
     fn pass_routed(&mut self, poller: &disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>) -> bool {
-        // Acquire pairs with the reader's Release store after it published to the rings.
-        let upto = self.shared.routed_upto.load(Ordering::Acquire);
+        // Pairs with the reader's raise after it published to the rings.
+        let upto = self.shared.routed_upto.load_acquire();
         if upto > self.passed.0 && upto > self.start.0 && !poller.has_available() {
             self.passed = Position(upto);
             return true;
@@ -233,7 +232,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 Ok(pl) => pl,
                 Err(why) => {
                     self.snapshot_failed = true;
-                    self.shared.fail(ReplayError::Internal(why));
+                    self.shared.run.fail(InternalError::MergedPosition { position: self.passed, why }.into());
                     return;
                 }
             },
@@ -241,7 +240,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let meta = SnapshotMeta {
             layout: self.handler.state_layout(),
             shard_idx: self.shard.0,
-            n_shards: self.shared.n_shards as u16,
+            n_shards: self.shared.run.n_shards as u16,
             position,
             log_id: self.log_id,
             fingerprint: self.cfg.fingerprint,
@@ -275,15 +274,27 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         tally: &mut Tally,
         local: &mut Latencies,
         current: &mut Slot,
-        sample_every: u64,
-    ) -> Step {
-        let n = self.shared.n_shards;
+    ) -> BatchEnd {
+        let n = self.shared.run.n_shards;
         for slot in events {
             // First, so a panic anywhere below (even in `covered`) is charged to this event.
             *current = *slot;
             tally.taken += 1;
             let pos = Position(slot.position);
+            // A key's shard is fixed: the reader routes by `shard_of`, with this run's shard count.
+            debug_assert!(
+                !self.routed || shard_of(slot.key_hash, n) == self.shard,
+                "shard {}: got position {pos} of another shard's key",
+                self.shard
+            );
             let own = self.routed || shard_of(slot.key_hash, n) == self.shard;
+            // Each shard sees its events in log order, so its position only moves forward.
+            debug_assert!(
+                pos < self.start || pos >= self.passed,
+                "shard {}: position {pos} after {}",
+                self.shard,
+                self.passed
+            );
             if pos < self.start {
                 // Below this shard's snapshot (re-read for a shard that starts lower): already in its
                 // state, so its position stays at the snapshot's rather than going back.
@@ -299,8 +310,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
             }
             let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                self.fail(pos, b"", "ring slot names a record that is not in the mapped log (a bug)".into());
-                return Step::Broken;
+                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                return BatchEnd::Broken;
             };
             let event = Event {
                 position: pos,
@@ -315,55 +326,22 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 continue;
             }
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-            self.sample_countdown -= 1;
-            if self.sample_countdown == 0 {
-                self.sample_countdown = sample_every;
-                let t0 = Instant::now();
-                let r = self.handler.handle(&event, &ctx);
-                let now = Instant::now();
-                local.handler_ns.saturating_record((now - t0).as_nanos() as u64);
-                let since_start = (t0 - self.shared.started).as_nanos() as u64;
-                local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
-                local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
-                if let Err(HandlerError(e)) = r {
-                    return Step::Failed(*slot, e);
-                }
-            } else if let Err(HandlerError(e)) = self.handler.handle(&event, &ctx) {
-                return Step::Failed(*slot, e);
+            if let Err(HandlerError(e)) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
+                return BatchEnd::Failed(*slot, e);
             }
             tally.handled += 1;
             tally.last_ts = Some(event.timestamp_ns);
             self.passed = Position(pos.0 + 1);
         }
-        Step::Done
-    }
-
-    /// Applies the error policy to an event whose first attempt failed with `first`.
-    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
-        let retries = &self.shared.metrics[self.shard.0 as usize].counters.retries;
-        let shared = self.shared;
-        policy::after_failure(&mut self.handler, self.cfg.on_error, event, ctx, first, &|| shared.aborted(), retries)
+        BatchEnd::Done
     }
 
     fn fail(&self, position: Position, key: &[u8], cause: String) {
-        self.shared.fail(ReplayError::Handler(HandlerFailure {
+        self.shared.run.fail(ReplayError::Handler(HandlerFailure {
             shard: self.shard,
             key: printable_key(key),
             position,
             cause,
         }));
     }
-}
-
-/// One dead-letter line: `{"position":P,"shard":S,"timestamp_ns":T,"key":"...","error":"..."}`.
-fn dead_letter_line(shard: ShardId, event: &Event<'_>, why: &str) -> String {
-    let mut s = format!(
-        "{{\"position\":{},\"shard\":{},\"timestamp_ns\":{},\"key\":",
-        event.position, shard, event.timestamp_ns
-    );
-    json_string(&mut s, &printable_key(event.key));
-    s.push_str(",\"error\":");
-    json_string(&mut s, why);
-    s.push('}');
-    s
 }

@@ -1,14 +1,14 @@
 //! The run state every thread of a run shares ([`EngineShared`]) and the [`Progress`] computed from it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catchup_segments::{Position, Segment};
 use crossbeam::utils::CachePadded;
 
-use crate::error::ReplayError;
-use crate::metrics::ShardMetrics;
+use super::atomics::{Flag, Watermark};
+use super::state::RunState;
 
 /// Where a run stands, for progress bars and health checks.
 #[derive(Debug, Clone, Default)]
@@ -44,59 +44,43 @@ pub struct Progress {
 
 #[derive(Debug)]
 pub(crate) struct EngineShared {
-    pub(crate) n_shards: usize,
-    /// Clean stop requested: the reader stops publishing, shards drain and snapshot.
-    pub(crate) stop: AtomicBool,
-    /// A fatal error: everyone stops where they are.
-    pub(crate) abort: AtomicBool,
-    pub(crate) failure: Mutex<Option<ReplayError>>,
-    /// Position each shard has passed. Release-stored by the shard after each batch; Acquire-loaded by
-    /// `progress` (pairs: a monitor that sees a position also sees the shard's counters up to it).
-    pub(crate) passed: Vec<CachePadded<AtomicU64>>,
+    /// Stop, abort, the first failure, metrics, the clock: what every source's run shares.
+    pub(crate) run: RunState,
+    /// Position each shard has passed. Published by the shard after each batch; loaded by `progress` and
+    /// `summaries` (a monitor that sees a position also sees the shard's counters up to it).
+    pub(crate) passed: Vec<Watermark>,
     /// Timestamp of the last event each shard handled (Relaxed: a statistic).
     pub(crate) last_ts: Vec<CachePadded<AtomicU64>>,
     /// Log end as known by the reader (Relaxed: a statistic).
     pub(crate) end: AtomicU64,
     /// Every position below this has been published to the rings (Relaxed: a statistic).
     pub(crate) published: AtomicU64,
-    /// Routed topology: every event below this position has been published to its shard's ring.
-    /// Release-stored by the reader after the publishes; Acquire-loaded by a shard that then finds its
-    /// ring empty, which proves it has passed every one of its events below this position.
-    pub(crate) routed_upto: AtomicU64,
+    /// Routed topology: every event below this position has been published to its shard's ring. Raised by
+    /// the reader after the publishes; loaded by a shard that then finds its ring empty, which proves it has
+    /// passed every one of its events below this position.
+    pub(crate) routed_upto: Watermark,
     /// Newest event timestamp published (Relaxed: a statistic).
     pub(crate) newest_ts: AtomicU64,
-    /// Set by the reader when it reached the end of the log; Release-stored, Acquire-loaded by `progress`.
-    pub(crate) reader_at_end: AtomicBool,
+    /// Raised by the reader when it reached the end of the log (after it raised `end`), lowered when it
+    /// reads on; watched by `progress`.
+    pub(crate) reader_at_end: Flag,
     /// Segments referenced by ring slots. The reader appends a segment before publishing any slot that
     /// names it (the ring's publish/consume is the release/acquire edge that makes it visible).
     pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
-    pub(crate) metrics: Vec<ShardMetrics>,
-    pub(crate) started: Instant,
     pub(crate) start: Position,
     pub(crate) replay_end: Position,
 }
 
 impl EngineShared {
-    pub(crate) fn fail(&self, e: ReplayError) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(e);
-        }
-        // Release pairs with the Acquire loads in every loop that checks `abort`: whoever sees it set also
-        // sees the failure recorded.
-        self.abort.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn aborted(&self) -> bool {
-        self.abort.load(Ordering::Acquire)
-    }
-
     pub(crate) fn progress(&self) -> Progress {
-        let watermark = self.passed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0);
-        let end = self.end.load(Ordering::Relaxed).max(watermark);
-        let at_end = self.reader_at_end.load(Ordering::Acquire);
-        let handled: u64 = self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum();
-        let elapsed = self.started.elapsed();
+        // In this order (engine review B4): the flag first, so the `end` read after it is at least the one the
+        // reader had raised when it raised the flag; shard positions last, never past that end.
+        let at_end = self.reader_at_end.is_raised_acquire();
+        let end = self.end.load(Ordering::Relaxed);
+        let watermark = self.passed.iter().map(Watermark::load_acquire).min().unwrap_or(0);
+        let end = end.max(watermark);
+        let handled = self.run.handled();
+        let elapsed = self.run.started.elapsed();
         let moved = watermark.saturating_sub(self.start.0);
         let rate = if elapsed.as_secs_f64() > 0.0 { moved as f64 / elapsed.as_secs_f64() } else { 0.0 };
         let lag_events = end - watermark;
@@ -106,7 +90,7 @@ impl EngineShared {
             .passed
             .iter()
             .zip(&self.last_ts)
-            .filter(|(p, _)| p.load(Ordering::Acquire) < end)
+            .filter(|(p, _)| p.load_acquire() < end)
             .map(|(_, t)| t.load(Ordering::Relaxed))
             .min();
         let lag_ns = oldest_behind.map_or(0, |t| newest.saturating_sub(t));

@@ -119,7 +119,7 @@ proptest! {
     #[test]
     fn valid_snapshots_round_trip((m, b) in meta().prop_flat_map(|m| (Just(m), binding(m.position.0))), state in key_entries()) {
         let bytes = snapshot::encode(&m, &b, &state);
-        let snap = snapshot::decode(&bytes).map_err(TestCaseError::fail)?;
+        let snap = snapshot::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(snap.meta, m);
         prop_assert_eq!(snap.binding, b);
         prop_assert_eq!(&snap.state, &state);

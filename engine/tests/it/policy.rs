@@ -154,6 +154,8 @@ fn check_skip(mode: FailMode, policy: ErrorPolicy, retries_each: u64) {
     let mut got = BTreeSet::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        // The schema of docs/dead-letters.md, version 1.
+        assert_eq!((v["v"].as_u64(), v["source"].as_str()), (Some(1), Some("log")), "{line}");
         let pos = v["position"].as_u64().unwrap();
         assert!(got.insert(pos), "position {pos} dead-lettered twice");
         let rec = &recs[pos as usize];
@@ -368,5 +370,41 @@ fn unwritable_dead_letter_log_is_an_error() {
         Err(ReplayError::DeadLetter { path, .. }) => assert_eq!(path, dlq),
         Err(e) => panic!("expected a dead-letter error, got {e}"),
         Ok(_) => panic!("skipped events were lost silently"),
+    }
+}
+
+/// Engine review B3: a panic in `end_of_batch` stopped the run as "internal error (a bug in catchup): shard 0
+/// crashed". It is the handler's failure, reported as one: shard, position and cause.
+#[test]
+fn a_panic_in_end_of_batch_is_a_handler_failure() {
+    struct PanicsAtFlush;
+    impl ShardHandler for PanicsAtFlush {
+        fn handle(&mut self, _: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            Ok(())
+        }
+        fn end_of_batch(&mut self, _: ShardId) -> Result<(), HandlerError> {
+            panic!("flush exploded")
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let (log, _) = log();
+    let c = EngineConfig {
+        n_shards: 2,
+        on_error: ErrorPolicy::Skip,
+        dead_letters: Some(log.path().join("dl")),
+        ..Default::default()
+    };
+    let path = log.path().to_path_buf();
+    let r = within(30, "end_of_batch panic", move || Engine::run(&path, c, |_| PanicsAtFlush).map(|_| ()));
+    match r {
+        Err(ReplayError::Handler(f)) => {
+            assert!(f.cause.contains("end of batch") && f.cause.contains("flush exploded"), "{}", f.cause)
+        }
+        other => panic!("expected a handler failure, got {other:?}"),
     }
 }

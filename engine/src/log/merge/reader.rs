@@ -11,8 +11,8 @@ use crossbeam::channel;
 
 use super::tracker::Tracker;
 use crate::error::ReplayError;
+use crate::log::dispatch::register_segment;
 use crate::log::dispatch::{Slot, publish};
-use crate::log::reader::register_segment;
 use crate::metrics::bump;
 use crate::run::{EngineConfig, EngineShared};
 use crate::shard::shard_of;
@@ -41,8 +41,8 @@ impl MergedRings {
         if self.logs.is_empty() {
             return;
         }
-        // Acquire pairs with each shard's Release store of `passed`: nothing below the lowest is asked again.
-        let low = shared.passed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0);
+        // Pairs with each shard's publish of `passed`: nothing below the lowest is asked again.
+        let low = shared.passed.iter().map(|p| p.load_acquire()).min().unwrap_or(0);
         self.tracker.push(&self.logs, low);
         self.logs.clear();
     }
@@ -62,10 +62,10 @@ impl MergedRings {
             }
         }
         for (i, c) in self.covered.iter_mut().enumerate().filter(|(_, c)| **c > 0) {
-            bump(&shared.metrics[i].counters.covered, std::mem::take(c));
+            bump(&shared.run.metrics[i].counters.covered, std::mem::take(c));
         }
-        // Release pairs with the shard's Acquire load before it checks its ring is empty.
-        shared.routed_upto.fetch_max(upto, Ordering::Release);
+        // Pairs with the shard's load before it checks its ring is empty.
+        shared.routed_upto.raise_release(upto);
         shared.published.fetch_max(upto, Ordering::Relaxed);
         shared.end.fetch_max(upto, Ordering::Relaxed);
         true
@@ -115,7 +115,7 @@ pub(super) fn merged_reader_loop(
             .name("catchup-merge".into())
             .spawn_scoped(s, || merge_loop(shared, cfg, readers, start, wait, tx, back_rx));
         if let Err(e) = merger {
-            shared.fail(ReplayError::Thread(e));
+            shared.run.fail(ReplayError::Thread(e));
             return;
         }
         let m0 = start.iter().map(|p| p.0).sum();
@@ -140,7 +140,7 @@ fn merge_loop(
     let mut cursor = match MergedCursor::open(readers, start, wait) {
         Ok(c) => c,
         Err(e) => {
-            shared.fail(e.into());
+            shared.run.fail(e.into());
             return;
         }
     };
@@ -150,8 +150,8 @@ fn merge_loop(
     let mut last_seg: Vec<Option<(*const Segment, u32)>> = vec![None; readers.len()];
     let mut buf: Vec<Merged> = Vec::with_capacity(CHUNK_RECORDS);
     let mut newest_ts = 0u64;
-    // Acquire pairs with the Release in `Running::stop`; nothing else is published through `stop`.
-    let stopping = || shared.stop.load(Ordering::Acquire) || shared.aborted();
+    // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
+    let stopping = || shared.run.stopping() || shared.run.aborted();
     let send = |buf: &mut Vec<Merged>, newest_ts: u64| {
         let next = back.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_RECORDS));
         tx.send(Msg::Records(std::mem::replace(buf, next), newest_ts)).is_ok()
@@ -186,13 +186,13 @@ fn merge_loop(
                 // Returns when a log has more, the skew has passed, or after 50 ms (to look at `stop`);
                 // whether a record can be handed out now is for `step` to say.
                 if let Err(e) = cursor.wait(Duration::from_millis(50)) {
-                    shared.fail(e.into());
+                    shared.run.fail(e.into());
                     return;
                 }
             }
             Ok(Step::End) => break,
             Err(e) => {
-                shared.fail(e.into());
+                shared.run.fail(e.into());
                 return;
             }
         }
@@ -219,14 +219,14 @@ fn dispatch_loop(
     let flush_every = (FLUSH_EVERY_BATCHES * cfg.publish_batch) as u64;
     let mut since_flush = 0u64;
     let mut at_end = false;
-    let stopping = || shared.stop.load(Ordering::Acquire) || shared.aborted();
+    let stopping = || shared.run.stopping() || shared.run.aborted();
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Records(mut recs, newest_ts) => {
                 if at_end {
                     at_end = false;
-                    // Release pairs with the Acquire in `progress`.
-                    shared.reader_at_end.store(false, Ordering::Release);
+                    // Pairs with the load in `progress`.
+                    shared.reader_at_end.lower_release();
                 }
                 for r in &recs {
                     let shard = shard_of(r.slot.key_hash, n).0 as usize;
@@ -263,13 +263,13 @@ fn dispatch_loop(
                     return;
                 }
                 at_end = true;
-                // Release pairs with the Acquire in `progress`.
-                shared.reader_at_end.store(true, Ordering::Release);
+                // Pairs with the load in `progress`.
+                shared.reader_at_end.raise_release();
             }
         }
     }
-    if !shared.aborted() && rings.flush(shared, upto) {
-        // Release pairs with the Acquire in `progress`. A conservative flag: `caught_up` also needs lag 0.
-        shared.reader_at_end.store(true, Ordering::Release);
+    if !shared.run.aborted() && rings.flush(shared, upto) {
+        // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
+        shared.reader_at_end.raise_release();
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use catchup_segments::{LogReader, Position};
 
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
 use crate::keyed::decode_key_entries;
 use crate::snapshot::{self, LogMark, SnapshotMeta};
@@ -132,14 +132,17 @@ pub(super) fn restore_merged<H: ShardHandler>(
             // that wrote it, meaningless here; the per-log vector skips events instead).
             StateLayout::PerKey => {
                 for entry in decode_key_entries(&s.state) {
-                    let (key, covered, _) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
+                    let (key, covered, _) = entry.map_err(|why| SnapshotError::Invalid {
+                        path: path.clone(),
+                        why: InvalidSnapshot::KeyEntries(why),
+                    })?;
                     if covered != Position(0) {
                         return Err(SnapshotError::Invalid {
                             path: path.clone(),
-                            why: format!(
-                                "key {:?} has a covered position ({covered}) in a merged snapshot",
-                                String::from_utf8_lossy(key)
-                            ),
+                            why: InvalidSnapshot::MergedKeyCovered {
+                                key: String::from_utf8_lossy(key).into_owned(),
+                                covered,
+                            },
                         }
                         .into());
                     }

@@ -1,9 +1,8 @@
 //! [`Engine::start_merged`]: opens the logs, restores a merged checkpoint and starts the threads.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use catchup_segments::merge::Wait;
 use catchup_segments::{LogReader, Position, Start};
@@ -16,13 +15,15 @@ use super::reader::{FLUSH_EVERY_BATCHES, MergedRings, merged_reader_loop};
 use super::resume::restore_merged;
 use super::tracker::{MergedShard, Tracker};
 use crate::Engine;
-use crate::error::{ReplayError, SnapshotError};
+use crate::error::{ConfigError, InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::log::dispatch::Slot;
 use crate::log::start::log_id;
-use crate::metrics::ShardMetrics;
 use crate::policy::panic_message;
-use crate::run::{EngineConfig, EngineShared, IoJob, RunSummary, Running, ShardLoop, Topology, io_loop};
+use crate::run::{
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
+    Watermark, spawn_io,
+};
 use crate::shard::ShardId;
 use crate::snapshot::{self, MERGED_LOGS_MAX};
 use crate::wait::Backoff;
@@ -52,15 +53,10 @@ impl Engine {
     ) -> Result<Running<H>, ReplayError> {
         config.validate()?;
         if log_dirs.is_empty() || log_dirs.len() > MERGED_LOGS_MAX {
-            return Err(ReplayError::Config(format!(
-                "a merged replay takes 1..={MERGED_LOGS_MAX} logs, not {}",
-                log_dirs.len()
-            )));
+            return Err(ConfigError::MergedLogCount(log_dirs.len()).into());
         }
         if config.topology != Topology::Routed {
-            return Err(ReplayError::Config(
-                "a merged replay uses the routed topology (one ring per shard), not broadcast".into(),
-            ));
+            return Err(ConfigError::MergedTopology.into());
         }
         let n = config.n_shards;
         let k = log_dirs.len();
@@ -71,11 +67,13 @@ impl Engine {
         let log_ids: Vec<u64> = readers.iter().map(log_id).collect();
         for (i, id) in log_ids.iter().enumerate() {
             if let Some(j) = log_ids[..i].iter().position(|x| x == id) {
-                return Err(ReplayError::Config(format!(
-                    "logs {j} ({}) and {i} ({}) are the same log",
-                    log_dirs[j].as_ref().display(),
-                    log_dirs[i].as_ref().display()
-                )));
+                return Err(ConfigError::MergedSameLog {
+                    first: j,
+                    first_dir: log_dirs[j].as_ref().to_path_buf(),
+                    second: i,
+                    second_dir: log_dirs[i].as_ref().to_path_buf(),
+                }
+                .into());
             }
         }
         // Every committed record, durable or not, of each log: what bindings are checked against and
@@ -91,10 +89,7 @@ impl Engine {
                 readers.iter().map(|r| Ok(r.cursor(config.start)?.position())).collect::<Result<_, ReplayError>>()?
             }
             Start::Position(p) => {
-                return Err(ReplayError::Config(format!(
-                    "a merged replay starts at the beginning or at a timestamp; position {p} names a place in \
-                     one log"
-                )));
+                return Err(ConfigError::MergedStartPosition(p).into());
             }
         };
         let mut own = vec![default.clone(); n];
@@ -120,20 +115,15 @@ impl Engine {
         let merged_id = snapshot::merged_log_id(&log_ids);
         let start = Position(m0);
         let shared = Arc::new(EngineShared {
-            n_shards: n,
-            stop: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            passed: (0..n).map(|_| CachePadded::new(AtomicU64::new(m0))).collect(),
+            run: RunState::new(n),
+            passed: (0..n).map(|_| Watermark::new(m0)).collect(),
             last_ts: (0..n).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             end: AtomicU64::new(config.stop_at.map_or(replay_end.0, |p| p.0.min(replay_end.0))),
-            routed_upto: AtomicU64::new(m0),
+            routed_upto: Watermark::new(m0),
             published: AtomicU64::new(m0),
             newest_ts: AtomicU64::new(0),
-            reader_at_end: AtomicBool::new(false),
+            reader_at_end: Flag::default(),
             segments: RwLock::new(Vec::new()),
-            metrics: (0..n).map(|_| ShardMetrics::default()).collect(),
-            started: Instant::now(),
             start,
             replay_end,
         });
@@ -141,16 +131,16 @@ impl Engine {
         let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
         let io = {
             let shared = shared.clone();
-            let snap_dir = config
-                .checkpoint
-                .as_ref()
-                .map(|c| c.dir.clone())
-                .zip(views.map(|v| v.into_iter().map(snapshot::BindingLookup::new).collect::<Vec<_>>()));
-            let dlq = config.dead_letters.clone();
-            std::thread::Builder::new()
-                .name("catchup-io".into())
-                .spawn(move || io_loop(&shared, io_rx, snap_dir, dlq, None))
-                .map_err(ReplayError::Thread)?
+            let setup = IoSetup {
+                log_snapshots: config
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.dir.clone())
+                    .zip(views.map(|v| v.into_iter().map(snapshot::BindingLookup::new).collect::<Vec<_>>())),
+                dead_letters: config.dead_letters.clone(),
+                retire: None,
+            };
+            spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };
 
         let mut pollers = Vec::with_capacity(n);
@@ -175,6 +165,14 @@ impl Engine {
                         handler,
                         shared: &shared,
                         cfg: &cfg,
+                        step: Step::new(
+                            ShardId(i as u16),
+                            cfg.on_error,
+                            io_tx.clone(),
+                            &shared.run.metrics[i].counters,
+                            shared.run.started,
+                            cfg.latency_sample_every,
+                        ),
                         io: io_tx,
                         start,
                         passed: start,
@@ -182,13 +180,13 @@ impl Engine {
                         per_key_restored: false,
                         segments: Vec::new(),
                         snapshot_failed: false,
-                        sample_countdown: cfg.latency_sample_every as u64,
                         routed: true,
                         merged: Some(merged),
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
                     if let Err(p) = run {
-                        shared.fail(ReplayError::Internal(format!("shard {i} crashed: {}", panic_message(&*p))));
+                        let message = panic_message(&*p);
+                        shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
                     }
                     s.handler
                 })
