@@ -28,7 +28,7 @@ use disruptor::{BusySpin, Polling, Producer};
 
 use crate::error::{HandlerFailure, ReplayError, SnapshotError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
-use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use crate::metrics::{self, Latencies, ShardMetrics, bump};
 use crate::policy::{self, Outcome, json_string, panic_message};
 use crate::shard::{SHARDS_MAX, ShardId, shard_of};
@@ -652,7 +652,9 @@ pub(crate) fn restore<H: ShardHandler>(
                 StateLayout::PerShard => s.state.clone(),
                 StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
             };
-            handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
+            handlers[i]
+                .restore(&state)
+                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
             starts[i] = s.meta.position;
         }
         return Ok(false);
@@ -673,7 +675,7 @@ pub(crate) fn restore<H: ShardHandler>(
     // run with more shards, or a run that changed the count and stopped before every shard had written.
     // Every run restores every key it finds, so for each key the entry with the highest `covered` (at least
     // its file's position) is the newest, and it is the one kept.
-    let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
+    let mut newest: std::collections::HashMap<&[u8], (Position, EntryState<'_>)> = std::collections::HashMap::new();
     for (path, s) in snaps {
         for entry in decode_key_entries(&s.state) {
             let (key, covered, state) = entry.map_err(|why| SnapshotError::Invalid { path: path.clone(), why })?;
@@ -702,7 +704,9 @@ pub(crate) fn restore<H: ShardHandler>(
         encode_key_entry(&mut parts[j], key, covered, state);
     }
     for (j, part) in parts.iter().enumerate() {
-        handlers[j].restore(part).map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.0 })?;
+        handlers[j]
+            .restore(part)
+            .map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.to_string() })?;
         starts[j] = low;
     }
     Ok(true)
@@ -1072,7 +1076,7 @@ enum Step {
     /// Every event of the batch was handled.
     Done,
     /// This event's handler returned an error (the policy decides what happens next).
-    Failed(Slot, String),
+    Failed(Slot, HandlerError),
     /// The engine is broken (a bug); the failure is recorded.
     Broken,
 }
@@ -1136,7 +1140,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                         break;
                     }
                     Ok(Step::Failed(slot, e)) => (slot, e),
-                    Err(p) => (current, panic_message(&*p)),
+                    Err(p) => (current, HandlerError::new(panic_message(&*p))),
                 };
                 let pos = Position(slot.position);
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
@@ -1329,10 +1333,10 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 let since_start = (t0 - self.shared.started).as_nanos() as u64;
                 local.queue_wait_ns.saturating_record(since_start.saturating_sub(slot.published_ns));
                 local.event_age_ns.saturating_record(wall_ns().saturating_sub(event.timestamp_ns));
-                if let Err(HandlerError(e)) = r {
+                if let Err(e) = r {
                     return Step::Failed(*slot, e);
                 }
-            } else if let Err(HandlerError(e)) = self.handler.handle(&event, &ctx) {
+            } else if let Err(e) = self.handler.handle(&event, &ctx) {
                 return Step::Failed(*slot, e);
             }
             tally.handled += 1;
@@ -1343,7 +1347,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     }
 
     /// Applies the error policy to an event whose first attempt failed with `first`.
-    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: String) -> Outcome {
+    fn after_failure(&mut self, event: &Event<'_>, ctx: &Ctx, first: HandlerError) -> Outcome {
         let retries = &self.shared.metrics[self.shard.0 as usize].counters.retries;
         let shared = self.shared;
         policy::after_failure(&mut self.handler, self.cfg.on_error, event, ctx, first, &|| shared.aborted(), retries)

@@ -571,7 +571,7 @@ fn shard_loop<H: ShardHandler>(
                     }));
                     let r = match r {
                         Ok(Ok(b)) => Ok(b),
-                        Ok(Err(e)) => Err(e.0),
+                        Ok(Err(e)) => Err(e.to_string()),
                         Err(p) => Err(policy::panic_message(&*p)),
                     };
                     states.push((p, r));
