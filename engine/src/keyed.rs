@@ -354,31 +354,14 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         if ctx.n_shards != self.n_shards {
             return Err(self.wrong_count(ctx.n_shards));
         }
-        let KeyedHandler { projection: p, map, batch, .. } = self;
-        let m: &mut KeyMap<P::State> = &mut batch.get_or_insert_with(|| BatchLock::take(map)).guard;
-        let next = Position(event.position.0 + 1);
-        if let Some(entry) = m.get_mut(event.key_hash, event.key) {
-            if event.position < entry.covered {
-                return Ok(());
-            }
-            p.apply(&mut entry.state, event, ctx)?;
-            if p.is_deleted(&entry.state) {
-                m.delete(event.key_hash, event.key, next);
-            }
-            return Ok(());
-        }
-        // A new key, or a deleted one coming back: it gets state only once its event has applied.
-        let floor = m.tombstone(event.key_hash, event.key);
-        if floor.is_some_and(|c| event.position < c) {
-            return Ok(());
-        }
-        let mut state = p.init(event.key);
-        p.apply(&mut state, event, ctx)?;
-        if p.is_deleted(&state) {
-            m.delete(event.key_hash, event.key, next);
-        } else {
-            m.put(event.key_hash, event.key, floor.unwrap_or(Position(0)), state);
-        }
+        // The lock is a local while the event is applied: an error or a panic releases it, so a run that
+        // stops on this event (and may never call `end_of_batch`) leaves no shard locked for the view.
+        let mut lock = match self.batch.take() {
+            Some(lock) => lock,
+            None => BatchLock::take(&self.map),
+        };
+        apply_event(&*self.projection, &mut lock.guard, event, ctx)?;
+        self.batch = Some(lock);
         Ok(())
     }
 
@@ -441,6 +424,40 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     fn keyed(&self) -> Option<KeyedRef<'_>> {
         Some(KeyedRef(self))
     }
+}
+
+/// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
+/// state only if its event applies; `is_deleted` turns the entry into a tombstone.
+#[inline]
+fn apply_event<P: Projection>(
+    p: &P,
+    m: &mut KeyMap<P::State>,
+    event: &Event<'_>,
+    ctx: &Ctx,
+) -> Result<(), HandlerError> {
+    let next = Position(event.position.0 + 1);
+    if let Some(entry) = m.get_mut(event.key_hash, event.key) {
+        if event.position < entry.covered {
+            return Ok(());
+        }
+        p.apply(&mut entry.state, event, ctx)?;
+        if p.is_deleted(&entry.state) {
+            m.delete(event.key_hash, event.key, next);
+        }
+        return Ok(());
+    }
+    let floor = m.tombstone(event.key_hash, event.key);
+    if floor.is_some_and(|c| event.position < c) {
+        return Ok(());
+    }
+    let mut state = p.init(event.key);
+    p.apply(&mut state, event, ctx)?;
+    if p.is_deleted(&state) {
+        m.delete(event.key_hash, event.key, next);
+    } else {
+        m.put(event.key_hash, event.key, floor.unwrap_or(Position(0)), state);
+    }
+    Ok(())
 }
 
 impl<P: Projection> KeyedInternals for KeyedHandler<P> {

@@ -16,7 +16,7 @@ use crate::util::*;
 
 /// A projection driven by its payloads, a stock per key: `add` adds one, `take` takes one (a permanent
 /// error if there is none) and the key is deleted when its stock is back to 0; `bad` fails with
-/// `bad_kind`; `peek:KEY` queries the view for KEY from inside `apply`.
+/// `bad_kind`; `boom` panics; `peek:KEY` queries the view for KEY from inside `apply`.
 #[derive(Debug)]
 struct Cmd {
     bad_kind: ErrorKind,
@@ -44,6 +44,7 @@ impl Projection for Cmd {
             b"add" => st.n += 1,
             b"take" => st.n = st.n.checked_sub(1).ok_or_else(|| HandlerError::permanent("nothing to take"))?,
             b"bad" => return Err(HandlerError::with_kind(self.bad_kind, format!("bad event at {}", e.position))),
+            b"boom" => panic!("boom at {}", e.position),
             p if p.starts_with(b"peek:") => {
                 let view = self.view.get().expect("the view is set before the run");
                 st.n += view.with(&p[5..], |s| s.n).unwrap_or(0);
@@ -365,5 +366,30 @@ fn only_a_keyed_handler_makes_per_key_snapshots() {
                 assert!(e.to_string().contains("raw shard handler"), "{e}");
             }
         }
+    }
+}
+
+/// A run stopped by a poison event never calls `end_of_batch` for that batch: the failing shard must not
+/// keep its states locked. The view answers while the failed run's handle is still held (not waited).
+#[test]
+fn a_stopped_run_leaves_no_shard_locked() {
+    for poison in ["bad", "boom"] {
+        let log = tempfile::tempdir().unwrap();
+        let mut events = adds(40);
+        events.insert(20, ("k5".into(), poison));
+        append(log.path(), &events);
+        let path = log.path().to_path_buf();
+        within(30, "a view after a stopped run", move || {
+            let keyed = Keyed::new(Cmd::new(ErrorKind::Retryable), 2);
+            let view = keyed.view();
+            let running = Engine::start(&path, cfg(2), |s| keyed.handler(s)).unwrap();
+            while !running.is_finished() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Every shard answers (the keys before the poison event were all handled).
+            assert_eq!((0..20).filter(|i| n_of(&view, &format!("k{i}")).is_some()).count(), 20, "{poison}");
+            assert_eq!(n_of(&view, "k5"), Some(1), "{poison}");
+            assert!(running.wait().is_err(), "{poison}: the run went over a poison event");
+        });
     }
 }
