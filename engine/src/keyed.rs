@@ -485,7 +485,11 @@ impl<P: Projection> Keyed<P> {
     /// Prepares `projection` for `n_shards` shards, which must be the engine's `EngineConfig::n_shards`:
     /// a handler that sees another count fails the run (a fatal error) rather than let the view miss keys.
     /// [`Keyed::start`] and [`Keyed::run`] take the count from the config instead.
+    ///
+    /// # Panics
+    /// If `n_shards` is 0 (the engine refuses that count too).
     pub fn new(projection: P, n_shards: usize) -> Self {
+        assert!(n_shards > 0, "Keyed::new: a keyed projection needs at least one shard");
         Keyed {
             projection: Arc::new(projection),
             maps: (0..n_shards).map(|_| Arc::new(RwLock::new(KeyMap::default()))).collect(),
