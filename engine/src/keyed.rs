@@ -305,8 +305,9 @@ impl<S> Drop for BatchLock<S> {
 /// The [`ShardHandler`] that runs a [`Projection`] for one shard.
 ///
 /// It write-locks the shard's states at the first event of a ring batch and releases them in
-/// `end_of_batch` (or `snapshot`, `flush`, `restore`), so a [`KeyedView`] query waits at most for one
-/// batch of that shard.
+/// `end_of_batch` (or `snapshot`, `flush`, `restore`, or an event that fails), so a [`KeyedView`] query
+/// waits at most for one batch of that shard. Code that drives a handler itself calls `end_of_batch` before
+/// it queries the view from the same thread (the query panics otherwise, as it would deadlock).
 pub struct KeyedHandler<P: Projection> {
     projection: Arc<P>,
     map: Map<P::State>,
