@@ -548,7 +548,7 @@ impl<P: Projection> Keyed<P> {
 /// Not from inside [`Projection::apply`] (or any code on a shard thread between a keyed handler's first
 /// event of a batch and its end): the shard holds its states locked there, so the query would wait for
 /// itself, or for another shard waiting for this one. Such a call panics with a message saying so, and the
-/// engine turns the panic into the event's handler error.
+/// engine turns the panic into the event's handler error; [`KeyedView::try_with`] returns it as an error.
 pub struct KeyedView<P: Projection> {
     maps: Vec<Map<P::State>>,
 }
@@ -565,13 +565,36 @@ impl<P: Projection> Clone for KeyedView<P> {
     }
 }
 
+/// A [`KeyedView`] queried on a shard thread that holds its keyed states locked (from inside
+/// [`Projection::apply`]), where waiting would deadlock. Converts into a fatal [`HandlerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueriedFromApply;
+
+impl std::fmt::Display for QueriedFromApply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "KeyedView queried on a shard thread that holds its keyed states locked (from inside \
+             Projection::apply): this would deadlock; keep what apply needs in the key's own state",
+        )
+    }
+}
+
+impl std::error::Error for QueriedFromApply {}
+
+impl From<QueriedFromApply> for HandlerError {
+    fn from(e: QueriedFromApply) -> Self {
+        HandlerError::fatal(e.to_string())
+    }
+}
+
+fn check_not_on_a_locked_shard() -> Result<(), QueriedFromApply> {
+    if BATCH_LOCKS_HELD.with(Cell::get) > 0 { Err(QueriedFromApply) } else { Ok(()) }
+}
+
 #[track_caller]
 fn not_on_a_locked_shard() {
-    if BATCH_LOCKS_HELD.with(Cell::get) > 0 {
-        panic!(
-            "KeyedView queried on a shard thread that holds its keyed states locked (from inside \
-             Projection::apply): this would deadlock; keep what apply needs in the key's own state"
-        );
+    if let Err(e) = check_not_on_a_locked_shard() {
+        panic!("{e}");
     }
 }
 
@@ -586,6 +609,15 @@ impl<P: Projection> KeyedView<P> {
         let h = key_hash(key);
         let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read();
         map.get(h, key).map(|e| f(&e.state))
+    }
+
+    /// Like [`KeyedView::with`], but a query from inside [`Projection::apply`] is an error instead of a
+    /// panic; `?` in `apply` turns it into a fatal handler error, which stops the run whatever the policy.
+    pub fn try_with<R>(&self, key: &[u8], f: impl FnOnce(&P::State) -> R) -> Result<Option<R>, QueriedFromApply> {
+        check_not_on_a_locked_shard()?;
+        let h = key_hash(key);
+        let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read();
+        Ok(map.get(h, key).map(|e| f(&e.state)))
     }
 
     /// Number of keys with state.

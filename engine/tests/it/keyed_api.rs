@@ -16,7 +16,7 @@ use crate::util::*;
 
 /// A projection driven by its payloads, a stock per key: `add` adds one, `take` takes one (a permanent
 /// error if there is none) and the key is deleted when its stock is back to 0; `bad` fails with
-/// `bad_kind`; `boom` panics; `peek:KEY` queries the view for KEY from inside `apply`.
+/// `bad_kind`; `boom` panics; `peek:KEY` and `try-peek:KEY` query the view for KEY from inside `apply` (`with`, `try_with`).
 #[derive(Debug)]
 struct Cmd {
     bad_kind: ErrorKind,
@@ -48,6 +48,10 @@ impl Projection for Cmd {
             p if p.starts_with(b"peek:") => {
                 let view = self.view.get().expect("the view is set before the run");
                 st.n += view.with(&p[5..], |s| s.n).unwrap_or(0);
+            }
+            p if p.starts_with(b"try-peek:") => {
+                let view = self.view.get().expect("the view is set before the run");
+                st.n += view.try_with(&p[9..], |s| s.n)?.unwrap_or(0);
             }
             p => panic!("unknown payload {p:?}"),
         }
@@ -297,25 +301,33 @@ fn a_deleted_key_stays_deleted_across_a_reshard() {
 /// error; the test fails on a hang instead of hanging.
 #[test]
 fn querying_the_view_from_apply_is_an_error_not_a_deadlock() {
-    let log = tempfile::tempdir().unwrap();
-    let mut events = adds(20);
-    events.extend((0..20).map(|i| (format!("k{i}"), "peek:k0")));
-    append(log.path(), &events);
-    for n in [1, 3] {
-        let path = log.path().to_path_buf();
-        let r = within(30, "a view queried from apply", move || {
-            let slot = Arc::new(OnceLock::new());
-            let keyed = Keyed::new(Cmd { bad_kind: ErrorKind::Retryable, view: slot.clone() }, n);
-            slot.set(keyed.view()).expect("set once");
-            Engine::run(&path, cfg(n), |s| keyed.handler(s)).map(|_| ())
-        });
-        match r {
-            Err(ReplayError::Handler(f)) => {
-                assert!(f.cause.contains("KeyedView queried") && f.cause.contains("apply"), "{n}: {}", f.cause)
+    for (peek, policy) in [("peek:k0", ErrorPolicy::Stop), ("try-peek:k0", ErrorPolicy::Skip)] {
+        let log = tempfile::tempdir().unwrap();
+        let mut events = adds(20);
+        events.extend((0..20).map(|i| (format!("k{i}"), peek)));
+        append(log.path(), &events);
+        let dl = tempfile::tempdir().unwrap();
+        for n in [1, 3] {
+            let path = log.path().to_path_buf();
+            let config = EngineConfig { on_error: policy, dead_letters: Some(dl.path().join("dl")), ..cfg(n) };
+            let r = within(30, "a view queried from apply", move || {
+                let slot = Arc::new(OnceLock::new());
+                let keyed = Keyed::new(Cmd { bad_kind: ErrorKind::Retryable, view: slot.clone() }, n);
+                slot.set(keyed.view()).expect("set once");
+                Engine::run(&path, config, |s| keyed.handler(s)).map(|_| ())
+            });
+            match r {
+                Err(ReplayError::Handler(f)) => assert!(
+                    f.cause.contains("KeyedView queried") && f.cause.contains("apply"),
+                    "{peek}/{n}: {}",
+                    f.cause
+                ),
+                Err(e) => panic!("{peek}/{n}: expected a handler failure, got {e}"),
+                Ok(()) => panic!("{peek}/{n}: a query from inside apply went through"),
             }
-            Err(e) => panic!("{n}: expected a handler failure, got {e}"),
-            Ok(()) => panic!("{n}: a query from inside apply went through"),
         }
+        // `try_with`'s error is fatal: the skip policy dead-lettered nothing.
+        assert!(!dl.path().join("dl").exists() || std::fs::read_to_string(dl.path().join("dl")).unwrap().is_empty());
     }
 }
 
