@@ -17,7 +17,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use catchup::{CheckpointConfig, Ctx, Engine, EngineConfig, Event, HandlerError, Keyed, Projection, Start};
+use catchup::{CheckpointConfig, Ctx, EngineConfig, Event, HandlerError, Keyed, Projection, Start};
 
 /// Per customer: (total amount, number of orders).
 struct Totals;
@@ -79,9 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fingerprint: 0x746f_7461_6c73, // "totals": a checkpoint of another projection is refused
         ..Default::default()
     };
-    let keyed = Keyed::new(Totals, n_shards);
-    let view = keyed.view();
-    let running = Engine::start(log, config, |shard| keyed.handler(shard))?;
+    // The shard count is given once, in the config.
+    let (running, view) = Keyed::start(log, config, Totals)?;
     let p = running.progress();
     eprintln!("resuming at position {} of {} ({} shards)", p.start, p.end, n_shards);
 

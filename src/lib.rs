@@ -12,8 +12,8 @@ pub use catchup_engine as engine;
 pub use catchup_segments as segments;
 
 pub use catchup_engine::{
-    CheckpointConfig, Ctx, Engine, EngineConfig, ErrorPolicy, Event, HandlerError, Keyed, KeyedView, Progress,
-    Projection, ReplayError, RunSummary, Running, ShardHandler, ShardId, WaitStrategy, shard_of,
+    CheckpointConfig, Ctx, Engine, EngineConfig, ErrorKind, ErrorPolicy, Event, HandlerError, Keyed, KeyedView,
+    MergeConfig, Progress, Projection, ReplayError, RunSummary, Running, ShardHandler, ShardId, WaitStrategy, shard_of,
 };
 pub use catchup_segments::{Durability, LogReader, LogWriter, Position, RecordRef, Start, WriterOptions, verify};
 

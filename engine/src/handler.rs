@@ -1,5 +1,7 @@
 //! The low-level handler API: one [`ShardHandler`] per shard, owning that shard's state.
 
+use std::sync::Arc;
+
 use catchup_segments::Position;
 
 use crate::shard::ShardId;
@@ -33,20 +35,108 @@ pub struct Ctx {
     pub replay: bool,
 }
 
-/// A handler's failure: the event is a poison event, handled per the engine's error policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerError(pub String);
+/// How the engine's error policy treats a [`HandlerError`].
+///
+/// | kind | stop | skip | retry | retry, then skip |
+/// |---|---|---|---|---|
+/// | [`Retryable`](ErrorKind::Retryable) (the default) | stop | skip | retry, then stop | retry, then skip |
+/// | [`Permanent`](ErrorKind::Permanent) | stop | skip | stop, no retry | skip, no retry |
+/// | [`Fatal`](ErrorKind::Fatal) | stop | stop | stop, no retry | stop, no retry |
+///
+/// A panic counts as `Retryable`. A retry that fails with another kind is treated as that kind from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ErrorKind {
+    /// The event may succeed if tried again (a timeout, a busy database): every policy applies as written.
+    /// What `HandlerError::new` and the `From` conversions give.
+    #[default]
+    Retryable,
+    /// This event can never succeed (bad data): it is not retried; a skipping policy dead-letters it, any
+    /// other stops.
+    Permanent,
+    /// The handler cannot go on (a broken connection it cannot rebuild, a child process gone, a
+    /// misconfiguration): the run stops whatever the policy.
+    Fatal,
+}
+
+/// A handler's failure: the event is a poison event, handled per its [`ErrorKind`] and the engine's error
+/// policy.
+///
+/// ```
+/// use catchup_engine::HandlerError;
+/// use catchup_engine::handler::ErrorKind;
+///
+/// let e = HandlerError::new("timeout");                    // retryable: the policy decides
+/// assert_eq!(e.kind(), ErrorKind::Retryable);
+/// let e = HandlerError::permanent("field `amount` is missing"); // never retried
+/// let io = std::io::Error::other("broken pipe");
+/// let e = HandlerError::fatal("the child exited").with_source(io); // stops the run
+/// assert_eq!(e.to_string(), "the child exited: broken pipe");
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandlerError {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
 
 impl HandlerError {
-    /// An error with a message.
+    /// A retryable error with a message (the kind every error had before kinds existed).
     pub fn new(msg: impl Into<String>) -> Self {
-        HandlerError(msg.into())
+        Self::with_kind(ErrorKind::Retryable, msg)
+    }
+
+    /// A retryable error: the policy decides (stop, skip, or retry).
+    pub fn retryable(msg: impl Into<String>) -> Self {
+        Self::with_kind(ErrorKind::Retryable, msg)
+    }
+
+    /// An error of this event that retrying cannot fix: never retried, dead-lettered under a skipping policy.
+    pub fn permanent(msg: impl Into<String>) -> Self {
+        Self::with_kind(ErrorKind::Permanent, msg)
+    }
+
+    /// An error that stops the run whatever the policy.
+    pub fn fatal(msg: impl Into<String>) -> Self {
+        Self::with_kind(ErrorKind::Fatal, msg)
+    }
+
+    /// An error of `kind` with a message.
+    pub fn with_kind(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        HandlerError { kind, message: msg.into(), source: None }
+    }
+
+    /// Attaches the error that caused this one; its text follows the message in `Display`.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// How the error policy treats this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The error that caused this one, if one was attached (to downcast it). `Display` already includes
+    /// its text, so [`std::error::Error::source`] returns `None` and a reporter does not print it twice.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
     }
 }
 
 impl std::fmt::Display for HandlerError {
+    /// The message, then `: ` and the cause's text if there is one (the engine keeps only this text in
+    /// dead letters and failures).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
     }
 }
 
@@ -54,13 +144,13 @@ impl std::error::Error for HandlerError {}
 
 impl From<String> for HandlerError {
     fn from(s: String) -> Self {
-        HandlerError(s)
+        HandlerError::new(s)
     }
 }
 
 impl From<&str> for HandlerError {
     fn from(s: &str) -> Self {
-        HandlerError(s.to_string())
+        HandlerError::new(s)
     }
 }
 
@@ -100,7 +190,22 @@ pub enum StateLayout {
 ///     }
 /// }
 /// ```
-pub trait ShardHandler: Send + 'static {
+///
+/// How the engine lays out and skips a handler's state is not the handler's to say: only a keyed
+/// projection's handler has per-key snapshots (see [`ShardHandler::keyed`]), so this does not compile:
+///
+/// ```compile_fail,E0407
+/// use catchup_engine::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
+///
+/// struct Raw;
+/// impl ShardHandler for Raw {
+///     fn handle(&mut self, _e: &Event<'_>, _c: &Ctx) -> Result<(), HandlerError> { Ok(()) }
+///     fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> { Ok(Vec::new()) }
+///     fn restore(&mut self, _b: &[u8]) -> Result<(), HandlerError> { Ok(()) }
+///     fn state_layout(&self) -> StateLayout { StateLayout::PerKey }
+/// }
+/// ```
+pub trait ShardHandler: Send + 'static + sealed::Internals {
     /// Handles one event. An `Err` (or a panic) makes the event a poison event.
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
 
@@ -124,14 +229,55 @@ pub trait ShardHandler: Send + 'static {
         Ok(())
     }
 
-    /// How the snapshot bytes are laid out. Keyed projections override this; raw handlers keep `PerShard`.
-    fn state_layout(&self) -> StateLayout {
-        StateLayout::PerShard
+    /// For a handler that wraps the [`KeyedHandler`](crate::KeyedHandler) of a keyed projection and
+    /// returns its snapshots unchanged: return the wrapped handler's `keyed()`, so the engine keeps treating
+    /// the state as per-key entries (reshardable, with per-key coverage). Every other handler keeps the
+    /// default `None`: a [`KeyedRef`] can only be obtained from a `KeyedHandler`, so a raw handler cannot
+    /// have its bytes parsed as per-key entries.
+    fn keyed(&self) -> Option<KeyedRef<'_>> {
+        None
+    }
+}
+
+/// Proof that a handler runs a keyed projection, and the engine's access to its coverage: only a
+/// [`KeyedHandler`](crate::KeyedHandler) makes one ([`ShardHandler::keyed`]).
+#[derive(Clone, Copy)]
+pub struct KeyedRef<'a>(pub(crate) &'a dyn sealed::KeyedInternals);
+
+impl std::fmt::Debug for KeyedRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedRef")
+    }
+}
+
+pub(crate) mod sealed {
+    use super::{Event, ShardHandler, StateLayout};
+
+    /// What the engine asks of a keyed handler; implemented only inside this crate.
+    pub trait KeyedInternals {
+        /// True if the event is below its key's restored coverage and must be skipped.
+        fn covered(&self, event: &Event<'_>) -> bool;
     }
 
-    /// Keys below a per-key position are already covered by a restored snapshot (keyed handlers only).
-    /// Returns true if the event must be skipped.
-    fn covered(&self, _event: &Event<'_>) -> bool {
-        false
+    /// The engine's view of every handler: answered from [`ShardHandler::keyed`], so no handler can
+    /// override it. (A supertrait of `ShardHandler` that nothing outside the crate can name or implement;
+    /// the engine calls its methods on any `H: ShardHandler`.)
+    pub trait Internals {
+        /// How the snapshot bytes are laid out: per key for a keyed projection, else per shard.
+        fn state_layout(&self) -> StateLayout;
+        /// Keys below a per-key position are already covered by a restored snapshot (keyed handlers
+        /// only). Returns true if the event must be skipped.
+        fn covered(&self, event: &Event<'_>) -> bool;
+    }
+
+    impl<T: ShardHandler + ?Sized> Internals for T {
+        #[inline]
+        fn state_layout(&self) -> StateLayout {
+            if self.keyed().is_some() { StateLayout::PerKey } else { StateLayout::PerShard }
+        }
+        #[inline]
+        fn covered(&self, event: &Event<'_>) -> bool {
+            self.keyed().is_some_and(|k| k.0.covered(event))
+        }
     }
 }

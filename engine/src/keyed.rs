@@ -2,14 +2,20 @@
 //! ("an actor per entity"). Its snapshots are per key, so they can be redistributed when the shard count
 //! changes, and its read model can be queried while the engine runs.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::ThreadId;
 
 use catchup_segments::{Position, key_hash};
+use parking_lot::lock_api::ArcRwLockWriteGuard;
+use parking_lot::{RawRwLock, RwLock};
 
-use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
+use crate::handler::{Ctx, Event, HandlerError, KeyedRef, ShardHandler, sealed::KeyedInternals};
 use crate::shard::{ShardId, shard_of};
+use crate::{Engine, EngineConfig, ReplayError, RunSummary, Running};
 
 /// A per-key fold over the log.
 ///
@@ -32,13 +38,26 @@ use crate::shard::{ShardId, shard_of};
 ///     }
 /// }
 /// ```
+///
+/// `apply` runs on the shard's thread while that shard's states are locked for the ring batch: it must not
+/// query a [`KeyedView`] (that panics, see [`KeyedView::with`]).
 pub trait Projection: Send + Sync + 'static {
     /// The state kept per key.
     type State: Send + Sync + 'static;
     /// The state of a key before its first event.
     fn init(&self, key: &[u8]) -> Self::State;
     /// Folds one event of the key into its state.
+    ///
+    /// On `Err` the event is a poison event. A key whose first event fails gets no state (it is not
+    /// created); for an existing key, the engine's policy may call `apply` again on the same state (retry)
+    /// or go on (skip), so leave the state untouched when returning `Err` (change it last).
     fn apply(&self, state: &mut Self::State, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
+    /// True if the key is to be deleted after `apply` left it in `state` (an account closed, a user
+    /// forgotten). The key leaves the read model, and its snapshot entry becomes a tombstone so that no
+    /// older snapshot can bring it back; a later event of the key starts again from `init`. Default: never.
+    fn is_deleted(&self, _state: &Self::State) -> bool {
+        false
+    }
     /// Serialises a state (for snapshots).
     fn encode(&self, state: &Self::State, out: &mut Vec<u8>);
     /// Deserialises a state written by `encode`.
@@ -64,6 +83,8 @@ impl Hasher for PassThroughHasher {
     }
 }
 
+type ByHash<V> = HashMap<u64, Vec<V>, BuildHasherDefault<PassThroughHasher>>;
+
 /// One key's entry.
 #[derive(Debug)]
 pub struct KeyEntry<S> {
@@ -75,40 +96,46 @@ pub struct KeyEntry<S> {
     pub state: S,
 }
 
-/// The per-key states of one shard, indexed by the stored key hash (no rehashing).
+/// A deleted key: events below `covered` are accounted for (the key was deleted at `covered - 1`, or a
+/// snapshot says so), and must not bring it back.
+#[derive(Debug)]
+struct Tombstone {
+    key: Box<[u8]>,
+    covered: Position,
+}
+
+/// The per-key states of one shard, indexed by the stored key hash (no rehashing), and the tombstones of
+/// deleted keys.
 #[derive(Debug)]
 pub struct KeyMap<S> {
-    map: HashMap<u64, Vec<KeyEntry<S>>, BuildHasherDefault<PassThroughHasher>>,
+    map: ByHash<KeyEntry<S>>,
     len: usize,
+    tombstones: ByHash<Tombstone>,
 }
 
 impl<S> Default for KeyMap<S> {
     fn default() -> Self {
-        KeyMap { map: HashMap::default(), len: 0 }
+        KeyMap { map: HashMap::default(), len: 0, tombstones: HashMap::default() }
     }
 }
 
 impl<S> KeyMap<S> {
-    /// The entry of `key`.
+    /// The entry of `key`, if it has state (a deleted key has none).
     pub fn get(&self, key_hash: u64, key: &[u8]) -> Option<&KeyEntry<S>> {
         self.map.get(&key_hash)?.iter().find(|e| &*e.key == key)
     }
 
-    fn get_or_insert(&mut self, key_hash: u64, key: &[u8], init: impl FnOnce() -> S) -> &mut KeyEntry<S> {
-        let v = self.map.entry(key_hash).or_default();
-        let i = match v.iter().position(|e| &*e.key == key) {
-            Some(i) => i,
-            None => {
-                v.push(KeyEntry { key: key.into(), covered: Position(0), state: init() });
-                self.len += 1;
-                v.len() - 1
-            }
-        };
-        &mut v[i]
+    fn get_mut(&mut self, key_hash: u64, key: &[u8]) -> Option<&mut KeyEntry<S>> {
+        self.map.get_mut(&key_hash)?.iter_mut().find(|e| &*e.key == key)
     }
 
-    /// Sets the entry of `key`, replacing any.
+    fn tombstone(&self, key_hash: u64, key: &[u8]) -> Option<Position> {
+        self.tombstones.get(&key_hash)?.iter().find(|t| &*t.key == key).map(|t| t.covered)
+    }
+
+    /// Gives `key` state, replacing its entry or tombstone.
     fn put(&mut self, key_hash: u64, key: &[u8], covered: Position, state: S) {
+        self.remove_tombstone(key_hash, key);
         let v = self.map.entry(key_hash).or_default();
         match v.iter_mut().find(|e| &*e.key == key) {
             Some(e) => {
@@ -122,7 +149,42 @@ impl<S> KeyMap<S> {
         }
     }
 
-    /// Number of keys.
+    /// Deletes `key`: drops its state if it has one and leaves a tombstone covering events below `covered`.
+    fn delete(&mut self, key_hash: u64, key: &[u8], covered: Position) {
+        if let Some(v) = self.map.get_mut(&key_hash)
+            && let Some(i) = v.iter().position(|e| &*e.key == key)
+        {
+            v.swap_remove(i);
+            self.len -= 1;
+            if v.is_empty() {
+                self.map.remove(&key_hash);
+            }
+        }
+        let v = self.tombstones.entry(key_hash).or_default();
+        match v.iter_mut().find(|t| &*t.key == key) {
+            Some(t) => t.covered = t.covered.max(covered),
+            None => v.push(Tombstone { key: key.into(), covered }),
+        }
+    }
+
+    fn remove_tombstone(&mut self, key_hash: u64, key: &[u8]) {
+        if let Some(v) = self.tombstones.get_mut(&key_hash)
+            && let Some(i) = v.iter().position(|t| &*t.key == key)
+        {
+            v.swap_remove(i);
+            if v.is_empty() {
+                self.tombstones.remove(&key_hash);
+            }
+        }
+    }
+
+    /// The position below which `key`'s events are already accounted for by a restored snapshot (its
+    /// entry's or tombstone's `covered`), if it has either.
+    fn covered(&self, key_hash: u64, key: &[u8]) -> Option<Position> {
+        self.get(key_hash, key).map(|e| e.covered).or_else(|| self.tombstone(key_hash, key))
+    }
+
+    /// Number of keys with state (deleted keys not counted).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -132,24 +194,49 @@ impl<S> KeyMap<S> {
         self.len == 0
     }
 
-    /// All entries, in no particular order.
+    /// Number of deleted keys whose tombstone is kept (they are in every snapshot; see
+    /// `docs/snapshot-format.md`).
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.values().map(Vec::len).sum()
+    }
+
+    /// All entries with state, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &KeyEntry<S>> {
         self.map.values().flatten()
     }
 }
 
-/// Encodes per-key snapshot entries: `[u32 key_len][key][u64 covered][u32 state_len][state]`, repeated
-/// (`docs/snapshot-format.md`).
-pub fn encode_key_entry(out: &mut Vec<u8>, key: &[u8], covered: Position, state: &[u8]) {
+/// `state_len` of a per-key entry that is a tombstone (no state bytes follow).
+pub const TOMBSTONE_STATE_LEN: u32 = u32::MAX;
+
+/// The state part of a per-key snapshot entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryState<'a> {
+    /// The projection's `encode` of the key's state.
+    Live(&'a [u8]),
+    /// The key was deleted: a tombstone.
+    Deleted,
+}
+
+/// Encodes one per-key snapshot entry (`docs/snapshot-format.md`): `[u32 key_len][key][u64 covered]`, then
+/// `[u32 state_len][state]` for a live key or `[u32 0xFFFF_FFFF]` for a tombstone.
+pub fn encode_key_entry(out: &mut Vec<u8>, key: &[u8], covered: Position, state: EntryState<'_>) {
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(&covered.0.to_le_bytes());
-    out.extend_from_slice(&(state.len() as u32).to_le_bytes());
-    out.extend_from_slice(state);
+    match state {
+        EntryState::Live(s) => {
+            assert!(s.len() < TOMBSTONE_STATE_LEN as usize, "a key's state of {} bytes is over the limit", s.len());
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s);
+        }
+        EntryState::Deleted => out.extend_from_slice(&TOMBSTONE_STATE_LEN.to_le_bytes()),
+    }
 }
 
-/// Iterates per-key snapshot entries `(key, covered, state)`; every length is bounds-checked.
-pub fn decode_key_entries(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8], Position, &[u8]), String>> {
+/// Iterates per-key snapshot entries `(key, covered, state)`; every length is bounds-checked, and the first
+/// error ends the iteration.
+pub fn decode_key_entries(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8], Position, EntryState<'_>), String>> {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
@@ -171,8 +258,9 @@ pub fn decode_key_entries(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8
             }
             let key = take(klen)?;
             let covered = Position(u64::from_le_bytes(take(8)?.try_into().expect("8")));
-            let slen = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-            let state = take(slen)?;
+            let slen = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+            let state =
+                if slen == TOMBSTONE_STATE_LEN { EntryState::Deleted } else { EntryState::Live(take(slen as usize)?) };
             Ok((key, covered, state))
         })();
         if r.is_err() {
@@ -182,77 +270,270 @@ pub fn decode_key_entries(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8
     })
 }
 
+type Map<S> = Arc<RwLock<KeyMap<S>>>;
+
+thread_local! {
+    /// Batch locks of keyed shards held by this thread: a view query on such a thread would wait for
+    /// itself (its own shard) or for a shard that may be waiting for it.
+    static BATCH_LOCKS_HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A shard's map, write-locked from the first event of a ring batch to its end (one lock per batch, not
+/// per event), counted in `BATCH_LOCKS_HELD` of the thread that took it.
+struct BatchLock<S> {
+    guard: ArcRwLockWriteGuard<RawRwLock, KeyMap<S>>,
+    thread: ThreadId,
+}
+
+impl<S> BatchLock<S> {
+    fn take(map: &Map<S>) -> Self {
+        let guard = map.write_arc();
+        BATCH_LOCKS_HELD.with(|n| n.set(n.get() + 1));
+        BatchLock { guard, thread: std::thread::current().id() }
+    }
+}
+
+impl<S> Drop for BatchLock<S> {
+    fn drop(&mut self) {
+        // Only the thread that counted it uncounts it (a handler dropped elsewhere releases just the lock).
+        if std::thread::current().id() == self.thread {
+            BATCH_LOCKS_HELD.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+}
+
 /// The [`ShardHandler`] that runs a [`Projection`] for one shard.
-#[derive(Debug)]
+///
+/// It write-locks the shard's states at the first event of a ring batch and releases them in
+/// `end_of_batch` (or `snapshot`, `flush`, `restore`, or an event that fails), so a [`KeyedView`] query
+/// waits at most for one batch of that shard. Code that drives a handler itself calls `end_of_batch` before
+/// it queries the view from the same thread (the query panics otherwise, as it would deadlock).
 pub struct KeyedHandler<P: Projection> {
     projection: Arc<P>,
-    map: Arc<RwLock<KeyMap<P::State>>>,
+    map: Map<P::State>,
+    /// Held between the first event of a batch and the end of the batch.
+    batch: Option<BatchLock<P::State>>,
+    shard: ShardId,
+    /// The shard count the view routes queries by; the engine's must be the same.
+    n_shards: usize,
+    /// No event at or above this position is covered by a restored snapshot: the highest `covered` restored.
+    covered_below: Position,
+}
+
+impl<P: Projection> std::fmt::Debug for KeyedHandler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedHandler")
+            .field("shard", &self.shard)
+            .field("n_shards", &self.n_shards)
+            .field("in_batch", &self.batch.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Projection> KeyedHandler<P> {
+    fn wrong_count(&self, engine_shards: usize) -> HandlerError {
+        HandlerError::fatal(format!(
+            "this keyed projection was prepared for {} shards (Keyed::new) but the engine runs {engine_shards}: \
+             its view would miss keys; pass the engine's n_shards to Keyed::new, or use Keyed::start, which \
+             takes the count from the EngineConfig",
+            self.n_shards
+        ))
+    }
+
+    /// Runs `f` on the shard's states: through the batch lock if held, else under a read lock.
+    fn read<R>(&self, f: impl FnOnce(&KeyMap<P::State>) -> R) -> R {
+        match &self.batch {
+            Some(b) => f(&b.guard),
+            None => f(&self.map.read()),
+        }
+    }
 }
 
 impl<P: Projection> ShardHandler for KeyedHandler<P> {
     #[inline]
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let p = &self.projection;
-        let entry = map.get_or_insert(event.key_hash, event.key, || p.init(event.key));
-        if event.position < entry.covered {
-            return Ok(());
+        if ctx.n_shards != self.n_shards {
+            return Err(self.wrong_count(ctx.n_shards));
         }
-        p.apply(&mut entry.state, event, ctx)
+        // The lock is a local while the event is applied: an error or a panic releases it, so a run that
+        // stops on this event (and may never call `end_of_batch`) leaves no shard locked for the view.
+        let mut lock = match self.batch.take() {
+            Some(lock) => lock,
+            None => BatchLock::take(&self.map),
+        };
+        apply_event(&*self.projection, &mut lock.guard, event, ctx)?;
+        self.batch = Some(lock);
+        Ok(())
+    }
+
+    fn end_of_batch(&mut self, _shard: ShardId) -> Result<(), HandlerError> {
+        self.batch = None;
+        Ok(())
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        self.batch = None;
+        let map = self.map.read();
         let mut out = Vec::new();
         let mut state = Vec::new();
         for e in map.iter() {
             state.clear();
             self.projection.encode(&e.state, &mut state);
-            encode_key_entry(&mut out, &e.key, e.covered, &state);
+            encode_key_entry(&mut out, &e.key, e.covered, EntryState::Live(&state));
+        }
+        for t in map.tombstones.values().flatten() {
+            encode_key_entry(&mut out, &t.key, t.covered, EntryState::Deleted);
         }
         Ok(out)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.batch = None;
+        let mut map = self.map.write();
         *map = KeyMap::default();
+        self.covered_below = Position(0);
         for entry in decode_key_entries(bytes) {
-            let (key, covered, state) = entry.map_err(HandlerError)?;
-            let state = self.projection.decode(state)?;
-            map.put(key_hash(key), key, covered, state);
+            let (key, covered, state) = entry.map_err(HandlerError::fatal)?;
+            let h = key_hash(key);
+            let owner = shard_of(h, self.n_shards);
+            if owner != self.shard {
+                return Err(HandlerError::fatal(format!(
+                    "key {:?} was given to shard {} but belongs to shard {} of {}: this keyed projection was \
+                     prepared for {} shards (Keyed::new) and the engine runs another count; use Keyed::start, \
+                     which takes the count from the EngineConfig",
+                    String::from_utf8_lossy(key),
+                    self.shard.0,
+                    owner.0,
+                    self.n_shards,
+                    self.n_shards
+                )));
+            }
+            match state {
+                EntryState::Live(s) => map.put(h, key, covered, self.projection.decode(s)?),
+                EntryState::Deleted => map.delete(h, key, covered),
+            }
+            self.covered_below = self.covered_below.max(covered);
         }
         Ok(())
     }
 
-    fn state_layout(&self) -> StateLayout {
-        StateLayout::PerKey
+    fn flush(&mut self) -> Result<(), HandlerError> {
+        self.batch = None;
+        Ok(())
     }
 
+    fn keyed(&self) -> Option<KeyedRef<'_>> {
+        Some(KeyedRef(self))
+    }
+}
+
+/// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
+/// state only if its event applies; `is_deleted` turns the entry into a tombstone.
+#[inline]
+fn apply_event<P: Projection>(
+    p: &P,
+    m: &mut KeyMap<P::State>,
+    event: &Event<'_>,
+    ctx: &Ctx,
+) -> Result<(), HandlerError> {
+    let next = Position(event.position.0 + 1);
+    if let Some(entry) = m.get_mut(event.key_hash, event.key) {
+        if event.position < entry.covered {
+            return Ok(());
+        }
+        p.apply(&mut entry.state, event, ctx)?;
+        if p.is_deleted(&entry.state) {
+            m.delete(event.key_hash, event.key, next);
+        }
+        return Ok(());
+    }
+    let floor = m.tombstone(event.key_hash, event.key);
+    if floor.is_some_and(|c| event.position < c) {
+        return Ok(());
+    }
+    let mut state = p.init(event.key);
+    p.apply(&mut state, event, ctx)?;
+    if p.is_deleted(&state) {
+        m.delete(event.key_hash, event.key, next);
+    } else {
+        m.put(event.key_hash, event.key, floor.unwrap_or(Position(0)), state);
+    }
+    Ok(())
+}
+
+impl<P: Projection> KeyedInternals for KeyedHandler<P> {
+    #[inline]
     fn covered(&self, event: &Event<'_>) -> bool {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(event.key_hash, event.key).is_some_and(|e| event.position < e.covered)
+        // Past the highest restored position no event is covered: no lock, no lookup.
+        event.position < self.covered_below
+            && self.read(|m| m.covered(event.key_hash, event.key).is_some_and(|c| event.position < c))
     }
 }
 
 /// A projection run on every shard, with a handle to query its read model while the engine runs.
-#[derive(Debug)]
 pub struct Keyed<P: Projection> {
     projection: Arc<P>,
-    maps: Vec<Arc<RwLock<KeyMap<P::State>>>>,
+    maps: Vec<Map<P::State>>,
+}
+
+impl<P: Projection> std::fmt::Debug for Keyed<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyed").field("n_shards", &self.maps.len()).finish_non_exhaustive()
+    }
 }
 
 impl<P: Projection> Keyed<P> {
-    /// Prepares `projection` for `n_shards` shards.
+    /// Prepares `projection` for `n_shards` shards, which must be the engine's `EngineConfig::n_shards`:
+    /// a handler that sees another count fails the run (a fatal error) rather than let the view miss keys.
+    /// [`Keyed::start`] and [`Keyed::run`] take the count from the config instead.
+    ///
+    /// # Panics
+    /// If `n_shards` is 0 (the engine refuses that count too).
     pub fn new(projection: P, n_shards: usize) -> Self {
+        assert!(n_shards > 0, "Keyed::new: a keyed projection needs at least one shard");
         Keyed {
             projection: Arc::new(projection),
             maps: (0..n_shards).map(|_| Arc::new(RwLock::new(KeyMap::default()))).collect(),
         }
     }
 
-    /// The handler of shard `shard` (give this to the engine's factory).
+    /// Starts the engine on `log_dir` with `projection` on each of `config.n_shards` shards, and returns the
+    /// running engine with a view of the read model.
+    pub fn start(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        projection: P,
+    ) -> Result<(Running<KeyedHandler<P>>, KeyedView<P>), ReplayError> {
+        let keyed = Keyed::new(projection, config.n_shards);
+        let running = Engine::start(log_dir, config, |shard| keyed.handler(shard))?;
+        Ok((running, keyed.view()))
+    }
+
+    /// Like [`Keyed::start`], and waits for the run to end.
+    pub fn run(
+        log_dir: impl AsRef<Path>,
+        config: EngineConfig,
+        projection: P,
+    ) -> Result<(RunSummary<KeyedHandler<P>>, KeyedView<P>), ReplayError> {
+        let (running, view) = Keyed::start(log_dir, config, projection)?;
+        Ok((running.wait()?, view))
+    }
+
+    /// The handler of shard `shard` (give this to the engine's factory). A shard beyond the prepared count
+    /// gets a handler outside the view, which fails the run at its first event or restore.
     pub fn handler(&self, shard: ShardId) -> KeyedHandler<P> {
-        KeyedHandler { projection: self.projection.clone(), map: self.maps[shard.0 as usize].clone() }
+        let map = match self.maps.get(shard.0 as usize) {
+            Some(m) => m.clone(),
+            None => Arc::new(RwLock::new(KeyMap::default())),
+        };
+        KeyedHandler {
+            projection: self.projection.clone(),
+            map,
+            batch: None,
+            shard,
+            n_shards: self.maps.len(),
+            covered_below: Position(0),
+        }
     }
 
     /// A cloneable, thread-safe view of the read model.
@@ -262,10 +543,20 @@ impl<P: Projection> Keyed<P> {
 }
 
 /// Queries a keyed projection's states from any thread while the engine runs. A query waits at most for
-/// the event being applied to the key's shard.
-#[derive(Debug)]
+/// the ring batch being applied on the key's shard.
+///
+/// Not from inside [`Projection::apply`] (or any code on a shard thread between a keyed handler's first
+/// event of a batch and its end): the shard holds its states locked there, so the query would wait for
+/// itself, or for another shard waiting for this one. Such a call panics with a message saying so, and the
+/// engine turns the panic into the event's handler error; [`KeyedView::try_with`] returns it as an error.
 pub struct KeyedView<P: Projection> {
-    maps: Vec<Arc<RwLock<KeyMap<P::State>>>>,
+    maps: Vec<Map<P::State>>,
+}
+
+impl<P: Projection> std::fmt::Debug for KeyedView<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedView").field("n_shards", &self.maps.len()).finish_non_exhaustive()
+    }
 }
 
 impl<P: Projection> Clone for KeyedView<P> {
@@ -274,28 +565,90 @@ impl<P: Projection> Clone for KeyedView<P> {
     }
 }
 
+/// A [`KeyedView`] queried on a shard thread that holds its keyed states locked (from inside
+/// [`Projection::apply`]), where waiting would deadlock. Converts into a fatal [`HandlerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueriedFromApply;
+
+impl std::fmt::Display for QueriedFromApply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "KeyedView queried on a shard thread that holds its keyed states locked (from inside \
+             Projection::apply): this would deadlock; keep what apply needs in the key's own state",
+        )
+    }
+}
+
+impl std::error::Error for QueriedFromApply {}
+
+impl From<QueriedFromApply> for HandlerError {
+    fn from(e: QueriedFromApply) -> Self {
+        HandlerError::fatal(e.to_string())
+    }
+}
+
+fn check_not_on_a_locked_shard() -> Result<(), QueriedFromApply> {
+    if BATCH_LOCKS_HELD.with(Cell::get) > 0 { Err(QueriedFromApply) } else { Ok(()) }
+}
+
+#[track_caller]
+fn not_on_a_locked_shard() {
+    if let Err(e) = check_not_on_a_locked_shard() {
+        panic!("{e}");
+    }
+}
+
 impl<P: Projection> KeyedView<P> {
     /// Calls `f` with the state of `key`, if it has one.
+    ///
+    /// # Panics
+    /// When called from inside [`Projection::apply`] (see the type's documentation).
+    #[track_caller]
     pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&P::State) -> R) -> Option<R> {
+        not_on_a_locked_shard();
         let h = key_hash(key);
-        let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read().unwrap_or_else(|e| e.into_inner());
+        let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read();
         map.get(h, key).map(|e| f(&e.state))
     }
 
+    /// Like [`KeyedView::with`], but a query from inside [`Projection::apply`] is an error instead of a
+    /// panic; `?` in `apply` turns it into a fatal handler error, which stops the run whatever the policy.
+    pub fn try_with<R>(&self, key: &[u8], f: impl FnOnce(&P::State) -> R) -> Result<Option<R>, QueriedFromApply> {
+        check_not_on_a_locked_shard()?;
+        let h = key_hash(key);
+        let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read();
+        Ok(map.get(h, key).map(|e| f(&e.state)))
+    }
+
     /// Number of keys with state.
+    ///
+    /// # Panics
+    /// When called from inside [`Projection::apply`].
+    #[track_caller]
     pub fn len(&self) -> usize {
-        self.maps.iter().map(|m| m.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        not_on_a_locked_shard();
+        self.maps.iter().map(|m| m.read().len()).sum()
     }
 
     /// True if no key has state.
+    ///
+    /// # Panics
+    /// When called from inside [`Projection::apply`].
+    #[track_caller]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Calls `f` for every key and state, shard by shard (in no particular order).
+    /// Calls `f` for every key and state, shard by shard (in no particular order). Each shard's states stay
+    /// read-locked while `f` runs over them.
+    ///
+    /// # Panics
+    /// When called from inside [`Projection::apply`].
+    #[track_caller]
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &P::State)) {
+        not_on_a_locked_shard();
         for m in &self.maps {
-            let m = m.read().unwrap_or_else(|e| e.into_inner());
+            let m = m.read();
             for e in m.iter() {
                 f(&e.key, &e.state);
             }

@@ -29,7 +29,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod engine;
 pub mod error;
 pub mod handler;
 #[cfg(feature = "kafka")]
@@ -45,8 +44,8 @@ pub mod wait;
 
 pub use catchup_segments::{Position, Start};
 pub use error::{ConfigError, HandlerFailure, InternalError, InvalidSnapshot, ReplayError, SnapshotError};
-pub use handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
-pub use keyed::{Keyed, KeyedHandler, KeyedView, Projection};
+pub use handler::{Ctx, ErrorKind, Event, HandlerError, KeyedRef, ShardHandler, StateLayout};
+pub use keyed::{EntryState, Keyed, KeyedHandler, KeyedView, Projection, QueriedFromApply};
 pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
 pub use run::{

@@ -4,9 +4,9 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::engine::ErrorPolicy;
-use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
+use crate::handler::{Ctx, ErrorKind, Event, HandlerError, ShardHandler};
 use crate::metrics::bump;
+use crate::run::ErrorPolicy;
 
 /// What became of a failed event.
 pub(crate) enum Outcome {
@@ -29,48 +29,53 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Calls the handler once, turning a panic into an error.
-pub(crate) fn call<H: ShardHandler>(handler: &mut H, event: &Event<'_>, ctx: &Ctx) -> Result<(), String> {
+/// Calls the handler once, turning a panic into a (retryable) error.
+pub(crate) fn call<H: ShardHandler>(handler: &mut H, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(event, ctx))) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(HandlerError(e))) => Err(e),
-        Err(p) => Err(panic_message(&*p)),
+        Ok(r) => r,
+        Err(p) => Err(HandlerError::new(panic_message(&*p))),
     }
 }
 
-/// Applies `policy` to an event whose first attempt failed with `first`. Retries stop early once
-/// `aborted()` says the run is over; each retry bumps `retries`.
+/// Applies `policy` to an event whose first attempt failed with `first`, as the error's kind allows (the
+/// table on [`ErrorKind`]). Retries stop early once `aborted()` says the run is over; each retry bumps
+/// `retries`.
 pub(crate) fn after_failure<H: ShardHandler>(
     handler: &mut H,
     policy: ErrorPolicy,
     event: &Event<'_>,
     ctx: &Ctx,
-    first: String,
+    first: HandlerError,
     aborted: &dyn Fn() -> bool,
     retries: &AtomicU64,
 ) -> Outcome {
-    match policy {
-        ErrorPolicy::Stop => Outcome::Fatal(first),
-        ErrorPolicy::Skip => Outcome::Skipped(first),
-        ErrorPolicy::Retry { attempts, backoff, then_skip } => {
-            let mut last = first;
-            let mut wait = backoff;
-            for _ in 0..attempts {
-                if aborted() {
-                    return Outcome::Fatal(last);
-                }
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(1));
-                bump(retries, 1);
-                match call(handler, event, ctx) {
-                    Ok(()) => return Outcome::Done,
-                    Err(e) => last = e,
-                }
-            }
-            let why = format!("{last} (after {} attempts)", attempts + 1);
-            if then_skip { Outcome::Skipped(why) } else { Outcome::Fatal(why) }
+    let skips = matches!(policy, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
+    let give_up = |e: &HandlerError, why: String| match e.kind() {
+        ErrorKind::Fatal => Outcome::Fatal(why),
+        ErrorKind::Retryable | ErrorKind::Permanent if skips => Outcome::Skipped(why),
+        ErrorKind::Retryable | ErrorKind::Permanent => Outcome::Fatal(why),
+    };
+    let ErrorPolicy::Retry { attempts, backoff, .. } = policy else {
+        return give_up(&first, first.to_string());
+    };
+    let mut last = first;
+    let mut wait = backoff;
+    let mut tries = 1;
+    while tries <= attempts && last.kind() == ErrorKind::Retryable {
+        if aborted() {
+            return Outcome::Fatal(last.to_string());
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(1));
+        bump(retries, 1);
+        tries += 1;
+        match call(handler, event, ctx) {
+            Ok(()) => return Outcome::Done,
+            Err(e) => last = e,
         }
     }
+    let why = if tries > 1 { format!("{last} (after {tries} attempts)") } else { last.to_string() };
+    give_up(&last, why)
 }
 
 /// Appends `s` as a JSON string literal.

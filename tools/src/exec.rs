@@ -213,7 +213,7 @@ impl ShardHandler for ExecHandler {
     fn handle(&mut self, event: &Event<'_>, _ctx: &Ctx) -> Result<(), HandlerError> {
         let inner = &mut self.inner;
         if inner.epoch.is_none() {
-            inner.spawn().map_err(HandlerError)?;
+            inner.spawn().map_err(HandlerError::new)?;
         }
         let mut line = std::mem::take(&mut inner.line);
         line.clear();
@@ -226,7 +226,7 @@ impl ShardHandler for ExecHandler {
                 Err(status) => status,
                 Ok(()) => format!("{} exited (status 0) before reading all its input", inner.who()),
             };
-            return Err(HandlerError(format!("{why} ({e})")));
+            return Err(HandlerError::new(format!("{why} ({e})")));
         }
         Ok(())
     }
@@ -235,7 +235,7 @@ impl ShardHandler for ExecHandler {
         let inner = &mut self.inner;
         // The snapshot says every event sent so far is done: the child must have read and answered them.
         // If it failed, the engine stops without writing this snapshot and a resume sends them again.
-        inner.close_epoch().map_err(HandlerError)?;
+        inner.close_epoch().map_err(HandlerError::new)?;
         let mut b = STATE_MAGIC.to_vec();
         b.extend_from_slice(&inner.committed_len.to_le_bytes());
         Ok(b)
@@ -243,7 +243,7 @@ impl ShardHandler for ExecHandler {
 
     fn flush(&mut self) -> Result<(), HandlerError> {
         // Every event sent so far is about to be committed: the child must have answered them.
-        self.inner.close_epoch().map_err(HandlerError)
+        self.inner.close_epoch().map_err(HandlerError::new)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
@@ -253,7 +253,7 @@ impl ShardHandler for ExecHandler {
         }
         inner.committed_len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
         inner.prepared = false;
-        inner.prepare().map_err(HandlerError)
+        inner.prepare().map_err(HandlerError::new)
     }
 }
 

@@ -77,7 +77,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     }));
                     let r = match r {
                         Ok(Ok(b)) => Ok(b),
-                        Ok(Err(e)) => Err(e.0),
+                        Ok(Err(e)) => Err(e.to_string()),
                         Err(p) => Err(policy::panic_message(&*p)),
                     };
                     states.push((p, r));
@@ -122,7 +122,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                             break;
                         }
                         Ok(BatchEnd::Failed(e)) => e,
-                        Err(p) => policy::panic_message(&*p),
+                        Err(p) => HandlerError::new(policy::panic_message(&*p)),
                     };
                     let (it, key, payload) = batch.record(current.item, current.data_at);
                     let part = parts.get_mut(&it.partition).expect("the fast path found its partition");
@@ -190,7 +190,7 @@ enum BatchEnd {
     /// Every event of the batch was handled.
     Done,
     /// The event at `current` failed with this error (the step resolves it).
-    Failed(String),
+    Failed(HandlerError),
     /// The engine is broken (a bug); the failure is recorded.
     Broken,
 }
@@ -236,7 +236,7 @@ fn fast_path<H: ShardHandler>(
             touched.push(it.partition);
         }
         let ctx = Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
-        if let Err(HandlerError(e)) = step.call(&mut part.handler, &event, &ctx, batch.sent_ns, local) {
+        if let Err(e) = step.call(&mut part.handler, &event, &ctx, batch.sent_ns, local) {
             return BatchEnd::Failed(e);
         }
         tally.handled += 1;

@@ -6,7 +6,7 @@ use catchup_segments::Position;
 
 use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
-use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use crate::shard::shard_of;
 use crate::snapshot;
 
@@ -56,7 +56,9 @@ pub(crate) fn restore<H: ShardHandler>(
                 StateLayout::PerShard => s.state.clone(),
                 StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
             };
-            handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
+            handlers[i]
+                .restore(&state)
+                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
             starts[i] = s.meta.position;
         }
         return Ok(false);
@@ -77,7 +79,7 @@ pub(crate) fn restore<H: ShardHandler>(
     // run with more shards, or a run that changed the count and stopped before every shard had written.
     // Every run restores every key it finds, so for each key the entry with the highest `covered` (at least
     // its file's position) is the newest, and it is the one kept.
-    let mut newest: std::collections::HashMap<&[u8], (Position, &[u8])> = std::collections::HashMap::new();
+    let mut newest: std::collections::HashMap<&[u8], (Position, EntryState<'_>)> = std::collections::HashMap::new();
     for (path, s) in snaps {
         for entry in decode_key_entries(&s.state) {
             let (key, covered, state) = entry
@@ -107,7 +109,9 @@ pub(crate) fn restore<H: ShardHandler>(
         encode_key_entry(&mut parts[j], key, covered, state);
     }
     for (j, part) in parts.iter().enumerate() {
-        handlers[j].restore(part).map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.0 })?;
+        handlers[j]
+            .restore(part)
+            .map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.to_string() })?;
         starts[j] = low;
     }
     Ok(true)

@@ -58,7 +58,7 @@ enum BatchEnd {
     /// Every event of the batch was handled.
     Done,
     /// This event's handler returned an error (the policy decides what happens next).
-    Failed(Slot, String),
+    Failed(Slot, HandlerError),
     /// The engine is broken (a bug); the failure is recorded.
     Broken,
 }
@@ -121,7 +121,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                         break;
                     }
                     Ok(BatchEnd::Failed(slot, e)) => (slot, e),
-                    Err(p) => (current, panic_message(&*p)),
+                    Err(p) => (current, HandlerError::new(panic_message(&*p))),
                 };
                 let pos = Position(slot.position);
                 let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
@@ -326,7 +326,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 continue;
             }
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
-            if let Err(HandlerError(e)) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
+            if let Err(e) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
                 return BatchEnd::Failed(*slot, e);
             }
             tally.handled += 1;

@@ -84,15 +84,16 @@ impl<'a> Step<'a> {
         r
     }
 
-    /// Applies the error policy to `event`, whose first attempt failed with `first` (an error or a panic
-    /// message): retries (stopped early once `aborted()`), then a dead letter or a stop.
+    /// Applies the error policy to `event`, whose first attempt failed with `first` (the handler's error,
+    /// whose kind the policy obeys, or a panic as a retryable error): retries (stopped early once
+    /// `aborted()`), then a dead letter or a stop.
     pub(crate) fn resolve<H: ShardHandler>(
         &self,
         handler: &mut H,
         event: &Event<'_>,
         ctx: &Ctx,
         origin: Origin<'_>,
-        first: String,
+        first: HandlerError,
         aborted: &dyn Fn() -> bool,
     ) -> Resolved {
         match policy::after_failure(handler, self.on_error, event, ctx, first, aborted, &self.counters.retries) {

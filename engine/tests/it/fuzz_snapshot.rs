@@ -7,7 +7,7 @@
 //! are made *before* the checksums are recomputed, which lets them reach the checks behind the checksums
 //! (reserved bytes, version, layout, state length, shard range) and the per-key entry parser.
 
-use catchup_engine::keyed::{decode_key_entries, encode_key_entry};
+use catchup_engine::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use catchup_engine::snapshot::{self, Binding, HEADER_CRC_AT, SNAPSHOT_HEADER_SIZE, SnapshotMeta};
 use catchup_engine::{Position, StateLayout};
 use proptest::prelude::*;
@@ -62,7 +62,7 @@ fn key_entries() -> impl Strategy<Value = Vec<u8>> {
     .prop_map(|entries| {
         let mut out = Vec::new();
         for (key, covered, state) in entries {
-            encode_key_entry(&mut out, &key, Position(covered), &state);
+            encode_key_entry(&mut out, &key, Position(covered), EntryState::Live(&state));
         }
         out
     })
@@ -164,11 +164,11 @@ fn oversized_key_length_is_an_error() {
 fn key_length_limit_is_exact() {
     use catchup_segments::format::KEY_SIZE_MAX;
     let mut state = Vec::new();
-    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX], Position(3), b"st");
+    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX], Position(3), EntryState::Live(b"st"));
     let entries: Vec<_> = decode_key_entries(&state).collect();
-    assert_eq!(entries, [Ok((&vec![b'k'; KEY_SIZE_MAX][..], Position(3), &b"st"[..]))]);
+    assert_eq!(entries, [Ok((&vec![b'k'; KEY_SIZE_MAX][..], Position(3), EntryState::Live(&b"st"[..])))]);
     let mut state = Vec::new();
-    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX + 1], Position(3), b"st");
+    encode_key_entry(&mut state, &vec![b'k'; KEY_SIZE_MAX + 1], Position(3), EntryState::Live(b"st"));
     let entries: Vec<_> = decode_key_entries(&state).collect();
     assert_eq!(entries, [Err(format!("key length {} over the limit", KEY_SIZE_MAX + 1))]);
 }

@@ -6,6 +6,7 @@ mod config;
 mod corrupt;
 mod follow;
 mod fuzz_snapshot;
+mod keyed_api;
 mod merge;
 mod order;
 mod policy;

@@ -300,7 +300,7 @@ impl ShardHandler for Buffered {
             return Err(HandlerError::new("flush failed"));
         }
         for (k, p, payload) in self.pending.drain(..) {
-            self.state.map.entry(k).or_default().apply(p, &payload).map_err(HandlerError)?;
+            self.state.map.entry(k).or_default().apply(p, &payload).map_err(HandlerError::new)?;
         }
         Ok(())
     }

@@ -296,13 +296,13 @@ impl Projection for FoldProj {
     }
     fn apply(&self, st: &mut Fold, e: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         self.hooks.before(e, ctx)?;
-        st.apply(e.position.0, e.payload).map_err(HandlerError)
+        st.apply(e.position.0, e.payload).map_err(HandlerError::new)
     }
     fn encode(&self, st: &Fold, out: &mut Vec<u8>) {
         st.encode(out)
     }
     fn decode(&self, b: &[u8]) -> Result<Fold, HandlerError> {
-        Fold::decode(b).map_err(HandlerError)
+        Fold::decode(b).map_err(HandlerError::new)
     }
 }
 
@@ -323,7 +323,7 @@ impl ShardHandler for FoldShard {
     fn handle(&mut self, e: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         let st = self.map.entry(e.key.to_vec()).or_default();
         self.hooks.before(e, ctx)?;
-        st.apply(e.position.0, e.payload).map_err(HandlerError)
+        st.apply(e.position.0, e.payload).map_err(HandlerError::new)
     }
     fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
         let mut out = Vec::new();
@@ -340,7 +340,7 @@ impl ShardHandler for FoldShard {
             let bad = || HandlerError::new("truncated FoldShard snapshot");
             let klen = u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
             let key = b.get(4..4 + klen).ok_or_else(bad)?.to_vec();
-            let st = Fold::decode(b.get(4 + klen..4 + klen + 24).ok_or_else(bad)?).map_err(HandlerError)?;
+            let st = Fold::decode(b.get(4 + klen..4 + klen + 24).ok_or_else(bad)?).map_err(HandlerError::new)?;
             self.map.insert(key, st);
             b = &b[4 + klen + 24..];
         }

@@ -150,7 +150,7 @@ pub(super) fn restore_merged<H: ShardHandler>(
                 s.state.clone()
             }
         };
-        handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.0 })?;
+        handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
         own[i] = s.logs.iter().map(|m| m.position).collect();
     }
     Ok(own)
