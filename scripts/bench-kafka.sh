@@ -20,4 +20,4 @@ cargo build --release --locked -q -p catchup-tools
 tansu topic create bench --partitions 4 --broker "tcp://127.0.0.1:$port"
 target/release/catchup gen -q --out "$work/log" --events "$EVENTS" --keys 10k --payload-bytes 64
 target/release/catchup export "$work/log" --to-kafka "kafka://127.0.0.1:$port/bench"
-cargo bench --locked --bench kafka -- --brokers "127.0.0.1:$port" --topic bench "$@"
+cargo bench --locked --bench kafka -- --brokers "127.0.0.1:$port" --topic bench --events "$EVENTS" "$@"
