@@ -31,6 +31,7 @@ use crate::format::{
     SEGMENT_SIZE_MIN, SegmentHeader,
 };
 use crate::index::{IndexBuilder, SparseIndex};
+use crate::key_index::{KeyIndex, key_index_file_name};
 use crate::recovery::{
     DurableEnd, RpWriter, last_batch_crc, open_recovery_point, read_recovery_point_durable, recover_above_point,
 };
@@ -247,6 +248,39 @@ pub struct LogWriter {
     finished: bool,
     /// Where the committed data ends (what the recovery point records once it is durable).
     end: DurableEnd,
+    /// Write key indexes (`.kidx`): of each sealed segment, built by `key_indexer` off the append path, and
+    /// of the active segment at a clean close. On by default ([`LogWriter::set_key_index`]).
+    key_index: bool,
+    /// The thread that builds the key index of each segment sealed by this writer (started at the first roll).
+    key_indexer: Option<KeyIndexer>,
+}
+
+/// A thread that builds and saves the key index of each sealed segment sent to it, from the segment's data.
+#[derive(Debug)]
+struct KeyIndexer {
+    tx: std::sync::mpsc::Sender<(Position, PathBuf)>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl KeyIndexer {
+    fn start(dir: PathBuf) -> std::io::Result<KeyIndexer> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Position, PathBuf)>();
+        let handle = std::thread::Builder::new().name("catchup-key-index".into()).spawn(move || {
+            for (base, path) in rx {
+                save_key_index(&dir, base, &path);
+            }
+        })?;
+        Ok(KeyIndexer { tx, handle })
+    }
+}
+
+/// Builds the key index of the segment at `path` from its data and saves it (best effort: a cache, and
+/// readers build a missing one of a sealed segment themselves).
+fn save_key_index(dir: &Path, base: Position, path: &Path) {
+    let Ok(seg) = Segment::open(path, base) else { return };
+    if let Ok((idx, None)) = KeyIndex::build(&seg, None) {
+        let _ = idx.save(&dir.join(key_index_file_name(base)), false);
+    }
 }
 
 fn now_ns() -> u64 {
@@ -532,6 +566,8 @@ impl LogWriter {
             unsynced: Vec::new(),
             dir_unsynced: false,
             finished: false,
+            key_index: true,
+            key_indexer: None,
             end: DurableEnd {
                 position: end_position.0,
                 segment_base: base.0,
@@ -587,6 +623,21 @@ impl LogWriter {
             );
         }
         Ok(w)
+    }
+
+    /// Turns the writing of key indexes (`.kidx`, see [`crate::key_index`]) on or off (on by default). On,
+    /// each segment this writer seals gets its key index built by a background thread from the segment's
+    /// data, and a clean close writes the active segment's; nothing is added to the append path. Off, readers
+    /// build a sealed segment's key index when [`crate::LogReader::key_history`] first needs it.
+    pub fn set_key_index(&mut self, on: bool) {
+        self.key_index = on;
+    }
+
+    fn stop_key_indexer(&mut self) {
+        if let Some(k) = self.key_indexer.take() {
+            drop(k.tx);
+            let _ = k.handle.join();
+        }
     }
 
     /// What recovery did when this writer opened.
@@ -749,6 +800,7 @@ impl LogWriter {
     pub fn close_unsynced(mut self) -> Result<(), AppendError> {
         self.finished = true;
         self.stop_flusher();
+        self.stop_key_indexer();
         self.shared.check_poison()?;
         self.commit()?;
         Ok(())
@@ -760,6 +812,7 @@ impl LogWriter {
         }
         self.finished = true;
         self.stop_flusher();
+        self.stop_key_indexer();
         self.shared.check_poison()?;
         self.commit()?;
         // Every policy syncs at close, `None` included: the recovery point's CLEAN mark says "the log ends
@@ -772,6 +825,11 @@ impl LogWriter {
         // would point at zeros and stop seeks until a writer reopened the log.
         let idx = self.dir.join(index_file_name(self.base));
         let _ = self.index.index().save(&idx, self.base, false);
+        // The active segment's key index, built from its (now durable) data: readers then scan only what is
+        // appended after this close. A cache too.
+        if self.key_index {
+            save_key_index(&self.dir, self.base, &self.path);
+        }
         // CLEAN: everything committed is durable and the log ends exactly at `self.end`.
         if self.durable_position() == self.committed && self.unsynced.is_empty() && !self.dir_unsynced {
             let end = self.end;
@@ -851,6 +909,15 @@ impl LogWriter {
         }
         let idx = self.dir.join(index_file_name(self.base));
         let _ = self.index.index().save(&idx, self.base, false);
+        if self.key_index {
+            if self.key_indexer.is_none() {
+                // Without the thread the segment simply gets no key index now (a cache: readers build it).
+                self.key_indexer = KeyIndexer::start(self.dir.clone()).ok();
+            }
+            if let Some(k) = &self.key_indexer {
+                let _ = k.tx.send((self.base, self.path.clone()));
+            }
+        }
         let next = self.committed;
         self.open_next_segment(next, batch_len)
     }
@@ -921,12 +988,18 @@ fn group_commit_loop(shared: &Shared, every: Duration) {
 }
 
 /// True for the names of the temporary files a writer creates (and so may delete): `<20 digits>.seg.tmp`,
-/// `<20 digits>.idx.tmp` and `recovery.point.tmp`. Anything else in the directory is not ours.
+/// `<20 digits>.idx.tmp`, `<20 digits>.kidx.tmp` and `recovery.point.tmp`. Anything else in the directory is not ours.
 fn is_own_tmp_name(name: &str) -> bool {
     if name == format!("{}.tmp", crate::recovery_point::RECOVERY_POINT_FILE) {
         return true;
     }
-    let Some(stem) = name.strip_suffix(".seg.tmp").or_else(|| name.strip_suffix(".idx.tmp")) else { return false };
+    let Some(stem) = name
+        .strip_suffix(".seg.tmp")
+        .or_else(|| name.strip_suffix(".idx.tmp"))
+        .or_else(|| name.strip_suffix(".kidx.tmp"))
+    else {
+        return false;
+    };
     stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -1014,6 +1087,7 @@ impl LogWriter {
     /// end as a clean close and releases the lock. Nothing else is written by this writer.
     pub(crate) fn truncate_locked(mut self, to: Position) -> Result<TruncateReport, OpenError> {
         self.stop_flusher();
+        self.stop_key_indexer();
         self.finished = true;
         let end_before = self.committed;
         let (dir, storage, shared) = (self.dir.clone(), self.storage.clone(), self.shared.clone());

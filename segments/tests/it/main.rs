@@ -7,6 +7,7 @@ mod faults;
 mod follow;
 mod fuzz_parsers;
 mod hygiene;
+mod key_index;
 mod model;
 mod readers;
 mod recovery;
