@@ -935,6 +935,9 @@ impl LogWriter {
         // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
         // 0's is the log's identity, named by the recovery point and by checkpoints.
         let created_ns = if base == self.base { self.created_ns } else { now_ns() };
+        // A key index left by an earlier segment with this base (one cut by recovery or `truncate`) describes
+        // other data: readers would ignore it (`created_ns` differs), but `verify` would report it.
+        let _ = std::fs::remove_file(self.dir.join(key_index_file_name(base)));
         let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable, created_ns) {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),

@@ -5,6 +5,7 @@ mod corruption;
 mod crash;
 mod faults;
 mod follow;
+mod fuzz_key_index;
 mod fuzz_parsers;
 mod hygiene;
 mod key_index;
