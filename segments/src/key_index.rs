@@ -163,7 +163,7 @@ impl KeyIndexHeader {
 
     /// True if the segment's data still holds what this index was built from: same `created_ns`, and the
     /// commit word and CRC field of the last batch covered are the ones recorded. Reads two words.
-    pub fn matches(&self, seg: &Segment) -> bool {
+    pub fn matches(&self, seg: &Segment, file: &SegmentFile) -> bool {
         if seg.header().created_ns != self.created_ns || seg.base_position() != self.base_position {
             return false;
         }
@@ -172,8 +172,55 @@ impl KeyIndexHeader {
             return self.end_offset == SEGMENT_HEADER_SIZE as u64 && self.end_position == self.base_position;
         }
         let length = self.end_offset - self.last_batch_offset;
-        seg.commit_word(self.last_batch_offset) as u64 == length
-            && seg.commit_word(self.last_batch_offset + 4) == self.last_batch_crc
+        file.words(self.last_batch_offset) == Some((length as u32, self.last_batch_crc)) && length <= u32::MAX as u64
+    }
+}
+
+/// A segment file opened for reading the few batches a key index names, with `pread` and without
+/// read-ahead (`POSIX_FADV_RANDOM`): through the mapping (advised sequential for scans) every cold page fault
+/// would read ahead up to the device's read-ahead size (8 MiB on the development machine), for one batch.
+#[derive(Debug)]
+pub struct SegmentFile {
+    file: File,
+    len: u64,
+}
+
+impl SegmentFile {
+    /// Opens `seg`'s file.
+    pub fn open(seg: &Segment) -> std::io::Result<SegmentFile> {
+        let file = File::open(seg.path())?;
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor owned by `file` for the duration of the call; the advice only
+            // changes the kernel's read-ahead for this open file.
+            let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        }
+        Ok(SegmentFile { len: seg.len_bytes(), file })
+    }
+
+    /// The commit word and CRC field at `offset`, or `None` if they cannot be read.
+    pub fn words(&self, offset: u64) -> Option<(u32, u32)> {
+        let mut w = [0u8; 8];
+        if offset.checked_add(8)? > self.len {
+            return None;
+        }
+        self.file.read_exact_at(&mut w, offset).ok()?;
+        Some((format::read_u32(&w, 0), format::read_u32(&w, 4)))
+    }
+
+    /// Reads and validates the batch at `offset` (`format::check_batch`: bounds, CRC, every record's framing
+    /// and position). `None` if there is no valid batch there.
+    pub fn read_batch(&self, offset: u64) -> Option<(format::BatchHeader, Vec<u8>)> {
+        let (length, _) = self.words(offset)?;
+        if length == 0 || length as usize > format::BATCH_SIZE_MAX || offset.checked_add(length as u64)? > self.len {
+            return None;
+        }
+        let mut buf = vec![0u8; length as usize];
+        self.file.read_exact_at(&mut buf, offset).ok()?;
+        match format::check_batch(&buf, length) {
+            Ok(format::BatchRead::Batch(h)) => Some((h, buf)),
+            _ => None,
+        }
     }
 }
 
@@ -410,7 +457,7 @@ pub struct KeyIndexFile {
 impl KeyIndexFile {
     /// Opens the key index at `path` for `seg`. `Err` says why it cannot be used (missing, invalid, or
     /// stale: built from other data than the segment holds now).
-    pub fn open(path: &Path, seg: &Segment) -> Result<KeyIndexFile, String> {
+    pub fn open(path: &Path, seg: &Segment, data: &SegmentFile) -> Result<KeyIndexFile, String> {
         let file = File::open(path).map_err(|e| e.to_string())?;
         let mut h = [0u8; KEY_INDEX_HEADER_SIZE];
         file.read_exact_at(&mut h, 0).map_err(|e| format!("header unreadable: {e}"))?;
@@ -419,7 +466,7 @@ impl KeyIndexFile {
         if len != header.file_len() {
             return Err(format!("{len} bytes where the header says {}", header.file_len()));
         }
-        if !header.matches(seg) {
+        if !header.matches(seg, data) {
             return Err("stale: the segment's data is not what the index was built from".into());
         }
         Ok(KeyIndexFile { file, header })

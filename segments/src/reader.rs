@@ -67,7 +67,7 @@ use crate::format::{
     record_size,
 };
 use crate::index::SparseIndex;
-use crate::key_index::{KeyIndex, KeyIndexFile, hash_tag, key_index_file_name};
+use crate::key_index::{KeyIndex, KeyIndexFile, SegmentFile, hash_tag, key_index_file_name};
 use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, RecoveryPointError, read_recovery_point};
 use crate::segment::{Segment, file_is_all_zero, index_file_name, list_segments};
 
@@ -246,10 +246,13 @@ impl LogReader {
                 continue;
             }
             let last = i + 1 == n;
-            let found = key_batches(&self.dir, seg, hash, !last);
             let kept = out.len();
-            match found {
-                Some((offsets, covered_end)) if read_indexed(seg, &offsets, hash, key, from, limit, &mut out) => {
+            let data = SegmentFile::open(seg).ok();
+            let found = data.as_ref().and_then(|d| key_batches(&self.dir, seg, d, hash, !last));
+            match (found, &data) {
+                (Some((offsets, covered_end)), Some(d))
+                    if read_indexed(seg, d, &offsets, hash, key, from, limit, &mut out) =>
+                {
                     if last {
                         scan_from = Some(from.max(covered_end));
                     }
@@ -279,9 +282,9 @@ impl LogReader {
 /// The batches of `seg` that its key index names for `hash`, and the position up to which the index covers
 /// the segment. `None` when there is no usable index: for a sealed segment (`sealed`) one is then built from
 /// the data and written back (best effort); `None` again if that fails (damage, a segment too large).
-fn key_batches(dir: &Path, seg: &Segment, hash: u64, sealed: bool) -> Option<(Vec<u64>, Position)> {
+fn key_batches(dir: &Path, seg: &Segment, data: &SegmentFile, hash: u64, sealed: bool) -> Option<(Vec<u64>, Position)> {
     let path = dir.join(key_index_file_name(seg.base_position()));
-    if let Ok(f) = KeyIndexFile::open(&path, seg)
+    if let Ok(f) = KeyIndexFile::open(&path, seg, data)
         && (f.header.sealed || !sealed)
     {
         return f.lookup(hash).ok().map(|o| (o, f.header.end_position));
@@ -302,8 +305,10 @@ fn key_batches(dir: &Path, seg: &Segment, hash: u64, sealed: bool) -> Option<(Ve
 /// Reads the batches at `offsets` (increasing) and appends the records of `key` at or after `from` and below
 /// `limit`. False if the index disagrees with the data: a batch that is not valid there, or holds no record
 /// with the hash's tag, or positions that do not increase (the caller then scans).
+#[allow(clippy::too_many_arguments)]
 fn read_indexed(
     seg: &Segment,
+    data: &SegmentFile,
     offsets: &[u64],
     hash: u64,
     key: &[u8],
@@ -314,12 +319,12 @@ fn read_indexed(
     let tag = hash_tag(hash);
     let mut after = out.last().map(|r| r.position);
     for &off in offsets {
-        let Ok(Some((h, bytes))) = seg.read_batch(off) else { return false };
+        let Some((h, bytes)) = data.read_batch(off) else { return false };
         if h.sealed || h.base_position < seg.base_position() || after.is_some_and(|a| h.base_position <= a) {
             return false;
         }
         let mut tag_seen = false;
-        for r in RecordIter::new(bytes) {
+        for r in RecordIter::new(&bytes) {
             if hash_tag(r.key_hash) != tag {
                 continue;
             }

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use catchup_segments::key_index::{
-    KEY_INDEX_ENTRY_SIZE, KEY_INDEX_HEADER_SIZE, KEY_INDEX_SLOT_SIZE, KeyIndex, KeyIndexFile, key_index_file_name,
+    KEY_INDEX_ENTRY_SIZE, KEY_INDEX_HEADER_SIZE, KEY_INDEX_SLOT_SIZE, KeyIndex, KeyIndexFile, SegmentFile,
+    key_index_file_name,
 };
 use catchup_segments::*;
 use proptest::prelude::*;
@@ -99,7 +100,7 @@ fn check_with(
     for k in 0..KEYS {
         // Rewritten before each lookup: a reader that rebuilt the index wrote it back.
         std::fs::write(&path, bytes).unwrap();
-        if let Ok(f) = KeyIndexFile::open(&path, s) {
+        if let Ok(f) = KeyIndexFile::open(&path, s, &SegmentFile::open(s).unwrap()) {
             let _ = f.lookup(key_hash(&key(k)));
         }
         let got = reader.key_history(&key(k), Position(0)).map_err(|e| TestCaseError::fail(e.to_string()))?;

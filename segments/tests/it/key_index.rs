@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use catchup_segments::key_index::{KeyIndex, KeyIndexFile, hash_tag, key_index_file_name};
+use catchup_segments::key_index::{KeyIndex, KeyIndexFile, SegmentFile, hash_tag, key_index_file_name};
 use catchup_segments::segment::list_segments;
 use catchup_segments::verify::rewrite_index;
 use catchup_segments::*;
@@ -219,7 +219,7 @@ fn a_file_lookup_equals_the_in_memory_index() {
     let reader = LogReader::open(dir.path()).unwrap();
     let seg = &reader.segments()[0];
     let path = dir.path().join(key_index_file_name(seg.base_position()));
-    let f = KeyIndexFile::open(&path, seg).unwrap();
+    let f = KeyIndexFile::open(&path, seg, &SegmentFile::open(seg).unwrap()).unwrap();
     let (mem, problem) = KeyIndex::build(seg, None).unwrap();
     assert!(problem.is_none());
     assert!(f.header.sealed && mem.header.fanout_bits > 0);
