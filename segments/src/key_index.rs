@@ -240,6 +240,13 @@ pub fn hash_tag(key_hash: u64) -> u32 {
     (key_hash >> 32) as u32
 }
 
+/// An entry packed in a `u64` (tag in the high half, `batch_offset / 8` in the low half), so that sorting
+/// the `u64`s sorts the entries.
+#[inline]
+pub fn pack(tag: u32, batch_offset_div8: u64) -> u64 {
+    ((tag as u64) << 32) | (batch_offset_div8 & 0xffff_ffff)
+}
+
 fn bucket_of(tag: u32, bits: u8) -> usize {
     if bits == 0 { 0 } else { (tag >> (32 - bits)) as usize }
 }
@@ -270,7 +277,7 @@ impl KeyIndex {
             return Err(SegmentTooLarge { capacity: seg.len_bytes() });
         }
         let base = seg.base_position();
-        let mut entries = Vec::new();
+        let mut packed = Vec::new();
         let mut offset = SEGMENT_HEADER_SIZE as u64;
         let mut expected = base;
         let mut last = (offset, 0u32);
@@ -297,19 +304,8 @@ impl KeyIndex {
                         offset += h.length as u64;
                         break;
                     }
-                    let off8 = (offset / 8) as u32;
-                    let start = entries.len();
-                    entries.extend(RecordIter::new(bytes).map(|r| (hash_tag(r.key_hash), off8)));
-                    // One entry per tag and batch.
-                    entries[start..].sort_unstable();
-                    let mut kept = start;
-                    for i in start..entries.len() {
-                        if kept == start || entries[kept - 1] != entries[i] {
-                            entries[kept] = entries[i];
-                            kept += 1;
-                        }
-                    }
-                    entries.truncate(kept);
+                    let off8 = offset / 8;
+                    packed.extend(RecordIter::new(bytes).map(|r| pack(hash_tag(r.key_hash), off8)));
                     expected = h.end_position();
                     offset += h.length as u64;
                 }
@@ -320,11 +316,10 @@ impl KeyIndex {
                 }
             }
         }
-        entries.sort_unstable();
         let header = KeyIndexHeader {
-            fanout_bits: fanout_bits_for(entries.len() as u64),
+            fanout_bits: 0,
             sealed,
-            entry_count: entries.len() as u32,
+            entry_count: 0,
             base_position: base,
             created_ns: seg.header().created_ns,
             end_offset: offset,
@@ -332,7 +327,19 @@ impl KeyIndex {
             last_batch_offset: last.0,
             last_batch_crc: last.1,
         };
-        Ok((KeyIndex { header, entries }, problem))
+        Ok((KeyIndex::from_packed(header, packed), problem))
+    }
+
+    /// The index of `packed` entries ([`pack`]: tag and batch offset, in any order, duplicates allowed)
+    /// covering what `header` says; its `fanout_bits` and `entry_count` are set here. What the writer builds
+    /// from the key hashes it appended and what [`KeyIndex::build`] finds in the data go through this one
+    /// function, so the same records give the same bytes.
+    pub fn from_packed(mut header: KeyIndexHeader, mut packed: Vec<u64>) -> KeyIndex {
+        packed.sort_unstable();
+        packed.dedup();
+        header.entry_count = packed.len() as u32;
+        header.fanout_bits = fanout_bits_for(packed.len() as u64);
+        KeyIndex { header, entries: packed.into_iter().map(|e| ((e >> 32) as u32, e as u32)).collect() }
     }
 
     /// The start of each bucket.

@@ -31,7 +31,7 @@ use crate::format::{
     SEGMENT_SIZE_MIN, SegmentHeader,
 };
 use crate::index::{IndexBuilder, SparseIndex};
-use crate::key_index::{KeyIndex, key_index_file_name};
+use crate::key_index::{KEY_INDEX_SEGMENT_MAX, KeyIndex, KeyIndexHeader, hash_tag, key_index_file_name, pack};
 use crate::recovery::{
     DurableEnd, RpWriter, last_batch_crc, open_recovery_point, read_recovery_point_durable, recover_above_point,
 };
@@ -253,21 +253,45 @@ pub struct LogWriter {
     key_index: bool,
     /// The thread that builds the key index of each segment sealed by this writer (started at the first roll).
     key_indexer: Option<KeyIndexer>,
+    /// Hash tags of the pending batch's records, in order (`key_index` only).
+    key_tags: Vec<u32>,
+    /// Packed key index entries ([`crate::key_index::pack`]) of the active segment's committed batches.
+    key_entries: Vec<u64>,
+    /// `key_entries` covers the whole active segment (it was empty when this writer took it over, and indexing
+    /// stayed on); otherwise its key index is built from the data.
+    key_entries_complete: bool,
+    /// Offset and `crc` field of the active segment's last committed batch (64 and 0 when none).
+    last_batch: (u64, u32),
+}
+
+/// Work for the key indexer thread.
+#[derive(Debug)]
+enum KeyIndexJob {
+    /// The writer's entries of a sealed segment, and what they cover.
+    Entries(KeyIndexHeader, Vec<u64>, PathBuf),
+    /// Build from the segment's data (the writer does not have every entry).
+    Build(Position, PathBuf),
 }
 
 /// A thread that builds and saves the key index of each sealed segment sent to it, from the segment's data.
 #[derive(Debug)]
 struct KeyIndexer {
-    tx: std::sync::mpsc::Sender<(Position, PathBuf)>,
+    tx: std::sync::mpsc::Sender<KeyIndexJob>,
     handle: std::thread::JoinHandle<()>,
 }
 
 impl KeyIndexer {
     fn start(dir: PathBuf) -> std::io::Result<KeyIndexer> {
-        let (tx, rx) = std::sync::mpsc::channel::<(Position, PathBuf)>();
+        let (tx, rx) = std::sync::mpsc::channel::<KeyIndexJob>();
         let handle = std::thread::Builder::new().name("catchup-key-index".into()).spawn(move || {
-            for (base, path) in rx {
-                save_key_index(&dir, base, &path);
+            for job in rx {
+                match job {
+                    // A cache: failing to write it loses nothing (readers build it).
+                    KeyIndexJob::Entries(header, entries, path) => {
+                        let _ = KeyIndex::from_packed(header, entries).save(&path, false);
+                    }
+                    KeyIndexJob::Build(base, path) => save_key_index(&dir, base, &path),
+                }
             }
         })?;
         Ok(KeyIndexer { tx, handle })
@@ -568,6 +592,11 @@ impl LogWriter {
             finished: false,
             key_index: true,
             key_indexer: None,
+            key_tags: Vec::new(),
+            key_entries: Vec::new(),
+            // Entries are only known for what this writer appends: complete if the active segment is empty.
+            key_entries_complete: end_offset == SEGMENT_HEADER_SIZE as u64 && capacity <= KEY_INDEX_SEGMENT_MAX,
+            last_batch: (SEGMENT_HEADER_SIZE as u64, 0),
             end: DurableEnd {
                 position: end_position.0,
                 segment_base: base.0,
@@ -630,7 +659,13 @@ impl LogWriter {
     /// data, and a clean close writes the active segment's; nothing is added to the append path. Off, readers
     /// build a sealed segment's key index when [`crate::LogReader::key_history`] first needs it.
     pub fn set_key_index(&mut self, on: bool) {
-        self.key_index = on;
+        if on != self.key_index {
+            self.key_index = on;
+            // What was collected so far may miss records: the active segment's index is built from its data.
+            self.key_tags.clear();
+            self.key_entries.clear();
+            self.key_entries_complete = false;
+        }
     }
 
     fn stop_key_indexer(&mut self) {
@@ -685,7 +720,11 @@ impl LogWriter {
             self.commit()?;
         }
         let pos = self.next;
-        format::encode_record(&mut self.pending, pos, timestamp_ns, format::key_hash(key), key, payload);
+        let hash = format::key_hash(key);
+        format::encode_record(&mut self.pending, pos, timestamp_ns, hash, key, payload);
+        if self.key_index {
+            self.key_tags.push(hash_tag(hash));
+        }
         self.pending_count += 1;
         self.pending_max_ts = self.pending_max_ts.max(timestamp_ns);
         self.next = Position(pos.0 + 1);
@@ -734,6 +773,12 @@ impl LogWriter {
         let offset = self.offset;
         self.write_batch(offset, word)?;
         self.index.add_batch(offset, word, base, self.pending_count, self.pending_max_ts);
+        let crc = format::read_u32(&self.pending, format::BATCH_CRC_OFFSET);
+        if self.key_index {
+            let off8 = offset / 8;
+            self.key_entries.extend(self.key_tags.drain(..).map(|t| pack(t, off8)));
+        }
+        self.last_batch = (offset, crc);
         self.offset += len;
         self.committed = self.next;
         self.end = DurableEnd {
@@ -828,7 +873,23 @@ impl LogWriter {
         // The active segment's key index, built from its (now durable) data: readers then scan only what is
         // appended after this close. A cache too.
         if self.key_index {
-            save_key_index(&self.dir, self.base, &self.path);
+            if self.key_entries_complete {
+                let header = KeyIndexHeader {
+                    fanout_bits: 0,
+                    sealed: false,
+                    entry_count: 0,
+                    base_position: self.base,
+                    created_ns: self.created_ns,
+                    end_offset: self.offset,
+                    end_position: self.committed,
+                    last_batch_offset: self.last_batch.0,
+                    last_batch_crc: self.last_batch.1,
+                };
+                let idx = KeyIndex::from_packed(header, std::mem::take(&mut self.key_entries));
+                let _ = idx.save(&self.dir.join(key_index_file_name(self.base)), false);
+            } else {
+                save_key_index(&self.dir, self.base, &self.path);
+            }
         }
         // CLEAN: everything committed is durable and the log ends exactly at `self.end`.
         if self.durable_position() == self.committed && self.unsynced.is_empty() && !self.dir_unsynced {
@@ -914,8 +975,28 @@ impl LogWriter {
                 // Without the thread the segment simply gets no key index now (a cache: readers build it).
                 self.key_indexer = KeyIndexer::start(self.dir.clone()).ok();
             }
+            let job = if self.key_entries_complete {
+                let header = KeyIndexHeader {
+                    fanout_bits: 0,
+                    sealed: true,
+                    entry_count: 0,
+                    base_position: self.base,
+                    created_ns: self.created_ns,
+                    end_offset: self.offset + BATCH_HEADER_SIZE as u64,
+                    end_position: self.committed,
+                    last_batch_offset: self.offset,
+                    last_batch_crc: format::read_u32(&seal, format::BATCH_CRC_OFFSET),
+                };
+                KeyIndexJob::Entries(
+                    header,
+                    std::mem::take(&mut self.key_entries),
+                    self.dir.join(key_index_file_name(self.base)),
+                )
+            } else {
+                KeyIndexJob::Build(self.base, self.path.clone())
+            };
             if let Some(k) = &self.key_indexer {
-                let _ = k.tx.send((self.base, self.path.clone()));
+                let _ = k.tx.send(job);
             }
         }
         let next = self.committed;
@@ -951,6 +1032,9 @@ impl LogWriter {
         self.allocated = ALLOCATE_FIRST.min(capacity);
         self.offset = SEGMENT_HEADER_SIZE as u64;
         self.index = IndexBuilder::new(base);
+        self.key_entries.clear();
+        self.key_entries_complete = capacity <= KEY_INDEX_SEGMENT_MAX;
+        self.last_batch = (SEGMENT_HEADER_SIZE as u64, 0);
         let mut t = self.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
         t.file = self.file.clone();
         t.path = self.path.clone();
