@@ -47,8 +47,8 @@ struct Config {
 }
 
 /// Writes `events` gen-style events (as `catchup gen` with uniform keys) with key indexing on or off;
-/// returns the time from open to the end of `close()`.
-fn write_log(cfg: &Config, dir: &Path, indexing: bool, seed: u64) -> BenchResult<Duration> {
+/// returns the time from open to the last append and to the end of `close()`.
+fn write_log(cfg: &Config, dir: &Path, indexing: bool, seed: u64) -> BenchResult<(Duration, Duration)> {
     let opts =
         WriterOptions { segment_size_bytes: cfg.segment_bytes, durability: Durability::None, ..Default::default() };
     let t = Instant::now();
@@ -69,8 +69,10 @@ fn write_log(cfg: &Config, dir: &Path, indexing: bool, seed: u64) -> BenchResult
         payload(&mut body, rank, *seq, amount, cfg.payload_bytes);
         w.append(key.as_bytes(), body.as_bytes(), 1_767_225_600_000_000_000 + i * 1_000_000)?;
     }
+    w.commit()?;
+    let appended = t.elapsed();
     w.close()?;
-    Ok(t.elapsed())
+    Ok((appended, t.elapsed()))
 }
 
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -146,17 +148,21 @@ fn main() -> BenchResult<()> {
 
     // Appends, on and off alternating; the last "on" log is the one queried.
     let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut on_a, mut off_a) = (Vec::new(), Vec::new());
     let log = root.path().join("on");
     for rep in 0..cfg.append_reps {
         for indexing in if rep % 2 == 0 { [true, false] } else { [false, true] } {
             let dir = root.path().join(if indexing { "on" } else { "off" });
             let _ = std::fs::remove_dir_all(&dir);
-            let d = write_log(&cfg, &dir, indexing, 1)?;
+            let (a, d) = write_log(&cfg, &dir, indexing, 1)?;
             (if indexing { &mut on } else { &mut off }).push(d);
+            (if indexing { &mut on_a } else { &mut off_a }).push(a);
         }
     }
     on.sort();
     off.sort();
+    on_a.sort();
+    off_a.sort();
     let rate = |d: Duration| cfg.events as f64 / d.as_secs_f64() / 1e6;
     let (mon, moff) = (on[on.len() / 2], off[off.len() / 2]);
     println!(
@@ -169,6 +175,13 @@ fn main() -> BenchResult<()> {
         moff.as_secs_f64() / mon.as_secs_f64()
     );
 
+    let (mon, moff) = (on_a[on_a.len() / 2], off_a[off_a.len() / 2]);
+    println!(
+        "appends to the last commit (before close), median: on {:.2} M/s, off {:.2} M/s: on/off = {:.3}",
+        rate(mon),
+        rate(moff),
+        moff.as_secs_f64() / mon.as_secs_f64()
+    );
     let seg_disk: u64 =
         files_with_ext(&log, "seg").iter().map(|p| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)).sum();
     let kidx: u64 =
@@ -229,7 +242,8 @@ fn main() -> BenchResult<()> {
 
     // Cold: reader dropped, files evicted, then open + key_history.
     let mut cold = Vec::new();
-    let (mut disk_total, mut rchar_total, mut rec_total) = (0u64, 0u64, 0u64);
+    let (mut disk_total, mut rchar_total, mut rec_total, mut open_disk) = (0u64, 0u64, 0u64, 0u64);
+    let mut cold_kh = Vec::new();
     let mut over_target = 0usize;
     let cold_queries = &queries[..queries.len().min(if smoke { 10 } else { 500 })];
     for q in cold_queries {
@@ -237,9 +251,13 @@ fn main() -> BenchResult<()> {
         let (d0, r0) = proc_io();
         let t = Instant::now();
         let reader = LogReader::open(&log)?;
+        let (dm, _) = proc_io();
+        let t2 = Instant::now();
         let got = reader.key_history(q, Position(0))?;
+        cold_kh.push(t2.elapsed());
         cold.push(t.elapsed());
         let (d1, r1) = proc_io();
+        open_disk += dm - d0;
         let recs: u64 = got.iter().map(record_bytes).sum();
         disk_total += d1 - d0;
         rchar_total += r1 - r0;
@@ -249,7 +267,15 @@ fn main() -> BenchResult<()> {
         }
     }
     cold.sort();
+    cold_kh.sort();
     let n = cold_queries.len() as u64;
+    println!(
+        "cold, key_history alone (reader opened cold just before): p50 {} p99 {}; LogReader::open read {:.1} KiB \
+         per query from disk",
+        ms(pct(&cold_kh, 0.5)),
+        ms(pct(&cold_kh, 0.99)),
+        open_disk as f64 / n as f64 / 1024.0
+    );
     println!(
         "cold open + key_history: {} keys; p50 {} p99 {} max {}; per query: {:.1} KiB read from disk \
          (read_bytes), {:.1} KiB through read() (rchar), {:.2} KiB of the key's records; {} of {} queries \
