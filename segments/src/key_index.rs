@@ -143,8 +143,8 @@ impl KeyIndexHeader {
         if header.end_offset > KEY_INDEX_SEGMENT_MAX
             || header.last_batch_offset < first
             || header.last_batch_offset > header.end_offset
-            || header.end_offset % 8 != 0
-            || header.last_batch_offset % 8 != 0
+            || !header.end_offset.is_multiple_of(8)
+            || !header.last_batch_offset.is_multiple_of(8)
         {
             return Err("offsets out of bounds".into());
         }
