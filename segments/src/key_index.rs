@@ -172,8 +172,31 @@ impl KeyIndexHeader {
             return self.end_offset == SEGMENT_HEADER_SIZE as u64 && self.end_position == self.base_position;
         }
         let length = self.end_offset - self.last_batch_offset;
-        file.words(self.last_batch_offset) == Some((length as u32, self.last_batch_crc)) && length <= u32::MAX as u64
+        // The batch there must be the one recorded (length and CRC field) and end where the index says: its
+        // base position and record count (a seal, with no record, exactly when `sealed`).
+        match file.batch_head(self.last_batch_offset) {
+            Some(h) => {
+                length <= u32::MAX as u64
+                    && (h.length, h.crc) == (length as u32, self.last_batch_crc)
+                    && h.base_position.0.checked_add(h.record_count as u64) == Some(self.end_position.0)
+                    && (h.record_count == 0) == self.sealed
+            }
+            None => false,
+        }
     }
+}
+
+/// A batch header's fields as read, unchecked: what binds a key index to its segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHead {
+    /// The commit word.
+    pub length: u32,
+    /// The `crc` field.
+    pub crc: u32,
+    /// The `base_position` field.
+    pub base_position: Position,
+    /// The `record_count` field.
+    pub record_count: u32,
 }
 
 /// A segment file opened for reading the few batches a key index names, with `pread` and without
@@ -206,6 +229,21 @@ impl SegmentFile {
         }
         self.file.read_exact_at(&mut w, offset).ok()?;
         Some((format::read_u32(&w, 0), format::read_u32(&w, 4)))
+    }
+
+    /// The first 20 bytes of the batch header at `offset` (not checked against the batch's CRC).
+    pub fn batch_head(&self, offset: u64) -> Option<BatchHead> {
+        let mut w = [0u8; 20];
+        if offset.checked_add(20)? > self.len {
+            return None;
+        }
+        self.file.read_exact_at(&mut w, offset).ok()?;
+        Some(BatchHead {
+            length: format::read_u32(&w, 0),
+            crc: format::read_u32(&w, 4),
+            base_position: Position(format::read_u64(&w, 8)),
+            record_count: format::read_u32(&w, 16),
+        })
     }
 
     /// Reads and validates the batch at `offset` (`format::check_batch`: bounds, CRC, every record's framing

@@ -261,3 +261,26 @@ fn durable_only_key_history_stops_at_the_durable_end() {
     }
     w.close().unwrap();
 }
+
+/// Regression (found by `fuzz_key_index`): a key index whose header checksum is right but whose
+/// `end_position` is not where its last batch ends made `key_history` scan from that position (an error past
+/// the end, or records returned twice below it). The binding now checks the last batch's base and count.
+#[test]
+fn a_key_index_claiming_another_end_position_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LogWriter::open(dir.path(), small_opts(4096, Durability::None)).unwrap();
+    append_keys(&mut w, 2000, 50, test_seed("kh-endpos"));
+    w.close().unwrap();
+    let files = kidx_files(dir.path());
+    for (f, delta) in [(files.last().unwrap(), 4096i64), (files.last().unwrap(), -3), (&files[0], -5)] {
+        let good = std::fs::read(f).unwrap();
+        let mut bad = good.clone();
+        let end = u64::from_le_bytes(bad[40..48].try_into().unwrap());
+        bad[40..48].copy_from_slice(&end.wrapping_add_signed(delta).to_le_bytes());
+        let crc = crc32c::crc32c(&bad[..60]);
+        bad[60..64].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(f, &bad).unwrap();
+        check_all_keys(dir.path(), &format!("{} with end position {delta:+}", f.display()));
+        std::fs::write(f, &good).unwrap();
+    }
+}
