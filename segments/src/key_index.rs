@@ -3,8 +3,9 @@
 //! Like the sparse index ([`crate::index`]) it is a cache, never trusted over the data. It is built from the
 //! segment's verified batches (so the same data always gives the same bytes, whoever builds it: the writer
 //! at a seal or a clean close, `catchup index`, a reader that had to rebuild it, `verify --repair`), bound to
-//! the data it describes (the segment's `created_ns` and the commit word and CRC field of the last batch it
-//! covers), and every batch found through it is read with its CRC checked like any other. A lookup that finds
+//! the data it describes (the segment's `created_ns`, and the commit word, CRC field, base position and record
+//! count of the last batch it covers), and every batch found through it is read with its CRC checked like any
+//! other. A lookup that finds
 //! the index inconsistent with the data is not an error: the reader scans that segment instead, and
 //! `verify` reports the file. Layout: `docs/segment-format.md`, "Key index file".
 //!
@@ -161,8 +162,9 @@ impl KeyIndexHeader {
             + self.entry_count as u64 * KEY_INDEX_ENTRY_SIZE as u64
     }
 
-    /// True if the segment's data still holds what this index was built from: same `created_ns`, and the
-    /// commit word and CRC field of the last batch covered are the ones recorded. Reads two words.
+    /// True if the segment's data still holds what this index was built from: same `created_ns`, and the last
+    /// batch covered has the recorded commit word and CRC field, ends at `end_position`, and is a seal exactly
+    /// when `sealed`. Reads 20 bytes.
     pub fn matches(&self, seg: &Segment, file: &SegmentFile) -> bool {
         if seg.header().created_ns != self.created_ns || seg.base_position() != self.base_position {
             return false;
