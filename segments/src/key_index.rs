@@ -287,34 +287,36 @@ pub fn pack(tag: u32, batch_offset_div8: u64) -> u64 {
     ((tag as u64) << 32) | (batch_offset_div8 & 0xffff_ffff)
 }
 
-/// Sorts packed entries. The writer and [`KeyIndex::build`] produce them in batch-offset order, where a stable
-/// sort by tag is the whole sort: three passes of an LSD radix sort on the tag's 32 bits (about 4x faster than
-/// a comparison sort, and this runs once per sealed segment). Other input is sorted by comparison.
+/// Sorts packed entries: one counting pass and one scatter by fan-out bucket (the top bits of the tag, about
+/// 32 entries per bucket), then a small sort of each bucket. About twice as fast as three radix passes and four
+/// times as fast as a comparison sort of the whole; this runs once per sealed segment, on the writer's indexer
+/// thread, and costs the appends that share the CPU with it.
 fn sort_packed(v: &mut Vec<u64>) {
-    if !v.windows(2).all(|w| (w[0] as u32) <= (w[1] as u32)) {
+    let bits = fanout_bits_for(v.len() as u64);
+    if bits == 0 {
         v.sort_unstable();
         return;
     }
-    let mut tmp = vec![0u64; v.len()];
-    for shift in [32u32, 43, 54] {
-        let digit = |e: u64| ((e >> shift) & 0x7ff) as usize;
-        let mut starts = [0usize; 2048];
-        for &e in v.iter() {
-            starts[digit(e)] += 1;
-        }
-        let mut sum = 0;
-        for c in starts.iter_mut() {
-            let n = *c;
-            *c = sum;
-            sum += n;
-        }
-        for &e in v.iter() {
-            let d = digit(e);
-            tmp[starts[d]] = e;
-            starts[d] += 1;
-        }
-        std::mem::swap(v, &mut tmp);
+    let n = 1usize << bits;
+    let bucket = |e: u64| (e >> (64 - bits as u32)) as usize;
+    let mut starts = vec![0usize; n + 1];
+    for &e in v.iter() {
+        starts[bucket(e) + 1] += 1;
     }
+    for i in 0..n {
+        starts[i + 1] += starts[i];
+    }
+    let mut at = starts.clone();
+    let mut out = vec![0u64; v.len()];
+    for &e in v.iter() {
+        let b = bucket(e);
+        out[at[b]] = e;
+        at[b] += 1;
+    }
+    for w in starts.windows(2) {
+        out[w[0]..w[1]].sort_unstable();
+    }
+    *v = out;
 }
 
 fn bucket_of(tag: u32, bits: u8) -> usize {
@@ -595,7 +597,7 @@ impl KeyIndexFile {
 mod tests {
     use super::*;
 
-    /// The radix path sorts like a comparison sort, for input in offset order (its precondition) and not.
+    /// The bucket sort sorts like a comparison sort, for input in offset order (as built) and not.
     #[test]
     fn sort_packed_sorts() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
