@@ -17,8 +17,9 @@
 //! - **latency**: `key_history` of `--queries` random keys, p50/p99/max, warm (a reader kept open, the
 //!   files in the page cache) and cold (before each query the reader is dropped and every file of the log
 //!   is evicted from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)`; the query then opens a reader,
-//!   as `catchup history` does). `/proc/sys/vm/drop_caches` needs root on the host, which a container does
-//!   not have; the eviction is checked by the bytes the process then reads from the disk;
+//!   as `catchup history` does). `/proc/sys/vm/drop_caches` would empty the page cache of the whole
+//!   (shared) machine at every query; the eviction is checked by the bytes the process then reads from the
+//!   disk;
 //! - **bytes read** per cold query, from `/proc/self/io` (`read_bytes`: from the block device, mapped
 //!   pages included; `rchar`: through `read`/`pread`), beside the key's record bytes;
 //! - **the full scan** for one key (the old `export --key`), warm, for scale.
