@@ -5,6 +5,7 @@
 //! - [`LogReader`] maps segments read-only and hands out zero-copy [`RecordRef`]s batch by batch from the
 //!   start, a position or a timestamp, and follows appends made by another process.
 //! - [`MergedCursor`] reads several logs as one, ordered by (timestamp, log, position).
+//! - [`LogReader::key_history`] reads one key's records through the per-key index ([`mod@key_index`]).
 //! - [`verify()`] lists every problem in a log, naming file, byte offset and position.
 //! - [`truncate()`] cuts a log at a position for the operator, keeping the cut bytes in `cut/`.
 //! - [`Storage`] is the seam the writer writes through ([`FsStorage`] in production);
@@ -17,6 +18,7 @@
 pub mod error;
 pub mod format;
 pub mod index;
+pub mod key_index;
 pub mod merge;
 pub mod reader;
 mod recovery;

@@ -66,6 +66,7 @@ use crate::format::{
     RecordRef, SEGMENT_HEADER_SIZE, decode_record,
 };
 use crate::index::SparseIndex;
+use crate::key_index::{KeyIndex, KeyIndexFile, SegmentFile, hash_tag, key_index_file_name};
 use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, RecoveryPointError, read_recovery_point};
 use crate::segment::{Segment, file_is_all_zero, index_file_name, list_segments};
 
@@ -220,6 +221,124 @@ impl LogReader {
     pub fn index_of(&self, seg_idx: usize) -> Result<SparseIndex, Corruption> {
         load_index(&self.dir, &self.segments[seg_idx])
     }
+
+    /// The records of `key` at or after position `from`, in log order: what a cursor from `from` that kept
+    /// only this key would hand out (in durable-only mode, only records below the durable end).
+    ///
+    /// Sealed segments are read through their key index (`<20 digits>.kidx`, [`crate::key_index`]): only
+    /// the batches it names are read, each with its CRC checked, and only records whose stored key equals
+    /// `key` are kept (hash collisions are resolved there). A sealed segment without a usable key index
+    /// (missing, damaged, or built from other data) gets one built from its data, written back best effort
+    /// like the sparse index. An index found inconsistent with the data (a named batch that does not hold the
+    /// hash, or is not valid) is not trusted: the rest of the log is scanned instead, so the answer is the
+    /// scan's (errors included). The active (last) segment is read through its key index where one covers a
+    /// prefix of it (saved by a clean close or `catchup index`), and the rest of it, at most the whole
+    /// segment, is scanned with a cursor.
+    pub fn key_history(&self, key: &[u8], from: Position) -> Result<Vec<OwnedRecord>, ReadError> {
+        let hash = crate::format::key_hash(key);
+        let limit = self.cursor_at_first_record()?.limit;
+        let mut out = Vec::new();
+        let n = self.segments.len();
+        let mut scan_from = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let next_base = self.segments.get(i + 1).map(|s| s.base_position());
+            if next_base.is_some_and(|nb| nb <= from) {
+                continue;
+            }
+            let last = i + 1 == n;
+            let kept = out.len();
+            let data = SegmentFile::open(seg).ok();
+            let found = data.as_ref().and_then(|d| key_batches(&self.dir, seg, d, hash, !last));
+            match (found, &data) {
+                (Some((offsets, covered_end)), Some(d))
+                    if read_indexed(seg, d, &offsets, hash, key, from, limit, &mut out) =>
+                {
+                    if last {
+                        scan_from = Some(from.max(covered_end));
+                    }
+                }
+                _ => {
+                    out.truncate(kept);
+                    scan_from = Some(from.max(seg.base_position()));
+                    break;
+                }
+            }
+        }
+        if let Some(p) = scan_from {
+            let mut c = self.cursor(Start::Position(p))?;
+            while let Some(b) = c.next_batch()? {
+                for head in b.heads().filter(|h| h.key_hash == hash) {
+                    let r = b.segment.record_at(head.offset).expect("a record of a validated batch");
+                    if r.key == key {
+                        out.push(OwnedRecord::from(r));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The batches of `seg` that its key index names for `hash`, and the position up to which the index covers
+/// the segment. `None` when there is no usable index: for a sealed segment (`sealed`) one is then built from
+/// the data and written back (best effort); `None` again if that fails (damage, a segment too large).
+fn key_batches(dir: &Path, seg: &Segment, data: &SegmentFile, hash: u64, sealed: bool) -> Option<(Vec<u64>, Position)> {
+    let path = dir.join(key_index_file_name(seg.base_position()));
+    if let Ok(f) = KeyIndexFile::open(&path, seg, data)
+        && (f.header.sealed || !sealed)
+    {
+        return f.lookup(hash).ok().map(|o| (o, f.header.end_position));
+    }
+    if !sealed {
+        return None;
+    }
+    match KeyIndex::build(seg, None) {
+        Ok((idx, None)) if idx.header.sealed => {
+            // A cache: failing to write it only costs the next reader this build.
+            let _ = idx.save(&path, false);
+            Some((idx.lookup(hash), idx.header.end_position))
+        }
+        _ => None,
+    }
+}
+
+/// Reads the batches at `offsets` (increasing) and appends the records of `key` at or after `from` and below
+/// `limit`. False if the index disagrees with the data: a batch that is not valid there, or holds no record
+/// with the hash's tag, or positions that do not increase (the caller then scans).
+#[allow(clippy::too_many_arguments)]
+fn read_indexed(
+    seg: &Segment,
+    data: &SegmentFile,
+    offsets: &[u64],
+    hash: u64,
+    key: &[u8],
+    from: Position,
+    limit: Position,
+    out: &mut Vec<OwnedRecord>,
+) -> bool {
+    let tag = hash_tag(hash);
+    let mut after = out.last().map(|r| r.position);
+    for &off in offsets {
+        let Some((h, bytes)) = data.read_batch(off) else { return false };
+        if h.sealed || h.base_position < seg.base_position() || after.is_some_and(|a| h.base_position <= a) {
+            return false;
+        }
+        let mut tag_seen = false;
+        for r in RecordIter::new(&bytes) {
+            if hash_tag(r.key_hash) != tag {
+                continue;
+            }
+            tag_seen = true;
+            if r.key_hash == hash && r.key == key && r.position >= from && r.position < limit {
+                out.push(OwnedRecord::from(r));
+            }
+        }
+        if !tag_seen {
+            return false;
+        }
+        after = Some(Position(h.end_position().0 - 1));
+    }
+    true
 }
 
 /// Maps the segments listed after `segments`, in order, up to the first one that cannot be mapped, whose

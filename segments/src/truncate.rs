@@ -125,9 +125,12 @@ fn sync_dirs(storage: &dyn Storage, cut_dir: &Path, dir: &Path) -> Result<(), Io
     storage.sync_dir(dir).map_err(|e| IoError::new("fsync directory", dir, e))
 }
 
-/// Removes the index of the segment at `base` (a cache that may describe cut data; readers rebuild it).
+/// Removes the indexes of the segment at `base`, sparse and per-key (caches that may describe cut data;
+/// readers rebuild the first, the next seal, clean close or `catchup index` the second, and a key index
+/// left behind would only be ignored: it is bound to the data it describes).
 fn remove_index(dir: &Path, base: Position) {
     let _ = std::fs::remove_file(dir.join(index_file_name(base)));
+    let _ = std::fs::remove_file(dir.join(crate::key_index::key_index_file_name(base)));
 }
 
 /// Writes zeros over `[from, to)` of `file`.

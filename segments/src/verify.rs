@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::Position;
+use crate::error::IoError;
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::format::BatchProblem;
 use crate::index::SparseIndex;
+use crate::key_index::{KEY_INDEX_EXT, KeyIndex, key_index_file_name};
 use crate::recovery_point::{RECOVERY_POINT_FILE, RecoveryPoint, read_recovery_point};
 use crate::segment::{Segment, file_is_all_zero, index_file_name, list_segments};
 
@@ -200,6 +202,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             }
         };
         check_index_file(dir, &seg, &scan, &mut report);
+        check_key_index_file(dir, &seg, &scan, &mut report);
     }
     if let Ok(Some(rp)) = &recovery {
         apply_recovery_point(rp, &mut report);
@@ -244,6 +247,10 @@ fn apply_recovery_point(rp: &RecoveryPoint, report: &mut VerifyReport) {
 /// data: what `catchup verify --repair` does for a problem whose [`Problem::index_file`] is set. The index
 /// covers the segment's valid batches up to the first damaged one, if any. Written atomically (tmp, fsync,
 /// rename).
+///
+/// A key index file (`<20 digits>.kidx`, [`crate::key_index`]) is rebuilt the same way, from the segment's
+/// start through its seal or to the end of its committed data (removed instead when the segment is too large
+/// to have one).
 pub fn rewrite_index(index_file: &Path) -> Result<(), OpenError> {
     let stem = index_file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     let base = match stem.parse::<u64>() {
@@ -259,6 +266,13 @@ pub fn rewrite_index(index_file: &Path) -> Result<(), OpenError> {
         }
     };
     let seg = Segment::open(&index_file.with_extension(crate::segment::SEGMENT_EXT), base)?;
+    if index_file.extension().is_some_and(|e| e == KEY_INDEX_EXT) {
+        match KeyIndex::build(&seg, None) {
+            Ok((index, _)) => index.save(index_file, true)?,
+            Err(_) => std::fs::remove_file(index_file).map_err(|e| IoError::new("remove", index_file, e))?,
+        }
+        return Ok(());
+    }
     let (index, _) = SparseIndex::build(&seg);
     index.save(index_file, base, true)?;
     Ok(())
@@ -390,5 +404,53 @@ fn check_index_file(dir: &Path, seg: &Segment, scan: &SegmentScan, report: &mut 
                 });
             }
         }
+    }
+}
+
+/// Checks the segment's key index file, if any: it must decode, and it must be byte for byte what a build
+/// from the data up to the end it claims gives (not checked where the data is damaged or ends before that
+/// end: see below). A stale or damaged file is a cache problem ([`Problem::index_file`]).
+fn check_key_index_file(dir: &Path, seg: &Segment, scan: &SegmentScan, report: &mut VerifyReport) {
+    let base = seg.base_position();
+    let path = dir.join(key_index_file_name(base));
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    let problem = |offset: u64, kind: CorruptionKind| Problem {
+        corruption: Corruption { file: path.clone(), offset, position: Some(base), kind },
+        torn_tail: false,
+        index_file: Some(path.clone()),
+    };
+    let file_index = match KeyIndex::decode(&bytes, base) {
+        Ok(i) => i,
+        Err(why) => {
+            report.problems.push(problem(0, CorruptionKind::BadIndex(why)));
+            return;
+        }
+    };
+    if file_index.header.created_ns != seg.header().created_ns {
+        // Built from another segment file with this base (one that was cut and created again).
+        report.problems.push(problem(24, CorruptionKind::IndexMismatch { index_file: path.clone() }));
+        return;
+    }
+    if file_index.header.created_ns != seg.header().created_ns {
+        // Built from another segment file with this base (one that was cut and created again).
+        report.problems.push(problem(24, CorruptionKind::IndexMismatch { index_file: path.clone() }));
+        return;
+    }
+    let checked_below = scan.problems.first().map_or(u64::MAX, |p| p.corruption.offset);
+    if file_index.header.end_offset > checked_below {
+        return;
+    }
+    let Ok((rebuilt, _)) = KeyIndex::build(seg, Some(file_index.header.end_offset)) else { return };
+    if rebuilt.header.end_offset != file_index.header.end_offset {
+        // The data ends (or is damaged) before the end the index claims: cut by recovery or `truncate`, or
+        // torn. Readers find its binding to the last batch broken and ignore it; the data problem, if any, is
+        // reported itself; the next seal, clean close or `catchup index` rewrites it.
+        return;
+    }
+    let good = rebuilt.encode();
+    if good != bytes {
+        let at = good.iter().zip(&bytes).position(|(a, b)| a != b).unwrap_or(good.len().min(bytes.len()));
+        let kind = CorruptionKind::IndexMismatch { index_file: path.clone() };
+        report.problems.push(problem(at as u64, kind));
     }
 }

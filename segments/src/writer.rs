@@ -31,6 +31,7 @@ use crate::format::{
     SEGMENT_SIZE_MIN, SegmentHeader,
 };
 use crate::index::{IndexBuilder, SparseIndex};
+use crate::key_index::{KEY_INDEX_SEGMENT_MAX, KeyIndex, KeyIndexHeader, hash_tag, key_index_file_name, pack};
 use crate::recovery::{
     DurableEnd, RpWriter, last_batch_crc, open_recovery_point, read_recovery_point_durable, recover_above_point,
 };
@@ -247,6 +248,74 @@ pub struct LogWriter {
     finished: bool,
     /// Where the committed data ends (what the recovery point records once it is durable).
     end: DurableEnd,
+    /// Write key indexes (`.kidx`): of each sealed segment, built by `key_indexer` off the append path, and
+    /// of the active segment at a clean close. On by default ([`LogWriter::set_key_index`]).
+    key_index: bool,
+    /// The thread that builds the key index of each segment sealed by this writer (started at the first roll).
+    key_indexer: Option<KeyIndexer>,
+    /// Hash tags of the pending batch's records, in order (`key_index` only).
+    key_tags: Vec<u32>,
+    /// Packed key index entries ([`crate::key_index::pack`]) of the active segment's committed batches.
+    key_entries: Vec<u64>,
+    /// `key_entries` covers the whole active segment (it was empty when this writer took it over, and indexing
+    /// stayed on); otherwise its key index is built from the data.
+    key_entries_complete: bool,
+    /// Offset and `crc` field of the active segment's last committed batch (64 and 0 when none).
+    last_batch: (u64, u32),
+}
+
+/// The nice value of the key indexer thread (Linux: per thread).
+const KEY_INDEXER_NICE: libc::c_int = 10;
+
+/// Work for the key indexer thread.
+#[derive(Debug)]
+enum KeyIndexJob {
+    /// The writer's entries of a sealed segment, and what they cover.
+    Entries(KeyIndexHeader, Vec<u64>, PathBuf),
+    /// Build from the segment's data (the writer does not have every entry).
+    Build(Position, PathBuf),
+}
+
+/// A thread that builds and saves the key index of each sealed segment sent to it, from the segment's data.
+#[derive(Debug)]
+struct KeyIndexer {
+    tx: std::sync::mpsc::Sender<KeyIndexJob>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl KeyIndexer {
+    fn start(dir: PathBuf) -> std::io::Result<KeyIndexer> {
+        let (tx, rx) = std::sync::mpsc::channel::<KeyIndexJob>();
+        let handle = std::thread::Builder::new().name("catchup-key-index".into()).spawn(move || {
+            // Below the appending thread: where the cores are busy, the index (a cache) waits, the appends do
+            // not (`BENCHMARKS.md`: the indexer's CPU time otherwise came out of the append rate on a loaded
+            // 2-core machine). Best effort; `close` still waits for it.
+            #[cfg(target_os = "linux")]
+            // SAFETY: plain system calls on this thread's own id; no memory is passed.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, KEY_INDEXER_NICE);
+            }
+            for job in rx {
+                match job {
+                    // A cache: failing to write it loses nothing (readers build it).
+                    KeyIndexJob::Entries(header, entries, path) => {
+                        let _ = KeyIndex::from_packed(header, entries).save(&path, false);
+                    }
+                    KeyIndexJob::Build(base, path) => save_key_index(&dir, base, &path),
+                }
+            }
+        })?;
+        Ok(KeyIndexer { tx, handle })
+    }
+}
+
+/// Builds the key index of the segment at `path` from its data and saves it (best effort: a cache, and
+/// readers build a missing one of a sealed segment themselves).
+fn save_key_index(dir: &Path, base: Position, path: &Path) {
+    let Ok(seg) = Segment::open(path, base) else { return };
+    if let Ok((idx, None)) = KeyIndex::build(&seg, None) {
+        let _ = idx.save(&dir.join(key_index_file_name(base)), false);
+    }
 }
 
 fn now_ns() -> u64 {
@@ -532,6 +601,13 @@ impl LogWriter {
             unsynced: Vec::new(),
             dir_unsynced: false,
             finished: false,
+            key_index: true,
+            key_indexer: None,
+            key_tags: Vec::new(),
+            key_entries: Vec::new(),
+            // Entries are only known for what this writer appends: complete if the active segment is empty.
+            key_entries_complete: end_offset == SEGMENT_HEADER_SIZE as u64 && capacity <= KEY_INDEX_SEGMENT_MAX,
+            last_batch: (SEGMENT_HEADER_SIZE as u64, 0),
             end: DurableEnd {
                 position: end_position.0,
                 segment_base: base.0,
@@ -589,6 +665,27 @@ impl LogWriter {
         Ok(w)
     }
 
+    /// Turns the writing of key indexes (`.kidx`, see [`crate::key_index`]) on or off (on by default). On,
+    /// each segment this writer seals gets its key index built by a background thread from the segment's
+    /// data, and a clean close writes the active segment's; nothing is added to the append path. Off, readers
+    /// build a sealed segment's key index when [`crate::LogReader::key_history`] first needs it.
+    pub fn set_key_index(&mut self, on: bool) {
+        if on != self.key_index {
+            self.key_index = on;
+            // What was collected so far may miss records: the active segment's index is built from its data.
+            self.key_tags.clear();
+            self.key_entries.clear();
+            self.key_entries_complete = false;
+        }
+    }
+
+    fn stop_key_indexer(&mut self) {
+        if let Some(k) = self.key_indexer.take() {
+            drop(k.tx);
+            let _ = k.handle.join();
+        }
+    }
+
     /// What recovery did when this writer opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
@@ -634,7 +731,11 @@ impl LogWriter {
             self.commit()?;
         }
         let pos = self.next;
-        format::encode_record(&mut self.pending, pos, timestamp_ns, format::key_hash(key), key, payload);
+        let hash = format::key_hash(key);
+        format::encode_record(&mut self.pending, pos, timestamp_ns, hash, key, payload);
+        if self.key_index {
+            self.key_tags.push(hash_tag(hash));
+        }
         self.pending_count += 1;
         self.pending_max_ts = self.pending_max_ts.max(timestamp_ns);
         self.next = Position(pos.0 + 1);
@@ -683,6 +784,12 @@ impl LogWriter {
         let offset = self.offset;
         self.write_batch(offset, word)?;
         self.index.add_batch(offset, word, base, self.pending_count, self.pending_max_ts);
+        let crc = format::read_u32(&self.pending, format::BATCH_CRC_OFFSET);
+        if self.key_index {
+            let off8 = offset / 8;
+            self.key_entries.extend(self.key_tags.drain(..).map(|t| pack(t, off8)));
+        }
+        self.last_batch = (offset, crc);
         self.offset += len;
         self.committed = self.next;
         self.end = DurableEnd {
@@ -749,6 +856,7 @@ impl LogWriter {
     pub fn close_unsynced(mut self) -> Result<(), AppendError> {
         self.finished = true;
         self.stop_flusher();
+        self.stop_key_indexer();
         self.shared.check_poison()?;
         self.commit()?;
         Ok(())
@@ -760,6 +868,7 @@ impl LogWriter {
         }
         self.finished = true;
         self.stop_flusher();
+        self.stop_key_indexer();
         self.shared.check_poison()?;
         self.commit()?;
         // Every policy syncs at close, `None` included: the recovery point's CLEAN mark says "the log ends
@@ -772,6 +881,27 @@ impl LogWriter {
         // would point at zeros and stop seeks until a writer reopened the log.
         let idx = self.dir.join(index_file_name(self.base));
         let _ = self.index.index().save(&idx, self.base, false);
+        // The active segment's key index, built from its (now durable) data: readers then scan only what is
+        // appended after this close. A cache too.
+        if self.key_index {
+            if self.key_entries_complete {
+                let header = KeyIndexHeader {
+                    fanout_bits: 0,
+                    sealed: false,
+                    entry_count: 0,
+                    base_position: self.base,
+                    created_ns: self.created_ns,
+                    end_offset: self.offset,
+                    end_position: self.committed,
+                    last_batch_offset: self.last_batch.0,
+                    last_batch_crc: self.last_batch.1,
+                };
+                let idx = KeyIndex::from_packed(header, std::mem::take(&mut self.key_entries));
+                let _ = idx.save(&self.dir.join(key_index_file_name(self.base)), false);
+            } else {
+                save_key_index(&self.dir, self.base, &self.path);
+            }
+        }
         // CLEAN: everything committed is durable and the log ends exactly at `self.end`.
         if self.durable_position() == self.committed && self.unsynced.is_empty() && !self.dir_unsynced {
             let end = self.end;
@@ -851,6 +981,35 @@ impl LogWriter {
         }
         let idx = self.dir.join(index_file_name(self.base));
         let _ = self.index.index().save(&idx, self.base, false);
+        if self.key_index {
+            if self.key_indexer.is_none() {
+                // Without the thread the segment simply gets no key index now (a cache: readers build it).
+                self.key_indexer = KeyIndexer::start(self.dir.clone()).ok();
+            }
+            let job = if self.key_entries_complete {
+                let header = KeyIndexHeader {
+                    fanout_bits: 0,
+                    sealed: true,
+                    entry_count: 0,
+                    base_position: self.base,
+                    created_ns: self.created_ns,
+                    end_offset: self.offset + BATCH_HEADER_SIZE as u64,
+                    end_position: self.committed,
+                    last_batch_offset: self.offset,
+                    last_batch_crc: format::read_u32(&seal, format::BATCH_CRC_OFFSET),
+                };
+                KeyIndexJob::Entries(
+                    header,
+                    std::mem::take(&mut self.key_entries),
+                    self.dir.join(key_index_file_name(self.base)),
+                )
+            } else {
+                KeyIndexJob::Build(self.base, self.path.clone())
+            };
+            if let Some(k) = &self.key_indexer {
+                let _ = k.tx.send(job);
+            }
+        }
         let next = self.committed;
         self.open_next_segment(next, batch_len)
     }
@@ -868,6 +1027,9 @@ impl LogWriter {
         // A segment replaced by a larger one (its first batch did not fit) keeps its creation time: segment
         // 0's is the log's identity, named by the recovery point and by checkpoints.
         let created_ns = if base == self.base { self.created_ns } else { now_ns() };
+        // A key index left by an earlier segment with this base (one cut by recovery or `truncate`) describes
+        // other data: readers would ignore it (`created_ns` differs), but `verify` would report it.
+        let _ = std::fs::remove_file(self.dir.join(key_index_file_name(base)));
         let (file, path) = match create_segment(&*self.storage, &self.dir, base, capacity, durable, created_ns) {
             Ok(x) => x,
             Err(e) => return Err(self.poison(e)),
@@ -881,6 +1043,9 @@ impl LogWriter {
         self.allocated = ALLOCATE_FIRST.min(capacity);
         self.offset = SEGMENT_HEADER_SIZE as u64;
         self.index = IndexBuilder::new(base);
+        self.key_entries.clear();
+        self.key_entries_complete = capacity <= KEY_INDEX_SEGMENT_MAX;
+        self.last_batch = (SEGMENT_HEADER_SIZE as u64, 0);
         let mut t = self.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
         t.file = self.file.clone();
         t.path = self.path.clone();
@@ -921,12 +1086,18 @@ fn group_commit_loop(shared: &Shared, every: Duration) {
 }
 
 /// True for the names of the temporary files a writer creates (and so may delete): `<20 digits>.seg.tmp`,
-/// `<20 digits>.idx.tmp` and `recovery.point.tmp`. Anything else in the directory is not ours.
+/// `<20 digits>.idx.tmp`, `<20 digits>.kidx.tmp` and `recovery.point.tmp`. Anything else in the directory is not ours.
 fn is_own_tmp_name(name: &str) -> bool {
     if name == format!("{}.tmp", crate::recovery_point::RECOVERY_POINT_FILE) {
         return true;
     }
-    let Some(stem) = name.strip_suffix(".seg.tmp").or_else(|| name.strip_suffix(".idx.tmp")) else { return false };
+    let Some(stem) = name
+        .strip_suffix(".seg.tmp")
+        .or_else(|| name.strip_suffix(".idx.tmp"))
+        .or_else(|| name.strip_suffix(".kidx.tmp"))
+    else {
+        return false;
+    };
     stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -1014,6 +1185,7 @@ impl LogWriter {
     /// end as a clean close and releases the lock. Nothing else is written by this writer.
     pub(crate) fn truncate_locked(mut self, to: Position) -> Result<TruncateReport, OpenError> {
         self.stop_flusher();
+        self.stop_key_indexer();
         self.finished = true;
         let end_before = self.committed;
         let (dir, storage, shared) = (self.dir.clone(), self.storage.clone(), self.shared.clone());

@@ -61,6 +61,20 @@ pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
     let limit = cfg.limit.unwrap_or(u64::MAX);
     let mut n = 0u64;
     let mut line = Vec::with_capacity(4096);
+    if let Some(key) = &cfg.key {
+        // Through the per-key index: the same records the filtered scan below prints (`tests/history.rs`).
+        let recs = reader.key_history(key, cursor.position()).with_context(|| {
+            format!("cannot read log {} (run `catchup verify {}` for details)", cfg.dir.display(), cfg.dir.display())
+        })?;
+        for r in recs.iter().take_while(|r| r.position.0 < to).take(limit.min(usize::MAX as u64) as usize) {
+            line.clear();
+            json::push_event_line(&mut line, r.position.0, r.timestamp_ns, &r.key, &r.payload);
+            out.write_all(&line)?;
+            n += 1;
+        }
+        out.flush()?;
+        return Ok(n);
+    }
     'batches: while n < limit {
         let batch = cursor.next_batch().map_err(|e| super::read_error(&cfg.dir, e))?;
         let Some(batch) = batch else { break };

@@ -7,7 +7,9 @@ pub mod demo;
 pub mod export;
 #[path = "gen.rs"]
 pub mod generate; // `gen` is a reserved word in Rust 2024
+pub mod history;
 pub mod import;
+pub mod index;
 pub mod inspect;
 pub mod replay;
 pub mod report;
