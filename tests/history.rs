@@ -89,7 +89,8 @@ fn export_key_with_ranges_equals_the_filtered_scan() {
         assert_eq!(got, want, "{key} from {mid}");
         let since = ts(&all[1]);
         let want: String = all.iter().filter(|l| ts(l) >= since).cloned().collect();
-        let got = String::from_utf8(stdout(&["export", s(&log), "--key", key, "--since", &format!("@{since}ns")])).unwrap();
+        let got =
+            String::from_utf8(stdout(&["export", s(&log), "--key", key, "--since", &format!("@{since}ns")])).unwrap();
         assert_eq!(got, want, "{key} since {since}");
         let hist = stdout(&["history", s(&log), key, "--from", &mid.to_string(), "--json"]);
         let want: String = all.iter().filter(|l| pos(l) >= mid).cloned().collect();
