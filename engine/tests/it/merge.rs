@@ -466,8 +466,9 @@ fn thread_cpu() -> Duration {
 
 const CHILD_KILL: &str = "CATCHUP_IT_CHILD_MERGED";
 
-/// Child mode: a merged, checkpointed run over the logs in `$CATCHUP_IT_CHILD_MERGED` (`LOG;LOG;CKPT`), with
-/// a handler slow enough to be killed in the middle.
+/// Child mode: a merged, checkpointed run over the logs in `$CATCHUP_IT_CHILD_MERGED` (`LOG;LOG;CKPT`), paced
+/// (100k events/s: the 40,000 events take 0.4 s) so that the first run is always killed in the middle however
+/// fast the machine (unpaced, a quiet machine finished every run before its kill and the test failed).
 #[test]
 #[ignore = "the child process of the kill test, which runs it; does nothing on its own"]
 fn child_merged_run() {
@@ -479,6 +480,7 @@ fn child_merged_run() {
         ring_size: 64,
         publish_batch: 8,
         checkpoint: checkpoint(Path::new(ckpt), 40),
+        max_rate: Some(100_000),
         ..Default::default()
     };
     let keyed = Keyed::new(FoldProj::default(), cfg.n_shards);
@@ -697,4 +699,23 @@ proptest! {
             prop_assert!(s.meta.shard_idx < s.meta.n_shards);
         }
     }
+}
+
+/// `max_rate` holds for a merged run: 20,000 events at 50,000/s take at least 0.4 s (the pacer used to count
+/// 32 events per message whatever the message carried, and this run took 0.03 s). A lower bound on time is
+/// the behaviour under test here, not a performance figure.
+#[test]
+fn max_rate_paces_a_merged_run() {
+    let recs = gen_logs(2, 10_000, 50, 41);
+    let dirs = write_logs(&recs, 41);
+    let logs = paths(&dirs);
+    // Small publish batches: the merge thread's messages then carry many more records than a flush.
+    let cfg =
+        EngineConfig { n_shards: 2, ring_size: 64, publish_batch: 8, max_rate: Some(50_000), ..Default::default() };
+    let t0 = Instant::now();
+    let (s, got) = run_merged_keyed(&logs, cfg, Arc::default()).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(handled(&s.shards), 20_000);
+    assert_states_eq(&got, &oracle_merged(&offline_sort(&recs)), "paced");
+    assert!(took >= Duration::from_millis(380), "20,000 events at 50,000/s took {took:?}");
 }

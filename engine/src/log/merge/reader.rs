@@ -218,6 +218,8 @@ fn dispatch_loop(
     let mut pacer = Pacer::new(cfg.max_rate);
     let flush_every = (FLUSH_EVERY_BATCHES * cfg.publish_batch) as u64;
     let mut since_flush = 0u64;
+    // Records handed to the rings and not yet counted by the pacer.
+    let mut unpaced = 0u64;
     let mut at_end = false;
     let stopping = || shared.run.stopping() || shared.run.aborted();
     while let Ok(msg) = rx.recv() {
@@ -243,6 +245,7 @@ fn dispatch_loop(
                 let k = recs.len() as u64;
                 upto += k;
                 since_flush += k;
+                unpaced += k;
                 recs.clear();
                 let _ = back.try_send(recs);
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
@@ -252,7 +255,9 @@ fn dispatch_loop(
                         return;
                     }
                     if let Some(p) = &mut pacer {
-                        p.pace(flush_every, stopping);
+                        // Every record since the last pace, however many a message carried (pacing
+                        // `flush_every` here let a merged run go many times over `max_rate`).
+                        p.pace(std::mem::take(&mut unpaced), stopping);
                     }
                 }
             }
