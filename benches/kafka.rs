@@ -157,7 +157,7 @@ fn catchup_run(brokers: &str, topic: &str, shards: usize, work: Work, run: usize
     let summary = running.wait().unwrap();
     // One process owns every partition at the end; a key lives in one partition and one shard.
     let mut res = KeyResults::default();
-    for h in summary.partitions.into_values().flatten() {
+    for h in summary.into_handlers() {
         for (k, v) in h.res {
             assert!(res.insert(k, v).is_none(), "catchup x{shards}: a key was handled by two handlers");
         }

@@ -39,7 +39,7 @@ fn engine(dir: &str, n_shards: usize) -> Result<(u64, f64, u64), Box<dyn std::er
     let t = Instant::now();
     let s = Engine::run(dir, EngineConfig { n_shards, ..Default::default() }, |_| Touch(0))?;
     let secs = t.elapsed().as_secs_f64();
-    Ok((s.progress.handled, secs, s.handlers.iter().fold(0u64, |a, h| a.wrapping_add(h.0))))
+    Ok((s.progress.handled, secs, s.log_handlers().iter().fold(0u64, |a, h| a.wrapping_add(h.0))))
 }
 
 /// The verified scan alone, one thread, the handler's fold inline: (events, seconds, checksum).

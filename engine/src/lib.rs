@@ -5,7 +5,9 @@
 //! - [`Projection`] + [`Keyed`]: the high-level API, a per-key fold whose state the engine keeps and
 //!   which can be queried while it runs ([`KeyedView`]).
 //! - [`Engine::run`] / [`Engine::start`]: run to the end, or start and watch ([`Running::progress`],
-//!   [`Running::latencies`]) and stop cleanly ([`Running::stop`]).
+//!   [`Running::latencies`]) and stop cleanly ([`Running::stop`]). Merged logs ([`Engine::start_merged`])
+//!   and a Kafka topic (`kafka::start`, feature `kafka`) run under the same handle, with the same
+//!   [`Progress`] and [`RunSummary`] (handlers per [`Part`]).
 //!
 //! ```no_run
 //! use catchup_engine::{Ctx, Engine, EngineConfig, Event, HandlerError, Keyed, Projection, ShardId};
@@ -49,7 +51,7 @@ pub use keyed::{EntryState, Keyed, KeyedHandler, KeyedView, Projection, QueriedF
 pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
 pub use run::{
-    CheckpointConfig, DEAD_LETTER_VERSION, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Progress, RING_SIZE_MAX,
+    CheckpointConfig, DEAD_LETTER_VERSION, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Part, Progress, RING_SIZE_MAX,
     RunSummary, Running, ShardSummary, Topology,
 };
 pub use shard::{SHARDS_MAX, ShardId, shard_of};

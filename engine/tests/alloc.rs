@@ -107,7 +107,7 @@ fn allocations_of_a_replay(dir: &Path, n_shards: usize, n_events: u64) -> u64 {
     let before = ALLOCS.load(Ordering::Relaxed);
     let summary = Engine::run(dir, cfg, |_| Fold { sums: Box::new([0; 1024]), n_events: 0 }).unwrap();
     let n = ALLOCS.load(Ordering::Relaxed) - before;
-    assert_eq!(summary.handlers.iter().map(|h| h.n_events).sum::<u64>(), n_events);
+    assert_eq!(summary.log_handlers().iter().map(|h| h.n_events).sum::<u64>(), n_events);
     drop(summary);
     n
 }

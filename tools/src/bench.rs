@@ -430,7 +430,7 @@ fn engine(log: &Path, work: Work, n: usize, topology: Topology) -> (u64, Option<
     let cfg = EngineConfig { n_shards: n, topology, ..Default::default() };
     let s = Engine::run(log, cfg, |_: ShardId| BenchHandler { work, res: KeyResults::default() }).expect("engine run");
     let events = s.shards.iter().map(|x| x.handled).sum();
-    (events, Some(merge(s.handlers.into_iter().map(|h| h.res))))
+    (events, Some(merge(s.into_handlers().map(|h| h.res))))
 }
 
 fn merge(parts: impl Iterator<Item = KeyResults>) -> KeyResults {

@@ -117,9 +117,12 @@ impl ReplayBar {
         ReplayBar { bar: Some(bar) }
     }
 
-    /// Shows `p`; `stopping` adds a note that a clean stop is under way.
+    /// Shows `p`, a log's or a Kafka topic's; `stopping` adds a note that a clean stop is under way.
     pub fn update(&self, p: &Progress, stopping: bool) {
         let Some(b) = &self.bar else { return };
+        if let Some(k) = &p.kafka {
+            return Self::update_kafka(b, p, k, stopping);
+        }
         let total = p.end.0.saturating_sub(p.start.0).max(1);
         b.set_length(total);
         b.set_position(p.watermark.0.saturating_sub(p.start.0).min(total));
@@ -141,20 +144,19 @@ impl ReplayBar {
 
     /// Shows a Kafka run: events handled, rate, lag (records behind the partitions' ends), partitions owned
     /// and rebalances.
-    pub fn update_kafka(&self, p: &KafkaProgress, stopping: bool) {
-        let Some(b) = &self.bar else { return };
+    fn update_kafka(b: &ProgressBar, p: &Progress, k: &KafkaProgress, stopping: bool) {
         let done = p.handled + p.covered;
-        let total = (done + p.lag_events.max(0) as u64).max(1);
+        let total = (done + p.lag_events).max(1);
         b.set_length(total);
         b.set_position(done.min(total));
-        let parts: Vec<String> = p.partitions.iter().map(|x| x.partition.to_string()).collect();
+        let parts: Vec<String> = k.partitions.iter().map(|x| x.partition.to_string()).collect();
         let mut msg = format!(
             "{} events  {}  lag {}  partitions [{}]  rebalances {}",
             fmt_count(p.handled),
             fmt_rate(p.rate_per_s),
-            fmt_count(p.lag_events.max(0) as u64),
+            fmt_count(p.lag_events),
             parts.join(","),
-            p.rebalances
+            k.rebalances
         );
         if p.caught_up {
             msg.push_str("  caught up");

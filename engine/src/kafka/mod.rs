@@ -61,7 +61,7 @@
 //! })?;
 //! println!("lag {} events", running.progress().lag_events);
 //! let summary = running.wait()?; // after `running.stop()` from elsewhere, or an error
-//! println!("{} partitions owned at the end", summary.partitions.len());
+//! println!("{} partitions owned at the end", summary.handlers.len());
 //! # Ok::<(), catchup_engine::ReplayError>(())
 //! ```
 
@@ -78,7 +78,6 @@ mod start;
 
 pub use config::{KafkaConfig, KafkaUrl};
 pub use error::KafkaError;
-pub use handle::{KafkaRunning, KafkaSummary};
 pub use partition::{partition_dir, partition_log_id, restore_partition};
 pub use poll::fetched_high_watermark;
 pub use shared::{KafkaProgress, PartitionProgress};

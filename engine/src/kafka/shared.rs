@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::KafkaError;
 use crate::error::ReplayError;
 use crate::metrics::bump;
-use crate::run::RunState;
+use crate::run::{Progress, RunState};
 
 /// Where one owned partition stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,15 +28,12 @@ pub struct PartitionProgress {
     pub lag: i64,
 }
 
-/// Where a Kafka run stands.
+/// What only a Kafka run reports about where it stands ([`Progress::kafka`]); the figures every source has
+/// (events handled and covered, lag, rate, caught up) are in [`Progress`].
 #[derive(Debug, Clone, Default)]
 pub struct KafkaProgress {
     /// The partitions this process owns now.
     pub partitions: Vec<PartitionProgress>,
-    /// Events handled by handlers so far.
-    pub handled: u64,
-    /// Events skipped because a snapshot already covered them.
-    pub covered: u64,
     /// Records dropped on arrival: of partitions this process no longer owned (their new owner reads them),
     /// or fetched a second time.
     pub stale: u64,
@@ -48,14 +45,13 @@ pub struct KafkaProgress {
     pub warnings: u64,
     /// The latest warning.
     pub last_warning: Option<String>,
-    /// Sum of `lag` over owned partitions.
-    pub lag_events: i64,
-    /// Time since the start.
-    pub elapsed: Duration,
-    /// Events handled per second since the start.
-    pub rate_per_s: f64,
-    /// True once every owned partition is handled and committed up to its end.
-    pub caught_up: bool,
+    /// The run ended because the whole group was done with the backlog: every partition of the topic is
+    /// handled and committed (and, with a checkpoint directory, snapshotted) to its end, so
+    /// [`restore_partition`](super::restore_partition) can load the final state of the partitions other
+    /// members owned. Set only at the end of a run.
+    pub group_done: bool,
+    /// Every partition of the topic.
+    pub topic_partitions: Vec<i32>,
 }
 
 #[derive(Debug)]
@@ -65,8 +61,8 @@ pub(crate) struct Shared {
     /// Statistics (Relaxed: read by monitors with no ordering needs): records dropped on arrival,
     /// rebalances, warnings.
     pub(crate) stale: AtomicU64,
-    /// Set by the poll thread when it ends the run because the group is done (Relaxed: read after the
-    /// thread is joined).
+    /// Set by the poll thread when it ends the run because the group is done (Relaxed: a statistic for
+    /// `progress`; the summary's read comes after the thread is joined, which orders it).
     pub(crate) group_done: AtomicBool,
     /// The topic's partitions, read from its metadata before the poll thread starts.
     pub(crate) topic_partitions: Mutex<Vec<i32>>,
@@ -116,25 +112,35 @@ impl Shared {
         *self.last_warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
     }
 
-    pub(crate) fn progress(&self) -> KafkaProgress {
+    pub(crate) fn progress(&self) -> Progress {
         let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let handled = self.run.handled();
-        let covered: u64 = self.run.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum();
         let elapsed = self.run.started.elapsed();
         let secs = elapsed.as_secs_f64();
-        KafkaProgress {
-            lag_events: partitions.iter().map(|p| p.lag).sum(),
-            partitions,
-            handled,
-            covered,
-            stale: self.stale.load(Ordering::Relaxed),
-            rebalances: self.rebalances.load(Ordering::Relaxed),
-            rebalance_log: self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            warnings: self.warnings.load(Ordering::Relaxed),
-            last_warning: self.last_warning.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            elapsed,
-            rate_per_s: if secs > 0.0 { handled as f64 / secs } else { 0.0 },
+        let rate = if secs > 0.0 { handled as f64 / secs } else { 0.0 };
+        let lag_events: u64 = partitions.iter().map(|p| p.lag.max(0) as u64).sum();
+        let in_flight = partitions.iter().map(|p| (p.dispatched - p.handled).max(0) as u64).sum();
+        Progress {
             caught_up: self.caught_up.load(Ordering::Relaxed),
+            lag_events,
+            in_flight,
+            handled,
+            covered: self.run.covered(),
+            elapsed,
+            rate_per_s: rate,
+            eta: (rate > 0.0).then(|| Duration::from_secs_f64(lag_events as f64 / rate)),
+            kafka: Some(KafkaProgress {
+                partitions,
+                stale: self.stale.load(Ordering::Relaxed),
+                rebalances: self.rebalances.load(Ordering::Relaxed),
+                rebalance_log: self.rebalance_log.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                warnings: self.warnings.load(Ordering::Relaxed),
+                last_warning: self.last_warning.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                group_done: self.group_done.load(Ordering::Relaxed),
+                topic_partitions: self.topic_partitions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }),
+            // Positions are per partition (`kafka.partitions`).
+            ..Progress::default()
         }
     }
 }

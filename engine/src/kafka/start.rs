@@ -12,7 +12,7 @@ use super::PartitionFactory;
 use super::channel::{Batch, ToShard};
 use super::config::KafkaConfig;
 use super::coord::{Coord, KafkaContext, Kc};
-use super::handle::KafkaRunning;
+use super::handle::KafkaRun;
 use super::poll::poll_loop;
 use super::shard_loop::{ShardCtx, shard_loop};
 use super::shared::{Shared, kafka_err};
@@ -20,15 +20,15 @@ use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::kafka::KafkaError;
 use crate::policy;
-use crate::run::{IoJob, IoSetup, spawn_io};
+use crate::run::{IoJob, IoSetup, Running, spawn_io};
 
-/// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers.
+/// Starts consuming `cfg.url` as a member of `cfg.group`; `factory` makes each partition's handlers. The
+/// handle is the one every source has: its summary holds the handlers of each partition owned at the end
+/// (under [`Part::Partition`](crate::Part::Partition)), its progress the partitions
+/// ([`Progress::kafka`](crate::Progress::kafka)).
 ///
 /// Fails at once if the brokers cannot be reached or the topic does not exist.
-pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
-    cfg: KafkaConfig,
-    factory: F,
-) -> Result<KafkaRunning<H>, ReplayError> {
+pub fn start<H: ShardHandler, F: PartitionFactory<H>>(cfg: KafkaConfig, factory: F) -> Result<Running<H>, ReplayError> {
     cfg.validate()?;
     let n = cfg.n_shards;
     let shared = Arc::new(Shared::new(n));
@@ -166,5 +166,5 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(
             })
             .map_err(ReplayError::Thread)?
     };
-    Ok(KafkaRunning { shared, poll: Some(poll) })
+    Ok(Running::new(KafkaRun { shared, poll: Some(poll) }))
 }

@@ -1,8 +1,10 @@
 //! [`Engine::start`]: opens the log, restores the checkpoint and starts the reader, shard and I/O threads.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 
 use catchup_segments::{LogReader, Position, Start};
 use crossbeam::channel;
@@ -16,8 +18,8 @@ use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
-    Watermark, restore, spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, Part, Progress, RunState, RunSummary, Running, ShardLoop,
+    SourceRun, Step, Topology, Watermark, restore, spawn_io,
 };
 use crate::shard::ShardId;
 use crate::snapshot;
@@ -223,6 +225,71 @@ impl Engine {
                 })
                 .map_err(ReplayError::Thread)?
         };
-        Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
+        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) }))
+    }
+}
+
+/// The threads of a log run (one log or merged logs), as the running handle sees them.
+pub(crate) struct LogRun<H> {
+    pub(crate) shared: Arc<EngineShared>,
+    pub(crate) reader: Option<JoinHandle<()>>,
+    /// Each shard's thread returns its handler.
+    pub(crate) shards: Vec<JoinHandle<H>>,
+    pub(crate) io: Option<JoinHandle<()>>,
+}
+
+impl<H> std::fmt::Debug for LogRun<H> {
+    // By hand: a handle is `Debug` whatever the handler is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogRun")
+            .field("shared", &self.shared)
+            .field("reader", &self.reader)
+            .field("shards", &self.shards)
+            .field("io", &self.io)
+            .finish()
+    }
+}
+
+impl<H: Send> SourceRun<H> for LogRun<H> {
+    fn state(&self) -> &RunState {
+        &self.shared.run
+    }
+
+    fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+
+    fn passed(&self, i: usize) -> Position {
+        // Pairs with the shard's publish of `passed` after each batch.
+        Position(self.shared.passed[i].load_acquire())
+    }
+
+    fn is_finished(&self) -> bool {
+        self.reader.as_ref().is_none_or(|h| h.is_finished()) && self.shards.iter().all(|h| h.is_finished())
+    }
+
+    fn join(&mut self) -> BTreeMap<Part, Vec<H>> {
+        // A thread that panicked without recording it (shards catch their own panics, the reader does not) is
+        // recorded here (`RunState::fail` keeps the first failure).
+        let panicked = |thread: &str| InternalError::Panicked { thread: thread.into(), message: "panic".into() };
+        if let Some(r) = self.reader.take()
+            && r.join().is_err()
+        {
+            self.shared.run.fail(panicked("reader").into());
+        }
+        if self.shards.is_empty() {
+            return BTreeMap::new();
+        }
+        let mut handlers = Vec::with_capacity(self.shards.len());
+        for h in self.shards.drain(..) {
+            match h.join() {
+                Ok(h) => handlers.push(h),
+                Err(_) => self.shared.run.fail(panicked("shard").into()),
+            }
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+        BTreeMap::from([(Part::Log, handlers)])
     }
 }

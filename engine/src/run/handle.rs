@@ -1,12 +1,14 @@
-//! The running handle ([`Running`]): progress, latencies, stop, and the [`RunSummary`] it ends with.
+//! The running handle ([`Running`]) of every source: progress, latencies, stop, and the [`RunSummary`] it
+//! ends with. Each source starts its own threads and hands them to the handle as a `SourceRun`; what the
+//! handle does with them (stop, watch, join, summarise) is written here once.
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::collections::BTreeMap;
 
 use catchup_segments::Position;
 
-use super::shared::{EngineShared, Progress};
-use crate::error::{InternalError, ReplayError};
+use super::shared::Progress;
+use super::state::RunState;
+use crate::error::ReplayError;
 use crate::metrics::Latencies;
 
 /// Per-shard figures at the end of a run.
@@ -20,121 +22,141 @@ pub struct ShardSummary {
     pub dead_lettered: u64,
     /// Handler retries.
     pub retries: u64,
-    /// Batches taken from the ring.
+    /// Batches taken from the ring (a Kafka source: from the shard's channel).
     pub batches: u64,
     /// Largest batch taken.
     pub batch_max: u64,
     /// Ring slots taken (`slots / batches` is the mean batch size).
     pub slots: u64,
-    /// Position the shard passed.
+    /// Position the shard passed (a log's; 0 for a Kafka source, whose positions are per partition, in
+    /// `Progress::kafka`).
     pub passed: Position,
 }
 
-/// The outcome of a run.
+/// One set of handlers, one per shard: a log (or merged logs) has one, a Kafka topic one per partition, so
+/// that a partition's state can move to another member of the group alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// The log (or the merged logs).
+    Log,
+    /// One partition of a Kafka topic.
+    #[cfg(feature = "kafka")]
+    Partition(i32),
+}
+
+/// The outcome of a run, whatever its source.
 #[derive(Debug)]
 pub struct RunSummary<H> {
-    /// The handlers, with their final state, in shard order.
-    pub handlers: Vec<H>,
+    /// The handlers with their final state, per part this process held at the end, in shard order: a log's
+    /// under [`Part::Log`]; a Kafka topic's under each partition it owned at the end.
+    pub handlers: BTreeMap<Part, Vec<H>>,
     /// Per-shard figures.
     pub shards: Vec<ShardSummary>,
     /// Final progress.
     pub progress: Progress,
     /// Latency histograms over the whole run.
     pub latencies: Latencies,
-    /// Events re-read after a restart because a snapshot already covered them (sum over shards).
+    /// Events skipped because a snapshot already covered them (sum over shards).
     pub covered: u64,
 }
 
-/// A running engine.
+impl<H> RunSummary<H> {
+    /// The handlers of a log (or merged logs) run, in shard order. Panics for a Kafka run, whose handlers are
+    /// per partition (`handlers`).
+    pub fn log_handlers(&self) -> &[H] {
+        self.handlers.get(&Part::Log).expect("a log run has the handlers of one part, Part::Log")
+    }
+
+    /// Every handler, part by part, each part in shard order.
+    pub fn into_handlers(self) -> impl Iterator<Item = H> {
+        self.handlers.into_values().flatten()
+    }
+}
+
+/// A source's threads, as the handle sees them: the run state they share, where they stand, and their
+/// join. Implemented by the log (`log/`, merged logs included) and Kafka (`kafka/`) sources.
+pub(crate) trait SourceRun<H>: Send + Sync + std::fmt::Debug {
+    /// The state every source's run has (stop, failure, metrics, clock).
+    fn state(&self) -> &RunState;
+    /// Where the run stands.
+    fn progress(&self) -> Progress;
+    /// Position shard `i` has passed (0 where positions are not per shard).
+    fn passed(&self, i: usize) -> Position;
+    /// True once every thread has finished.
+    fn is_finished(&self) -> bool;
+    /// Joins the threads (a second call finds them joined and returns nothing). A thread that panicked
+    /// outside a handler is recorded as the run's failure (`RunState::fail`). Returns the handlers per part.
+    fn join(&mut self) -> BTreeMap<Part, Vec<H>>;
+}
+
+/// A running engine, whatever its source ([`Engine::start`](crate::Engine::start),
+/// [`Engine::start_merged`](crate::Engine::start_merged), `kafka::start`).
 #[derive(Debug)]
 pub struct Running<H> {
-    pub(crate) shared: Arc<EngineShared>,
-    pub(crate) reader: Option<JoinHandle<()>>,
-    pub(crate) shards: Vec<JoinHandle<H>>,
-    pub(crate) io: Option<JoinHandle<()>>,
+    source: Box<dyn SourceRun<H>>,
 }
 
 impl<H> Running<H> {
+    pub(crate) fn new(source: impl SourceRun<H> + 'static) -> Running<H> {
+        Running { source: Box::new(source) }
+    }
+
     /// Where the run stands.
     pub fn progress(&self) -> Progress {
-        self.shared.progress()
+        self.source.progress()
     }
 
     /// Latency histograms since the start, merged over shards.
     pub fn latencies(&self) -> Latencies {
-        self.shared.run.latencies()
+        self.source.state().latencies()
     }
 
     /// Latency histograms since the last call (for interval logs), merged over shards.
     pub fn take_interval(&self) -> Latencies {
-        self.shared.run.take_interval()
+        self.source.state().take_interval()
     }
 
     /// Per-shard counters so far.
     pub fn shard_summaries(&self) -> Vec<ShardSummary> {
-        summaries(&self.shared)
+        // Each source's `passed` loads with acquire, pairing with the shard's publish after each batch: a
+        // monitor that sees a position also sees the shard's counters up to it.
+        self.source.state().shard_summaries(|i| self.source.passed(i))
     }
 
-    /// Asks for a clean stop: the reader stops publishing, shards handle what was published, write their
-    /// snapshots and exit. `wait` then returns.
+    /// Asks for a clean stop: the source stops handing out events, shards handle what they were given, write
+    /// their snapshots (a Kafka source commits and leaves the group) and exit. `wait` then returns.
     pub fn stop(&self) {
-        // Pairs with the reader's `stopping`.
-        self.shared.run.request_stop();
+        // Pairs with the source thread's `stopping`.
+        self.source.state().request_stop();
     }
 
     /// True once every thread has finished.
     pub fn is_finished(&self) -> bool {
-        self.reader.as_ref().is_none_or(|h| h.is_finished()) && self.shards.iter().all(|h| h.is_finished())
+        self.source.is_finished()
     }
 
     /// Waits for the run to end and returns its summary, or the first error.
     pub fn wait(mut self) -> Result<RunSummary<H>, ReplayError> {
-        if let Some(r) = self.reader.take()
-            && r.join().is_err()
-        {
-            self.shared.run.fail(InternalError::Panicked { thread: "reader".into(), message: "panic".into() }.into());
-        }
-        let mut handlers = Vec::with_capacity(self.shards.len());
-        let mut panicked = false;
-        for h in self.shards.drain(..) {
-            match h.join() {
-                Ok(h) => handlers.push(h),
-                Err(_) => panicked = true,
-            }
-        }
-        if let Some(io) = self.io.take() {
-            let _ = io.join();
-        }
-        if let Some(e) = self.shared.run.take_failure() {
+        let handlers = self.source.join();
+        if let Some(e) = self.source.state().take_failure() {
             return Err(e);
         }
-        if panicked {
-            return Err(InternalError::Panicked { thread: "shard".into(), message: "panic".into() }.into());
-        }
-        let shards = summaries(&self.shared);
+        let shards = self.shard_summaries();
         let covered = shards.iter().map(|s| s.covered).sum();
-        let latencies = self.shared.run.latencies();
-        Ok(RunSummary { handlers, shards, progress: self.shared.progress(), latencies, covered })
+        Ok(RunSummary {
+            handlers,
+            shards,
+            progress: self.source.progress(),
+            latencies: self.source.state().latencies(),
+            covered,
+        })
     }
-}
-
-pub(crate) fn summaries(shared: &EngineShared) -> Vec<ShardSummary> {
-    // Pairs with the shard's publish of `passed` after each batch.
-    shared.run.shard_summaries(|i| Position(shared.passed[i].load_acquire()))
 }
 
 impl<H> Drop for Running<H> {
     fn drop(&mut self) {
         // A handle dropped without `wait` stops the threads rather than leaking them.
-        self.shared.run.request_stop();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        for h in self.shards.drain(..) {
-            let _ = h.join();
-        }
-        if let Some(io) = self.io.take() {
-            let _ = io.join();
-        }
+        self.source.state().request_stop();
+        drop(self.source.join());
     }
 }

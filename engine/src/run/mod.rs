@@ -20,7 +20,8 @@ pub(crate) use config::validate_common;
 pub use dead_letter::DEAD_LETTER_VERSION;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use dead_letter::Origin;
-pub use handle::{RunSummary, Running, ShardSummary};
+pub(crate) use handle::SourceRun;
+pub use handle::{Part, RunSummary, Running, ShardSummary};
 pub(crate) use io::{IoJob, IoSetup, spawn_io};
 pub(crate) use restore::restore;
 pub(crate) use shard_loop::ShardLoop;

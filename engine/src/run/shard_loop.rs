@@ -185,7 +185,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             }
         }
         metrics.publish(&mut local);
-        // Pairs with the loads in `progress` and `summaries`.
+        // Pairs with the loads in `progress` and `LogRun::passed`.
         self.shared.passed[idx].publish_release(self.passed.0);
         // Final snapshot: after a clean end, a stop request, or another shard's failure, all of which leave
         // the shard at a batch boundary whose `end_of_batch` succeeded. A shard that failed itself does not

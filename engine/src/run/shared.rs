@@ -10,7 +10,10 @@ use crossbeam::utils::CachePadded;
 use super::atomics::{Flag, Watermark};
 use super::state::RunState;
 
-/// Where a run stands, for progress bars and health checks.
+/// Where a run stands, for progress bars and health checks, whatever the source.
+///
+/// The positions (`watermark`, `start`, `end`, `replay_end`) are a log's (merge sequence numbers for merged
+/// logs). A Kafka source has its positions per partition, in `kafka`, and leaves them 0.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
     /// Every event below this position has been handled (or skipped) by its shard: the global watermark,
@@ -22,24 +25,31 @@ pub struct Progress {
     pub end: Position,
     /// The log's end when the run started: events below it are replays.
     pub replay_end: Position,
-    /// True once the reader reached the end of the log and every shard passed it.
+    /// True once the source's end is reached and handled: a log's reader reached its end and every shard
+    /// passed it; every owned Kafka partition is handled and committed up to its end.
     pub caught_up: bool,
-    /// `end - watermark`.
+    /// Events behind the source's end: a log's `end - watermark`; the sum of the owned Kafka partitions'
+    /// lags.
     pub lag_events: u64,
-    /// Positions the reader has published that not every shard has passed yet (`published - watermark`):
-    /// how full the rings are, in log positions.
+    /// Events handed to the shards that not every shard has passed yet (a log: `published - watermark`, how
+    /// full the rings are; Kafka: dispatched and not yet handled as of the last barrier).
     pub in_flight: u64,
     /// Newest event time published minus the oldest "last handled" event time among shards that are
-    /// behind, in ns (0 when caught up).
+    /// behind, in ns (0 when caught up; 0 for a Kafka source).
     pub lag_ns: u64,
     /// Events handled by handlers so far.
     pub handled: u64,
+    /// Events skipped so far because a snapshot already covered them.
+    pub covered: u64,
     /// Time since the start.
     pub elapsed: Duration,
-    /// Positions passed per second since the start.
+    /// Events per second since the start: positions passed for a log, events handled for Kafka.
     pub rate_per_s: f64,
-    /// Estimated time to reach `end` at that rate.
+    /// Estimated time to work off `lag_events` at that rate.
     pub eta: Option<Duration>,
+    /// What only a Kafka source reports (partitions, rebalances, warnings); None for a log.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<crate::kafka::KafkaProgress>,
 }
 
 #[derive(Debug)]
@@ -47,7 +57,7 @@ pub(crate) struct EngineShared {
     /// Stop, abort, the first failure, metrics, the clock: what every source's run shares.
     pub(crate) run: RunState,
     /// Position each shard has passed. Published by the shard after each batch; loaded by `progress` and
-    /// `summaries` (a monitor that sees a position also sees the shard's counters up to it).
+    /// `LogRun::passed` (a monitor that sees a position also sees the shard's counters up to it).
     pub(crate) passed: Vec<Watermark>,
     /// Timestamp of the last event each shard handled (Relaxed: a statistic).
     pub(crate) last_ts: Vec<CachePadded<AtomicU64>>,
@@ -104,9 +114,12 @@ impl EngineShared {
             in_flight: self.published.load(Ordering::Relaxed).saturating_sub(watermark),
             lag_ns,
             handled,
+            covered: self.run.covered(),
             elapsed,
             rate_per_s: rate,
             eta,
+            #[cfg(feature = "kafka")]
+            kafka: None,
         }
     }
 }

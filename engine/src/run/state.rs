@@ -74,6 +74,11 @@ impl RunState {
         self.metrics.iter().map(|m| m.counters.handled.load(Ordering::Relaxed)).sum()
     }
 
+    /// Events skipped because a snapshot covered them, over every shard.
+    pub(crate) fn covered(&self) -> u64 {
+        self.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum()
+    }
+
     /// Latency histograms since the start, merged over shards.
     pub(crate) fn latencies(&self) -> Latencies {
         metrics::merged_total(&self.metrics)

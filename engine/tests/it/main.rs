@@ -6,6 +6,8 @@ mod config;
 mod corrupt;
 mod follow;
 mod fuzz_snapshot;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod keyed_api;
 mod merge;
 mod order;

@@ -145,7 +145,7 @@ fn merged_order_is_the_offline_sort_for_every_shard_count() {
             let raw = within(60, "merged raw run", move || {
                 Engine::run_merged(&l, MergeConfig::default(), cfg, |_| FoldShard::new(&h)).unwrap()
             });
-            assert_states_eq(&shard_states(&raw.handlers), &want, &format!("{what}, raw"));
+            assert_states_eq(&shard_states(raw.log_handlers()), &want, &format!("{what}, raw"));
         }
     }
 }

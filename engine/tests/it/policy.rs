@@ -345,7 +345,7 @@ fn a_failed_batch_is_not_checkpointed_for_buffering_handlers() {
         let (l, hooks) = (log.path().to_path_buf(), Arc::new(Hooks::default()));
         let s = within(30, "buffered resume", move || Engine::run(&l, c, |_| Buffered::new(&hooks, None)).unwrap());
         let mut states = States::new();
-        for h in &s.handlers {
+        for h in s.log_handlers() {
             assert!(h.pending.is_empty());
             states.extend(h.state.map.iter().map(|(k, v)| (k.clone(), *v)));
         }

@@ -116,13 +116,15 @@ fn run_interrupted(
             let r = Engine::start(&log, cfg, |s| k.handler(s)).unwrap();
             stop(&|| r.progress(), &|| r.stop(), &|| r.is_finished());
             let s = r.wait().unwrap();
+            assert_eq!(s.progress.covered, s.covered, "the progress counts the covered events the shards counted");
             (s.shards.iter().map(|x| x.passed).collect(), keyed_states(&view), s.covered)
         } else {
             let hooks = Arc::new(Hooks::default());
             let r = Engine::start(&log, cfg, |_| FoldShard::new(&hooks)).unwrap();
             stop(&|| r.progress(), &|| r.stop(), &|| r.is_finished());
             let s = r.wait().unwrap();
-            (s.shards.iter().map(|x| x.passed).collect(), shard_states(&s.handlers), s.covered)
+            assert_eq!(s.progress.covered, s.covered, "the progress counts the covered events the shards counted");
+            (s.shards.iter().map(|x| x.passed).collect(), shard_states(s.log_handlers()), s.covered)
         }
     })
 }

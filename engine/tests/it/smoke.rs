@@ -38,9 +38,12 @@ fn every_key_in_order_on_one_shard() {
     for n in [1, 3, 8] {
         let cfg = EngineConfig { n_shards: n, ring_size: 1024, publish_batch: 64, ..Default::default() };
         let s = Engine::run(dir.path(), cfg, |_| Recorder::default()).unwrap();
+        // A log is one part: its handlers, one per shard, under `Part::Log`.
+        assert_eq!(s.handlers.keys().copied().collect::<Vec<_>>(), [Part::Log]);
+        assert_eq!(s.log_handlers().len(), n);
         let mut owner: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut total = 0;
-        for (i, h) in s.handlers.iter().enumerate() {
+        for (i, h) in s.log_handlers().iter().enumerate() {
             for (k, v) in &h.seen {
                 assert!(owner.insert(k.clone(), i).is_none(), "key on two shards");
                 assert!(v.iter().copied().eq(1..=v.len() as u64), "out of order");
@@ -49,5 +52,7 @@ fn every_key_in_order_on_one_shard() {
         }
         assert_eq!(total, 50_000);
         assert_eq!(s.progress.watermark.0, 50_000);
+        assert_eq!(s.progress.handled, 50_000);
+        assert!(s.progress.caught_up);
     }
 }

@@ -468,7 +468,7 @@ pub fn run_raw(
     let log = log.to_path_buf();
     within(60, "raw run", move || {
         let s = Engine::run(&log, cfg, |_| FoldShard::new(&hooks))?;
-        let states = shard_states(&s.handlers);
+        let states = shard_states(s.log_handlers());
         Ok((s, states))
     })
 }

@@ -18,7 +18,7 @@ use crate::Engine;
 use crate::error::{ConfigError, InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::log::dispatch::Slot;
-use crate::log::start::log_id;
+use crate::log::start::{LogRun, log_id};
 use crate::policy::panic_message;
 use crate::run::{
     EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
@@ -216,6 +216,6 @@ impl Engine {
                 })
                 .map_err(ReplayError::Thread)?
         };
-        Ok(Running { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) })
+        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) }))
     }
 }

@@ -14,13 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use catchup_engine::{Keyed, KeyedHandler, KeyedView, ReplayError, ShardHandler, ShardId, SnapshotError};
+use catchup_engine::{
+    Keyed, KeyedHandler, KeyedView, Part, ReplayError, RunSummary, Running, ShardHandler, ShardId, SnapshotError,
+};
 use catchup_segments::{OpenError, ReadError};
 
 use super::config::{Config, HandlerSpec, Output};
 use super::kafka::{self, KafkaStats};
 use super::log;
-use super::source::{End, Finished, Part, PartFactory, Run, Source};
+use super::source::{PartFactory, Source, spool_dir};
 use super::summary::{SourceStats, Stats};
 use crate::exec::{self, ExecHandler, ExecSpec};
 use crate::hist::IntervalLog;
@@ -91,7 +93,7 @@ fn open_hist_log(cfg: &Config) -> Result<Option<IntervalLog>> {
 
 /// Watches a run until it ends: progress bar, interval log, Ctrl-C (a clean stop). Returns whether it was
 /// interrupted.
-fn watch<H>(ui: &Ui, run: &dyn Run<H>, mut hist_log: Option<IntervalLog>, started: Instant) -> Result<bool> {
+fn watch<H>(ui: &Ui, run: &Running<H>, mut hist_log: Option<IntervalLog>, started: Instant) -> Result<bool> {
     let bar = ReplayBar::new(ui);
     let mut interval_start = Instant::now();
     let mut stopping = false;
@@ -100,7 +102,7 @@ fn watch<H>(ui: &Ui, run: &dyn Run<H>, mut hist_log: Option<IntervalLog>, starte
             run.stop();
             stopping = true;
         }
-        run.show(&bar, stopping);
+        bar.update(&run.progress(), stopping);
         if let Some(log) = &mut hist_log
             && interval_start.elapsed() >= HIST_INTERVAL
         {
@@ -119,13 +121,13 @@ fn watch<H>(ui: &Ui, run: &dyn Run<H>, mut hist_log: Option<IntervalLog>, starte
     Ok(stopping)
 }
 
-/// Starts the engine on the configured source and watches it. Returns what it finished with, whether it was
+/// Starts the engine on the configured source and watches it. Returns its summary, whether it was
 /// interrupted, and the wall time.
 fn drive<H: ShardHandler + 'static>(
     cfg: &Config,
     ui: &Ui,
     factory: impl PartFactory<H>,
-) -> Result<(Finished<H>, bool, Duration)> {
+) -> Result<(RunSummary<H>, bool, Duration)> {
     interrupt::install()?;
     let hist_log = open_hist_log(cfg)?;
     let started = Instant::now();
@@ -134,11 +136,11 @@ fn drive<H: ShardHandler + 'static>(
         Source::Kafka(k) => kafka::start(cfg, k, factory),
     }
     .map_err(|e| explain(e, cfg))?;
-    let interrupted = watch(ui, &*running, hist_log, started)?;
+    let interrupted = watch(ui, &running, hist_log, started)?;
     let finished = running.wait().map_err(|e| explain(e, cfg))?;
     let elapsed = started.elapsed();
-    if let (Source::Log(l), End::Log { watermark, .. }, false) = (&cfg.source, &finished.end, interrupted) {
-        log::note_unread_committed(l, ui, *watermark);
+    if let (Source::Log(l), false) = (&cfg.source, interrupted) {
+        log::note_unread_committed(l, ui, finished.progress.watermark);
     }
     Ok((finished, interrupted, elapsed))
 }
@@ -166,7 +168,7 @@ fn write_output(
 
 fn stats<H>(
     cfg: &Config,
-    f: &Finished<H>,
+    f: &RunSummary<H>,
     interrupted: bool,
     elapsed: Duration,
     output: Option<(String, u64)>,
@@ -174,9 +176,9 @@ fn stats<H>(
     let dead = f.shards.iter().any(|x| x.dead_lettered > 0);
     Stats {
         handler: cfg.handler_name(),
-        handled: f.handled,
+        handled: f.progress.handled,
         elapsed,
-        caught_up: f.caught_up,
+        caught_up: f.progress.caught_up,
         interrupted,
         shards: f.shards.clone(),
         covered: f.covered,
@@ -184,9 +186,12 @@ fn stats<H>(
         sample_every: cfg.latency_sample_every,
         dead_letters: dead.then(|| cfg.dead_letters.clone()),
         output,
-        source: match &f.end {
-            End::Log { start, watermark } => SourceStats::Log { start: *start, watermark: *watermark },
-            End::Kafka { source, progress, .. } => SourceStats::Kafka(KafkaStats::new(source, progress)),
+        source: match &cfg.source {
+            Source::Log(_) => SourceStats::Log { start: f.progress.start, watermark: f.progress.watermark },
+            Source::Kafka(k) => SourceStats::Kafka(KafkaStats::new(
+                k,
+                f.progress.kafka.as_ref().expect("a Kafka run's progress has its Kafka part"),
+            )),
         },
     }
 }
@@ -214,8 +219,8 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<
     let (finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
     let views = views.lock().unwrap_or_else(|e| e.into_inner());
     let mut held: Vec<KeyedView<P>> = finished.handlers.keys().filter_map(|p| views.get(p).cloned()).collect();
-    if let End::Kafka { source, done_elsewhere, .. } = &finished.end {
-        for &p in done_elsewhere {
+    if let Source::Kafka(source) = &cfg.source {
+        for p in kafka::done_elsewhere(cfg, &finished) {
             let (view, mut handlers) = keyed_part(&projection, cfg.n_shards);
             kafka::restore_partition(cfg, source, p, &mut handlers).map_err(|e| explain(e, cfg))?;
             held.push(view);
@@ -250,7 +255,7 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
     let durable = cfg.checkpoint.is_some();
     let cmd: Arc<str> = cmd.into();
     let factory = move |part: Part, n: usize| {
-        let spec = ExecSpec { cmd: cmd.clone(), spool_dir: part.spool_dir(&root), durable, n_shards: n };
+        let spec = ExecSpec { cmd: cmd.clone(), spool_dir: spool_dir(part, &root), durable, n_shards: n };
         (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
     };
     let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;

@@ -1,15 +1,14 @@
-//! What is a Kafka topic's alone in a replay: the engine's `KafkaConfig`, its handle as a [`Run`] (handlers
-//! per partition), the partitions other members finished (read from their snapshots), and the Kafka lines
-//! of the summary.
+//! What is a Kafka topic's alone in a replay: the engine's `KafkaConfig`, joining the group with handlers per
+//! partition, the partitions other members finished (read from their snapshots), and the Kafka lines of the
+//! summary.
 
 use std::io::Write;
 
-use catchup_engine::kafka::{self, KafkaConfig, KafkaProgress, KafkaRunning, PartitionProgress};
-use catchup_engine::{Latencies, ReplayError, ShardHandler};
+use catchup_engine::kafka::{self, KafkaConfig, KafkaProgress, PartitionProgress};
+use catchup_engine::{Part, ReplayError, RunSummary, Running, ShardHandler};
 
 use super::config::Config;
-use super::source::{End, Finished, KafkaSource, Part, PartFactory, Run};
-use crate::progress::ReplayBar;
+use super::source::{KafkaSource, PartFactory};
 use crate::units::fmt_count;
 
 fn kafka_config(cfg: &Config, k: &KafkaSource) -> KafkaConfig {
@@ -26,61 +25,29 @@ fn kafka_config(cfg: &Config, k: &KafkaSource) -> KafkaConfig {
     c
 }
 
-/// The engine's Kafka handle, its source, and whether finished partitions can be read back from a
-/// checkpoint directory.
-struct KafkaRun<H> {
-    running: KafkaRunning<H>,
-    source: KafkaSource,
-    checkpoint: bool,
-}
-
 /// Joins the consumer group; each partition assigned gets its own handlers from `factory`.
 pub(crate) fn start<H: ShardHandler + 'static>(
     cfg: &Config,
     k: &KafkaSource,
     mut factory: impl PartFactory<H>,
-) -> Result<Box<dyn Run<H>>, ReplayError> {
-    let running = kafka::start(kafka_config(cfg, k), move |p, n| factory(Part::Partition(p), n))?;
-    Ok(Box::new(KafkaRun { running, source: k.clone(), checkpoint: cfg.checkpoint.is_some() }))
+) -> Result<Running<H>, ReplayError> {
+    kafka::start(kafka_config(cfg, k), move |p, n| factory(Part::Partition(p), n))
 }
 
-impl<H> Run<H> for KafkaRun<H> {
-    fn is_finished(&self) -> bool {
-        self.running.is_finished()
-    }
-    fn stop(&self) {
-        self.running.stop()
-    }
-    fn take_interval(&self) -> Latencies {
-        self.running.take_interval()
-    }
-    fn show(&self, bar: &ReplayBar, stopping: bool) {
-        bar.update_kafka(&self.running.progress(), stopping)
-    }
-    fn wait(self: Box<Self>) -> Result<Finished<H>, ReplayError> {
-        let s = self.running.wait()?;
-        // When the whole group is done, the other partitions' final states are in the shared checkpoint
-        // directory: every member can write the complete result.
-        let done_elsewhere = if s.group_done && self.checkpoint {
-            s.topic_partitions.iter().copied().filter(|p| !s.partitions.contains_key(p)).collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Finished {
-            handlers: s.partitions.into_iter().map(|(p, hs)| (Part::Partition(p), hs)).collect(),
-            handled: s.progress.handled,
-            covered: s.progress.covered,
-            caught_up: s.progress.caught_up,
-            shards: s.shards,
-            latencies: s.latencies,
-            end: End::Kafka { source: self.source, progress: s.progress, done_elsewhere },
-        })
+/// The partitions this process did not hold at the end of `s` although the whole group finished them: their
+/// final state is in the shared checkpoint directory, so every member can write the complete result (none
+/// without a checkpoint directory).
+pub(crate) fn done_elsewhere<H>(cfg: &Config, s: &RunSummary<H>) -> Vec<i32> {
+    match &s.progress.kafka {
+        Some(k) if k.group_done && cfg.checkpoint.is_some() => {
+            k.topic_partitions.iter().copied().filter(|&p| !s.handlers.contains_key(&Part::Partition(p))).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
 /// Restores `handlers` to the final state of partition `p`, a partition another member finished, from its
-/// snapshots in the checkpoint directory (`End::Kafka::done_elsewhere` names such partitions only when there
-/// is one).
+/// snapshots in the checkpoint directory ([`done_elsewhere`] names such partitions only when there is one).
 pub(crate) fn restore_partition<H: ShardHandler>(
     cfg: &Config,
     k: &KafkaSource,

@@ -1,13 +1,11 @@
-//! What is a log's alone in a replay: the engine's configuration, the engine's handle as a [`Run`], and the
+//! What is a log's alone in a replay: the engine's configuration, starting one log or merged logs, and the
 //! note a durable-only run leaves about committed events it could not read yet.
 
-use std::collections::BTreeMap;
-
-use catchup_engine::{Engine, EngineConfig, Latencies, MergeConfig, Position, ReplayError, Running, ShardHandler};
+use catchup_engine::{Engine, EngineConfig, MergeConfig, Part, Position, ReplayError, Running, ShardHandler};
 
 use super::config::Config;
-use super::source::{End, Finished, LogSource, Part, PartFactory, Run};
-use crate::progress::{ReplayBar, Ui};
+use super::source::{LogSource, PartFactory};
+use crate::progress::Ui;
 use crate::units::fmt_count;
 
 fn engine_config(cfg: &Config, log: &LogSource) -> EngineConfig {
@@ -32,45 +30,17 @@ pub(crate) fn start<H: ShardHandler + 'static>(
     cfg: &Config,
     log: &LogSource,
     mut factory: impl PartFactory<H>,
-) -> Result<Box<dyn Run<H>>, ReplayError> {
+) -> Result<Running<H>, ReplayError> {
     let mut handlers: Vec<Option<H>> = factory(Part::Log, cfg.n_shards).into_iter().map(Some).collect();
     assert_eq!(handlers.len(), cfg.n_shards, "the factory makes one handler per shard");
     let handler = |s: catchup_engine::ShardId| {
         handlers[s.0 as usize].take().expect("the engine asks for each shard's handler once")
     };
-    let running = match &log.merged {
+    match &log.merged {
         Some((dirs, max_skew)) => {
-            Engine::start_merged(dirs, MergeConfig { max_skew: *max_skew }, engine_config(cfg, log), handler)?
+            Engine::start_merged(dirs, MergeConfig { max_skew: *max_skew }, engine_config(cfg, log), handler)
         }
-        None => Engine::start(&log.dir, engine_config(cfg, log), handler)?,
-    };
-    Ok(Box::new(running))
-}
-
-impl<H> Run<H> for Running<H> {
-    fn is_finished(&self) -> bool {
-        Running::is_finished(self)
-    }
-    fn stop(&self) {
-        Running::stop(self)
-    }
-    fn take_interval(&self) -> Latencies {
-        Running::take_interval(self)
-    }
-    fn show(&self, bar: &ReplayBar, stopping: bool) {
-        bar.update(&self.progress(), stopping)
-    }
-    fn wait(self: Box<Self>) -> Result<Finished<H>, ReplayError> {
-        let s = Running::wait(*self)?;
-        Ok(Finished {
-            handlers: BTreeMap::from([(Part::Log, s.handlers)]),
-            handled: s.progress.handled,
-            covered: s.covered,
-            caught_up: s.progress.caught_up,
-            shards: s.shards,
-            latencies: s.latencies,
-            end: End::Log { start: s.progress.start, watermark: s.progress.watermark },
-        })
+        None => Engine::start(&log.dir, engine_config(cfg, log), handler),
     }
 }
 

@@ -2,9 +2,11 @@
 //! `--exec` child per shard, shows progress, writes the results, the summary and the latency histograms.
 //!
 //! - `config.rs`: `ReplayArgs` validated into a [`Config`] (with its [`Source`]).
-//! - `source.rs`: [`Source`] (a log or a topic) and what a started run looks like to the driver (`Run`).
-//! - `driver.rs`: the one driver, for every source: handlers, watching, results, figures.
-//! - `log.rs`, `kafka.rs`: what is each source's alone (engine configuration, handle, notes, summary lines).
+//! - `source.rs`: [`Source`] (a log or a topic) and the factory of each part's handlers (`PartFactory`).
+//! - `driver.rs`: the one driver, for every source: handlers, watching the engine's one handle
+//!   (`catchup_engine::Running`), results, figures.
+//! - `log.rs`, `kafka.rs`: what is each source's alone (engine configuration and start, notes, partitions
+//!   finished elsewhere, summary lines).
 //! - `summary.rs`: [`Stats`], the summary as text and JSON.
 
 mod config;
