@@ -13,7 +13,8 @@ pub use catchup_segments as segments;
 
 pub use catchup_engine::{
     CheckpointConfig, Ctx, Engine, EngineConfig, ErrorKind, ErrorPolicy, Event, HandlerError, Keyed, KeyedView,
-    MergeConfig, Progress, Projection, ReplayError, RunSummary, Running, ShardHandler, ShardId, WaitStrategy, shard_of,
+    MergeConfig, Part, Progress, Projection, ReplayError, RunSummary, Running, ShardHandler, ShardId, WaitStrategy,
+    shard_of,
 };
 pub use catchup_segments::{Durability, LogReader, LogWriter, Position, RecordRef, Start, WriterOptions, verify};
 
