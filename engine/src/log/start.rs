@@ -16,10 +16,9 @@ use super::dispatch::{Broadcast, Producers, Routed, Slot};
 use super::reader::reader_loop;
 use crate::error::{InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
-use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, Flag, IoJob, IoSetup, Part, Progress, RunState, RunSummary, Running, ShardLoop,
-    SourceRun, Step, Topology, Watermark, restore, spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, Part, Progress, RunState, RunSummary, Running, ShardStart,
+    SourceRun, Topology, Watermark, restore, spawn_io, spawn_shard,
 };
 use crate::shard::ShardId;
 use crate::snapshot;
@@ -153,47 +152,14 @@ impl Engine {
 
         let mut shard_threads = Vec::with_capacity(n);
         for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
-            let shared = shared.clone();
-            let io_tx = io_tx.clone();
-            let cfg = config.clone();
-            let shard_start = starts[i];
-            let t = std::thread::Builder::new()
-                .name(format!("catchup-shard-{i}"))
-                .spawn(move || {
-                    let mut s = ShardLoop {
-                        shard: ShardId(i as u16),
-                        handler,
-                        shared: &shared,
-                        cfg: &cfg,
-                        step: Step::new(
-                            ShardId(i as u16),
-                            cfg.on_error,
-                            io_tx.clone(),
-                            &shared.run.metrics[i].counters,
-                            shared.run.started,
-                            cfg.latency_sample_every,
-                        ),
-                        io: io_tx,
-                        start: shard_start,
-                        passed: shard_start,
-                        log_id,
-                        per_key_restored,
-                        segments: Vec::new(),
-                        snapshot_failed: false,
-                        routed: cfg.topology == Topology::Routed,
-                        merged: None,
-                    };
-                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
-                    if let Err(p) = run {
-                        // A bug outside the handler: stop everyone rather than leave the reader waiting on
-                        // a shard that will never advance.
-                        let message = panic_message(&*p);
-                        shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
-                    }
-                    s.handler
-                })
-                .map_err(ReplayError::Thread)?;
-            shard_threads.push(t);
+            let start = ShardStart {
+                position: starts[i],
+                log_id,
+                per_key_restored,
+                routed: config.topology == Topology::Routed,
+                merged: None,
+            };
+            shard_threads.push(spawn_shard(i, handler, poller, shared.clone(), io_tx.clone(), config.clone(), start)?);
         }
         drop(io_tx);
 

@@ -24,7 +24,7 @@ pub(crate) use handle::SourceRun;
 pub use handle::{Part, RunSummary, Running, ShardSummary};
 pub(crate) use io::{IoJob, IoSetup, spawn_io};
 pub(crate) use restore::restore;
-pub(crate) use shard_loop::ShardLoop;
+pub(crate) use shard_loop::{ShardStart, spawn_shard};
 pub use shared::Progress;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use shared::{EngineShared, wall_ns};

@@ -22,6 +22,69 @@ use crate::shard::{ShardId, shard_of};
 use crate::snapshot::SnapshotMeta;
 use crate::wait::Backoff;
 
+/// Where a shard starts, as its source decided (restored snapshots, a merged run's vectors).
+pub(crate) struct ShardStart {
+    /// The shard's start position (its snapshot's, or the run's).
+    pub(crate) position: Position,
+    /// The identity its snapshots record.
+    pub(crate) log_id: u64,
+    /// Per-key states were redistributed from another shard count.
+    pub(crate) per_key_restored: bool,
+    /// Routed topology: the shard's ring holds only its own events.
+    pub(crate) routed: bool,
+    /// A merged run: turns positions into per-log vectors for snapshots.
+    pub(crate) merged: Option<crate::log::MergedShard>,
+}
+
+/// Starts shard `i`'s thread over its ring; the thread gives its handler back when the ring shuts down. A
+/// panic outside the handler (a bug) stops the whole run rather than leave the reader waiting on a shard that
+/// will never advance.
+pub(crate) fn spawn_shard<H: ShardHandler>(
+    i: usize,
+    handler: H,
+    poller: disruptor::EventPoller<Slot, disruptor::SingleProducerBarrier>,
+    shared: Arc<EngineShared>,
+    io: channel::Sender<IoJob>,
+    cfg: EngineConfig,
+    start: ShardStart,
+) -> Result<std::thread::JoinHandle<H>, ReplayError> {
+    std::thread::Builder::new()
+        .name(format!("catchup-shard-{i}"))
+        .spawn(move || {
+            let shard = ShardId(i as u16);
+            let mut s = ShardLoop {
+                shard,
+                handler,
+                shared: &shared,
+                cfg: &cfg,
+                step: Step::new(
+                    shard,
+                    cfg.on_error,
+                    io.clone(),
+                    &shared.run.metrics[i].counters,
+                    shared.run.started,
+                    cfg.latency_sample_every,
+                ),
+                io,
+                start: start.position,
+                passed: start.position,
+                log_id: start.log_id,
+                per_key_restored: start.per_key_restored,
+                segments: Vec::new(),
+                snapshot_failed: false,
+                routed: start.routed,
+                merged: start.merged,
+            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
+            if let Err(p) = run {
+                let message = panic_message(&*p);
+                shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
+            }
+            s.handler
+        })
+        .map_err(ReplayError::Thread)
+}
+
 pub(crate) struct ShardLoop<'a, H> {
     pub(crate) shard: ShardId,
     pub(crate) handler: H,

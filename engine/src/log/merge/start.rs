@@ -15,14 +15,13 @@ use super::reader::{FLUSH_EVERY_BATCHES, MergedRings, merged_reader_loop};
 use super::resume::restore_merged;
 use super::tracker::{MergedShard, Tracker};
 use crate::Engine;
-use crate::error::{ConfigError, InternalError, ReplayError, SnapshotError};
+use crate::error::{ConfigError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::log::dispatch::Slot;
 use crate::log::start::{LogRun, log_id};
-use crate::policy::panic_message;
 use crate::run::{
-    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardLoop, Step, Topology,
-    Watermark, spawn_io,
+    EngineConfig, EngineShared, Flag, IoJob, IoSetup, RunState, RunSummary, Running, ShardStart, Topology, Watermark,
+    spawn_io, spawn_shard,
 };
 use crate::shard::ShardId;
 use crate::snapshot::{self, MERGED_LOGS_MAX};
@@ -153,45 +152,15 @@ impl Engine {
 
         let mut shard_threads = Vec::with_capacity(n);
         for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
-            let shared = shared.clone();
-            let io_tx = io_tx.clone();
-            let cfg = config.clone();
             let merged = MergedShard { tracker: tracker.clone(), own: own[i].clone(), log_ids: log_ids.clone() };
-            let t = std::thread::Builder::new()
-                .name(format!("catchup-shard-{i}"))
-                .spawn(move || {
-                    let mut s = ShardLoop {
-                        shard: ShardId(i as u16),
-                        handler,
-                        shared: &shared,
-                        cfg: &cfg,
-                        step: Step::new(
-                            ShardId(i as u16),
-                            cfg.on_error,
-                            io_tx.clone(),
-                            &shared.run.metrics[i].counters,
-                            shared.run.started,
-                            cfg.latency_sample_every,
-                        ),
-                        io: io_tx,
-                        start,
-                        passed: start,
-                        log_id: merged_id,
-                        per_key_restored: false,
-                        segments: Vec::new(),
-                        snapshot_failed: false,
-                        routed: true,
-                        merged: Some(merged),
-                    };
-                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
-                    if let Err(p) = run {
-                        let message = panic_message(&*p);
-                        shared.run.fail(InternalError::Panicked { thread: format!("shard {i}"), message }.into());
-                    }
-                    s.handler
-                })
-                .map_err(ReplayError::Thread)?;
-            shard_threads.push(t);
+            let start = ShardStart {
+                position: start,
+                log_id: merged_id,
+                per_key_restored: false,
+                routed: true,
+                merged: Some(merged),
+            };
+            shard_threads.push(spawn_shard(i, handler, poller, shared.clone(), io_tx.clone(), config.clone(), start)?);
         }
         drop(io_tx);
 
