@@ -3,7 +3,8 @@
 //! `main` calls [`init`] before any command runs. From then on a signal does one of two things:
 //! - a command that stops cleanly (it called [`install`]: `replay`, `import`) sees the first signal as
 //!   [`requested`] and stops at its next check (replay drains its shards and writes snapshots; import
-//!   syncs what it read and says how far it got); a second signal exits at once;
+//!   syncs what it read and says how far it got); a second signal exits at once, unless it comes within
+//!   half a second of the first (the same request sent twice, as `timeout` does);
 //! - any other command exits at once, after removing the temporary files and directories it registered with
 //!   [`remove_on_exit`] (the generated logs of `demo` and `bench`).
 //!
@@ -18,6 +19,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// Exit status after Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Signals this soon after the one that began a clean stop are that same request: a supervisor such as
+/// GNU `timeout` sends SIGTERM to the process and then to its process group, and the second must not turn a
+/// clean stop into an exit without snapshots or output.
+const REPEAT_IS_ONE_STOP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Signals received so far.
 static SIGNALS: AtomicU32 = AtomicU32::new(0);
@@ -80,17 +86,26 @@ pub fn init() -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("catchup-signals".into())
                 .spawn(move || {
+                    // When a clean stop began: the same stop asked again within `REPEAT_IS_ONE_STOP` is not
+                    // "interrupted again" (GNU `timeout` signals the process and then its process group).
+                    let mut stop_began: Option<std::time::Instant> = None;
                     for sig in signals.forever() {
+                        // Relaxed: see below.
+                        let clean = CLEAN_STOP.load(Ordering::Relaxed);
+                        if clean && stop_began.is_some_and(|t| t.elapsed() < REPEAT_IS_ONE_STOP) {
+                            continue;
+                        }
                         LAST.store(sig, Ordering::Relaxed);
                         // Release: pairs with the Acquire in `requested`, so a command that sees the count also
                         // sees which signal it was (`exit_status`).
                         let n = SIGNALS.fetch_add(1, Ordering::Release) + 1;
                         // Relaxed: set once by the main thread before its first long step; a signal that comes
                         // before it is seen exits at once, which is what the command would have done anyway.
-                        if CLEAN_STOP.load(Ordering::Relaxed) && n == 1 {
+                        if clean && n == 1 {
+                            stop_began = Some(std::time::Instant::now());
                             continue;
                         }
-                        if CLEAN_STOP.load(Ordering::Relaxed) {
+                        if clean {
                             eprintln!("\ncatchup: interrupted again: exiting without a clean stop");
                         }
                         clean_up();
