@@ -140,3 +140,15 @@ fn verify_reports_a_damaged_key_index_and_repair_rewrites_it() {
     assert_eq!(std::fs::read(&target).unwrap(), good);
     assert_eq!(stdout(&["history", s(&log), k, "--json"]), want);
 }
+
+/// A start past the end is a plain error, without the `catchup verify` hint that is kept for damaged data
+/// (a skeptical-user review found `history --from` suggesting `verify` on a healthy log).
+#[test]
+fn history_past_the_end_does_not_suggest_verify() {
+    let d = util::tmp("catchup-history-");
+    let log = make_log(d.path(), 500, 20);
+    let out = catchup().args(["history", s(&log), "k1", "--from", "100000"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("past the end") && !err.contains("verify"), "{err}");
+}

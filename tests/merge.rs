@@ -80,6 +80,17 @@ fn a_merged_replay_equals_a_replay_of_the_offline_sort() {
     assert_ne!(read(&swapped), read(&d.path().join("want-last")), "ties must follow the order of the logs");
 }
 
+/// `--max-skew` only means something while following: without `--follow` it is a usage error, not a silent
+/// no-op (a skeptical-user review).
+#[test]
+fn max_skew_without_follow_is_a_usage_error() {
+    let d = tmp("catchup-merge-");
+    let (a, b) = two_logs(d.path(), 10);
+    let out = catchup().args(["replay", s(&a), s(&b), "--merge", "time", "--max-skew", "1s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn several_logs_without_merge_are_a_usage_error() {
     let d = tmp("catchup-merge-");

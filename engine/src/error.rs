@@ -332,7 +332,7 @@ pub struct HandlerFailure {
 pub enum ReplayError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     /// Reading the log failed (corruption names file, offset and position).
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -356,13 +356,34 @@ pub enum ReplayError {
     /// The Kafka source failed (broker, topic, group or offset problem).
     #[cfg(feature = "kafka")]
     #[error("kafka: {0}")]
-    Kafka(#[from] crate::kafka::KafkaError),
+    Kafka(crate::kafka::KafkaError),
     /// A bug in catchup. Please report it.
     #[error("internal error (a bug in catchup): {0}")]
-    Internal(#[from] InternalError),
+    Internal(InternalError),
     /// An engine thread could not be started.
     #[error("could not start thread: {0}")]
     Thread(std::io::Error),
+}
+
+// `From` by hand for the variants whose message already holds the inner error: `#[from]` would also make it
+// the `source()`, and a chain printer (`anyhow`'s `{:#}`) would then print it twice.
+impl From<ConfigError> for ReplayError {
+    fn from(e: ConfigError) -> Self {
+        ReplayError::Config(e)
+    }
+}
+
+impl From<InternalError> for ReplayError {
+    fn from(e: InternalError) -> Self {
+        ReplayError::Internal(e)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl From<crate::kafka::KafkaError> for ReplayError {
+    fn from(e: crate::kafka::KafkaError) -> Self {
+        ReplayError::Kafka(e)
+    }
 }
 
 /// Renders a key for messages: UTF-8 if it is, hex otherwise, cut at 128 bytes.
@@ -403,6 +424,20 @@ mod tests {
         for e in [&snap() as &dyn std::error::Error, &wrapped, &dlq] {
             let c = chain(e);
             assert_eq!(c.matches(&text).count(), 1, "{c}");
+        }
+    }
+
+    /// A skeptical-user review: `replay A A --merge time` printed "... are the same log: logs 0 (A) and 1
+    /// (A) are the same log" (the configuration error in the message and again as its `source()`).
+    #[test]
+    fn wrapped_engine_errors_appear_once_in_the_chain() {
+        let config = ReplayError::from(ConfigError::MergedTopology);
+        let internal = ReplayError::from(InternalError::Aborted);
+        for (e, inner) in
+            [(&config, ConfigError::MergedTopology.to_string()), (&internal, InternalError::Aborted.to_string())]
+        {
+            let c = chain(e);
+            assert_eq!(c.matches(&inner).count(), 1, "{c}");
         }
     }
 }

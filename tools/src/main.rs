@@ -363,7 +363,7 @@ pub struct ReplayArgs {
     pub merge: Option<String>,
     /// With --merge and --follow: how long an event that is next in time waits for a log that has nothing
     /// yet (and may still append an earlier one) before it is handed out anyway (default 0s: at once).
-    #[arg(long, value_name = "DURATION", requires = "merge", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DURATION", requires_all = ["merge", "follow"], value_parser = units::parse_duration)]
     pub max_skew: Option<std::time::Duration>,
     /// Consume a Kafka topic instead of a log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC (needs --group).
     #[arg(long, value_name = "URL", requires = "group", conflicts_with_all = ["from", "since", "to"])]

@@ -328,7 +328,10 @@ fn merged_checkpoints_refuse_what_they_cannot_resume() {
     expect(run_merged_keyed(&swapped, cfg.clone(), Arc::default()).map(|_| ()), "another order");
     let other = write_logs(&gen_logs(1, 10, 3, 4), 4);
     let three = [logs[0].clone(), logs[1].clone(), other[0].path().to_path_buf()];
-    expect(run_merged_keyed(&three, cfg.clone(), Arc::default()).map(|_| ()), "2 other logs");
+    expect(
+        run_merged_keyed(&three, cfg.clone(), Arc::default()).map(|_| ()),
+        "a merge of 2 logs, 2 of them among this run's 3",
+    );
     let four = EngineConfig { n_shards: 4, ..cfg.clone() };
     expect(run_merged_keyed(&logs, four, Arc::default()).map(|_| ()), "cannot be resharded");
 

@@ -34,9 +34,8 @@ impl Config {
 /// Writes the key's events to `out`; returns how many.
 pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
     let reader = LogReader::open(&cfg.dir).with_context(|| format!("cannot open log {}", cfg.dir.display()))?;
-    let recs = reader.key_history(&cfg.key, cfg.from).with_context(|| {
-        format!("cannot read log {} (run `catchup verify {}` for details)", cfg.dir.display(), cfg.dir.display())
-    })?;
+    // The `catchup verify` hint only for damaged data (a position past the end is not).
+    let recs = reader.key_history(&cfg.key, cfg.from).map_err(|e| super::read_error(&cfg.dir, e))?;
     let mut line = Vec::with_capacity(4096);
     for r in &recs {
         line.clear();

@@ -69,7 +69,13 @@ pub(super) fn restore_merged<H: ShardHandler>(
                  the run that wrote it"
                     .into()
             } else {
-                format!("it was written by a merge of {} other logs (this run merges {})", ids.len(), log_ids.len())
+                let shared = ids.iter().filter(|id| log_ids.contains(id)).count();
+                format!(
+                    "it was written by a merge of {} logs, {shared} of them among this run's {}; give the same \
+                     logs in the same order",
+                    ids.len(),
+                    log_ids.len()
+                )
             })
             .into());
         }
