@@ -547,3 +547,26 @@ fn a_repeated_sigterm_is_one_clean_stop() {
     assert!(!err.contains("interrupted again"), "{err}");
     assert_eq!(read(&out_file).trim(), "2000", "the output of the clean stop: {err}");
 }
+
+/// Issue #18, rough edge 1: `replay --out` into a missing folder failed only at the end (a 20M-event replay ran
+/// 17 s, then lost its results), and `--dead-letters` at its first dead letter. Every output path is checked
+/// before the replay starts.
+#[test]
+fn output_paths_are_checked_before_the_replay_starts() {
+    let d = tmp();
+    let log = d.path().join("log");
+    catchup().args(["gen", "-q", "--out", s(&log), "--events", "2000", "--keys", "10"]).assert().success();
+    let missing = d.path().join("missing");
+    for (flag, extra) in [("--out", vec![]), ("--hist-log", vec![]), ("--dead-letters", vec!["--on-error", "skip"])] {
+        let target = missing.join("file");
+        let out = catchup().args(["replay", s(&log), flag, s(&target)]).args(&extra).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("does not exist"), "{flag}: {err}");
+        assert!(!err.contains("replayed"), "{flag}: the replay ran before the check: {err}");
+    }
+    // A directory where a file is wanted.
+    let out = catchup().args(["replay", s(&log), "--out", s(d.path())]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("is a directory"), "{}", stderr_of(&out));
+}

@@ -61,6 +61,20 @@ pub fn holds_log(dir: &Path) -> Result<bool> {
     }
 }
 
+/// Checks, before a long run starts, that `path` (given as `flag`) can be written at its end: its directory
+/// exists and it is not itself a directory. A replay of millions of events used to fail only when it wrote
+/// its results, losing them.
+pub fn check_output_file(flag: &str, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        anyhow::bail!("{flag} {}: directory {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!("{flag} {}: is a directory; give a file name", path.display());
+    }
+    Ok(())
+}
+
 /// Writes a file atomically: `fill` writes a temporary file beside `path`, which is synced and renamed over
 /// `path`. Returns what `fill` returned. A `path` that exists and is not a regular file (`/dev/null`, a
 /// FIFO, a symbolic link) is written in place instead: renaming over it would replace it.

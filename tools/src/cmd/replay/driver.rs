@@ -274,6 +274,16 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
             crate::cmd::check_log_dir(dir)?;
         }
     }
+    if let Output::File(p) = &cfg.output {
+        crate::cmd::check_output_file("--out", p)?;
+    }
+    if let Some(p) = &cfg.hist_log {
+        crate::cmd::check_output_file("--hist-log", p)?;
+    }
+    // The default dead-letter file lives in the checkpoint directory, which the engine creates.
+    if cfg.checkpoint.as_ref().is_none_or(|c| cfg.dead_letters.parent() != Some(c.dir.as_path())) {
+        crate::cmd::check_output_file("--dead-letters", &cfg.dead_letters)?;
+    }
     match &cfg.handler {
         HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, ui, Count),
         HandlerSpec::Projection(ProjectionSpec::Sum(f)) => run_keyed(cfg, ui, Sum::new(f.clone())),
