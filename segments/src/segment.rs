@@ -187,6 +187,25 @@ impl Segment {
         if (len as usize) < SEGMENT_HEADER_SIZE {
             return Err(corrupt(CorruptionKind::Header(format::HeaderProblem::Truncated { len: len as usize })).into());
         }
+        // The header is read with `pread`, not through the mapping: a first fault in a mapping advised
+        // sequential reads far ahead (8 MiB per segment on the development VM), so opening a reader over a
+        // cold log read megabytes per segment that a one-key lookup never needs.
+        let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut header_bytes, 0)
+            .map_err(|e| IoError::new("read", path, e))?;
+        let header = SegmentHeader::decode(&header_bytes).map_err(|p| corrupt(CorruptionKind::Header(p)))?;
+        if header.base_position != base {
+            return Err(corrupt(CorruptionKind::NameMismatch { header_base: header.base_position }).into());
+        }
+        // Segments are renamed into place at their final size and never resized: a different size means the
+        // file was truncated (committed data may be gone) or extended by something else.
+        if header.capacity_bytes != len {
+            return Err(corrupt(CorruptionKind::SizeMismatch {
+                capacity_bytes: header.capacity_bytes,
+                len_bytes: len,
+            })
+            .into());
+        }
         // SAFETY: the mapping is read-only and shared (a follower must see the writer's later commits). The
         // file is a segment of a catchup log: segments are created at their final size and never shrunk by
         // catchup, so no access within `len` faults unless something outside catchup truncates the file or
@@ -199,22 +218,6 @@ impl Segment {
         {
             // Sequential scans are the common case; a hint failure is harmless.
             let _ = map.advise(memmap2::Advice::Sequential);
-        }
-        // SAFETY: the header bytes are written once, before the file is renamed into place, and never
-        // again, so nothing changes them while this slice lives.
-        let header_bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), SEGMENT_HEADER_SIZE) };
-        let header = SegmentHeader::decode(header_bytes).map_err(|p| corrupt(CorruptionKind::Header(p)))?;
-        if header.base_position != base {
-            return Err(corrupt(CorruptionKind::NameMismatch { header_base: header.base_position }).into());
-        }
-        // Segments are renamed into place at their final size and never resized: a different size means the
-        // file was truncated (committed data may be gone) or extended by something else.
-        if header.capacity_bytes != len {
-            return Err(corrupt(CorruptionKind::SizeMismatch {
-                capacity_bytes: header.capacity_bytes,
-                len_bytes: len,
-            })
-            .into());
         }
         let sigbus = crate::sigbus::register(map.as_ptr(), map.len(), path);
         Ok(Segment { path: path.to_path_buf(), header, map, file_id, _sigbus: sigbus })
