@@ -174,6 +174,12 @@ fn run(opts: WriterOptions, ops: Vec<Op>, end_positions: Vec<u16>, end_ts: Vec<u
             }
             Op::Reopen => {
                 w.close().unwrap();
+                let tmps: Vec<String> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".tmp"))
+                    .collect();
+                prop_assert!(tmps.is_empty(), "a clean close left {tmps:?}");
                 committed = model.len();
                 w = LogWriter::open(dir.path(), opts.clone()).unwrap();
                 prop_assert_eq!(w.recovery(), &RecoveryReport::default(), "a clean close needs no recovery");
