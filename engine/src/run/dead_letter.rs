@@ -15,6 +15,14 @@ pub const DEAD_LETTER_VERSION: u32 = 1;
 pub(crate) enum Origin<'a> {
     /// The local log: `position` is the log position.
     Log,
+    /// Several logs replayed as one: `position` is the merge number; the record is at `log_position` of
+    /// the log at index `log` (its place in the merged run's list).
+    Merged {
+        /// The log's index.
+        log: usize,
+        /// The record's position in that log.
+        log_position: catchup_segments::Position,
+    },
     /// A Kafka partition: `position` is the record's offset in it.
     Kafka {
         /// The topic.
@@ -31,6 +39,9 @@ pub(crate) fn dead_letter_line(origin: Origin<'_>, shard: ShardId, event: &Event
     let mut s = format!("{{\"v\":{DEAD_LETTER_VERSION},");
     match origin {
         Origin::Log => s.push_str("\"source\":\"log\","),
+        Origin::Merged { log, log_position } => {
+            s.push_str(&format!("\"source\":\"log\",\"log\":{log},\"log_position\":{},", log_position.0))
+        }
         Origin::Kafka { topic, partition } => {
             s.push_str("\"source\":\"kafka\",\"topic\":");
             json_string(&mut s, topic);
@@ -64,6 +75,10 @@ mod tests {
         assert_eq!(
             dead_letter_line(Origin::Kafka { topic: "t", partition: 2 }, ShardId(1), &e, "bad\nthing"),
             r#"{"v":1,"source":"kafka","topic":"t","partition":2,"offset":7,"position":7,"shard":1,"timestamp_ns":9,"key":"k\"1","error":"bad\nthing"}"#
+        );
+        assert_eq!(
+            dead_letter_line(Origin::Merged { log: 1, log_position: Position(3) }, ShardId(1), &e, "x"),
+            r#"{"v":1,"source":"log","log":1,"log_position":3,"position":7,"shard":1,"timestamp_ns":9,"key":"k\"1","error":"x"}"#
         );
     }
 }

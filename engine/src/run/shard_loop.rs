@@ -202,7 +202,19 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
                 let shared = self.shared;
                 let aborted = || shared.run.aborted();
-                match self.step.resolve(&mut self.handler, &event, &ctx, Origin::Log, first_error, &aborted) {
+                let origin = match &self.merged {
+                    None => Origin::Log,
+                    Some(m) => {
+                        let seg = &segments[slot.seg_idx as usize];
+                        let Some(log) = m.log_of(seg) else {
+                            self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                            failed = true;
+                            break;
+                        };
+                        Origin::Merged { log, log_position: rec.position }
+                    }
+                };
+                match self.step.resolve(&mut self.handler, &event, &ctx, origin, first_error, &aborted) {
                     Resolved::Handled => tally.handled += 1,
                     Resolved::DeadLettered => {}
                     Resolved::Stop(failure) => {

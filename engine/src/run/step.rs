@@ -109,6 +109,9 @@ impl<'a> Step<'a> {
             Outcome::Fatal(why) => {
                 let cause = match origin {
                     Origin::Log => why,
+                    Origin::Merged { log, log_position } => {
+                        format!("{why} (log {log} of the merged run, position {log_position} in it)")
+                    }
                     Origin::Kafka { topic, partition } => {
                         format!("{why} (topic {topic}, partition {partition}, offset {})", event.position)
                     }

@@ -111,6 +111,7 @@ impl Engine {
         let replay_end = Position(replay_end);
         let tracker = Arc::new(Tracker::new(m0, &start_vec));
         let log_ids = Arc::new(log_ids);
+        let dirs: Arc<Vec<std::path::PathBuf>> = Arc::new(log_dirs.iter().map(|d| d.as_ref().to_path_buf()).collect());
         let merged_id = snapshot::merged_log_id(&log_ids);
         let start = Position(m0);
         let shared = Arc::new(EngineShared {
@@ -152,7 +153,12 @@ impl Engine {
 
         let mut shard_threads = Vec::with_capacity(n);
         for (i, (handler, poller)) in handlers.into_iter().zip(pollers).enumerate() {
-            let merged = MergedShard { tracker: tracker.clone(), own: own[i].clone(), log_ids: log_ids.clone() };
+            let merged = MergedShard {
+                tracker: tracker.clone(),
+                own: own[i].clone(),
+                log_ids: log_ids.clone(),
+                dirs: dirs.clone(),
+            };
             let start = ShardStart {
                 position: start,
                 log_id: merged_id,

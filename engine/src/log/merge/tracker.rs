@@ -69,9 +69,17 @@ pub(crate) struct MergedShard {
     /// The vector this shard's state was restored from (the run's start vector without a snapshot).
     pub(super) own: Vec<Position>,
     pub(super) log_ids: Arc<Vec<u64>>,
+    /// The logs' directories, in the run's order (as given: a segment's parent is one of them).
+    pub(super) dirs: Arc<Vec<std::path::PathBuf>>,
 }
 
 impl MergedShard {
+    /// The index of the log `segment` belongs to (by its directory).
+    pub(crate) fn log_of(&self, segment: &catchup_segments::Segment) -> Option<usize> {
+        let dir = segment.path().parent()?;
+        self.dirs.iter().position(|d| d == dir)
+    }
+
     /// The header position (the vector's sum) and the log table (checksums left 0 for the I/O thread) of a
     /// snapshot at merge sequence number `passed`: per log the maximum of `v(passed)` and the restored vector.
     pub(crate) fn marks(&self, passed: Position) -> Result<(Position, Vec<LogMark>), String> {
