@@ -10,6 +10,18 @@ use crate::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use crate::shard::shard_of;
 use crate::snapshot;
 
+/// Why a snapshot cannot be restored into this run's handlers (another handler configuration or state
+/// layout), or None: the checks every source makes, whatever else it checks.
+pub(crate) fn handler_mismatch(meta: &snapshot::SnapshotMeta, fingerprint: u64, layout: StateLayout) -> Option<String> {
+    if meta.fingerprint != fingerprint {
+        return Some(format!(
+            "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
+            meta.fingerprint, fingerprint
+        ));
+    }
+    (meta.layout != layout).then(|| "its state layout differs from this handler's".to_string())
+}
+
 /// Loads the snapshots `snaps` (read from `dir` by `snapshot::load_all`) into the handlers and sets each
 /// shard's start. Returns true if per-key states were redistributed (so handlers must check per-key
 /// coverage).
@@ -38,15 +50,8 @@ pub(crate) fn restore<H: ShardHandler>(
         if s.meta.log_id != log_id {
             return Err(mismatch("it was written for a different log".into()).into());
         }
-        if s.meta.fingerprint != fingerprint {
-            return Err(mismatch(format!(
-                "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
-                s.meta.fingerprint, fingerprint
-            ))
-            .into());
-        }
-        if s.meta.layout != layout {
-            return Err(mismatch("its state layout differs from this handler's".into()).into());
+        if let Some(why) = handler_mismatch(&s.meta, fingerprint, layout) {
+            return Err(mismatch(why).into());
         }
     }
     if snaps.iter().all(|(_, s)| s.meta.n_shards as usize == n) {

@@ -8,6 +8,7 @@ use catchup_segments::{LogReader, Position};
 use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
 use crate::keyed::decode_key_entries;
+use crate::run::handler_mismatch;
 use crate::snapshot::{self, LogMark, SnapshotMeta};
 
 /// Fills in the binding checksum of each log of a merged snapshot about to be written into `dir` (see
@@ -79,15 +80,8 @@ pub(super) fn restore_merged<H: ShardHandler>(
             })
             .into());
         }
-        if s.meta.fingerprint != fingerprint {
-            return Err(mismatch(format!(
-                "it was written by a different handler configuration (fingerprint {:#x}, expected {:#x})",
-                s.meta.fingerprint, fingerprint
-            ))
-            .into());
-        }
-        if s.meta.layout != layout {
-            return Err(mismatch("its state layout differs from this handler's".into()).into());
+        if let Some(why) = handler_mismatch(&s.meta, fingerprint, layout) {
+            return Err(mismatch(why).into());
         }
         if s.meta.n_shards as usize != n {
             return Err(mismatch(format!(
