@@ -424,7 +424,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub latency_sample_every: u32,
     /// Hand out at most N events per second (e.g. 50k), so a backfill does not swamp what the handlers
-    /// write to.
+    /// write to. A token bucket: after a pause at most N/50 events (20 ms worth) go out at once.
     #[arg(long, value_name = "N", value_parser = units::parse_count)]
     pub max_rate: Option<u64>,
     /// Read only events the writer has synced (below the log's recovery point), following it as it moves,
