@@ -255,6 +255,11 @@ pub struct ExportArgs {
     /// Extra librdkafka property for the producer (repeatable), e.g. linger.ms=20.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "to_kafka")]
     pub kafka_options: Vec<String>,
+    /// The record format to write with --to-kafka (docs/kafka-format.md): 2 (decimal text headers, keys
+    /// partitioned with murmur2 as Java and librdkafka producers do) or 1 (the older little-endian headers and
+    /// catchup's own partitioning). Default: the format the topic already holds, 2 for an empty topic.
+    #[arg(long = "kafka-format", value_name = "N", requires = "to_kafka", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub kafka_format: Option<u8>,
     /// First position to print.
     #[arg(long, value_name = "POS", conflicts_with = "since")]
     pub from: Option<u64>,

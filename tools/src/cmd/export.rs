@@ -109,7 +109,11 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
                 Err(e) => usage!("{e}"),
             }
         }
-        let st = crate::kafka_export::export(&args.dir, &url, &options, ui)?;
+        let format = args.kafka_format.map(|f| match f {
+            1 => catchup_engine::kafka::HeaderFormat::Binary,
+            _ => catchup_engine::kafka::HeaderFormat::Text,
+        });
+        let st = crate::kafka_export::export(&args.dir, &url, &options, format, ui)?;
         let resumed = if st.resumed_at == 0 {
             String::new()
         } else {
@@ -118,7 +122,10 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
                 st.resumed_at, st.already_there
             )
         };
-        ui.note(format!("exported {} events to {url} ({} partitions){resumed}", st.produced, st.partitions));
+        ui.note(format!(
+            "exported {} events to {url} ({} partitions, format {}){resumed}",
+            st.produced, st.partitions, st.format
+        ));
         return Ok(Exit::Ok);
     }
     let cfg = Config::from_args(args)?;
