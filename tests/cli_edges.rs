@@ -1,8 +1,9 @@
-//! The command line's rough edges (issue #18, "Rough edges" 2, 3, 5, 7, 9, 10, 11, 13), each reproduced
+//! The command line's rough edges (issue #18, "Rough edges" 2, 3, 5, 6, 7, 8, 9, 10, 11, 13), each reproduced
 //! the way `../shared/reviews/ux-review.md` found it: integer times without a unit, impossible dates, signals
 //! (status, what `import` says, temporary logs of `demo` and `bench`), a `null` payload through export and
 //! import, error wording, the SVG chart, the HdrHistogram log format, a byte-order mark and trailing
-//! whitespace, completions and the manual page.
+//! whitespace, completions and the manual page, flags that mean one thing everywhere (`--log`, `--key-field`,
+//! `--until`, suffixes on positions) and the versioned `--json` documents.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -569,4 +570,111 @@ fn output_paths_are_checked_before_the_replay_starts() {
     let out = catchup().args(["replay", s(&log), "--out", s(d.path())]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("is a directory"), "{}", stderr_of(&out));
+}
+
+// ---- 8. flags mean one thing everywhere ----
+
+/// Issue #18 item 8: `--out` was a log folder in `gen`/`import` but a result file in `replay`; `--key` a field
+/// path in `import` but a key filter in `export`. Now `--log DIR` and `--key-field`/`--time-field`; the old
+/// spellings still work and are hidden from `--help`.
+#[test]
+fn gen_and_import_name_their_log_with_log_and_keep_the_old_spellings() {
+    let d = tmp();
+    let (new, old) = (d.path().join("new"), d.path().join("old"));
+    catchup().args(["gen", "-q", "--log", s(&new), "--events", "300", "--segment-bytes", "1MiB"]).assert().success();
+    catchup().args(["gen", "-q", "--out", s(&old), "--events", "300", "--segment-bytes", "1MiB"]).assert().success();
+    assert_eq!(export_lines(&new, &[]).len(), 300);
+    assert_eq!(export_lines(&new, &[]), export_lines(&old, &[]));
+
+    let input = d.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"k\":\"a\",\"t\":\"2025-01-01T00:00:01Z\"}\n{\"k\":\"b\",\"t\":\"2025-01-01T00:00:02Z\"}\n",
+    )
+    .unwrap();
+    let (i_new, i_old) = (d.path().join("i-new"), d.path().join("i-old"));
+    catchup()
+        .args(["import", "-q", "--log", s(&i_new), "--key-field", "k", "--time-field", "t", s(&input)])
+        .assert()
+        .success();
+    catchup().args(["import", "-q", "--out", s(&i_old), "--key", "k", "--time", "t", s(&input)]).assert().success();
+    let lines = export_lines(&i_new, &[]);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["key"], "b");
+    assert_eq!(lines[1]["timestamp_ns"], 1_735_689_602_000_000_000u64);
+    assert_eq!(lines, export_lines(&i_old, &[]));
+    // A missing key field is named by its new name.
+    let out = catchup().args(["import", "--log", s(&d.path().join("x")), "-"]).write_stdin("").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--key-field"), "{}", stderr_of(&out));
+
+    for (cmd, shown, hidden) in [
+        ("gen", &["--log"][..], &["--out"][..]),
+        ("import", &["--log", "--key-field", "--time-field"], &["--out ", "--key ", "--time "]),
+    ] {
+        let help =
+            String::from_utf8(catchup().args([cmd, "--help"]).assert().success().get_output().stdout.clone()).unwrap();
+        for f in shown {
+            assert!(help.contains(f), "{cmd} --help lacks {f}");
+        }
+        for f in hidden {
+            assert!(!help.contains(&format!("  {f}")), "{cmd} --help still shows {f}:\n{help}");
+        }
+    }
+}
+
+/// Issue #18 item 8: count suffixes worked on `--events` but not on positions (`--from 1k` was "invalid
+/// digit found in string").
+#[test]
+fn positions_take_count_suffixes() {
+    let d = tmp();
+    let log = make_log(d.path(), 3_000);
+    let lines = export_lines(&log, &["--from", "1k", "--to", "2k"]);
+    assert_eq!(lines.len(), 1_000);
+    assert_eq!(lines[0]["position"], 1_000);
+    assert_eq!(lines.last().unwrap()["position"], 1_999);
+    let out = catchup()
+        .args(["replay", s(&log), "--from", "1k", "--to", "2.5k", "--json", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["events"], 1_500);
+    let hist =
+        catchup().args(["history", s(&log), "k1", "--from", "2k"]).assert().success().get_output().stdout.clone();
+    let hist = String::from_utf8(hist).unwrap();
+    assert!(!hist.is_empty());
+    assert!(hist.lines().all(|l| l.split('\t').next().unwrap().parse::<u64>().unwrap() >= 2_000), "{hist}");
+    catchup().args(["export", s(&log), "--from", "1x"]).assert().code(2);
+}
+
+/// Issue #18 item 8: there was `--since` but no `--until`, so a time window needed positions.
+#[test]
+fn until_bounds_export_and_replay_by_time() {
+    let d = tmp();
+    // One event a second from 2025-01-01T00:00:00Z.
+    let log = util::gen_log(d.path(), "log", 100, 10, &["--step", "1s"]);
+    let window = export_lines(&log, &["--since", "2025-01-01T00:00:05Z", "--until", "2025-01-01T00:00:15Z"]);
+    let positions: Vec<u64> = window.iter().map(|l| l["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, (5..15).collect::<Vec<_>>());
+    // With --to and --key too: the earlier bound wins; the key filter reads through the index.
+    assert_eq!(export_lines(&log, &["--until", "2025-01-01T00:00:15Z", "--to", "8"]).len(), 8);
+    let k = export_lines(&log, &["--until", "2025-01-01T00:00:15Z", "--key", "k1"]);
+    assert!(!k.is_empty() && k.iter().all(|l| l["position"].as_u64().unwrap() < 15 && l["key"] == "k1"), "{k:?}");
+    // Past the end: everything.
+    assert_eq!(export_lines(&log, &["--until", "2030-01-01"]).len(), 100);
+    let out = catchup()
+        .args(["replay", s(&log), "--until", "2025-01-01T00:00:15Z", "--json", "--shards", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["events"], 15);
+    let out = catchup()
+        .args(["replay", s(&log), "--since", "2025-01-01T00:00:20Z", "--until", "2025-01-01T00:00:15Z"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--until is before --since"), "{}", stderr_of(&out));
+    catchup().args(["replay", s(&log), "--follow", "--until", "1h"]).assert().code(2);
 }
