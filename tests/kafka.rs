@@ -17,6 +17,9 @@ use serde_json::Value;
 mod util;
 use util::{run_ok, s};
 
+#[path = "util/json_doc.rs"]
+mod json_doc;
+
 /// Short session timeout so a killed member's partitions move within seconds.
 const FAST_GROUP: [&str; 4] =
     ["--kafka-option", "session.timeout.ms=6000", "--kafka-option", "heartbeat.interval.ms=500"];
@@ -935,6 +938,9 @@ fn export_writes_readable_headers_and_murmur2_partitions_and_reads_both_formats(
         let summary = wait_ok(&mut m, Duration::from_secs(120));
         assert_eq!(summary["events"], 2_000);
         assert_eq!(last_by_key(&merge(&[m.out])), want, "topic {t}");
+        // The summary's `kafka` object is as docs/json-output.md says.
+        assert_eq!(summary["v"], 1);
+        json_doc::check_documented(&summary, "`replay --json`, the `kafka` object", |_| false);
     }
     drop(mock);
 }
