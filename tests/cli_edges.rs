@@ -644,6 +644,11 @@ fn positions_take_count_suffixes() {
     assert!(!hist.is_empty());
     assert!(hist.lines().all(|l| l.split('\t').next().unwrap().parse::<u64>().unwrap() >= 2_000), "{hist}");
     catchup().args(["export", s(&log), "--from", "1x"]).assert().code(2);
+    let out = catchup().args(["replay", s(&log), "--latency-sample-every", "1k", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["latency_sample_every"], 1_000);
+    catchup().args(["replay", s(&log), "--latency-sample-every", "5G"]).assert().code(2);
 }
 
 /// Issue #18 item 8: there was `--since` but no `--until`, so a time window needed positions.

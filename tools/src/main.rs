@@ -441,8 +441,8 @@ pub struct ReplayArgs {
     /// Write HdrHistogram interval logs of the latencies (one interval per second).
     #[arg(long, value_name = "FILE")]
     pub hist_log: Option<PathBuf>,
-    /// Time one event in N for the latency histograms.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Time one event in N for the latency histograms (accepts 1k).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_count_u32)]
     pub latency_sample_every: u32,
     /// Hand out at most N events per second (e.g. 50k), so a backfill does not swamp what the handlers
     /// write to. A token bucket: after a pause at most N/50 events (20 ms worth) go out at once.
@@ -455,6 +455,11 @@ pub struct ReplayArgs {
     /// Read every committed event, synced or not. Default without --checkpoint-dir.
     #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
     pub no_durable_only: bool,
+}
+
+/// A count (`units::parse_count`: 64, 1k) that fits a u32.
+fn parse_count_u32(s: &str) -> Result<u32, String> {
+    units::parse_count(s).and_then(|n| u32::try_from(n).map_err(|_| format!("`{s}` is above {}", u32::MAX)))
 }
 
 /// `catchup report`.
