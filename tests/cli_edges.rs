@@ -572,11 +572,12 @@ fn output_paths_are_checked_before_the_replay_starts() {
 
 // ---- 8. flags mean one thing everywhere ----
 
-/// Issue #18 item 8: `--out` was a log folder in `gen`/`import` but a result file in `replay`; `--key` a field
+/// Issue #18 item 8: `--out` was a log folder in `gen`/`import` but a result file in `replay` (and the log was
+/// `--dir` in `bench`, `--keep` in `demo`); `--key` a field
 /// path in `import` but a key filter in `export`. Now `--log DIR` and `--key-field`/`--time-field`; the old
 /// spellings still work and are hidden from `--help`.
 #[test]
-fn gen_and_import_name_their_log_with_log_and_keep_the_old_spellings() {
+fn commands_name_their_log_with_log_and_keep_the_old_spellings() {
     let d = tmp();
     let (new, old) = (d.path().join("new"), d.path().join("old"));
     catchup().args(["gen", "-q", "--log", s(&new), "--events", "300", "--segment-bytes", "1MiB"]).assert().success();
@@ -606,6 +607,21 @@ fn gen_and_import_name_their_log_with_log_and_keep_the_old_spellings() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("--key-field"), "{}", stderr_of(&out));
 
+    // `bench` and `demo` name the log they keep the same way (they said --dir and --keep).
+    let (b_new, b_old) = (d.path().join("b-new"), d.path().join("b-old"));
+    for (flag, dir) in [("--log", &b_new), ("--dir", &b_old)] {
+        let bench =
+            ["bench", "-q", "--events", "2k", "--keys", "10", "--handler-ns", "0", "--shards", "1", "--reps", "1"];
+        catchup().args(bench).args([flag, s(dir)]).assert().success();
+    }
+    assert_eq!(export_lines(&b_new, &[]).len(), 2_000);
+    assert_eq!(export_lines(&b_new, &[]), export_lines(&b_old, &[]));
+    let demo = d.path().join("demo");
+    catchup()
+        .args(["demo", "-q", "--events", "1k", "--keys", "10", "--shards", "1", "--log", s(&demo)])
+        .assert()
+        .success();
+    assert_eq!(export_lines(&demo, &[]).len(), 1_000);
     for (cmd, shown, hidden) in [
         ("gen", &["--log"][..], &["--out"][..]),
         ("import", &["--log", "--key-field", "--time-field"], &["--out ", "--key ", "--time "]),

@@ -620,9 +620,9 @@ pub struct TruncateArgs {
 /// `catchup demo`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Generates a log in a temporary directory (removed afterwards unless --keep),
-replays it with the count projection and prints the summary and latency
-percentiles.
+Generates a log in a temporary directory (removed afterwards unless --log DIR
+names where to keep it; --keep is an older spelling), replays it with the
+count projection and prints the summary and latency percentiles.
 
 Examples:
   catchup demo
@@ -640,8 +640,9 @@ pub struct DemoArgs {
     /// Zipf exponent of key popularity.
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub zipf: f64,
-    /// Keep the generated log in this directory instead of a temporary one.
-    #[arg(long, value_name = "DIR")]
+    /// Keep the generated log in this directory instead of a temporary one (`--keep`, the older spelling,
+    /// still works).
+    #[arg(long = "log", alias = "keep", value_name = "DIR")]
     pub keep: Option<PathBuf>,
 }
 
@@ -665,7 +666,7 @@ the variant (mapped log pages excluded).
 Examples:
   catchup bench
   catchup bench --events 10M --keys 100k --zipf 1.0 --handler-ns 0,100,1000 --shards 1,2
-  catchup bench --dir /tmp/benchlog --json > bench.json")]
+  catchup bench --log /tmp/benchlog --json > bench.json")]
 pub struct BenchArgs {
     /// Events in the generated log.
     #[arg(long, value_name = "N", default_value = "2M", value_parser = units::parse_count)]
@@ -691,8 +692,9 @@ pub struct BenchArgs {
     /// Repetitions of each variant.
     #[arg(long, value_name = "R", default_value_t = 5)]
     pub reps: usize,
-    /// Use (or create) the log in this directory instead of a temporary one.
-    #[arg(long, value_name = "DIR")]
+    /// Use (or create) the log in this directory instead of a temporary one (`--dir`, the older spelling,
+    /// still works).
+    #[arg(long = "log", alias = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Seed of the generator.
     #[arg(long, value_name = "X", default_value_t = 1)]
