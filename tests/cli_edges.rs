@@ -573,9 +573,8 @@ fn output_paths_are_checked_before_the_replay_starts() {
 // ---- 8. flags mean one thing everywhere ----
 
 /// Issue #18 item 8: `--out` was a log folder in `gen`/`import` but a result file in `replay` (and the log was
-/// `--dir` in `bench`, `--keep` in `demo`); `--key` a field
-/// path in `import` but a key filter in `export`. Now `--log DIR` and `--key-field`/`--time-field`; the old
-/// spellings still work and are hidden from `--help`.
+/// `--dir` in `bench`, `--keep` in `demo`); `--key` a field path in `import` but a key filter in `export`.
+/// Now `--log DIR` and `--key-field`/`--time-field`; the old spellings still work and are hidden from `--help`.
 #[test]
 fn commands_name_their_log_with_log_and_keep_the_old_spellings() {
     let d = tmp();
