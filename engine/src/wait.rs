@@ -101,31 +101,99 @@ impl Backoff {
     }
 }
 
-/// Paces a producer to at most `per_s` events per second on average since it started (a backfill that must
-/// not overload what its handlers write to). Checked between batches, so bursts are one batch long.
+/// The clock a [`Pacer`] reads and sleeps on: the real one in a run, a fake one in tests (so that the
+/// pacing is checked by counting events against simulated time, never by timing a test).
+pub(crate) trait Clock {
+    /// Time since some fixed point of this clock.
+    fn now(&self) -> Duration;
+    /// Sleeps for `d` (a fake clock just moves on).
+    fn sleep(&mut self, d: Duration);
+}
+
+/// The system's monotonic clock.
 #[derive(Debug)]
-pub(crate) struct Pacer {
+pub(crate) struct RealClock(Instant);
+
+impl Clock for RealClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// Paces a producer to at most `per_s` events per second (a backfill that must not overload what its
+/// handlers write to): a token bucket refilled at `per_s` per second that holds at most
+/// [`Pacer::burst`] events of credit (`per_s / 50`, at least 1: about 20 ms of events). Idle time earns
+/// no more credit than that, so after a pause (a follower waiting for appends, a slow Kafka fetch) the
+/// producer resumes at the rate instead of catching up on the time it was idle. Checked after each batch,
+/// so in any window of `t` seconds at most `per_s * t + burst` events plus one batch get through.
+///
+/// Implemented as the bucket's equivalent virtual schedule (GCRA): `due` is when the events counted so far
+/// are paid for; the producer may run up to `burst` events ahead of it, and a pause leaves it at the clock.
+#[derive(Debug)]
+pub(crate) struct Pacer<C: Clock = RealClock> {
     per_s: f64,
-    started: Instant,
+    /// Credit the bucket can hold, in time: `burst / per_s`.
+    burst_time: Duration,
+    /// When every event counted so far is paid for at `per_s`.
+    due: Duration,
+    clock: C,
+    #[cfg(test)]
     sent: u64,
+}
+
+/// The credit a pacer for `per_s` events per second holds: about 20 ms of events, at least 1.
+pub(crate) fn burst_for(per_s: u64) -> u64 {
+    (per_s / 50).max(1)
 }
 
 impl Pacer {
     /// A pacer for `per_s` events per second, or None for no limit.
     pub(crate) fn new(per_s: Option<u64>) -> Option<Pacer> {
-        per_s.map(|r| Pacer { per_s: r.max(1) as f64, started: Instant::now(), sent: 0 })
+        per_s.map(|r| Pacer::with_clock(r, RealClock(Instant::now())))
+    }
+}
+
+impl<C: Clock> Pacer<C> {
+    /// A pacer for `per_s` events per second on `clock`, its bucket full.
+    pub(crate) fn with_clock(per_s: u64, clock: C) -> Pacer<C> {
+        let per_s = per_s.max(1);
+        let burst_time = Duration::from_secs_f64(burst_for(per_s) as f64 / per_s as f64);
+        let due = clock.now();
+        Pacer {
+            per_s: per_s as f64,
+            burst_time,
+            due,
+            clock,
+            #[cfg(test)]
+            sent: 0,
+        }
+    }
+
+    /// The most events the bucket lets through at once after a pause.
+    #[cfg(test)]
+    pub(crate) fn burst(&self) -> u64 {
+        burst_for(self.per_s as u64)
     }
 
     /// Counts `n` more events and sleeps until they fit the rate, or until `stop()` says to give up.
     pub(crate) fn pace(&mut self, n: u64, stop: impl Fn() -> bool) {
-        self.sent += n;
-        let due = Duration::from_secs_f64(self.sent as f64 / self.per_s);
+        #[cfg(test)]
+        {
+            self.sent += n;
+        }
+        // `due` at or behind the clock is a full bucket: time idle beyond that earns nothing.
+        self.due = self.due.max(self.clock.now()) + Duration::from_secs_f64(n as f64 / self.per_s);
+        // Up to `burst_time` ahead of the clock is credit spent; sleeping until then leaves no debt.
+        let until = self.due.saturating_sub(self.burst_time);
         loop {
-            let elapsed = self.started.elapsed();
-            if elapsed >= due || stop() {
+            let now = self.clock.now();
+            if now >= until || stop() {
                 return;
             }
-            std::thread::sleep((due - elapsed).min(Duration::from_millis(10)));
+            self.clock.sleep((until - now).min(Duration::from_millis(10)));
         }
     }
 }
@@ -133,6 +201,31 @@ impl Pacer {
 #[cfg(test)]
 mod pacer_tests {
     use super::*;
+
+    /// Simulated time: `sleep` moves it on, nothing really waits.
+    #[derive(Debug, Default)]
+    struct FakeClock(Duration);
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Duration {
+            self.0
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.0 += d;
+        }
+    }
+
+    /// Events that `pace` lets through, one at a time, before the fake clock passes `until`.
+    fn events_before(p: &mut Pacer<FakeClock>, until: Duration) -> u64 {
+        let mut n = 0;
+        loop {
+            p.pace(1, || false);
+            if p.clock.now() >= until {
+                return n + 1;
+            }
+            n += 1;
+        }
+    }
 
     #[test]
     fn no_limit_is_none_and_stop_ends_the_wait() {
@@ -143,5 +236,47 @@ mod pacer_tests {
         p.pace(1000, || true);
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(p.sent, 1000);
+    }
+
+    #[test]
+    fn burst_is_a_fiftieth_of_the_rate_and_at_least_one() {
+        assert_eq!(burst_for(1000), 20);
+        assert_eq!(burst_for(1), 1);
+        assert_eq!(burst_for(49), 1);
+        assert_eq!(Pacer::with_clock(0, FakeClock::default()).burst(), 1);
+    }
+
+    #[test]
+    fn steady_rate_is_kept() {
+        let mut p = Pacer::with_clock(1000, FakeClock::default());
+        // Ten seconds at 1,000/s: 10,000 events plus the starting credit, give or take the one in flight.
+        let n = events_before(&mut p, Duration::from_secs(10));
+        assert!((10_000..=10_000 + p.burst() + 1).contains(&n), "{n} events in 10 s at 1,000/s");
+    }
+
+    /// Issue #18 item 4: the old pacer kept the average since start, so 8 s idle at 1,000/s then let
+    /// 8,000 events through at once (the review saw 5,000 in about a second).
+    #[test]
+    fn an_idle_pause_earns_at_most_one_burst() {
+        let mut p = Pacer::with_clock(1000, FakeClock::default());
+        let first = events_before(&mut p, Duration::from_secs(1));
+        assert!(first <= 1000 + p.burst() + 1, "{first} events in the first second");
+        // Follow mode with nothing to read for 8 s, then appends.
+        p.clock.0 += Duration::from_secs(8);
+        let resumed_at = p.clock.now();
+        let after = events_before(&mut p, resumed_at + Duration::from_secs(1));
+        assert!(after <= 1000 + p.burst() + 1, "{after} events in the first second after 8 s idle");
+        assert!(after >= 1000, "{after} events: the rate itself must still get through");
+    }
+
+    #[test]
+    fn a_large_batch_after_a_pause_is_paid_for_before_the_next() {
+        let mut p = Pacer::with_clock(1000, FakeClock::default());
+        p.clock.0 += Duration::from_secs(60);
+        let t0 = p.clock.now();
+        // A 5,000-event batch goes out (the check is after each batch) but then waits out all but the burst.
+        p.pace(5000, || false);
+        let waited = p.clock.now() - t0;
+        assert!(waited >= Duration::from_millis(4980), "waited only {waited:?} after 5,000 events at 1,000/s");
     }
 }

@@ -101,15 +101,44 @@ pub struct Series {
     pub intervals: usize,
 }
 
-/// Percentiles of a distribution as a JSON object: `{"count":N,"p50":ns,...,"max":ns}`.
+/// Percentiles of a distribution as a JSON object: `{"count":N,"p50":ns,...,"max":ns}`
+/// (`docs/json-output.md`). A histogram's values are its exact u64 bucket values, never rounded through
+/// f64 (event ages pass 2^53 ns after 104 days).
 pub fn percentiles_json(dist: &Dist, quantiles: &[(&str, f64)]) -> serde_json::Value {
+    let exact = |q: f64| -> u64 {
+        match dist {
+            Dist::Hist(h) if h.is_empty() => 0,
+            Dist::Hist(h) if q >= 1.0 => h.max(),
+            Dist::Hist(h) => h.value_at_quantile(q),
+            Dist::Points { .. } => dist.value_at(q).round() as u64,
+        }
+    };
     let mut m = serde_json::Map::new();
     m.insert("count".into(), dist.count().into());
     for (name, q) in quantiles {
-        m.insert((*name).into(), (dist.value_at(*q).round() as u64).into());
+        m.insert((*name).into(), exact(*q).into());
     }
-    m.insert("max".into(), (dist.max().round() as u64).into());
+    m.insert("max".into(), exact(1.0).into());
     serde_json::Value::Object(m)
+}
+
+/// The name of a series in a JSON document: catchup's own series are `handler`, `queue_wait` and
+/// `event_age` in every document (the interval-log tags `queue-wait` and `event-age` and the tables' `queue
+/// wait` and `event age` name the same series); any other name is kept.
+pub fn json_series_name(name: &str) -> String {
+    let (file, tag) = match name.rsplit_once(':') {
+        Some((f, t)) => (Some(f), t),
+        None => (None, name),
+    };
+    let tag = match tag {
+        TAG_QUEUE_WAIT | "queue wait" => "queue_wait",
+        TAG_EVENT_AGE | "event age" => "event_age",
+        t => t,
+    };
+    match file {
+        Some(f) => format!("{f}:{tag}"),
+        None => tag.to_string(),
+    }
 }
 
 /// Writes a percentile table: one row per series, values in human units.

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use catchup_engine::kafka::{self, HEADER_LOG_ID, HEADER_POSITION, HEADER_TIMESTAMP_NS, KafkaUrl};
+use catchup_engine::kafka::{
+    self, HEADER_FORMAT, HEADER_LOG_ID, HEADER_POSITION, HEADER_TIMESTAMP_NS, HeaderFormat, KafkaUrl,
+};
 use catchup_engine::{Position, shard_of};
 use catchup_segments::{LogReader, Start};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,6 +30,55 @@ pub struct ExportStats {
     pub resumed_at: u64,
     /// Partitions of the topic.
     pub partitions: usize,
+    /// The record format written (`docs/kafka-format.md`): 2 (decimal headers, murmur2 partitions) or 1.
+    pub format: u8,
+}
+
+/// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`, librdkafka's `rd_murmur2`): the
+/// hash the Java producer's default partitioner and librdkafka's `murmur2` / `murmur2_random` partitioners
+/// apply to a record's key.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition Kafka's default partitioners give a keyed record: `(murmur2(key) & 0x7fffffff) % n`.
+pub fn murmur2_partition(key: &[u8], n: usize) -> usize {
+    (murmur2(key) & 0x7fff_ffff) as usize % n
+}
+
+/// The partition of a record with `key` (and catchup's `key_hash`) in a topic of `n` partitions, in `format`.
+fn partition_of(format: HeaderFormat, key: &[u8], key_hash: u64, n: usize) -> usize {
+    match format {
+        HeaderFormat::Text => murmur2_partition(key, n),
+        HeaderFormat::Binary => shard_of(key_hash, n).0 as usize,
+    }
 }
 
 #[derive(Default)]
@@ -57,14 +108,17 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// A u64 header value.
-fn header_u64(m: &impl Message, name: &str) -> Option<u64> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| <[u8; 8]>::try_from(v).ok())
-        .map(u64::from_le_bytes)
+/// The record format of `m`'s headers (None: a `catchup-format` this version does not know).
+fn header_format(m: &impl Message) -> Option<HeaderFormat> {
+    match m.headers() {
+        Some(h) => HeaderFormat::of(h.iter().map(|h| (h.key, h.value))),
+        None => Some(HeaderFormat::Binary),
+    }
+}
+
+/// A u64 header value in `format`.
+fn header_u64(m: &impl Message, format: HeaderFormat, name: &str) -> Option<u64> {
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| format.decode(v))
 }
 
 /// Polls `consumer` for the first record of partition `p` (or its end, None) within 30 s.
@@ -81,7 +135,7 @@ fn next_record(consumer: &BaseConsumer, url: &KafkaUrl, p: i32) -> Result<Option
     anyhow::bail!("cannot read {url} partition {p}: no answer within 30 s")
 }
 
-/// The log position of the last record of each partition, from its `catchup-pos` header (None: empty).
+/// The log position and record format of the last record of each partition, from its headers (None: empty).
 ///
 /// The end of a partition comes from a fetch response (librdkafka caches its high watermark), not from a
 /// "latest offset" query, which some brokers answer wrongly.
@@ -90,7 +144,7 @@ fn last_positions(
     options: &[(String, String)],
     log_id: u64,
     partitions: &[i32],
-) -> Result<Vec<Option<u64>>> {
+) -> Result<Vec<Option<(u64, HeaderFormat)>>> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &url.brokers)
         .set("group.id", "catchup-export-probe")
@@ -132,8 +186,15 @@ fn last_positions(
             );
             m
         };
-        match (header_u64(&last, HEADER_POSITION), header_u64(&last, HEADER_LOG_ID)) {
-            (Some(pos), Some(id)) if id == log_id => out.push(Some(pos)),
+        let Some(format) = header_format(&last) else {
+            anyhow::bail!(
+                "{url} partition {p}: offset {} has a {HEADER_FORMAT} header this catchup does not know (written by \
+                 a newer version?)",
+                last.offset()
+            );
+        };
+        match (header_u64(&last, format, HEADER_POSITION), header_u64(&last, format, HEADER_LOG_ID)) {
+            (Some(pos), Some(id)) if id == log_id => out.push(Some((pos, format))),
             (Some(_), Some(id)) => anyhow::bail!(
                 "{url} partition {p} holds records exported from another log (id {id:#x}, this log is {log_id:#x}): \
                  use another topic"
@@ -148,13 +209,21 @@ fn last_positions(
     Ok(out)
 }
 
-/// Mirrors the log in `dir` into the topic. The key is the record key and the partition is
-/// `shard_of(key_hash, partitions)` (so one key, one partition, in log order). Every record carries its
-/// position; a second run reads the last record of each partition, starts at the lowest position not yet
-/// in every partition, and skips the records whose partition already holds them. With the idempotent
-/// producer (order kept per partition), that exports each record exactly once, however the first run ended.
-/// The topic's partition count must not change between runs (the key-to-partition map would).
-pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui) -> Result<ExportStats> {
+/// Mirrors the log in `dir` into the topic. The key is the record key and the partition is Kafka's default
+/// `murmur2_partition(key, partitions)` (format 2) or catchup's `shard_of(key_hash, partitions)` (format 1):
+/// one key, one partition, in log order. Every record carries its position; a second run reads the last
+/// record of each partition, starts at the lowest position not yet in every partition, and skips the
+/// records whose partition already holds them. With the idempotent producer (order kept per partition),
+/// that exports each record exactly once, however the first run ended. The topic's partition count must
+/// not change between runs (the key-to-partition map would), nor its format: `format` None keeps the one
+/// the topic holds (2 for an empty topic), and one that differs from it is refused.
+pub fn export(
+    dir: &Path,
+    url: &KafkaUrl,
+    options: &[(String, String)],
+    format: Option<HeaderFormat>,
+    ui: &Ui,
+) -> Result<ExportStats> {
     let reader = LogReader::open(dir).with_context(|| format!("cannot open log {}", dir.display()))?;
     let log_id = catchup_engine::log_id(&reader);
     let end = reader.end_position().with_context(|| format!("cannot read log {}", dir.display()))?.0;
@@ -184,10 +253,27 @@ pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui)
     if partitions.iter().enumerate().any(|(i, &p)| p != i as i32) {
         anyhow::bail!("{url}: partitions are not numbered 0..{n}");
     }
-    let last = last_positions(url, options, log_id, &partitions)?;
+    let found = last_positions(url, options, log_id, &partitions)?;
+    // The key-to-partition map must stay the one the topic holds.
+    let mut held: Vec<u8> = found.iter().flatten().map(|(_, f)| f.number()).collect();
+    held.sort_unstable();
+    held.dedup();
+    let format = match (held.as_slice(), format) {
+        ([], f) => f.unwrap_or(HeaderFormat::Text),
+        ([1], None | Some(HeaderFormat::Binary)) => HeaderFormat::Binary,
+        ([2], None | Some(HeaderFormat::Text)) => HeaderFormat::Text,
+        ([h], Some(f)) => anyhow::bail!(
+            "{url} holds records of format {h} (docs/kafka-format.md): resuming it in format {} would send keys \
+             to other partitions; leave out --kafka-format, or export into a new topic",
+            f.number()
+        ),
+        _ => anyhow::bail!("{url} holds records of formats 1 and 2 in different partitions: use another topic"),
+    };
+    let last: Vec<Option<u64>> = found.iter().map(|l| l.map(|(p, _)| p)).collect();
     // Every position below the lowest "next" of any partition is in the topic.
     let start = last.iter().map(|l| l.map_or(0, |p| p + 1)).min().unwrap_or(0);
-    let mut st = ExportStats { resumed_at: start, partitions: n, ..Default::default() };
+    let mut st = ExportStats { resumed_at: start, partitions: n, format: format.number(), ..Default::default() };
+    let format_value = format.number().to_string();
     let bar = CountBar::new(ui, Some(end.saturating_sub(start)), "export");
     let mut cursor = reader.cursor(Start::Position(Position(start)))?;
     let fail = |producer: &BaseProducer<Deliveries>| -> Result<()> {
@@ -203,15 +289,18 @@ pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui)
     {
         for (_, r) in batch.records() {
             seen += 1;
-            let p = shard_of(r.key_hash, n).0 as usize;
+            let p = partition_of(format, r.key, r.key_hash, n);
             if last[p].is_some_and(|l| r.position.0 <= l) {
                 st.already_there += 1;
                 continue;
             }
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header { key: HEADER_POSITION, value: Some(&r.position.0.to_le_bytes()) })
-                .insert(Header { key: HEADER_TIMESTAMP_NS, value: Some(&r.timestamp_ns.to_le_bytes()) })
-                .insert(Header { key: HEADER_LOG_ID, value: Some(&log_id.to_le_bytes()) });
+            let mut headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header { key: HEADER_POSITION, value: Some(&format.encode(r.position.0)) })
+                .insert(Header { key: HEADER_TIMESTAMP_NS, value: Some(&format.encode(r.timestamp_ns)) })
+                .insert(Header { key: HEADER_LOG_ID, value: Some(&format.encode(log_id)) });
+            if format == HeaderFormat::Text {
+                headers = headers.insert(Header { key: HEADER_FORMAT, value: Some(format_value.as_bytes()) });
+            }
             let mut record = BaseRecord::to(&url.topic)
                 .partition(p as i32)
                 .key(r.key)
@@ -247,4 +336,28 @@ pub fn export(dir: &Path, url: &KafkaUrl, options: &[(String, String)], ui: &Ui)
     fail(&producer)?;
     bar.finish();
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kafka's own vectors (`UtilsTest.testMurmur2` in apache/kafka, the same in librdkafka's `rdmurmur2.c`).
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            assert_eq!(murmur2(key) as i32, want, "{}", String::from_utf8_lossy(key));
+        }
+        // `toPositive(murmur2(key)) % n`, as the Java DefaultPartitioner and librdkafka compute it.
+        assert_eq!(murmur2_partition(b"foobar", 100), ((-790_332_482i32) & 0x7fff_ffff) as usize % 100);
+        assert_eq!(murmur2_partition(b"", 1), 0);
+    }
 }

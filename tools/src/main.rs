@@ -63,11 +63,11 @@ macro_rules! usage {
 const EXAMPLES: &str = "\
 Examples:
   catchup demo
-  catchup gen --out /tmp/log --events 2M --keys 10k --zipf 1.1
+  catchup gen --log /tmp/log --events 2M --keys 10k --zipf 1.1
   catchup replay /tmp/log --shards 8 --projection sum:amount --out totals.jsonl
   catchup replay /tmp/log --exec 'jq -c .payload' --out out.jsonl
-  catchup import --out /tmp/orders --key order.id --time at orders.jsonl
-  catchup export /tmp/log --from 1000 --to 2000 | head
+  catchup import --log /tmp/orders --key-field order.id --time-field at orders.jsonl
+  catchup export /tmp/log --from 1k --to 2k | head
   catchup verify /tmp/log
   catchup truncate /tmp/log --to 1500000
   catchup bench --events 5M --handler-ns 0,1000
@@ -129,11 +129,11 @@ probability proportional to 1/N^S. Timestamps are --start-time + i * --step
 for the i-th event.
 
 Examples:
-  catchup gen --out /tmp/log --events 2M --keys 10k
-  catchup gen --out /tmp/hot --events 1M --keys 1M --zipf 1.2 --seed 7")]
+  catchup gen --log /tmp/log --events 2M --keys 10k
+  catchup gen --log /tmp/hot --events 1M --keys 1M --zipf 1.2 --seed 7")]
 pub struct GenArgs {
-    /// Directory of the new log (must not hold a log yet).
-    #[arg(long, value_name = "DIR")]
+    /// Directory of the new log (must not hold a log yet). `--out` is an older spelling, still accepted.
+    #[arg(long = "log", alias = "out", value_name = "DIR")]
     pub out: PathBuf,
     /// Number of events (accepts 2M, 20k, 2_000_000).
     #[arg(long, value_name = "N", default_value = "1M", value_parser = units::parse_count)]
@@ -167,8 +167,8 @@ pub struct GenArgs {
 #[command(after_help = "\
 Each input line is one event. Its payload is the line itself, byte for byte,
 without the line ending and the whitespace around the JSON value. Its key is
-the --key field: a string, or a number taken as its text. Its time is the
---time field: an RFC 3339 string, or an integer since the epoch in
+the --key-field field: a string, or a number taken as its text. Its time is
+the --time-field field: an RFC 3339 string, or an integer since the epoch in
 --time-unit. With the default --time-unit auto the first integer time decides
 the unit for the whole import (below 10^11: s, 10^14: ms, 10^17: us, else ns;
 a note says what was assumed). Without --time, events get the current time.
@@ -191,22 +191,25 @@ one says which positions are durable.
 
 With --from-export the input is `catchup export` output: key, timestamp and
 payload come from its fields, so `catchup export A | catchup import
---from-export --out B` copies a log.
+--from-export --log B` copies a log.
+
+--out, --key and --time are older spellings of --log, --key-field and
+--time-field, still accepted.
 
 Examples:
-  catchup import --out /tmp/orders --key order.id --time at orders.jsonl
-  tail -F ev.jsonl | catchup import --out /tmp/live --key user --sync batch")]
+  catchup import --log /tmp/orders --key-field order.id --time-field at orders.jsonl
+  tail -F ev.jsonl | catchup import --log /tmp/live --key-field user --sync batch")]
 pub struct ImportArgs {
     /// Log directory (created if missing; appended to if present).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long = "log", alias = "out", value_name = "DIR")]
     pub out: PathBuf,
     /// Field holding the key; dotted paths reach into objects (e.g. order.id).
-    #[arg(long, value_name = "FIELD", required_unless_present = "from_export")]
+    #[arg(long = "key-field", alias = "key", value_name = "FIELD", required_unless_present = "from_export")]
     pub key: Option<String>,
     /// Field holding the event time: integer (see --time-unit) or RFC 3339 string.
-    #[arg(long, value_name = "FIELD", conflicts_with = "from_export")]
+    #[arg(long = "time-field", alias = "time", value_name = "FIELD", conflicts_with = "from_export")]
     pub time: Option<String>,
-    /// Unit of integer --time values since the epoch; auto: from the first one's magnitude.
+    /// Unit of integer --time-field values since the epoch; auto: from the first one's magnitude.
     #[arg(long, value_name = "UNIT", default_value = "auto", value_parser = ["auto", "ns", "us", "ms", "s"])]
     pub time_unit: String,
     /// Durability while importing: none, batch or interval:MS.
@@ -236,13 +239,20 @@ With --to-kafka kafka://HOST:PORT/TOPIC the events are produced to the topic
 instead: the event key is the record key (so a key's events share a partition
 and keep their order), the payload is the value, and headers carry the log
 position (catchup-pos), the event time in ns (catchup-ts-ns) and the log's
-identity (catchup-log), all u64 little-endian. The partition is chosen from
-the key hash. Run again, it goes on where the topic ends, without duplicates:
-the last record of each partition says which positions are already there.
+identity (catchup-log), as decimal text. The partition is Kafka's default for
+the key (murmur2), as Java and librdkafka producers choose it; --kafka-format 1
+writes the older format instead (little-endian headers, catchup's own key
+hash). Run again, it goes on where the topic ends, without duplicates: the
+last record of each partition says which positions are already there.
+
+Positions accept suffixes (--from 1k, --to 2M). --since and --until are event
+times, resolved in log order: --until stops before the first event at or
+after that time.
 
 Examples:
   catchup export /tmp/log | head
-  catchup export /tmp/log --from 1000 --to 2000 > slice.jsonl
+  catchup export /tmp/log --from 1000 --to 2k > slice.jsonl
+  catchup export /tmp/log --since 2025-01-01 --until 2025-01-02
   catchup export /tmp/log --key k17 | jq .payload.amount
   catchup export /tmp/log --to-kafka kafka://127.0.0.1:9092/orders")]
 pub struct ExportArgs {
@@ -250,21 +260,29 @@ pub struct ExportArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
     /// Produce to this Kafka topic (kafka://HOST:PORT[,HOST:PORT...]/TOPIC) instead of printing.
-    #[arg(long = "to-kafka", value_name = "URL", conflicts_with_all = ["from", "since", "key", "limit"])]
+    #[arg(long = "to-kafka", value_name = "URL", conflicts_with_all = ["from", "since", "until", "to", "key", "limit"])]
     pub to_kafka: Option<String>,
     /// Extra librdkafka property for the producer (repeatable), e.g. linger.ms=20.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "to_kafka")]
     pub kafka_options: Vec<String>,
-    /// First position to print.
-    #[arg(long, value_name = "POS", conflicts_with = "since")]
+    /// The record format to write with --to-kafka (docs/kafka-format.md): 2 (decimal text headers, keys
+    /// partitioned with murmur2 as Java and librdkafka producers do) or 1 (the older little-endian headers and
+    /// catchup's own partitioning). Default: the format the topic already holds, 2 for an empty topic.
+    #[arg(long = "kafka-format", value_name = "N", requires = "to_kafka", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub kafka_format: Option<u8>,
+    /// First position to print (accepts 1k, 2M).
+    #[arg(long, value_name = "POS", conflicts_with = "since", value_parser = units::parse_count)]
     pub from: Option<u64>,
-    /// Stop before this position.
-    #[arg(long, value_name = "POS")]
+    /// Stop before this position (accepts 1k, 2M).
+    #[arg(long, value_name = "POS", value_parser = units::parse_count)]
     pub to: Option<u64>,
     /// Start at the first event (in log order) at or after this time: RFC 3339, a date (UTC), @SECONDS
     /// since the epoch (or @Nms, @Nus, @Nns), `now`, or a duration ago (15m).
     #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
     pub since: Option<u64>,
+    /// Stop before the first event (in log order) at or after this time (the forms of --since).
+    #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
+    pub until: Option<u64>,
     /// Only events with this key.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
@@ -366,7 +384,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DURATION", requires_all = ["merge", "follow"], value_parser = units::parse_duration)]
     pub max_skew: Option<std::time::Duration>,
     /// Consume a Kafka topic instead of a log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC (needs --group).
-    #[arg(long, value_name = "URL", requires = "group", conflicts_with_all = ["from", "since", "to"])]
+    #[arg(long, value_name = "URL", requires = "group", conflicts_with_all = ["from", "since", "to", "until"])]
     pub source: Option<String>,
     /// Kafka consumer group: processes in one group share the topic's partitions.
     #[arg(long, value_name = "GROUP", requires = "source")]
@@ -392,16 +410,19 @@ pub struct ReplayArgs {
     /// Also snapshot when this much time has passed (e.g. 30s).
     #[arg(long, value_name = "DURATION", requires = "checkpoint_dir", value_parser = units::parse_duration)]
     pub snapshot_interval: Option<std::time::Duration>,
-    /// Start at this position (when no snapshot says otherwise).
-    #[arg(long, value_name = "POS", conflicts_with = "since")]
+    /// Start at this position (when no snapshot says otherwise; accepts 1k, 2M).
+    #[arg(long, value_name = "POS", conflicts_with = "since", value_parser = units::parse_count)]
     pub from: Option<u64>,
     /// Start at the first event at or after this time: RFC 3339, a date, @SECONDS (or @Nms, @Nus, @Nns),
     /// `now`, or a duration ago (e.g. 10m).
     #[arg(long, value_name = "TIME", value_parser = units::parse_time)]
     pub since: Option<u64>,
-    /// Stop before this position.
-    #[arg(long, value_name = "POS", conflicts_with = "follow")]
+    /// Stop before this position (accepts 1k, 2M).
+    #[arg(long, value_name = "POS", conflicts_with = "follow", value_parser = units::parse_count)]
     pub to: Option<u64>,
+    /// Stop before the first event (in log order) at or after this time (the forms of --since).
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["follow", "merge"], value_parser = units::parse_time)]
+    pub until: Option<u64>,
     /// After the backlog, keep following appends until Ctrl-C.
     #[arg(long)]
     pub follow: bool,
@@ -420,11 +441,11 @@ pub struct ReplayArgs {
     /// Write HdrHistogram interval logs of the latencies (one interval per second).
     #[arg(long, value_name = "FILE")]
     pub hist_log: Option<PathBuf>,
-    /// Time one event in N for the latency histograms.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Time one event in N for the latency histograms (accepts 1k).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_count_u32)]
     pub latency_sample_every: u32,
     /// Hand out at most N events per second (e.g. 50k), so a backfill does not swamp what the handlers
-    /// write to.
+    /// write to. A token bucket: after a pause at most N/50 events (20 ms worth) go out at once.
     #[arg(long, value_name = "N", value_parser = units::parse_count)]
     pub max_rate: Option<u64>,
     /// Read only events the writer has synced (below the log's recovery point), following it as it moves,
@@ -434,6 +455,11 @@ pub struct ReplayArgs {
     /// Read every committed event, synced or not. Default without --checkpoint-dir.
     #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
     pub no_durable_only: bool,
+}
+
+/// A count (`units::parse_count`: 64, 1k) that fits a u32.
+fn parse_count_u32(s: &str) -> Result<u32, String> {
+    units::parse_count(s).and_then(|n| u32::try_from(n).map_err(|_| format!("`{s}` is above {}", u32::MAX)))
 }
 
 /// `catchup report`.
@@ -538,8 +564,8 @@ pub struct HistoryArgs {
     /// The key.
     #[arg(value_name = "KEY")]
     pub key: String,
-    /// First position.
-    #[arg(long, value_name = "POS")]
+    /// First position (accepts 1k, 2M).
+    #[arg(long, value_name = "POS", value_parser = units::parse_count)]
     pub from: Option<u64>,
     /// Print JSON Lines (as `catchup export`).
     #[arg(long)]
@@ -586,17 +612,17 @@ pub struct TruncateArgs {
     /// Log directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// The log ends here afterwards: every record at or above this position is removed.
-    #[arg(long, value_name = "POSITION", required = true)]
+    /// The log ends here afterwards: every record at or above this position is removed (accepts 1k, 2M).
+    #[arg(long, value_name = "POSITION", required = true, value_parser = units::parse_count)]
     pub to: u64,
 }
 
 /// `catchup demo`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Generates a log in a temporary directory (removed afterwards unless --keep),
-replays it with the count projection and prints the summary and latency
-percentiles.
+Generates a log in a temporary directory (removed afterwards unless --log DIR
+names where to keep it; --keep is an older spelling), replays it with the
+count projection and prints the summary and latency percentiles.
 
 Examples:
   catchup demo
@@ -614,8 +640,9 @@ pub struct DemoArgs {
     /// Zipf exponent of key popularity.
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub zipf: f64,
-    /// Keep the generated log in this directory instead of a temporary one.
-    #[arg(long, value_name = "DIR")]
+    /// Keep the generated log in this directory instead of a temporary one (`--keep`, the older spelling,
+    /// still works).
+    #[arg(long = "log", alias = "keep", value_name = "DIR")]
     pub keep: Option<PathBuf>,
 }
 
@@ -639,7 +666,7 @@ the variant (mapped log pages excluded).
 Examples:
   catchup bench
   catchup bench --events 10M --keys 100k --zipf 1.0 --handler-ns 0,100,1000 --shards 1,2
-  catchup bench --dir /tmp/benchlog --json > bench.json")]
+  catchup bench --log /tmp/benchlog --json > bench.json")]
 pub struct BenchArgs {
     /// Events in the generated log.
     #[arg(long, value_name = "N", default_value = "2M", value_parser = units::parse_count)]
@@ -665,8 +692,9 @@ pub struct BenchArgs {
     /// Repetitions of each variant.
     #[arg(long, value_name = "R", default_value_t = 5)]
     pub reps: usize,
-    /// Use (or create) the log in this directory instead of a temporary one.
-    #[arg(long, value_name = "DIR")]
+    /// Use (or create) the log in this directory instead of a temporary one (`--dir`, the older spelling,
+    /// still works).
+    #[arg(long = "log", alias = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Seed of the generator.
     #[arg(long, value_name = "X", default_value_t = 1)]

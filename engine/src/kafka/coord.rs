@@ -16,7 +16,7 @@ use super::config::KafkaConfig;
 use super::partition::{partition_dir, partition_log_id};
 use super::poll::fetched_high_watermark;
 use super::shared::{Shared, kafka_err};
-use super::{HEADER_TIMESTAMP_NS, PartitionFactory, PartitionProgress};
+use super::{HEADER_TIMESTAMP_NS, HeaderFormat, PartitionFactory, PartitionProgress};
 use crate::error::{ConfigError, HandlerFailure, InternalError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
 use crate::kafka::KafkaError;
@@ -303,13 +303,14 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         let payload = m.payload().unwrap_or(&[]);
         let mut ts = None;
         if let Some(h) = m.headers() {
-            for h in h.iter() {
-                if h.key == HEADER_TIMESTAMP_NS
-                    && let Some(v) = h.value
-                    && let Ok(b) = <[u8; 8]>::try_from(v)
-                {
-                    ts = Some(u64::from_le_bytes(b));
-                }
+            // Format 2 (decimal text, with `catchup-format: 2`) or format 1 (8 bytes little-endian, no format
+            // header); a format this version does not know is left alone: the record timestamp is used.
+            if let Some(format) = HeaderFormat::of(h.iter().map(|h| (h.key, h.value))) {
+                ts = h
+                    .iter()
+                    .find(|h| h.key == HEADER_TIMESTAMP_NS)
+                    .and_then(|h| h.value)
+                    .and_then(|v| format.decode(v));
             }
         }
         let timestamp_ns = ts

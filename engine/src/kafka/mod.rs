@@ -83,14 +83,92 @@ pub use poll::fetched_high_watermark;
 pub use shared::{KafkaProgress, PartitionProgress};
 pub use start::start;
 
-/// Header carrying the event time in ns (8 bytes, little-endian), written by `catchup export --to kafka`.
-/// Without it, the record's Kafka timestamp (ms) is used.
+/// Header carrying the event time in ns since the epoch, written by `catchup export --to-kafka`: decimal
+/// text (format 2) or 8 bytes little-endian (format 1; see [`HeaderFormat`]). Without it, the record's Kafka
+/// timestamp (ms) is used.
 pub const HEADER_TIMESTAMP_NS: &str = "catchup-ts-ns";
-/// Header carrying the record's position in the exported log (8 bytes, little-endian).
+/// Header carrying the record's position in the exported log (encoded as [`HEADER_TIMESTAMP_NS`]).
 pub const HEADER_POSITION: &str = "catchup-pos";
-/// Header carrying the exported log's identity (8 bytes, little-endian; see `log_id`).
+/// Header carrying the exported log's identity (see `log_id`; encoded as [`HEADER_TIMESTAMP_NS`]).
 pub const HEADER_LOG_ID: &str = "catchup-log";
+/// Header carrying the record format of `docs/kafka-format.md` as decimal text (`2`); format-1 records
+/// have none.
+pub const HEADER_FORMAT: &str = "catchup-format";
+
+/// How the u64 headers of an exported record are encoded (`docs/kafka-format.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFormat {
+    /// Format 1: 8 bytes little-endian, no `catchup-format` header (catchup before session 5).
+    Binary,
+    /// Format 2: decimal ASCII text (what kcat and most tools show as is), `catchup-format: 2`.
+    Text,
+}
+
+impl HeaderFormat {
+    /// The format of a record with these headers: text if it carries `catchup-format: 2`, binary if it
+    /// carries no `catchup-format` header, None for a format this version does not know.
+    pub fn of<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Option<HeaderFormat> {
+        match headers.into_iter().find(|(k, _)| *k == HEADER_FORMAT) {
+            None => Some(HeaderFormat::Binary),
+            Some((_, Some(b"2"))) => Some(HeaderFormat::Text),
+            Some(_) => None,
+        }
+    }
+
+    /// The format's number (1 or 2), as `catchup-format` and `export --kafka-format` spell it.
+    pub fn number(self) -> u8 {
+        match self {
+            HeaderFormat::Binary => 1,
+            HeaderFormat::Text => 2,
+        }
+    }
+
+    /// Decodes a u64 header value; None if it is not one in this format.
+    pub fn decode(self, v: &[u8]) -> Option<u64> {
+        match self {
+            HeaderFormat::Binary => <[u8; 8]>::try_from(v).ok().map(u64::from_le_bytes),
+            // `u64::from_str` also takes a leading `+`: only plain digits are the format.
+            HeaderFormat::Text if !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit) => {
+                std::str::from_utf8(v).ok()?.parse().ok()
+            }
+            HeaderFormat::Text => None,
+        }
+    }
+
+    /// Encodes a u64 header value.
+    pub fn encode(self, x: u64) -> Vec<u8> {
+        match self {
+            HeaderFormat::Binary => x.to_le_bytes().to_vec(),
+            HeaderFormat::Text => x.to_string().into_bytes(),
+        }
+    }
+}
 
 /// Makes the handlers of one partition: `(partition, n_shards) -> one handler per shard`.
 pub trait PartitionFactory<H>: FnMut(i32, usize) -> Vec<H> + Send + 'static {}
 impl<H, F: FnMut(i32, usize) -> Vec<H> + Send + 'static> PartitionFactory<H> for F {}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn text_and_binary_headers_round_trip_and_are_told_apart() {
+        for x in [0, 1, 12_345_678, 1_735_689_600_000_000_000, u64::MAX] {
+            for f in [HeaderFormat::Binary, HeaderFormat::Text] {
+                assert_eq!(f.decode(&f.encode(x)), Some(x));
+            }
+        }
+        assert_eq!(HeaderFormat::Text.encode(1_735_689_600_000_000_000), b"1735689600000000000");
+        // Eight digits are eight bytes, as a binary value is: the format header, not the length, decides.
+        assert_eq!(HeaderFormat::Text.decode(b"12345678"), Some(12_345_678));
+        assert_eq!(HeaderFormat::Binary.decode(b"12345678"), Some(u64::from_le_bytes(*b"12345678")));
+        for bad in [&b""[..], b"+1", b"-1", b"1 ", b"18446744073709551616", b"0x10"] {
+            assert_eq!(HeaderFormat::Text.decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(HeaderFormat::Binary.decode(b"1234567"), None);
+        assert_eq!(HeaderFormat::of([("catchup-pos", Some(&b"1"[..]))]), Some(HeaderFormat::Binary));
+        assert_eq!(HeaderFormat::of([(HEADER_FORMAT, Some(&b"2"[..]))]), Some(HeaderFormat::Text));
+        assert_eq!(HeaderFormat::of([(HEADER_FORMAT, Some(&b"3"[..]))]), None);
+    }
+}

@@ -11,6 +11,9 @@ use crate::progress::Ui;
 use crate::units::fmt_count;
 use crate::{BenchArgs, Exit, usage};
 
+/// Version of the `bench --json` document (`docs/json-output.md`).
+pub const BENCH_JSON_VERSION: u32 = 1;
+
 /// Most repetitions.
 const REPS_MAX: usize = 1000;
 
@@ -110,6 +113,7 @@ pub fn main(args: BenchArgs, ui: &Ui) -> Result<Exit> {
     }
     if args.json {
         let doc = serde_json::json!({
+            "v": BENCH_JSON_VERSION,
             "events": args.events,
             "keys": args.keys,
             "zipf": args.zipf,

@@ -19,6 +19,8 @@ pub struct Config {
     pub start: Start,
     /// Stop before this position.
     pub to: Option<u64>,
+    /// Also stop before the first event at or after this time (ns since the epoch), resolved in log order.
+    pub until: Option<u64>,
     /// Only this key.
     pub key: Option<Vec<u8>>,
     /// At most this many events.
@@ -44,11 +46,21 @@ impl Config {
             dir: a.dir,
             start,
             to: a.to,
+            until: a.until,
             key: a.key.map(String::into_bytes),
             limit: a.limit,
             durable_only: a.durable_only && !a.no_durable_only,
         })
     }
+}
+
+/// The position of the first event (in log order) at or after `ts` ns since the epoch, or the log's end:
+/// where `--until` stops, found as `--since` finds where to start.
+pub fn position_at_time(reader: &LogReader, dir: &std::path::Path, ts: u64) -> Result<u64> {
+    let cursor = reader
+        .cursor(Start::Timestamp(ts))
+        .with_context(|| format!("cannot find the time of --until in log {}", dir.display()))?;
+    Ok(cursor.position().0)
 }
 
 /// Writes the events to `out`; returns how many.
@@ -57,7 +69,11 @@ pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<u64> {
         .with_context(|| format!("cannot open log {}", cfg.dir.display()))?
         .durable_only(cfg.durable_only);
     let mut cursor = reader.cursor(cfg.start).with_context(|| format!("cannot seek in log {}", cfg.dir.display()))?;
-    let to = cfg.to.unwrap_or(u64::MAX);
+    let until = match cfg.until {
+        Some(ts) => position_at_time(&reader, &cfg.dir, ts)?,
+        None => u64::MAX,
+    };
+    let to = cfg.to.unwrap_or(u64::MAX).min(until);
     let limit = cfg.limit.unwrap_or(u64::MAX);
     let mut n = 0u64;
     let mut line = Vec::with_capacity(4096);
@@ -109,7 +125,11 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
                 Err(e) => usage!("{e}"),
             }
         }
-        let st = crate::kafka_export::export(&args.dir, &url, &options, ui)?;
+        let format = args.kafka_format.map(|f| match f {
+            1 => catchup_engine::kafka::HeaderFormat::Binary,
+            _ => catchup_engine::kafka::HeaderFormat::Text,
+        });
+        let st = crate::kafka_export::export(&args.dir, &url, &options, format, ui)?;
         let resumed = if st.resumed_at == 0 {
             String::new()
         } else {
@@ -118,7 +138,10 @@ pub fn main(args: ExportArgs, ui: &Ui) -> Result<Exit> {
                 st.resumed_at, st.already_there
             )
         };
-        ui.note(format!("exported {} events to {url} ({} partitions){resumed}", st.produced, st.partitions));
+        ui.note(format!(
+            "exported {} events to {url} ({} partitions, format {}){resumed}",
+            st.produced, st.partitions, st.format
+        ));
         return Ok(Exit::Ok);
     }
     let cfg = Config::from_args(args)?;

@@ -88,7 +88,7 @@ pub struct Stats {
 pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
     if super::holds_log(&cfg.out)? {
         anyhow::bail!(
-            "{} already holds a log; `gen` writes new logs only: choose another --out or delete it",
+            "{} already holds a log; `gen` writes new logs only: choose another --log or delete it",
             cfg.out.display()
         );
     }

@@ -85,14 +85,14 @@ impl Config {
         let format = if a.from_export {
             LineFormat::Export
         } else {
-            let Some(key) = a.key.as_deref() else { usage!("--key FIELD is required (or --from-export)") };
+            let Some(key) = a.key.as_deref() else { usage!("--key-field FIELD is required (or --from-export)") };
             let key = match FieldPath::parse(key) {
                 Ok(k) => k,
-                Err(e) => usage!("--key: {e}"),
+                Err(e) => usage!("--key-field: {e}"),
             };
             let time = match a.time.as_deref().map(FieldPath::parse).transpose() {
                 Ok(t) => t,
-                Err(e) => usage!("--time: {e}"),
+                Err(e) => usage!("--time-field: {e}"),
             };
             let time_unit = EpochUnit::parse(&a.time_unit); // `auto`: None
             LineFormat::Fields { key, time, time_unit }
@@ -389,7 +389,7 @@ pub fn main(args: ImportArgs, ui: &Ui) -> Result<Exit> {
         // Said even with -q: the user needs it to go on, and it comes with a non-zero status.
         let resume = match &cfg.input {
             Input::File(p) => format!(
-                "\n  to go on: tail -n +{} {} | catchup import --out {} ... (the same flags)",
+                "\n  to go on: tail -n +{} {} | catchup import --log {} ... (the same flags)",
                 s.lines + 1,
                 p.display(),
                 cfg.out.display()

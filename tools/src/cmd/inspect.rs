@@ -264,6 +264,9 @@ pub fn write_text(info: &LogInfo, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// Version of the `inspect --json` document (`docs/json-output.md`).
+pub const INSPECT_JSON_VERSION: u32 = 1;
+
 /// `catchup inspect`.
 pub fn main(args: InspectArgs, _ui: &Ui) -> Result<Exit> {
     super::check_log_dir(&args.dir)?;
@@ -271,7 +274,11 @@ pub fn main(args: InspectArgs, _ui: &Ui) -> Result<Exit> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &info)?;
+        let mut doc = serde_json::to_value(&info)?;
+        if let Some(m) = doc.as_object_mut() {
+            m.insert("v".into(), INSPECT_JSON_VERSION.into());
+        }
+        serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
         write_text(&info, &mut out)?;

@@ -80,6 +80,9 @@ pub fn load(cfg: &Config) -> Result<Vec<Series>> {
     Ok(all)
 }
 
+/// Version of the `report --json` document (`docs/json-output.md`).
+pub const REPORT_JSON_VERSION: u32 = 1;
+
 /// `catchup report`.
 pub fn main(args: ReportArgs, ui: &Ui) -> Result<Exit> {
     let cfg = Config::from_args(args)?;
@@ -87,8 +90,17 @@ pub fn main(args: ReportArgs, ui: &Ui) -> Result<Exit> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if cfg.json {
-        let doc: serde_json::Map<String, serde_json::Value> =
-            series.iter().map(|s| (s.name.clone(), hist::percentiles_json(&s.dist, &REPORT_QUANTILES))).collect();
+        let mut doc = serde_json::Map::new();
+        doc.insert("v".into(), REPORT_JSON_VERSION.into());
+        for s in &series {
+            let mut name = hist::json_series_name(&s.name);
+            if name == "v" {
+                // The version field's name: a tag `v` (another tool's) gets the name it has beside other files.
+                let file = cfg.files[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                name = format!("{file}:v");
+            }
+            doc.insert(name, hist::percentiles_json(&s.dist, &REPORT_QUANTILES));
+        }
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {

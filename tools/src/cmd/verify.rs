@@ -58,8 +58,12 @@ fn truncate_position(r: &VerifyReport) -> Option<u64> {
         .filter(|&p| p > 0)
 }
 
+/// Version of the `verify --json` document (`docs/json-output.md`).
+pub const VERIFY_JSON_VERSION: u32 = 1;
+
 fn report_json(dir: &std::path::Path, r: &VerifyReport) -> serde_json::Value {
     serde_json::json!({
+        "v": VERIFY_JSON_VERSION,
         "dir": dir.display().to_string(),
         "sound": r.is_sound(),
         "segments": r.segments,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use catchup_engine::kafka::KafkaUrl;
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
@@ -119,7 +119,20 @@ fn source_from_args(a: &ReplayArgs) -> Result<Source> {
             };
             // A checkpoint must not get ahead of what survives a power cut (storage review W3).
             let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
-            Source::Log(LogSource { dir: dir.clone(), merged, start, stop_at: a.to.map(Position), durable_only })
+            let mut stop_at = a.to;
+            if let Some(ts) = a.until {
+                // `--until` is a position found as `--since`'s is, once, before the run (`--follow` and
+                // `--merge` are refused with it by the flag definitions).
+                if a.since.is_some_and(|s| ts < s) {
+                    usage!("--until is before --since");
+                }
+                crate::cmd::check_log_dir(dir)?;
+                let reader = catchup_segments::LogReader::open(dir)
+                    .with_context(|| format!("cannot open log {}", dir.display()))?;
+                let at = crate::cmd::export::position_at_time(&reader, dir, ts)?;
+                stop_at = Some(stop_at.map_or(at, |t| t.min(at)));
+            }
+            Source::Log(LogSource { dir: dir.clone(), merged, start, stop_at: stop_at.map(Position), durable_only })
         }
         ([], Some(url)) => {
             let url = match KafkaUrl::parse(url) {

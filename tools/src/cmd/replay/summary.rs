@@ -11,6 +11,58 @@ use super::kafka::KafkaStats;
 use crate::hist::{self, Dist, SUMMARY_QUANTILES};
 use crate::units::{fmt_count, fmt_rate};
 
+/// Version of the `replay --json` summary document (`docs/json-output.md`).
+pub const SUMMARY_JSON_VERSION: u32 = 1;
+/// Version of the replay progress document ([`progress_json`], `docs/json-output.md`).
+#[allow(dead_code, reason = "used by progress_json")]
+pub const PROGRESS_JSON_VERSION: u32 = 1;
+
+/// Where a running replay stands, as one JSON document (`docs/json-output.md`, "replay progress"): what a
+/// live status endpoint serves. Field names are the summary's where they mean the same thing. A Kafka run
+/// has no log positions (`start`, `watermark`, `end` and `replay_end` are null) and a `kafka` object.
+#[allow(
+    dead_code,
+    reason = "the live status endpoint (issue #18, --metrics-addr) serves it; merged from another branch"
+)]
+pub fn progress_json(p: &catchup_engine::Progress) -> serde_json::Value {
+    let kafka = p.kafka.as_ref();
+    let pos = |x: Position| if kafka.is_some() { None } else { Some(x.0) };
+    serde_json::json!({
+        "v": PROGRESS_JSON_VERSION,
+        "events": p.handled,
+        "covered": p.covered,
+        "seconds": p.elapsed.as_secs_f64(),
+        "events_per_s": p.rate_per_s,
+        "start": pos(p.start),
+        "watermark": pos(p.watermark),
+        "end": pos(p.end),
+        "replay_end": pos(p.replay_end),
+        "caught_up": p.caught_up,
+        "lag_events": p.lag_events,
+        "lag_ns": p.lag_ns,
+        "in_flight": p.in_flight,
+        "eta_seconds": p.eta.map(|d| d.as_secs_f64()),
+        "kafka": kafka.map(|k| serde_json::json!({
+            "stale": k.stale,
+            "rebalances": k.rebalances,
+            "rebalance_log": k.rebalance_log,
+            "warnings": k.warnings,
+            "last_warning": k.last_warning,
+            "group_done": k.group_done,
+            "topic_partitions": k.topic_partitions,
+            "partitions": k.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition,
+                "start": p.start,
+                "dispatched": p.dispatched,
+                "handled": p.handled,
+                "committed": p.committed,
+                "high_watermark": p.high,
+                "lag": p.lag,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}
+
 /// Where a finished run stands in its source, for the summary.
 #[derive(Debug, Clone)]
 pub enum SourceStats {
@@ -136,14 +188,17 @@ impl Stats {
     /// The summary as one JSON document.
     pub fn to_json(&self) -> serde_json::Value {
         let dists = self.dists();
-        let lat: serde_json::Map<String, serde_json::Value> =
-            dists.iter().map(|(n, d)| (n.replace(' ', "_"), hist::percentiles_json(d, &SUMMARY_QUANTILES))).collect();
+        let lat: serde_json::Map<String, serde_json::Value> = dists
+            .iter()
+            .map(|(n, d)| (hist::json_series_name(n), hist::percentiles_json(d, &SUMMARY_QUANTILES)))
+            .collect();
         // Log positions; a Kafka run has offsets per partition instead (under "kafka").
         let (start, watermark) = match &self.source {
             SourceStats::Log { start, watermark } => (Some(start.0), Some(watermark.0)),
             SourceStats::Kafka(_) => (None, None),
         };
         serde_json::json!({
+            "v": SUMMARY_JSON_VERSION,
             "handler": self.handler,
             "events": self.handled,
             "seconds": self.elapsed.as_secs_f64(),
@@ -170,5 +225,69 @@ impl Stats {
             "latency_ns": lat,
             "kafka": self.kafka().map(KafkaStats::to_json),
         })
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../../tests/util/json_doc.rs"]
+mod json_doc;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use catchup_engine::Progress;
+    use catchup_engine::kafka::{KafkaProgress, PartitionProgress};
+
+    use super::*;
+
+    /// Issue #18 item 6: the progress document a status endpoint serves has the fields and types
+    /// `docs/json-output.md` lists, for a log and for a Kafka source.
+    #[test]
+    fn the_progress_document_is_as_documented() {
+        const HEADING: &str = "Replay progress";
+        let log = Progress {
+            watermark: Position(90),
+            start: Position(10),
+            end: Position(100),
+            replay_end: Position(100),
+            lag_events: 10,
+            handled: 80,
+            elapsed: Duration::from_millis(1500),
+            rate_per_s: 53.3,
+            eta: Some(Duration::from_millis(190)),
+            ..Progress::default()
+        };
+        let doc = progress_json(&log);
+        assert_eq!(doc["v"], 1);
+        assert_eq!(
+            (doc["watermark"].as_u64(), doc["end"].as_u64(), doc["events"].as_u64()),
+            (Some(90), Some(100), Some(80))
+        );
+        assert!(doc["kafka"].is_null());
+        json_doc::check_documented(&doc, HEADING, |p| p.starts_with("kafka."));
+        let kafka = Progress {
+            handled: 5,
+            kafka: Some(KafkaProgress {
+                partitions: vec![PartitionProgress {
+                    partition: 1,
+                    start: 0,
+                    dispatched: 7,
+                    handled: 5,
+                    committed: 5,
+                    high: 9,
+                    lag: 4,
+                }],
+                rebalance_log: vec!["assigned [1]".into()],
+                last_warning: Some("slow".into()),
+                topic_partitions: vec![0, 1],
+                ..KafkaProgress::default()
+            }),
+            ..Progress::default()
+        };
+        let doc = progress_json(&kafka);
+        assert!(doc["watermark"].is_null() && doc["eta_seconds"].is_null());
+        assert_eq!(doc["kafka"]["partitions"][0]["high_watermark"], 9);
+        json_doc::check_documented(&doc, HEADING, |_| false);
     }
 }
