@@ -26,13 +26,13 @@ echo "bench-cores: $(nproc) CPUs, $(uname -sr), binary $("$BIN" --version)"
 echo "bench-cores: EVENTS=$EVENTS KEYS=$KEYS REPS=$REPS SHARDS=$SHARDS NOOP_EVENTS=$NOOP_EVENTS"
 
 # 1. mmap and locks behave.
-"$BIN" gen -q --out "$TMP/check" --events 200k --keys 1k
+"$BIN" gen -q --log "$TMP/check" --events 200k --keys 1k
 "$BIN" verify "$TMP/check" > /dev/null
 # A writer waiting on its input holds the lock; a second one must be refused while it does.
-(sleep 3; echo '{"k":"a"}') | "$BIN" import -q --out "$TMP/check" --key k &
+(sleep 3; echo '{"k":"a"}') | "$BIN" import -q --log "$TMP/check" --key-field k &
 holder=$!
 sleep 1
-if echo '{"k":"b"}' | "$BIN" import -q --out "$TMP/check" --key k 2> "$TMP/second.err"; then
+if echo '{"k":"b"}' | "$BIN" import -q --log "$TMP/check" --key-field k 2> "$TMP/second.err"; then
     echo "bench-cores: a second writer was let into a locked log: file locks do not work here" >&2
     exit 1
 fi
@@ -62,7 +62,7 @@ for zipf in 0 1.0; do
     echo
     echo "== zipf $zipf: catchup bench --events $EVENTS --keys $KEYS --zipf $zipf --handler-ns 0,100,1000 --shards $SHARDS --reps $REPS"
     "$BIN" bench -q --events "$EVENTS" --keys "$KEYS" --zipf "$zipf" --handler-ns 0,100,1000 \
-        --shards "$SHARDS" --reps "$REPS" --dir "$TMP/log-$zipf" > "$TMP/zipf-$zipf.txt"
+        --shards "$SHARDS" --reps "$REPS" --log "$TMP/log-$zipf" > "$TMP/zipf-$zipf.txt"
     ratios "$TMP/zipf-$zipf.txt"
     rm -rf "$TMP/log-$zipf"
 done
@@ -72,5 +72,5 @@ done
 echo
 echo "== no-op, smallest records: catchup bench --events $NOOP_EVENTS --keys $KEYS --payload-bytes 0 --handler-ns 0 --shards $SHARDS --reps $REPS"
 "$BIN" bench -q --events "$NOOP_EVENTS" --keys "$KEYS" --payload-bytes 0 --handler-ns 0 \
-    --shards "$SHARDS" --reps "$REPS" --dir "$TMP/log-noop" > "$TMP/noop.txt"
+    --shards "$SHARDS" --reps "$REPS" --log "$TMP/log-noop" > "$TMP/noop.txt"
 cat "$TMP/noop.txt"
