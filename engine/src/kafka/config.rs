@@ -73,7 +73,8 @@ pub struct KafkaConfig {
     pub latency_sample_every: u32,
     /// Events per hand-off to a shard.
     pub batch_max: usize,
-    /// Dispatch at most this many events per second (averaged since the start; None = no limit).
+    /// Dispatch at most this many events per second: a token bucket that saves up at most `rate/50` events of
+    /// credit while idle (see `wait::Pacer`); None = no limit.
     pub max_rate: Option<u64>,
     /// Extra librdkafka properties (for example `session.timeout.ms`).
     pub client: Vec<(String, String)>,

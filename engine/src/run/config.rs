@@ -88,7 +88,8 @@ pub struct EngineConfig {
     pub latency_sample_every: u32,
     /// Identity of the handler configuration, stored in snapshots and checked on resume.
     pub fingerprint: u64,
-    /// Hand out at most this many events per second (averaged since the start; None = as fast as possible).
+    /// Hand out at most this many events per second: a token bucket that saves up at most `rate/50` events
+    /// of credit while idle (see `wait::Pacer`); None = as fast as possible.
     pub max_rate: Option<u64>,
     /// Read only records the writer has synced: those below the durable position of the log's recovery
     /// point (`LogReader::durable_only`), followed as it moves. Snapshots then never cover an event that a
