@@ -304,7 +304,9 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let (position, logs) = match &self.merged {
             None => (self.passed, Vec::new()),
             Some(m) => match m.marks(self.passed) {
-                Ok(pl) => pl,
+                Ok(Some(pl)) => pl,
+                // A resharded merged shard before the merge passed its keys' vectors: none yet.
+                Ok(None) => return,
                 Err(why) => {
                     self.snapshot_failed = true;
                     self.shared.run.fail(InternalError::MergedPosition { position: self.passed, why }.into());

@@ -1,7 +1,8 @@
 //! Several logs replayed as one (`Engine::run_merged`): the merged order is an offline sort of every record
 //! by (timestamp, log, position) for any shard count; interrupted runs (stop, `stop_at`, kill -9) resume to
-//! the same result with every event folded once; a merged checkpoint refuses other logs, another order, a
-//! changed log and another shard count; following, live appends to both logs come out in merged order.
+//! the same result with every event folded once; a keyed checkpoint resumes with another shard count
+//! (`merge_reshard`); a merged checkpoint refuses other logs, another order, a changed log and, for a raw
+//! handler, another shard count; following, live appends to both logs come out in merged order.
 //!
 //! The fold (`util::Fold`) hashes each event's engine position, the merge sequence number, so a state equal
 //! to the oracle's says each key saw exactly its events, once each, in merged order, at the right sequence
@@ -303,8 +304,113 @@ fn shards_ahead_of_the_start_vector_skip_by_their_own_vector() {
     assert_eq!(handled(&s3.shards) + handled(&s4.shards), left);
 }
 
+/// A checkpoint of `n >= 2` shards whose vectors differ: a clean stop at merge number `first` (every shard at
+/// `v(first)`), then a run in which the shard owning the record at `poison_at` fails there once every other
+/// shard has passed the end (so they are at the end and it stays at `v(first)`). Returns the vectors, per
+/// shard.
+fn uneven_checkpoint(
+    logs: &[PathBuf],
+    sorted: &[Rec],
+    n: usize,
+    first: u64,
+    poison_at: u64,
+    ckpt: &Path,
+) -> Vec<Vec<Position>> {
+    // Snapshots only at the end of a run (and never for a shard that failed).
+    let cfg = EngineConfig { n_shards: n, checkpoint: checkpoint(ckpt, 1 << 40), ..Default::default() };
+    run_merged_keyed(logs, EngineConfig { stop_at: Some(Position(first)), ..cfg.clone() }, Arc::default()).unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = Gate { at: poison_at, reached: reached_tx.into(), release: release_rx.into() };
+    let poison = Arc::new(Hooks { gate: Some(gate), ..Hooks::poison([poison_at], FailMode::Error, u32::MAX) });
+    let total = sorted.len() as u64;
+    let poisoned = shard_of(catchup_segments::key_hash(&sorted[poison_at as usize].key), n).0 as usize;
+    let l = logs.to_vec();
+    let r = within(60, "poisoned run", move || {
+        let keyed = Keyed::new(FoldProj { hooks: poison }, cfg.n_shards);
+        let r = Engine::start_merged(&l, MergeConfig::default(), cfg, |s| keyed.handler(s)).unwrap();
+        reached.recv().unwrap();
+        wait_until(30, "the other shards", || {
+            r.shard_summaries().iter().enumerate().all(|(i, s)| i == poisoned || s.passed == Position(total))
+        });
+        release.send(()).unwrap();
+        r.wait().map(|_| ())
+    });
+    assert!(matches!(r, Err(ReplayError::Handler(_))), "the poison event stops the run: {r:?}");
+    let vectors: Vec<Vec<Position>> =
+        (0..n as u16).map(|i| load_snap(ckpt, i).logs.iter().map(|m| m.position).collect()).collect();
+    assert!(vectors.iter().any(|v| *v != vectors[poisoned]), "the shards' vectors differ: {vectors:?}");
+    vectors
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Resharding a merged checkpoint whose shards are at different vectors (2 -> 4, 4 -> 3, 3 -> 1, 3 -> 5):
+/// the result is the uninterrupted run's, and the resume handles exactly the records each key's old shard had
+/// not folded (a record of log `i` at `p` of a key whose old shard `s` had `V[s][i] <= p`): without the
+/// reader's per-key skip rule the keys of the shards ahead fold their records again. A resharded run stopped
+/// before it has passed every old vector writes no snapshot for a shard holding keys ahead of others (its
+/// vector would claim too little for them), so a further resume still gets the uninterrupted result; once a
+/// full set is written, the files of the old shards `>= n` are gone.
+#[test]
+fn merge_reshard_resumes_to_the_uninterrupted_run() {
+    let recs = gen_logs(2, 3000, 40, 91);
+    let dirs = write_logs(&recs, 91);
+    let logs = paths(&dirs);
+    let sorted = offline_sort(&recs);
+    let want = oracle_merged(&sorted);
+    let total = sorted.len() as u64;
+    for (from, to) in [(2usize, 4usize), (4, 3), (3, 1), (3, 5)] {
+        let what = format!("{from} -> {to} shards");
+        let base = mem_tempdir();
+        let vectors = uneven_checkpoint(&logs, &sorted, from, 2000, 4000, base.path());
+        // Straight to the end with the new count.
+        let ckpt = mem_tempdir();
+        copy_dir(base.path(), ckpt.path());
+        let cfg = EngineConfig { n_shards: to, checkpoint: checkpoint(ckpt.path(), 1 << 40), ..Default::default() };
+        let (s, got) = run_merged_keyed(&logs, cfg.clone(), Arc::default()).unwrap();
+        assert_states_eq(&got, &want, &what);
+        let left = recs
+            .iter()
+            .flatten()
+            .filter(|r| {
+                let old = shard_of(catchup_segments::key_hash(&r.key), from).0 as usize;
+                r.position >= vectors[old][r.log].0
+            })
+            .count() as u64;
+        assert_eq!(handled(&s.shards), left, "{what}: records handled");
+        assert_eq!(s.progress.watermark, Position(total), "{what}");
+        let names: Vec<String> =
+            std::fs::read_dir(ckpt.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names.len(), to, "{what}: only the new shards' files are left: {names:?}");
+        for i in 0..to as u16 {
+            let snap = load_snap(ckpt.path(), i);
+            assert_eq!(snap.meta.n_shards as usize, to, "{what}: shard {i}");
+            assert_eq!(snap.logs.iter().map(|m| m.position.0).sum::<u64>(), total, "{what}: shard {i}");
+        }
+        // Stopped in the middle, resumed with the new count, then with yet another one.
+        let ckpt = mem_tempdir();
+        copy_dir(base.path(), ckpt.path());
+        let cfg = EngineConfig { checkpoint: checkpoint(ckpt.path(), 50), ..cfg };
+        let low: u64 = (0..2).map(|l| vectors.iter().map(|v| v[l].0).min().unwrap()).sum();
+        let mid = EngineConfig { stop_at: Some(Position((low + total) / 2)), ..cfg.clone() };
+        run_merged_keyed(&logs, mid, Arc::default()).unwrap();
+        let again = EngineConfig { stop_at: Some(Position((low + 3 * total) / 4)), ..cfg.clone() };
+        run_merged_keyed(&logs, again, Arc::default()).unwrap();
+        let other = EngineConfig { n_shards: 2, ..cfg };
+        let (_, got) = run_merged_keyed(&logs, other, Arc::default()).unwrap();
+        assert_states_eq(&got, &want, &format!("{what}, stopped twice, then 2 shards"));
+    }
+}
+
 /// What a merged checkpoint refuses, each with the file named: a single-log run over it, a merge of the
-/// same logs in another order or of other logs, another shard count, and a log changed under it. A merged
+/// same logs in another order or of other logs, another shard count for a raw handler's state, and a log
+/// changed under it. A merged
 /// run also refuses a single-log checkpoint, the broadcast topology and a start position.
 #[test]
 fn merged_checkpoints_refuse_what_they_cannot_resume() {
@@ -332,8 +438,23 @@ fn merged_checkpoints_refuse_what_they_cannot_resume() {
         run_merged_keyed(&three, cfg.clone(), Arc::default()).map(|_| ()),
         "a merge of 2 logs, 2 of them among this run's 3",
     );
-    let four = EngineConfig { n_shards: 4, ..cfg.clone() };
-    expect(run_merged_keyed(&logs, four, Arc::default()).map(|_| ()), "cannot be resharded");
+    // A raw handler's state cannot be redistributed to another shard count (a keyed projection's can).
+    let raw_ckpt = mem_tempdir();
+    let raw_cfg = EngineConfig { checkpoint: checkpoint(raw_ckpt.path(), 100), ..cfg.clone() };
+    let raw = |cfg: EngineConfig| {
+        let (l, h) = (logs.clone(), Arc::new(Hooks::default()));
+        within(60, "merged raw run", move || {
+            Engine::run_merged(&l, MergeConfig::default(), cfg, |_| FoldShard::new(&h)).map(|_| ())
+        })
+    };
+    raw(EngineConfig { stop_at: Some(Position(700)), ..raw_cfg.clone() }).unwrap();
+    match raw(EngineConfig { n_shards: 4, ..raw_cfg }) {
+        Err(ReplayError::Snapshot(SnapshotError::Mismatch { path, why })) => {
+            assert_eq!(path, snap_path(raw_ckpt.path(), 0));
+            assert!(why.contains("cannot be redistributed"), "{why}");
+        }
+        other => panic!("expected a Mismatch, got {other:?}"),
+    }
 
     // A single-log checkpoint under a merged run.
     let single = mem_tempdir();
@@ -468,6 +589,8 @@ fn thread_cpu() -> Duration {
 }
 
 const CHILD_KILL: &str = "CATCHUP_IT_CHILD_MERGED";
+/// The child's shard count (3 if unset).
+const CHILD_SHARDS: &str = "CATCHUP_IT_CHILD_SHARDS";
 
 /// Child mode: a merged, checkpointed run over the logs in `$CATCHUP_IT_CHILD_MERGED` (`LOG;LOG;CKPT`), paced
 /// (100k events/s: the 40,000 events take 0.4 s) so that the first run is always killed in the middle however
@@ -478,8 +601,9 @@ fn child_merged_run() {
     let Ok(arg) = std::env::var(CHILD_KILL) else { return };
     let parts: Vec<&str> = arg.split(';').collect();
     let (logs, ckpt) = (&parts[..parts.len() - 1], parts[parts.len() - 1]);
+    let n_shards = std::env::var(CHILD_SHARDS).map_or(3, |n| n.parse().unwrap());
     let cfg = EngineConfig {
-        n_shards: 3,
+        n_shards,
         ring_size: 64,
         publish_batch: 8,
         checkpoint: checkpoint(Path::new(ckpt), 40),
@@ -494,17 +618,31 @@ fn child_merged_run() {
 /// kill -9 of a merged run at random points, then resume, several times: the final state is the oracle's.
 #[test]
 fn killed_merged_runs_resume_to_the_oracle() {
-    let recs = gen_logs(2, 20_000, 50, 31);
-    let dirs = write_logs(&recs, 31);
+    killed_merged_runs(31, &mut |_| 3);
+}
+
+/// kill -9 around reshards: each run (killed at a random point, or not) has a random shard count from 1 to
+/// 5, so runs are killed in the middle of a reshard (some new shards written, old files of other counts left)
+/// and resume into yet another count; the final state is the oracle's.
+#[test]
+fn killed_merged_runs_across_reshards_resume_to_the_oracle() {
+    let mut rng = Rng(17);
+    killed_merged_runs(47, &mut |_| 1 + rng.below(5) as usize);
+}
+
+fn killed_merged_runs(seed: u64, shards: &mut dyn FnMut(usize) -> usize) {
+    let recs = gen_logs(2, 20_000, 50, seed);
+    let dirs = write_logs(&recs, seed);
     let logs = paths(&dirs);
     let ckpt = mem_tempdir();
     let arg = format!("{};{};{}", logs[0].display(), logs[1].display(), ckpt.path().display());
     let mut rng = Rng(5);
     let mut killed = 0;
-    for _ in 0..6 {
+    for run in 0..6 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["merge::child_merged_run", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_KILL, &arg)
+            .env(CHILD_SHARDS, shards(run).to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -519,7 +657,7 @@ fn killed_merged_runs_resume_to_the_oracle() {
         assert!(alive || status.success(), "the merged run failed: {status}");
     }
     assert!(killed > 0, "no run was killed (the logs are too short for this machine)");
-    let cfg = EngineConfig { n_shards: 3, checkpoint: checkpoint(ckpt.path(), 40), ..Default::default() };
+    let cfg = EngineConfig { n_shards: shards(6), checkpoint: checkpoint(ckpt.path(), 40), ..Default::default() };
     let (_, got) = run_merged_keyed(&logs, cfg, Arc::default()).unwrap();
     assert_states_eq(&got, &oracle_merged(&offline_sort(&recs)), "after kills");
 }

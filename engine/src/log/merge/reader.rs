@@ -9,6 +9,7 @@ use catchup_segments::merge::{MergedCursor, Step, Wait};
 use catchup_segments::{LogReader, Position, Segment};
 use crossbeam::channel;
 
+use super::coverage::Coverage;
 use super::tracker::Tracker;
 use crate::error::ReplayError;
 use crate::log::dispatch::register_segment;
@@ -96,14 +97,15 @@ enum Msg {
 
 /// The reader side of a merged run, in two threads: a merge thread steps the merged cursor (the costly
 /// part: about twice a single cursor's time per record) and numbers the records; this thread routes them
-/// into the shards' rings, as the single-log reader does. `skip`: per shard, the vector its state already
-/// covers (records of log `i` below `skip[shard][i]` are dropped), when some shard is ahead of `start`.
+/// into the shards' rings, as the single-log reader does. `skip`: per key hash, the vector its restored state
+/// already covers (records of log `i` below `skip.at(key_hash)[i]` are dropped), when some key is ahead of
+/// `start`.
 pub(super) fn merged_reader_loop(
     shared: &EngineShared,
     cfg: &EngineConfig,
     readers: &[LogReader],
     start: &[Position],
-    skip: Option<Vec<Vec<Position>>>,
+    skip: Option<Coverage>,
     wait: Wait,
     rings: MergedRings,
 ) {
@@ -207,7 +209,7 @@ fn merge_loop(
 fn dispatch_loop(
     shared: &EngineShared,
     cfg: &EngineConfig,
-    skip: Option<Vec<Vec<Position>>>,
+    mut skip: Option<Coverage>,
     m0: u64,
     rx: channel::Receiver<Msg>,
     back: channel::Sender<Vec<Merged>>,
@@ -222,6 +224,10 @@ fn dispatch_loop(
     let mut unpaced = 0u64;
     let mut at_end = false;
     let stopping = || shared.run.stopping() || shared.run.aborted();
+    // Per log, the position from which no record is covered; and how many logs have not reached it yet
+    // (then nothing is dropped any more, and the lookup stops).
+    let mut skip_below: Vec<Position> = skip.as_ref().map(Coverage::highest).unwrap_or_default();
+    let mut skipping_logs = skip_below.iter().filter(|&&p| p > Position(0)).count();
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Records(mut recs, newest_ts) => {
@@ -233,9 +239,20 @@ fn dispatch_loop(
                 for r in &recs {
                     let shard = shard_of(r.slot.key_hash, n).0 as usize;
                     rings.logs.push(r.log);
-                    if skip.as_ref().is_some_and(|s| r.position < s[shard][r.log as usize]) {
-                        rings.covered[shard] += 1;
-                        continue;
+                    if let Some(cov) = &skip {
+                        let log = r.log as usize;
+                        if r.position < cov.at(r.slot.key_hash)[log] {
+                            rings.covered[shard] += 1;
+                            continue;
+                        }
+                        if r.position >= skip_below[log] && skip_below[log] > Position(0) {
+                            // Records of one log come in its order: none of this log is dropped any more.
+                            skip_below[log] = Position(0);
+                            skipping_logs -= 1;
+                            if skipping_logs == 0 {
+                                skip = None;
+                            }
+                        }
                     }
                     rings.bufs[shard].push(r.slot);
                     if rings.bufs[shard].len() == cfg.publish_batch && !rings.publish_ring(shared, shard) {

@@ -11,8 +11,9 @@ use crossbeam::utils::CachePadded;
 use disruptor::BusySpin;
 
 use super::MergeConfig;
+use super::coverage::Coverage;
 use super::reader::{FLUSH_EVERY_BATCHES, MergedRings, merged_reader_loop};
-use super::resume::restore_merged;
+use super::resume::{MergedRestore, restore_merged};
 use super::tracker::{MergedShard, Tracker};
 use crate::Engine;
 use crate::error::{ConfigError, ReplayError, SnapshotError};
@@ -91,7 +92,7 @@ impl Engine {
                 return Err(ConfigError::MergedStartPosition(p).into());
             }
         };
-        let mut own = vec![default.clone(); n];
+        let mut restored = None;
         if let Some(cp) = &config.checkpoint {
             std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
                 op: "create directory",
@@ -100,8 +101,17 @@ impl Engine {
             })?;
             let snaps = snapshot::load_all(&cp.dir)?;
             let views = views.as_deref().expect("opened with a checkpoint");
-            own = restore_merged(&snaps, config.fingerprint, &log_ids, views, &mut handlers, &default)?;
+            restored = Some(restore_merged(&snaps, config.fingerprint, &log_ids, views, &mut handlers, &default)?);
         }
+        let MergedRestore { coverage, own, hold, resharded } = match restored {
+            Some(r) => r,
+            None => MergedRestore {
+                coverage: Coverage::build(&[], n, &default).expect("no files, nothing to disagree"),
+                own: vec![default.clone(); n],
+                hold: vec![None; n],
+                resharded: false,
+            },
+        };
         let start_vec: Vec<Position> = (0..k).map(|l| own.iter().map(|v| v[l]).min().expect("n >= 1")).collect();
         let m0: u64 = start_vec.iter().map(|p| p.0).sum();
         let mut replay_end = 0u64;
@@ -138,7 +148,9 @@ impl Engine {
                     .map(|c| c.dir.clone())
                     .zip(views.map(|v| v.into_iter().map(snapshot::BindingLookup::new).collect::<Vec<_>>())),
                 dead_letters: config.dead_letters.clone(),
-                retire: None,
+                // Files of another shard count: once every shard of this run has written, those of shards
+                // `>= n` are superseded (they would only lower every restart's start vector).
+                retire: resharded.then_some(n),
             };
             spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };
@@ -156,6 +168,7 @@ impl Engine {
             let merged = MergedShard {
                 tracker: tracker.clone(),
                 own: own[i].clone(),
+                hold: hold[i].clone(),
                 log_ids: log_ids.clone(),
                 dirs: dirs.clone(),
             };
@@ -173,8 +186,8 @@ impl Engine {
         let reader_thread = {
             let shared = shared.clone();
             let cfg = config.clone();
-            // Vectors to drop covered records by: only a resumed shard ahead of the start vector has any.
-            let skip = own.iter().any(|v| *v != start_vec).then_some(own);
+            // What to drop covered records by: only keys restored ahead of the start vector have any.
+            let skip = (!coverage.is_uniform(&start_vec)).then_some(coverage);
             std::thread::Builder::new()
                 .name("catchup-reader".into())
                 .spawn(move || {

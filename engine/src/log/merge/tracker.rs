@@ -68,6 +68,12 @@ pub(crate) struct MergedShard {
     pub(super) tracker: Arc<Tracker>,
     /// The vector this shard's state was restored from (the run's start vector without a snapshot).
     pub(super) own: Vec<Position>,
+    /// After a reshard: the highest vector of the keys this shard restored, when above `own`. Until the
+    /// merge has passed it (`v(passed) >= hold`), a snapshot's vector could only be `own`, which would
+    /// claim too little for the keys restored ahead of it (a resume would fold their events again), or
+    /// the keys' highest, which would claim records other keys have not folded; so the shard writes none
+    /// and the checkpoint it was restored from stays in place.
+    pub(super) hold: Option<Vec<Position>>,
     pub(super) log_ids: Arc<Vec<u64>>,
     /// The logs' directories, in the run's order (as given: a segment's parent is one of them).
     pub(super) dirs: Arc<Vec<std::path::PathBuf>>,
@@ -82,17 +88,23 @@ impl MergedShard {
 
     /// The header position (the vector's sum) and the log table (checksums left 0 for the I/O thread) of a
     /// snapshot at merge sequence number `passed`: per log the maximum of `v(passed)` and the restored vector.
-    pub(crate) fn marks(&self, passed: Position) -> Result<(Position, Vec<LogMark>), String> {
+    /// `None` while a resharded shard holds (see `hold`): no snapshot yet.
+    pub(crate) fn marks(&self, passed: Position) -> Result<Option<(Position, Vec<LogMark>)>, String> {
         let v = self.tracker.vector_at(passed.0).ok_or_else(|| {
             format!("merged position {passed} is not in the reader's table of records in flight (a bug)")
         })?;
+        if let Some(hold) = &self.hold
+            && v.iter().zip(hold).any(|(&p, h)| p < h.0)
+        {
+            return Ok(None);
+        }
         let marks: Vec<LogMark> = v
             .iter()
             .zip(&self.own)
             .zip(self.log_ids.iter())
             .map(|((&p, own), &log_id)| LogMark { log_id, position: Position(p.max(own.0)), crc: 0 })
             .collect();
-        Ok((Position(marks.iter().map(|m| m.position.0).sum()), marks))
+        Ok(Some((Position(marks.iter().map(|m| m.position.0).sum()), marks)))
     }
 }
 
