@@ -18,9 +18,9 @@
 //! position `p` when `p` is below its shard's own `vector[i]` (counted as covered). This is exact whatever
 //! order the previous run merged in (following, the skew may have let a late record through in another
 //! order than a backlog read would): each vector entry says exactly which of that log's records a shard's
-//! state holds. Per-key state in a merged snapshot never has a `covered` position (it would be a merge
-//! sequence number of the run that wrote it, meaningless to another run; the reader's per-log rule does that
-//! job): restore refuses one that does.
+//! state holds. A per-key entry's `covered` position in a merged snapshot (set only by a deletion: a merge
+//! sequence number of the run that wrote it, meaningless to another run) is ignored on restore: the reader's
+//! per-log rule does that job.
 //!
 //! # Resharding
 //!

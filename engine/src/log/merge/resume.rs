@@ -8,7 +8,7 @@ use catchup_segments::{LogReader, Position, key_hash};
 use super::coverage::{Coverage, shard_start};
 use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
-use crate::keyed::{decode_key_entries, encode_key_entry};
+use crate::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use crate::run::handler_mismatch;
 use crate::shard::shard_of;
 use crate::snapshot::{self, LogMark, SnapshotMeta};
@@ -153,7 +153,7 @@ pub(super) fn restore_merged<H: ShardHandler>(
         let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
         for (f, (path, s)) in snaps.iter().enumerate() {
             for entry in decode_key_entries(&s.state) {
-                let (key, covered, state) = checked_entry(entry, path)?;
+                let (key, state) = checked_entry(entry, path)?;
                 let h = key_hash(key);
                 let owner = shard_of(h, s.meta.n_shards as usize).0;
                 if owner != s.meta.shard_idx {
@@ -169,7 +169,7 @@ pub(super) fn restore_merged<H: ShardHandler>(
                     .into());
                 }
                 if coverage.source(h) == Some(f) {
-                    encode_key_entry(&mut parts[shard_of(h, n).0 as usize], key, covered, state);
+                    encode_key_entry(&mut parts[shard_of(h, n).0 as usize], key, Position(0), state);
                 }
             }
         }
@@ -181,13 +181,19 @@ pub(super) fn restore_merged<H: ShardHandler>(
         }
     } else {
         for (path, s) in snaps {
-            if layout == StateLayout::PerKey {
-                for entry in decode_key_entries(&s.state) {
-                    checked_entry(entry, path)?;
+            let state = match layout {
+                StateLayout::PerShard => s.state.clone(),
+                StateLayout::PerKey => {
+                    let mut out = Vec::with_capacity(s.state.len());
+                    for entry in decode_key_entries(&s.state) {
+                        let (key, state) = checked_entry(entry, path)?;
+                        encode_key_entry(&mut out, key, Position(0), state);
+                    }
+                    out
                 }
-            }
+            };
             handlers[s.meta.shard_idx as usize]
-                .restore(&s.state)
+                .restore(&state)
                 .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
         }
     }
@@ -201,21 +207,15 @@ pub(super) fn restore_merged<H: ShardHandler>(
     Ok(MergedRestore { coverage, own, hold, resharded })
 }
 
-/// A per-key entry of a merged snapshot, checked: it decodes, and it has no `covered` position (a merged
-/// run never sets one: it would be a merge number of the run that wrote it, meaningless here; the per-log
-/// vector skips events instead).
+/// A per-key entry of a merged snapshot, decoded, without its `covered` position: in a merged run that is a
+/// merge sequence number of the run that wrote it (the handler's tombstone of a deleted key, and a key
+/// started again after one, carry the number after the deletion), meaningless to this run, which skips
+/// events by the per-log vectors instead; the entry is restored with `covered = 0`.
 fn checked_entry<'a>(
-    entry: Result<(&'a [u8], Position, crate::keyed::EntryState<'a>), String>,
+    entry: Result<(&'a [u8], Position, EntryState<'a>), String>,
     path: &Path,
-) -> Result<(&'a [u8], Position, crate::keyed::EntryState<'a>), ReplayError> {
-    let (key, covered, state) = entry
+) -> Result<(&'a [u8], EntryState<'a>), ReplayError> {
+    let (key, _covered, state) = entry
         .map_err(|why| SnapshotError::Invalid { path: path.to_path_buf(), why: InvalidSnapshot::KeyEntries(why) })?;
-    if covered != Position(0) {
-        return Err(SnapshotError::Invalid {
-            path: path.to_path_buf(),
-            why: InvalidSnapshot::MergedKeyCovered { key: String::from_utf8_lossy(key).into_owned(), covered },
-        }
-        .into());
-    }
-    Ok((key, covered, state))
+    Ok((key, state))
 }
