@@ -195,10 +195,10 @@ impl Engine {
                     let rings = MergedRings {
                         bufs: (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect(),
                         producers,
-                        logs: Vec::with_capacity(FLUSH_EVERY_BATCHES * cfg.publish_batch),
+                        runs: Vec::with_capacity(FLUSH_EVERY_BATCHES * cfg.publish_batch),
                         covered: vec![0; n],
                         backoff: Backoff::new(cfg.wait),
-                        tracker,
+                        tracker: cfg.checkpoint.is_some().then_some(tracker),
                     };
                     merged_reader_loop(&shared, &cfg, &readers, &start_vec, skip, wait, rings)
                 })

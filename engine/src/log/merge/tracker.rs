@@ -16,33 +16,44 @@ pub(crate) struct Tracker {
 
 #[derive(Debug)]
 struct TrackerInner {
-    /// The sequence number of `log_of[0]`.
+    /// The sequence number of the first record of `runs`.
     base_m: u64,
     /// `v(base_m)`: per log, the next position not merged before `base_m`.
     base: Vec<u64>,
-    /// The log of each record from `base_m` on, in merge order.
-    log_of: VecDeque<u16>,
+    /// The records from `base_m` on, in merge order, as runs of one log: (log, records).
+    runs: VecDeque<(u16, u32)>,
 }
 
 impl Tracker {
     pub(super) fn new(m0: u64, start: &[Position]) -> Tracker {
         let base = start.iter().map(|p| p.0).collect();
-        Tracker { inner: Mutex::new(TrackerInner { base_m: m0, base, log_of: VecDeque::new() }) }
+        Tracker { inner: Mutex::new(TrackerInner { base_m: m0, base, runs: VecDeque::new() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackerInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends the logs of the next records handed out, and forgets those below `low` (every shard has
-    /// passed them, so no snapshot will ask for them again).
-    pub(super) fn push(&self, logs: &[u16], low: u64) {
+    /// Appends the next runs handed out, (log, records) each, and forgets the records below `low` (every
+    /// shard has passed them, so no snapshot will ask for them again).
+    pub(super) fn push(&self, runs: &[(u16, u32)], low: u64) {
         let mut t = self.lock();
-        t.log_of.extend(logs);
+        for &(log, k) in runs {
+            match t.runs.back_mut() {
+                Some((l, n)) if *l == log && n.checked_add(k).is_some() => *n += k,
+                _ => t.runs.push_back((log, k)),
+            }
+        }
         while t.base_m < low {
-            let Some(l) = t.log_of.pop_front() else { break };
-            t.base[l as usize] += 1;
-            t.base_m += 1;
+            let Some(&(log, k)) = t.runs.front() else { break };
+            let take = (low - t.base_m).min(k as u64);
+            t.base[log as usize] += take;
+            t.base_m += take;
+            if take == k as u64 {
+                t.runs.pop_front();
+            } else {
+                t.runs[0].1 -= take as u32;
+            }
         }
     }
 
@@ -50,15 +61,17 @@ impl Tracker {
     /// what the tracker holds (below what every shard passed, or above what was handed out): a bug.
     pub(crate) fn vector_at(&self, m: u64) -> Option<Vec<u64>> {
         let t = self.lock();
-        let k = usize::try_from(m.checked_sub(t.base_m)?).ok()?;
-        if k > t.log_of.len() {
-            return None;
-        }
+        let mut left = m.checked_sub(t.base_m)?;
         let mut v = t.base.clone();
-        for &l in t.log_of.iter().take(k) {
-            v[l as usize] += 1;
+        for &(log, k) in &t.runs {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(k as u64);
+            v[log as usize] += take;
+            left -= take;
         }
-        Some(v)
+        (left == 0).then_some(v)
     }
 }
 
@@ -118,13 +131,20 @@ mod tests {
     fn tracker_vectors_are_exact_and_survive_trimming() {
         let t = Tracker::new(13, &[Position(10), Position(3)]);
         assert_eq!(t.vector_at(13), Some(vec![10, 3]));
-        t.push(&[0, 1, 1, 0, 1], 0);
+        // Logs 0, 1, 1, 0, 1 (the two runs of log 1 pushed apart join).
+        t.push(&[(0, 1), (1, 1)], 0);
+        t.push(&[(1, 1), (0, 1), (1, 1)], 0);
         assert_eq!(t.vector_at(15), Some(vec![11, 4]));
         assert_eq!(t.vector_at(18), Some(vec![12, 6]));
         assert_eq!(t.vector_at(19), None, "past what was handed out");
-        t.push(&[0], 16);
-        assert_eq!(t.vector_at(15), None, "below what every shard passed");
+        // Forgetting up to 15 cuts into the run of log 1 (14 and 15).
+        t.push(&[(0, 1)], 15);
+        assert_eq!(t.vector_at(14), None, "below what every shard passed");
+        assert_eq!(t.vector_at(15), Some(vec![11, 4]));
         assert_eq!(t.vector_at(16), Some(vec![11, 5]));
         assert_eq!(t.vector_at(19), Some(vec![13, 6]));
+        t.push(&[], 19);
+        assert_eq!(t.vector_at(19), Some(vec![13, 6]));
+        assert_eq!(t.vector_at(18), None);
     }
 }
