@@ -475,6 +475,69 @@ fn deleted_keys_resume_in_a_merged_run() {
     assert_eq!(got, want);
 }
 
+/// Checks every call's `Ctx::log` and `Ctx::log_position` against the event's payload, which names the
+/// log and the position there (`gen_logs`); every third event fails its first attempt, so the retry path
+/// (the handler called again outside the batch's fast path) is checked too.
+struct CtxCheck {
+    checked: u64,
+    wrong: Vec<String>,
+    failed: std::collections::HashSet<u64>,
+}
+
+impl ShardHandler for CtxCheck {
+    fn handle(&mut self, e: &Event<'_>, c: &Ctx) -> Result<(), HandlerError> {
+        let log = e.payload[0] as u32;
+        let at = Position(u64::from_le_bytes(e.payload[1..9].try_into().unwrap()));
+        if (c.log, c.log_position) != (log, at) {
+            self.wrong
+                .push(format!("event {}: ctx ({}, {}), payload ({log}, {at})", e.position, c.log, c.log_position));
+        }
+        self.checked += 1;
+        if e.position.0.is_multiple_of(3) && self.failed.insert(e.position.0) {
+            return Err(HandlerError::new("first attempt"));
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _b: &[u8]) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// `Ctx::log` and `Ctx::log_position` say where each event of a merged run comes from (three logs, one of
+/// them empty, 1 and 3 shards, on the fast path and on a retry), and are 0 and `position` for a single log.
+#[test]
+fn ctx_names_the_log_and_the_position_in_it() {
+    let mut recs = gen_logs(3, 700, 20, 23);
+    recs[1].clear();
+    let dirs = write_logs(&recs, 23);
+    let logs = paths(&dirs);
+    let retry = ErrorPolicy::Retry { attempts: 1, backoff: Duration::from_micros(1), then_skip: false };
+    for n in [1, 3] {
+        let cfg = EngineConfig { n_shards: n, on_error: retry, ..Default::default() };
+        let l = logs.clone();
+        let s = within(60, "merged ctx run", move || {
+            let new = |_| CtxCheck { checked: 0, wrong: Vec::new(), failed: Default::default() };
+            Engine::run_merged(&l, MergeConfig::default(), cfg, new).unwrap()
+        });
+        let hs = s.log_handlers();
+        let wrong: Vec<&String> = hs.iter().flat_map(|h| &h.wrong).collect();
+        assert!(wrong.is_empty(), "{n} shards: {wrong:?}");
+        let calls: u64 = hs.iter().map(|h| h.checked).sum();
+        assert_eq!(calls, 1400 + 1400_u64.div_ceil(3), "{n} shards: every event checked, a third twice");
+    }
+    // One log: log 0, and the log position is the position (the payload names log 0).
+    let l = logs[0].clone();
+    let s = within(60, "single-log ctx run", move || {
+        let new = |_| CtxCheck { checked: 0, wrong: Vec::new(), failed: Default::default() };
+        Engine::run(&l, EngineConfig { on_error: retry, ..Default::default() }, new).unwrap()
+    });
+    assert!(s.log_handlers()[0].wrong.is_empty(), "{:?}", s.log_handlers()[0].wrong);
+    assert_eq!(s.log_handlers()[0].checked, 700 + 700_u64.div_ceil(3));
+}
+
 /// What a merged checkpoint refuses, each with the file named: a single-log run over it, a merge of the
 /// same logs in another order or of other logs, another shard count for a raw handler's state, and a log
 /// changed under it. A merged

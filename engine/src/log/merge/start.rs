@@ -171,6 +171,7 @@ impl Engine {
                 hold: hold[i].clone(),
                 log_ids: log_ids.clone(),
                 dirs: dirs.clone(),
+                seg_logs: Vec::new(),
             };
             let start = ShardStart {
                 position: start,

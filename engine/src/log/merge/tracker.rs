@@ -90,6 +90,8 @@ pub(crate) struct MergedShard {
     pub(super) log_ids: Arc<Vec<u64>>,
     /// The logs' directories, in the run's order (as given: a segment's parent is one of them).
     pub(super) dirs: Arc<Vec<std::path::PathBuf>>,
+    /// The log of each segment of the run's shared table, by index, as far as this shard has looked.
+    pub(super) seg_logs: Vec<u32>,
 }
 
 impl MergedShard {
@@ -97,6 +99,18 @@ impl MergedShard {
     pub(crate) fn log_of(&self, segment: &catchup_segments::Segment) -> Option<usize> {
         let dir = segment.path().parent()?;
         self.dirs.iter().position(|d| d == dir)
+    }
+
+    /// The log of segment `seg_idx` of the run's shared table (`segments`, this shard's copy of it): what
+    /// `Ctx::log` says. Looked up by directory once per segment, then by index.
+    #[inline]
+    pub(crate) fn log_at(&mut self, seg_idx: u32, segments: &[Arc<catchup_segments::Segment>]) -> Option<u32> {
+        let i = seg_idx as usize;
+        while self.seg_logs.len() <= i {
+            let log = self.log_of(segments.get(self.seg_logs.len())?)?;
+            self.seg_logs.push(log as u32);
+        }
+        Some(self.seg_logs[i])
     }
 
     /// The header position (the vector's sum) and the log table (checksums left 0 for the I/O thread) of a
