@@ -171,3 +171,32 @@ fn a_killed_merged_replay_resharded_between_runs_resumes_to_the_same_result() {
     assert!(status.success());
     assert_eq!(read(&got), read(&want));
 }
+
+/// `--json` of a merged replay gives each log's own positions under `logs` (in the order given): where the
+/// run started and what it handled, whose sum is the merged `watermark`; `--to 10` stops after A's first 6
+/// and B's first 4 events (A at 0, 2, 4, 6, 8, 10 ms; B at 1, 4, 7, 10 ms; a tie goes to the first log).
+/// One log has `logs: null`.
+#[test]
+fn merged_json_summary_has_per_log_positions() {
+    let d = tmp("catchup-merge-");
+    let (a, b) = two_logs(d.path(), 3000);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = catchup().args(["replay", "-q", "--json"]).args(args).assert().success().get_output().stdout.clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let per_log = |doc: &serde_json::Value| -> Vec<(u64, u64, u64)> {
+        let logs = doc["logs"].as_array().unwrap_or_else(|| panic!("no logs in {doc}"));
+        logs.iter()
+            .map(|l| (l["log"].as_u64().unwrap(), l["start"].as_u64().unwrap(), l["watermark"].as_u64().unwrap()))
+            .collect()
+    };
+    let all = json(&[s(&a), s(&b), "--merge", "time", "--shards", "2"]);
+    assert_eq!(per_log(&all), [(0, 0, 3000), (1, 0, 3000)]);
+    assert_eq!(all["watermark"], 6000);
+    let ten = json(&[s(&a), s(&b), "--merge", "time", "--shards", "3", "--to", "10"]);
+    assert_eq!(per_log(&ten), [(0, 0, 6), (1, 0, 4)]);
+    assert_eq!(ten["watermark"], 10);
+    let one = json(&[s(&a)]);
+    assert!(one["logs"].is_null(), "{one}");
+    assert_eq!(one["watermark"], 3000);
+}

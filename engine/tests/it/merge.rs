@@ -139,6 +139,8 @@ fn merged_order_is_the_offline_sort_for_every_shard_count() {
             assert_eq!(hooks.seen_positions(), (0..total).collect::<Vec<_>>(), "{what}: each event once");
             assert_eq!(handled(&s.shards), total, "{what}");
             assert_eq!((s.progress.watermark, s.progress.end), (Position(total), Position(total)), "{what}");
+            assert_eq!(s.progress.log_starts, [Position(0); 2], "{what}");
+            assert_eq!(s.progress.log_watermarks, [Position(1500); 2], "{what}");
             assert!(s.progress.caught_up, "{what}");
             // The raw handler, whose state never leaves its shard.
             let h = Arc::new(Hooks::default());
@@ -228,6 +230,12 @@ fn interrupted_merged_runs_resume_to_the_oracle() {
                 r.wait().unwrap()
             });
             done += handled(&s.shards);
+            // The per-log positions of the watermark: each log's records among the first `watermark` of
+            // the merged order.
+            let w = s.progress.watermark.0 as usize;
+            let want: Vec<Position> =
+                (0..k).map(|l| Position(sorted[..w].iter().filter(|r| r.log == l).count() as u64)).collect();
+            assert_eq!(s.progress.log_watermarks, want, "{what}: per-log watermark at {w}");
             for i in 0..n as u16 {
                 if snap_path(ckpt.path(), i).exists() {
                     let snap = load_snap(ckpt.path(), i);

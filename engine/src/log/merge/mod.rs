@@ -47,7 +47,7 @@ mod tracker;
 use std::time::Duration;
 
 pub(crate) use resume::bind_merged;
-pub(crate) use tracker::MergedShard;
+pub(crate) use tracker::{MergedShard, MergedVectors};
 
 /// How several logs are merged into one replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

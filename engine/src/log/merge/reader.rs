@@ -30,21 +30,19 @@ pub(super) struct MergedRings {
     /// Per shard, records dropped since the last flush because its snapshot covers them.
     pub(super) covered: Vec<u64>,
     pub(super) backoff: Backoff,
-    /// Only with a checkpoint (nothing else asks for the vectors).
-    pub(super) tracker: Option<Arc<Tracker>>,
+    pub(super) tracker: Arc<Tracker>,
 }
 
 impl MergedRings {
     /// Tells the tracker the logs of the records handed out so far: before any of them is published, so a
     /// shard that passes one finds its vector.
     fn sync(&mut self, shared: &EngineShared) {
-        let Some(tracker) = &self.tracker else { return };
         if self.runs.is_empty() {
             return;
         }
         // Pairs with each shard's publish of `passed`: nothing below the lowest is asked again.
         let low = shared.passed.iter().map(|p| p.load_acquire()).min().unwrap_or(0);
-        tracker.push(&self.runs, low);
+        self.tracker.push(&self.runs, low);
         self.runs.clear();
     }
 
@@ -147,9 +145,7 @@ pub(super) fn merged_reader_loop(
                     }
                 };
                 let k = run.heads.len() as u64;
-                if rings.tracker.is_some() {
-                    rings.runs.push((run.log as u16, k as u32));
-                }
+                rings.runs.push((run.log as u16, k as u32));
                 for (j, h) in run.heads.iter().enumerate() {
                     newest_ts = newest_ts.max(h.timestamp_ns);
                     let shard = shard_of(h.key_hash, n).0 as usize;

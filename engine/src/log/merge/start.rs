@@ -14,7 +14,7 @@ use super::MergeConfig;
 use super::coverage::Coverage;
 use super::reader::{FLUSH_EVERY_BATCHES, MergedRings, merged_reader_loop};
 use super::resume::{MergedRestore, restore_merged};
-use super::tracker::{MergedShard, Tracker};
+use super::tracker::{MergedShard, MergedVectors, Tracker};
 use crate::Engine;
 use crate::error::{ConfigError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
@@ -120,6 +120,8 @@ impl Engine {
         }
         let replay_end = Position(replay_end);
         let tracker = Arc::new(Tracker::new(m0, &start_vec));
+        let progress_tracker = tracker.clone();
+        let start_vec_kept = start_vec.clone();
         let log_ids = Arc::new(log_ids);
         let dirs: Arc<Vec<std::path::PathBuf>> = Arc::new(log_dirs.iter().map(|d| d.as_ref().to_path_buf()).collect());
         let merged_id = snapshot::merged_log_id(&log_ids);
@@ -199,12 +201,13 @@ impl Engine {
                         runs: Vec::with_capacity(FLUSH_EVERY_BATCHES * cfg.publish_batch),
                         covered: vec![0; n],
                         backoff: Backoff::new(cfg.wait),
-                        tracker: cfg.checkpoint.is_some().then_some(tracker),
+                        tracker,
                     };
                     merged_reader_loop(&shared, &cfg, &readers, &start_vec, skip, wait, rings)
                 })
                 .map_err(ReplayError::Thread)?
         };
-        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) }))
+        let merged = Some(MergedVectors { tracker: progress_tracker, start: start_vec_kept });
+        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io), merged }))
     }
 }

@@ -75,6 +75,24 @@ impl Tracker {
     }
 }
 
+/// What turns a merged run's watermark into per-log positions for [`Progress`](crate::Progress).
+#[derive(Debug)]
+pub(crate) struct MergedVectors {
+    pub(super) tracker: Arc<Tracker>,
+    /// The run's start vector.
+    pub(super) start: Vec<Position>,
+}
+
+impl MergedVectors {
+    /// Sets `p`'s per-log start and watermark (the tracker holds every record from the lowest position any
+    /// shard has passed, so the watermark's vector is there).
+    pub(crate) fn fill(&self, p: &mut crate::Progress) {
+        p.log_starts.clone_from(&self.start);
+        p.log_watermarks =
+            self.tracker.vector_at(p.watermark.0).map(|v| v.into_iter().map(Position).collect()).unwrap_or_default();
+    }
+}
+
 /// What a shard of a merged run needs to write its snapshots' log table.
 #[derive(Debug)]
 pub(crate) struct MergedShard {
