@@ -1,6 +1,7 @@
 //! `catchup replay A B --merge time`: two logs with interleaved (and some tied) timestamps replayed as one.
 //! The result equals a replay of one log holding the same events sorted offline by (timestamp, log,
-//! position), for 1 to 4 shards, and across `kill -9` and resume with a checkpoint directory.
+//! position), for 1 to 4 shards, and across `kill -9` and resume with a checkpoint directory (with the same
+//! or another shard count).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -132,4 +133,70 @@ fn a_killed_merged_replay_resumes_to_the_same_result() {
     let status = c.stdout(Stdio::null()).status().unwrap();
     assert!(status.success());
     assert_eq!(read(&got), read(&want));
+}
+
+/// The same with another `--shards` in each run (the checkpoint resharded, runs killed in the middle of a
+/// reshard): the result still equals an uninterrupted run.
+#[test]
+fn a_killed_merged_replay_resharded_between_runs_resumes_to_the_same_result() {
+    let d = tmp("catchup-merge-");
+    let (a, b) = two_logs(d.path(), 40_000);
+    let want = d.path().join("want");
+    replay(&[&a, &b], &["--projection", "sum:amount", "--shards", "3"], &want);
+    let ck = d.path().join("ck");
+    let got = d.path().join("got");
+    let args = |c: &mut std::process::Command, shards: &str| {
+        c.args(["replay", s(&a), s(&b), "--merge", "time", "-q", "--projection", "sum:amount", "--shards", shards])
+            .args(["--checkpoint-dir", s(&ck), "--snapshot-every", "500", "--max-rate", "100k", "--out", s(&got)]);
+    };
+    let mut killed = 0;
+    for (delay_ms, shards) in [(150u64, "3"), (60, "2"), (260, "4"), (90, "1"), (330, "5"), (40, "3"), (200, "2")] {
+        let mut c = util::command();
+        args(&mut c, shards);
+        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let alive = child.try_wait().unwrap().is_none();
+        if alive {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(alive || out.status.success(), "the run with {shards} shards failed: {err}");
+    }
+    assert!(killed >= 3, "the runs must be killed mid-way ({killed} were)");
+    let mut c = util::command();
+    args(&mut c, "4");
+    let status = c.stdout(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(read(&got), read(&want));
+}
+
+/// `--json` of a merged replay gives each log's own positions under `logs` (in the order given): where the
+/// run started and what it handled, whose sum is the merged `watermark`; `--to 10` stops after A's first 6
+/// and B's first 4 events (A at 0, 2, 4, 6, 8, 10 ms; B at 1, 4, 7, 10 ms; a tie goes to the first log).
+/// One log has `logs: null`.
+#[test]
+fn merged_json_summary_has_per_log_positions() {
+    let d = tmp("catchup-merge-");
+    let (a, b) = two_logs(d.path(), 3000);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = catchup().args(["replay", "-q", "--json"]).args(args).assert().success().get_output().stdout.clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let per_log = |doc: &serde_json::Value| -> Vec<(u64, u64, u64)> {
+        let logs = doc["logs"].as_array().unwrap_or_else(|| panic!("no logs in {doc}"));
+        logs.iter()
+            .map(|l| (l["log"].as_u64().unwrap(), l["start"].as_u64().unwrap(), l["watermark"].as_u64().unwrap()))
+            .collect()
+    };
+    let all = json(&[s(&a), s(&b), "--merge", "time", "--shards", "2"]);
+    assert_eq!(per_log(&all), [(0, 0, 3000), (1, 0, 3000)]);
+    assert_eq!(all["watermark"], 6000);
+    let ten = json(&[s(&a), s(&b), "--merge", "time", "--shards", "3", "--to", "10"]);
+    assert_eq!(per_log(&ten), [(0, 0, 6), (1, 0, 4)]);
+    assert_eq!(ten["watermark"], 10);
+    let one = json(&[s(&a)]);
+    assert!(one["logs"].is_null(), "{one}");
+    assert_eq!(one["watermark"], 3000);
 }

@@ -96,7 +96,7 @@ fn main() {
                 key: &key_bytes[k as usize],
                 payload: b"",
             };
-            let ctx = Ctx { shard: ShardId(0), n_shards: 1, position, replay: true };
+            let ctx = Ctx { shard: ShardId(0), n_shards: 1, position, replay: true, log: 0, log_position: position };
             h.handle(&event, &ctx).expect("count never fails");
             if (i as u64 + 1).is_multiple_of(batch) {
                 h.end_of_batch(ShardId(0)).expect("no flush");

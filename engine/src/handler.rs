@@ -33,6 +33,13 @@ pub struct Ctx {
     /// True if the event already existed when the run started (a replay); false for live events seen in
     /// follow mode. Suppress side effects (emails, messages to other systems) while this is true.
     pub replay: bool,
+    /// The log the event comes from: its index in the list given to
+    /// [`Engine::start_merged`](crate::Engine::start_merged). 0 for a single log (and a Kafka topic).
+    pub log: u32,
+    /// The event's position in its own log, where it can be read again: in a merged run `position` is the
+    /// merge sequence number, this is the record's position in log `log`. Equal to `position` for a single
+    /// log (and the partition offset for a Kafka topic).
+    pub log_position: Position,
 }
 
 /// How the engine's error policy treats a [`HandlerError`].

@@ -25,8 +25,14 @@
 //! `max.task.idle.ms`): live order then matches the order a later replay would see, unless a log falls
 //! behind by more than the skew. The wait starts when a record is ready but some log has nothing to compare
 //! it with, and ends when every log has records again.
+//!
+//! # Runs
+//!
+//! [`MergedCursor::step_run`] hands out a *run*: the records of one log's current batch that come next in
+//! merged order, one after the other, as a slice. While a log's next record stays below every other log's
+//! next record (by timestamp, then log index), the next step would take it anyway, so a run is exactly
+//! what repeated [`MergedCursor::step`] calls would hand out, for one comparison per record and no call.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,21 +74,47 @@ pub enum Step<'a> {
     End,
 }
 
+/// The next records in merged order, all of one log's current batch ([`MergedCursor::step_run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MergedRun<'a> {
+    /// Index of the log in the order given to [`MergedCursor::open`].
+    pub log: usize,
+    /// The segment holding the records.
+    pub segment: &'a Arc<Segment>,
+    /// The records' header fields and byte offsets in `segment`, in merged order (and the log's); at least
+    /// one.
+    pub heads: &'a [RecordHead],
+}
+
+/// What [`MergedCursor::step_run`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum RunStep<'a> {
+    /// The next records in merged order.
+    Run(MergedRun<'a>),
+    /// As [`Step::Pending`].
+    Pending,
+    /// As [`Step::End`].
+    End,
+}
+
 /// One log's cursor and the heads of its current batch not handed out yet.
 #[derive(Debug)]
 struct Lane {
     cursor: Cursor,
     /// The segment of the heads in `heads`.
     segment: Option<Arc<Segment>>,
-    heads: VecDeque<RecordHead>,
+    /// The current batch's heads; those from `next` on are not handed out yet.
+    heads: Vec<RecordHead>,
+    next: usize,
     /// Backlog mode: the log had nothing more when last asked.
     done: bool,
 }
 
 impl Lane {
-    /// Fills `heads` from the next batch if it is empty. Returns true if it has a head afterwards.
+    /// Fills `heads` from the next batch if every head was handed out. Returns true if it has a head
+    /// afterwards.
     fn fill(&mut self) -> Result<bool, ReadError> {
-        if !self.heads.is_empty() {
+        if self.next < self.heads.len() {
             return Ok(true);
         }
         if self.done {
@@ -90,7 +122,9 @@ impl Lane {
         }
         match self.cursor.next_batch()? {
             Some(batch) => {
+                self.heads.clear();
                 self.heads.extend(batch.heads());
+                self.next = 0;
                 self.segment = Some(batch.segment.clone());
                 // A batch the cursor hands out has at least one record at or after its first position.
                 assert!(!self.heads.is_empty(), "a handed-out batch has a record");
@@ -100,9 +134,18 @@ impl Lane {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.next >= self.heads.len()
+    }
+
+    /// The next head's merge key: (timestamp, log index) order.
+    fn front_ts(&self) -> u64 {
+        self.heads[self.next].timestamp_ns
+    }
+
     /// Position of the next record this lane will hand out.
     fn next_position(&self) -> Position {
-        self.heads.front().map_or_else(|| self.cursor.position(), |h| h.position)
+        self.heads.get(self.next).map_or_else(|| self.cursor.position(), |h| h.position)
     }
 }
 
@@ -127,7 +170,13 @@ impl MergedCursor {
             .iter()
             .zip(starts)
             .map(|(r, &p)| {
-                Ok(Lane { cursor: r.cursor(Start::Position(p))?, segment: None, heads: VecDeque::new(), done: false })
+                Ok(Lane {
+                    cursor: r.cursor(Start::Position(p))?,
+                    segment: None,
+                    heads: Vec::new(),
+                    next: 0,
+                    done: false,
+                })
             })
             .collect::<Result<Vec<_>, ReadError>>()?;
         Ok(MergedCursor { lanes, wait, waiting_since: None })
@@ -146,7 +195,19 @@ impl MergedCursor {
     /// The next record in merged order (see [`Step`]). An error of any log's cursor (damage, a segment that
     /// cannot be mapped) is returned as it is; the cursor can be asked again after it, and asks that log again.
     pub fn step(&mut self) -> Result<Step<'_>, ReadError> {
-        let mut best: Option<(usize, RecordHead)> = None;
+        Ok(match self.step_run(1)? {
+            RunStep::Run(r) => Step::Record(MergedHead { log: r.log, segment: r.segment, head: r.heads[0] }),
+            RunStep::Pending => Step::Pending,
+            RunStep::End => Step::End,
+        })
+    }
+
+    /// The next records in merged order, at most `max` (at least 1), all of one log's current batch: what
+    /// as many [`MergedCursor::step`] calls would hand out (see "Runs" in the [module docs](self)).
+    /// Following, while some log has nothing, a run is one record. Errors as for `step`.
+    pub fn step_run(&mut self, max: usize) -> Result<RunStep<'_>, ReadError> {
+        let max = max.max(1);
+        let mut best: Option<(usize, u64)> = None;
         let mut some_empty = false;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             if !lane.fill()? {
@@ -157,29 +218,50 @@ impl MergedCursor {
                 }
                 continue;
             }
-            let h = *lane.heads.front().expect("filled");
             // Ties in time go to the lower log index (lanes are visited in index order), then position.
-            if best.is_none_or(|(_, b)| h.timestamp_ns < b.timestamp_ns) {
-                best = Some((i, h));
+            let ts = lane.front_ts();
+            if best.is_none_or(|(_, b)| ts < b) {
+                best = Some((i, ts));
             }
         }
-        let Some((i, head)) = best else {
+        let Some((i, _)) = best else {
             self.waiting_since = None;
-            return Ok(if self.wait == Wait::No { Step::End } else { Step::Pending });
+            return Ok(if self.wait == Wait::No { RunStep::End } else { RunStep::Pending });
         };
+        let mut take = max;
         if some_empty {
             let Wait::Skew(max_skew) = self.wait else { unreachable!("only follow mode leaves a lane empty") };
             let since = *self.waiting_since.get_or_insert_with(Instant::now);
             if since.elapsed() < max_skew {
-                return Ok(Step::Pending);
+                return Ok(RunStep::Pending);
             }
+            take = 1;
         } else {
             self.waiting_since = None;
         }
+        // The lowest (timestamp, log) of the other logs' next records: lane `i` hands out records while
+        // its own next one stays below it.
+        let mut limit: Option<(u64, usize)> = None;
+        for (j, lane) in self.lanes.iter().enumerate() {
+            if j != i && !lane.is_empty() && limit.is_none_or(|l| (lane.front_ts(), j) < l) {
+                limit = Some((lane.front_ts(), j));
+            }
+        }
         let lane = &mut self.lanes[i];
-        lane.heads.pop_front();
+        let from = lane.next;
+        let end = lane.heads.len().min(from.saturating_add(take));
+        let mut to = from + 1;
+        match limit {
+            None => to = end,
+            Some(limit) => {
+                while to < end && (lane.heads[to].timestamp_ns, i) < limit {
+                    to += 1;
+                }
+            }
+        }
+        lane.next = to;
         let segment = lane.segment.as_ref().expect("heads come with their segment");
-        Ok(Step::Record(MergedHead { log: i, segment, head }))
+        Ok(RunStep::Run(MergedRun { log: i, segment, heads: &lane.heads[from..to] }))
     }
 
     /// The cursor of log `i`, e.g. to wait on it ([`Cursor::wait`]) while [`MergedCursor::step`] says
@@ -200,7 +282,7 @@ impl MergedCursor {
         let deadline = skew_ends.map_or(deadline, |e| e.min(deadline));
         let mut sleep = Duration::from_micros(20);
         loop {
-            for lane in self.lanes.iter_mut().filter(|l| l.heads.is_empty()) {
+            for lane in self.lanes.iter_mut().filter(|l| l.is_empty()) {
                 if lane.cursor.wait(Duration::ZERO)? {
                     return Ok(());
                 }

@@ -250,7 +250,8 @@ mod tests {
     fn event<'a>(payload: &'a [u8]) -> Event<'a> {
         Event { position: Position(7), timestamp_ns: 9, key_hash: 0, key: b"k", payload }
     }
-    const CTX: Ctx = Ctx { shard: ShardId(0), n_shards: 1, position: Position(7), replay: true };
+    const CTX: Ctx =
+        Ctx { shard: ShardId(0), n_shards: 1, position: Position(7), replay: true, log: 0, log_position: Position(7) };
 
     #[test]
     fn parse_specs() {

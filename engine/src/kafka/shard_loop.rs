@@ -128,8 +128,14 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                     let part = parts.get_mut(&it.partition).expect("the fast path found its partition");
                     let position = Position(it.offset as u64);
                     let event = Event { position, timestamp_ns: it.timestamp_ns, key_hash: it.key_hash, key, payload };
-                    let ctx =
-                        Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
+                    let ctx = Ctx {
+                        shard,
+                        n_shards: cx.shared.run.n_shards,
+                        position,
+                        replay: it.offset < part.replay_end,
+                        log: 0,
+                        log_position: position,
+                    };
                     let origin = Origin::Kafka { topic: cx.topic, partition: it.partition };
                     let shared = cx.shared;
                     match step.resolve(&mut part.handler, &event, &ctx, origin, first, &|| shared.run.aborted()) {
@@ -235,7 +241,14 @@ fn fast_path<H: ShardHandler>(
         if !touched.contains(&it.partition) {
             touched.push(it.partition);
         }
-        let ctx = Ctx { shard, n_shards: cx.shared.run.n_shards, position, replay: it.offset < part.replay_end };
+        let ctx = Ctx {
+            shard,
+            n_shards: cx.shared.run.n_shards,
+            position,
+            replay: it.offset < part.replay_end,
+            log: 0,
+            log_position: position,
+        };
         if let Err(e) = step.call(&mut part.handler, &event, &ctx, batch.sent_ns, local) {
             return BatchEnd::Failed(e);
         }

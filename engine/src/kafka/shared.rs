@@ -129,6 +129,8 @@ impl Shared {
             elapsed,
             rate_per_s: rate,
             eta: (rate > 0.0).then(|| Duration::from_secs_f64(lag_events as f64 / rate)),
+            log_starts: Vec::new(),
+            log_watermarks: Vec::new(),
             kafka: Some(KafkaProgress {
                 partitions,
                 stale: self.stale.load(Ordering::Relaxed),

@@ -191,7 +191,13 @@ impl Engine {
                 })
                 .map_err(ReplayError::Thread)?
         };
-        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) }))
+        Ok(Running::new(LogRun {
+            shared,
+            reader: Some(reader_thread),
+            shards: shard_threads,
+            io: Some(io),
+            merged: None,
+        }))
     }
 }
 
@@ -202,6 +208,8 @@ pub(crate) struct LogRun<H> {
     /// Each shard's thread returns its handler.
     pub(crate) shards: Vec<JoinHandle<H>>,
     pub(crate) io: Option<JoinHandle<()>>,
+    /// A merged run: what turns the watermark into per-log positions for `Progress`.
+    pub(crate) merged: Option<crate::log::merge::MergedVectors>,
 }
 
 impl<H> std::fmt::Debug for LogRun<H> {
@@ -222,7 +230,11 @@ impl<H: Send> SourceRun<H> for LogRun<H> {
     }
 
     fn progress(&self) -> Progress {
-        self.shared.progress()
+        let mut p = self.shared.progress();
+        if let Some(m) = &self.merged {
+            m.fill(&mut p);
+        }
+        p
     }
 
     fn passed(&self, i: usize) -> Position {

@@ -199,21 +199,25 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     key: rec.key,
                     payload: rec.payload,
                 };
-                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
                 let shared = self.shared;
                 let aborted = || shared.run.aborted();
-                let origin = match &self.merged {
+                let origin = match &mut self.merged {
                     None => Origin::Log,
                     Some(m) => {
-                        let seg = &segments[slot.seg_idx as usize];
-                        let Some(log) = m.log_of(seg) else {
+                        let Some(log) = m.log_at(slot.seg_idx, &segments) else {
                             self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                             failed = true;
                             break;
                         };
-                        Origin::Merged { log, log_position: rec.position }
+                        Origin::Merged { log: log as usize, log_position: rec.position }
                     }
                 };
+                let (log, log_position) = match origin {
+                    Origin::Merged { log, log_position } => (log as u32, log_position),
+                    _ => (0, pos),
+                };
+                let replay = pos < self.shared.replay_end;
+                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
                 match self.step.resolve(&mut self.handler, &event, &ctx, origin, first_error, &aborted) {
                     Resolved::Handled => tally.handled += 1,
                     Resolved::DeadLettered => {}
@@ -304,7 +308,9 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let (position, logs) = match &self.merged {
             None => (self.passed, Vec::new()),
             Some(m) => match m.marks(self.passed) {
-                Ok(pl) => pl,
+                Ok(Some(pl)) => pl,
+                // A resharded merged shard before the merge passed its keys' vectors: none yet.
+                Ok(None) => return,
                 Err(why) => {
                     self.snapshot_failed = true;
                     self.shared.run.fail(InternalError::MergedPosition { position: self.passed, why }.into());
@@ -400,7 +406,18 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 self.passed = Position(pos.0 + 1);
                 continue;
             }
-            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+            let (log, log_position) = match &mut self.merged {
+                None => (0, pos),
+                Some(m) => match m.log_at(slot.seg_idx, segments) {
+                    Some(log) => (log, rec.position),
+                    None => {
+                        self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                        return BatchEnd::Broken;
+                    }
+                },
+            };
+            let replay = pos < self.shared.replay_end;
+            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
             if let Err(e) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
                 return BatchEnd::Failed(*slot, e);
             }

@@ -50,6 +50,13 @@ pub struct Progress {
     /// What only a Kafka source reports (partitions, rebalances, warnings); None for a log.
     #[cfg(feature = "kafka")]
     pub kafka: Option<crate::kafka::KafkaProgress>,
+    /// A merged run of several logs (where `start` and `watermark` are merge sequence numbers): per log, in
+    /// the run's order, where the run started in it. Empty for one log and for Kafka.
+    pub log_starts: Vec<Position>,
+    /// A merged run: per log, the position below which every record has been handled or skipped by its
+    /// shard (the per-log vector of `watermark`; what a resume would start from if every shard snapshotted
+    /// now). Empty for one log and for Kafka.
+    pub log_watermarks: Vec<Position>,
 }
 
 #[derive(Debug)]
@@ -120,6 +127,8 @@ impl EngineShared {
             eta,
             #[cfg(feature = "kafka")]
             kafka: None,
+            log_starts: Vec::new(),
+            log_watermarks: Vec::new(),
         }
     }
 }

@@ -159,7 +159,14 @@ fn a_shard_is_locked_once_per_batch() {
         key,
         payload: b"add",
     };
-    let ctx = |p| Ctx { shard: ShardId(0), n_shards: 1, position: Position(p), replay: true };
+    let ctx = |p| Ctx {
+        shard: ShardId(0),
+        n_shards: 1,
+        position: Position(p),
+        replay: true,
+        log: 0,
+        log_position: Position(p),
+    };
     h.handle(&ev(0, b"a"), &ctx(0)).unwrap();
     let (tx, rx) = mpsc::channel();
     let view = keyed.view();

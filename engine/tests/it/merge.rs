@@ -1,7 +1,8 @@
 //! Several logs replayed as one (`Engine::run_merged`): the merged order is an offline sort of every record
 //! by (timestamp, log, position) for any shard count; interrupted runs (stop, `stop_at`, kill -9) resume to
-//! the same result with every event folded once; a merged checkpoint refuses other logs, another order, a
-//! changed log and another shard count; following, live appends to both logs come out in merged order.
+//! the same result with every event folded once; a keyed checkpoint resumes with another shard count
+//! (`merge_reshard`); a merged checkpoint refuses other logs, another order, a changed log and, for a raw
+//! handler, another shard count; following, live appends to both logs come out in merged order.
 //!
 //! The fold (`util::Fold`) hashes each event's engine position, the merge sequence number, so a state equal
 //! to the oracle's says each key saw exactly its events, once each, in merged order, at the right sequence
@@ -138,6 +139,8 @@ fn merged_order_is_the_offline_sort_for_every_shard_count() {
             assert_eq!(hooks.seen_positions(), (0..total).collect::<Vec<_>>(), "{what}: each event once");
             assert_eq!(handled(&s.shards), total, "{what}");
             assert_eq!((s.progress.watermark, s.progress.end), (Position(total), Position(total)), "{what}");
+            assert_eq!(s.progress.log_starts, [Position(0); 2], "{what}");
+            assert_eq!(s.progress.log_watermarks, [Position(1500); 2], "{what}");
             assert!(s.progress.caught_up, "{what}");
             // The raw handler, whose state never leaves its shard.
             let h = Arc::new(Hooks::default());
@@ -227,6 +230,12 @@ fn interrupted_merged_runs_resume_to_the_oracle() {
                 r.wait().unwrap()
             });
             done += handled(&s.shards);
+            // The per-log positions of the watermark: each log's records among the first `watermark` of
+            // the merged order.
+            let w = s.progress.watermark.0 as usize;
+            let want: Vec<Position> =
+                (0..k).map(|l| Position(sorted[..w].iter().filter(|r| r.log == l).count() as u64)).collect();
+            assert_eq!(s.progress.log_watermarks, want, "{what}: per-log watermark at {w}");
             for i in 0..n as u16 {
                 if snap_path(ckpt.path(), i).exists() {
                     let snap = load_snap(ckpt.path(), i);
@@ -303,8 +312,243 @@ fn shards_ahead_of_the_start_vector_skip_by_their_own_vector() {
     assert_eq!(handled(&s3.shards) + handled(&s4.shards), left);
 }
 
+/// A checkpoint of `n >= 2` shards whose vectors differ: a clean stop at merge number `first` (every shard at
+/// `v(first)`), then a run in which the shard owning the record at `poison_at` fails there once every other
+/// shard has passed the end (so they are at the end and it stays at `v(first)`). Returns the vectors, per
+/// shard.
+fn uneven_checkpoint(
+    logs: &[PathBuf],
+    sorted: &[Rec],
+    n: usize,
+    first: u64,
+    poison_at: u64,
+    ckpt: &Path,
+) -> Vec<Vec<Position>> {
+    // Snapshots only at the end of a run (and never for a shard that failed).
+    let cfg = EngineConfig { n_shards: n, checkpoint: checkpoint(ckpt, 1 << 40), ..Default::default() };
+    run_merged_keyed(logs, EngineConfig { stop_at: Some(Position(first)), ..cfg.clone() }, Arc::default()).unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = Gate { at: poison_at, reached: reached_tx.into(), release: release_rx.into() };
+    let poison = Arc::new(Hooks { gate: Some(gate), ..Hooks::poison([poison_at], FailMode::Error, u32::MAX) });
+    let total = sorted.len() as u64;
+    let poisoned = shard_of(catchup_segments::key_hash(&sorted[poison_at as usize].key), n).0 as usize;
+    let l = logs.to_vec();
+    let r = within(60, "poisoned run", move || {
+        let keyed = Keyed::new(FoldProj { hooks: poison }, cfg.n_shards);
+        let r = Engine::start_merged(&l, MergeConfig::default(), cfg, |s| keyed.handler(s)).unwrap();
+        reached.recv().unwrap();
+        wait_until(30, "the other shards", || {
+            r.shard_summaries().iter().enumerate().all(|(i, s)| i == poisoned || s.passed == Position(total))
+        });
+        release.send(()).unwrap();
+        r.wait().map(|_| ())
+    });
+    assert!(matches!(r, Err(ReplayError::Handler(_))), "the poison event stops the run: {r:?}");
+    let vectors: Vec<Vec<Position>> =
+        (0..n as u16).map(|i| load_snap(ckpt, i).logs.iter().map(|m| m.position).collect()).collect();
+    assert!(vectors.iter().any(|v| *v != vectors[poisoned]), "the shards' vectors differ: {vectors:?}");
+    vectors
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Resharding a merged checkpoint whose shards are at different vectors (2 -> 4, 4 -> 3, 3 -> 1, 3 -> 5):
+/// the result is the uninterrupted run's, and the resume handles exactly the records each key's old shard had
+/// not folded (a record of log `i` at `p` of a key whose old shard `s` had `V[s][i] <= p`): without the
+/// reader's per-key skip rule the keys of the shards ahead fold their records again. A resharded run stopped
+/// before it has passed every old vector writes no snapshot for a shard holding keys ahead of others (its
+/// vector would claim too little for them), so a further resume still gets the uninterrupted result; once a
+/// full set is written, the files of the old shards `>= n` are gone.
+#[test]
+fn merge_reshard_resumes_to_the_uninterrupted_run() {
+    let recs = gen_logs(2, 3000, 40, 91);
+    let dirs = write_logs(&recs, 91);
+    let logs = paths(&dirs);
+    let sorted = offline_sort(&recs);
+    let want = oracle_merged(&sorted);
+    let total = sorted.len() as u64;
+    for (from, to) in [(2usize, 4usize), (4, 3), (3, 1), (3, 5)] {
+        let what = format!("{from} -> {to} shards");
+        let base = mem_tempdir();
+        let vectors = uneven_checkpoint(&logs, &sorted, from, 2000, 4000, base.path());
+        // Straight to the end with the new count.
+        let ckpt = mem_tempdir();
+        copy_dir(base.path(), ckpt.path());
+        let cfg = EngineConfig { n_shards: to, checkpoint: checkpoint(ckpt.path(), 1 << 40), ..Default::default() };
+        let (s, got) = run_merged_keyed(&logs, cfg.clone(), Arc::default()).unwrap();
+        assert_states_eq(&got, &want, &what);
+        let left = recs
+            .iter()
+            .flatten()
+            .filter(|r| {
+                let old = shard_of(catchup_segments::key_hash(&r.key), from).0 as usize;
+                r.position >= vectors[old][r.log].0
+            })
+            .count() as u64;
+        assert_eq!(handled(&s.shards), left, "{what}: records handled");
+        assert_eq!(s.progress.watermark, Position(total), "{what}");
+        let names: Vec<String> =
+            std::fs::read_dir(ckpt.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names.len(), to, "{what}: only the new shards' files are left: {names:?}");
+        for i in 0..to as u16 {
+            let snap = load_snap(ckpt.path(), i);
+            assert_eq!(snap.meta.n_shards as usize, to, "{what}: shard {i}");
+            assert_eq!(snap.logs.iter().map(|m| m.position.0).sum::<u64>(), total, "{what}: shard {i}");
+        }
+        // Stopped in the middle, resumed with the new count, then with yet another one.
+        let ckpt = mem_tempdir();
+        copy_dir(base.path(), ckpt.path());
+        let cfg = EngineConfig { checkpoint: checkpoint(ckpt.path(), 50), ..cfg };
+        let low: u64 = (0..2).map(|l| vectors.iter().map(|v| v[l].0).min().unwrap()).sum();
+        let mid = EngineConfig { stop_at: Some(Position((low + total) / 2)), ..cfg.clone() };
+        run_merged_keyed(&logs, mid, Arc::default()).unwrap();
+        let again = EngineConfig { stop_at: Some(Position((low + 3 * total) / 4)), ..cfg.clone() };
+        run_merged_keyed(&logs, again, Arc::default()).unwrap();
+        let other = EngineConfig { n_shards: 2, ..cfg };
+        let (_, got) = run_merged_keyed(&logs, other, Arc::default()).unwrap();
+        assert_states_eq(&got, &want, &format!("{what}, stopped twice, then 2 shards"));
+    }
+}
+
+/// Counts a key's events; the third deletes it (a tombstone), the next one starts it again.
+#[derive(Debug, Clone, Copy)]
+struct CountToThree;
+
+impl Projection for CountToThree {
+    type State = u64;
+    fn init(&self, _key: &[u8]) -> u64 {
+        0
+    }
+    fn apply(&self, st: &mut u64, _e: &Event<'_>, _ctx: &Ctx) -> Result<(), HandlerError> {
+        *st += 1;
+        Ok(())
+    }
+    fn is_deleted(&self, st: &u64) -> bool {
+        *st == 3
+    }
+    fn encode(&self, st: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&st.to_le_bytes());
+    }
+    fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+        Ok(u64::from_le_bytes(b.try_into().map_err(|e| HandlerError::permanent(format!("{e}")))?))
+    }
+}
+
+/// Deleted keys in a merged checkpoint: their tombstones (and keys started again after one) carry the merge
+/// number after the deletion as `covered`, which means nothing to the next run; a resume, with the same or
+/// another shard count, ignores it (the per-log vectors skip events) and ends with the uninterrupted result.
+/// Before, every resume of a merged checkpoint holding a tombstone was refused ("has a covered position").
+#[test]
+fn deleted_keys_resume_in_a_merged_run() {
+    let recs = gen_logs(2, 2000, 25, 13);
+    let dirs = write_logs(&recs, 13);
+    let logs = paths(&dirs);
+    let mut want: std::collections::BTreeMap<Vec<u8>, u64> = std::collections::BTreeMap::new();
+    for r in recs.iter().flatten() {
+        *want.entry(r.key.clone()).or_default() += 1;
+    }
+    want.retain(|_, n| {
+        *n %= 3;
+        *n > 0
+    });
+    let ckpt = mem_tempdir();
+    let run = |n: usize, stop_at: Option<u64>| {
+        let cfg = EngineConfig {
+            n_shards: n,
+            checkpoint: checkpoint(ckpt.path(), 100),
+            stop_at: stop_at.map(Position),
+            ..Default::default()
+        };
+        let l = logs.clone();
+        within(60, "merged run with deletions", move || {
+            let keyed = Keyed::new(CountToThree, n);
+            let view = keyed.view();
+            Engine::run_merged(&l, MergeConfig::default(), cfg, |s| keyed.handler(s))?;
+            let mut got = std::collections::BTreeMap::new();
+            view.for_each(|k, v| {
+                got.insert(k.to_vec(), *v);
+            });
+            Ok::<_, ReplayError>(got)
+        })
+    };
+    run(3, Some(1500)).unwrap();
+    run(3, Some(2500)).expect("a merged checkpoint with tombstones resumes");
+    let got = run(2, None).expect("and reshards");
+    assert_eq!(got, want);
+}
+
+/// Checks every call's `Ctx::log` and `Ctx::log_position` against the event's payload, which names the
+/// log and the position there (`gen_logs`); every third event fails its first attempt, so the retry path
+/// (the handler called again outside the batch's fast path) is checked too.
+struct CtxCheck {
+    checked: u64,
+    wrong: Vec<String>,
+    failed: std::collections::HashSet<u64>,
+}
+
+impl ShardHandler for CtxCheck {
+    fn handle(&mut self, e: &Event<'_>, c: &Ctx) -> Result<(), HandlerError> {
+        let log = e.payload[0] as u32;
+        let at = Position(u64::from_le_bytes(e.payload[1..9].try_into().unwrap()));
+        if (c.log, c.log_position) != (log, at) {
+            self.wrong
+                .push(format!("event {}: ctx ({}, {}), payload ({log}, {at})", e.position, c.log, c.log_position));
+        }
+        self.checked += 1;
+        if e.position.0.is_multiple_of(3) && self.failed.insert(e.position.0) {
+            return Err(HandlerError::new("first attempt"));
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _b: &[u8]) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// `Ctx::log` and `Ctx::log_position` say where each event of a merged run comes from (three logs, one of
+/// them empty, 1 and 3 shards, on the fast path and on a retry), and are 0 and `position` for a single log.
+#[test]
+fn ctx_names_the_log_and_the_position_in_it() {
+    let mut recs = gen_logs(3, 700, 20, 23);
+    recs[1].clear();
+    let dirs = write_logs(&recs, 23);
+    let logs = paths(&dirs);
+    let retry = ErrorPolicy::Retry { attempts: 1, backoff: Duration::from_micros(1), then_skip: false };
+    for n in [1, 3] {
+        let cfg = EngineConfig { n_shards: n, on_error: retry, ..Default::default() };
+        let l = logs.clone();
+        let s = within(60, "merged ctx run", move || {
+            let new = |_| CtxCheck { checked: 0, wrong: Vec::new(), failed: Default::default() };
+            Engine::run_merged(&l, MergeConfig::default(), cfg, new).unwrap()
+        });
+        let hs = s.log_handlers();
+        let wrong: Vec<&String> = hs.iter().flat_map(|h| &h.wrong).collect();
+        assert!(wrong.is_empty(), "{n} shards: {wrong:?}");
+        let calls: u64 = hs.iter().map(|h| h.checked).sum();
+        assert_eq!(calls, 1400 + 1400_u64.div_ceil(3), "{n} shards: every event checked, a third twice");
+    }
+    // One log: log 0, and the log position is the position (the payload names log 0).
+    let l = logs[0].clone();
+    let s = within(60, "single-log ctx run", move || {
+        let new = |_| CtxCheck { checked: 0, wrong: Vec::new(), failed: Default::default() };
+        Engine::run(&l, EngineConfig { on_error: retry, ..Default::default() }, new).unwrap()
+    });
+    assert!(s.log_handlers()[0].wrong.is_empty(), "{:?}", s.log_handlers()[0].wrong);
+    assert_eq!(s.log_handlers()[0].checked, 700 + 700_u64.div_ceil(3));
+}
+
 /// What a merged checkpoint refuses, each with the file named: a single-log run over it, a merge of the
-/// same logs in another order or of other logs, another shard count, and a log changed under it. A merged
+/// same logs in another order or of other logs, another shard count for a raw handler's state, and a log
+/// changed under it. A merged
 /// run also refuses a single-log checkpoint, the broadcast topology and a start position.
 #[test]
 fn merged_checkpoints_refuse_what_they_cannot_resume() {
@@ -332,8 +576,23 @@ fn merged_checkpoints_refuse_what_they_cannot_resume() {
         run_merged_keyed(&three, cfg.clone(), Arc::default()).map(|_| ()),
         "a merge of 2 logs, 2 of them among this run's 3",
     );
-    let four = EngineConfig { n_shards: 4, ..cfg.clone() };
-    expect(run_merged_keyed(&logs, four, Arc::default()).map(|_| ()), "cannot be resharded");
+    // A raw handler's state cannot be redistributed to another shard count (a keyed projection's can).
+    let raw_ckpt = mem_tempdir();
+    let raw_cfg = EngineConfig { checkpoint: checkpoint(raw_ckpt.path(), 100), ..cfg.clone() };
+    let raw = |cfg: EngineConfig| {
+        let (l, h) = (logs.clone(), Arc::new(Hooks::default()));
+        within(60, "merged raw run", move || {
+            Engine::run_merged(&l, MergeConfig::default(), cfg, |_| FoldShard::new(&h)).map(|_| ())
+        })
+    };
+    raw(EngineConfig { stop_at: Some(Position(700)), ..raw_cfg.clone() }).unwrap();
+    match raw(EngineConfig { n_shards: 4, ..raw_cfg }) {
+        Err(ReplayError::Snapshot(SnapshotError::Mismatch { path, why })) => {
+            assert_eq!(path, snap_path(raw_ckpt.path(), 0));
+            assert!(why.contains("cannot be redistributed"), "{why}");
+        }
+        other => panic!("expected a Mismatch, got {other:?}"),
+    }
 
     // A single-log checkpoint under a merged run.
     let single = mem_tempdir();
@@ -354,26 +613,24 @@ fn merged_checkpoints_refuse_what_they_cannot_resume() {
         }
     }
 
-    // A per-key `covered` position in a merged snapshot (which a merged run never writes).
+    // A per-key `covered` position in a merged snapshot (a merge number of the run that wrote it) is not
+    // used by the next run: here 5, which a key's later events would be skipped below if it were.
     let copy = mem_tempdir();
     for i in 0..2 {
         std::fs::copy(snap_path(ckpt.path(), i), snap_path(copy.path(), i)).unwrap();
     }
-    let s = load_snap(copy.path(), 0);
-    let mut state = Vec::new();
-    for e in catchup_engine::keyed::decode_key_entries(&s.state) {
-        let (key, _, st) = e.unwrap();
-        catchup_engine::keyed::encode_key_entry(&mut state, key, Position(5), st);
-    }
-    snapshot::write_merged(copy.path(), &s.meta, &s.logs, &state).unwrap();
-    let covered = EngineConfig { checkpoint: checkpoint(copy.path(), 100), ..cfg.clone() };
-    match run_merged_keyed(&logs, covered, Arc::default()) {
-        Err(ReplayError::Snapshot(SnapshotError::Invalid { path, why })) => {
-            assert_eq!(path, snap_path(copy.path(), 0));
-            assert!(matches!(why, InvalidSnapshot::MergedKeyCovered { covered: Position(5), .. }), "{why}");
+    for i in 0..2 {
+        let s = load_snap(copy.path(), i);
+        let mut state = Vec::new();
+        for e in catchup_engine::keyed::decode_key_entries(&s.state) {
+            let (key, _, st) = e.unwrap();
+            catchup_engine::keyed::encode_key_entry(&mut state, key, Position(u64::MAX), st);
         }
-        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        snapshot::write_merged(copy.path(), &s.meta, &s.logs, &state).unwrap();
     }
+    let covered = EngineConfig { checkpoint: checkpoint(copy.path(), 100), ..cfg.clone() };
+    let (_, got) = run_merged_keyed(&logs, covered, Arc::default()).unwrap();
+    assert_states_eq(&got, &oracle_merged(&offline_sort(&recs)), "per-key covered positions ignored");
 
     // Log 1 cut below the checkpoint and appended again with other records.
     let vectors: Vec<Position> = load_snap(ckpt.path(), 0).logs.iter().map(|m| m.position).collect();
@@ -468,6 +725,8 @@ fn thread_cpu() -> Duration {
 }
 
 const CHILD_KILL: &str = "CATCHUP_IT_CHILD_MERGED";
+/// The child's shard count (3 if unset).
+const CHILD_SHARDS: &str = "CATCHUP_IT_CHILD_SHARDS";
 
 /// Child mode: a merged, checkpointed run over the logs in `$CATCHUP_IT_CHILD_MERGED` (`LOG;LOG;CKPT`), paced
 /// (100k events/s: the 40,000 events take 0.4 s) so that the first run is always killed in the middle however
@@ -478,8 +737,9 @@ fn child_merged_run() {
     let Ok(arg) = std::env::var(CHILD_KILL) else { return };
     let parts: Vec<&str> = arg.split(';').collect();
     let (logs, ckpt) = (&parts[..parts.len() - 1], parts[parts.len() - 1]);
+    let n_shards = std::env::var(CHILD_SHARDS).map_or(3, |n| n.parse().unwrap());
     let cfg = EngineConfig {
-        n_shards: 3,
+        n_shards,
         ring_size: 64,
         publish_batch: 8,
         checkpoint: checkpoint(Path::new(ckpt), 40),
@@ -494,17 +754,31 @@ fn child_merged_run() {
 /// kill -9 of a merged run at random points, then resume, several times: the final state is the oracle's.
 #[test]
 fn killed_merged_runs_resume_to_the_oracle() {
-    let recs = gen_logs(2, 20_000, 50, 31);
-    let dirs = write_logs(&recs, 31);
+    killed_merged_runs(31, &mut |_| 3);
+}
+
+/// kill -9 around reshards: each run (killed at a random point, or not) has a random shard count from 1 to
+/// 5, so runs are killed in the middle of a reshard (some new shards written, old files of other counts left)
+/// and resume into yet another count; the final state is the oracle's.
+#[test]
+fn killed_merged_runs_across_reshards_resume_to_the_oracle() {
+    let mut rng = Rng(17);
+    killed_merged_runs(47, &mut |_| 1 + rng.below(5) as usize);
+}
+
+fn killed_merged_runs(seed: u64, shards: &mut dyn FnMut(usize) -> usize) {
+    let recs = gen_logs(2, 20_000, 50, seed);
+    let dirs = write_logs(&recs, seed);
     let logs = paths(&dirs);
     let ckpt = mem_tempdir();
     let arg = format!("{};{};{}", logs[0].display(), logs[1].display(), ckpt.path().display());
     let mut rng = Rng(5);
     let mut killed = 0;
-    for _ in 0..6 {
+    for run in 0..6 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["merge::child_merged_run", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_KILL, &arg)
+            .env(CHILD_SHARDS, shards(run).to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -519,7 +793,7 @@ fn killed_merged_runs_resume_to_the_oracle() {
         assert!(alive || status.success(), "the merged run failed: {status}");
     }
     assert!(killed > 0, "no run was killed (the logs are too short for this machine)");
-    let cfg = EngineConfig { n_shards: 3, checkpoint: checkpoint(ckpt.path(), 40), ..Default::default() };
+    let cfg = EngineConfig { n_shards: shards(6), checkpoint: checkpoint(ckpt.path(), 40), ..Default::default() };
     let (_, got) = run_merged_keyed(&logs, cfg, Arc::default()).unwrap();
     assert_states_eq(&got, &oracle_merged(&offline_sort(&recs)), "after kills");
 }
@@ -570,7 +844,7 @@ fn merged_throughput() {
     let total = (2 * n_each) as f64;
     // The read alone, no engine: one cursor's record heads against the merged cursor's, in M heads per
     // second of this thread's CPU time (less at the mercy of other processes than wall time).
-    let mut scan = (Vec::new(), Vec::new());
+    let mut scan = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
         let t = thread_cpu();
         let reader = catchup_segments::LogReader::open(single.path()).unwrap();
@@ -592,14 +866,29 @@ fn merged_throughput() {
         }
         std::hint::black_box(x);
         scan.1.push(total / (thread_cpu() - t).as_secs_f64() / 1e6);
+        // In runs (what the engine's merged reader does).
+        let t = thread_cpu();
+        let mut c =
+            catchup_segments::MergedCursor::open(&readers, &[Position(0); 2], catchup_segments::merge::Wait::No)
+                .unwrap();
+        let mut x = 0u64;
+        while let catchup_segments::merge::RunStep::Run(r) = c.step_run(1024).unwrap() {
+            x = r.heads.iter().fold(x, |x, h| x ^ h.key_hash);
+        }
+        std::hint::black_box(x);
+        scan.2.push(total / (thread_cpu() - t).as_secs_f64() / 1e6);
     }
     scan.0.sort_by(f64::total_cmp);
     scan.1.sort_by(f64::total_cmp);
+    scan.2.sort_by(f64::total_cmp);
     println!(
-        "read only (CPU time): one log {:.2} M heads/s, two logs merged {:.2} M heads/s, ratio {:.2}",
+        "read only (CPU time): one log {:.2} M heads/s, two logs merged {:.2} M heads/s (ratio {:.2}), in runs \
+         {:.2} M heads/s (ratio {:.2})",
         scan.0[2],
         scan.1[2],
-        scan.1[2] / scan.0[2]
+        scan.1[2] / scan.0[2],
+        scan.2[2],
+        scan.2[2] / scan.0[2]
     );
     for n in [1usize, 2, 4] {
         let cfg = EngineConfig { n_shards: n, ..Default::default() };
@@ -712,7 +1001,7 @@ fn max_rate_paces_a_merged_run() {
     let recs = gen_logs(2, 10_000, 50, 41);
     let dirs = write_logs(&recs, 41);
     let logs = paths(&dirs);
-    // Small publish batches: the merge thread's messages then carry many more records than a flush.
+    // Small publish batches: a flush then comes every 32 records, far fewer than a run of the merge may hold.
     let cfg =
         EngineConfig { n_shards: 2, ring_size: 64, publish_batch: 8, max_rate: Some(50_000), ..Default::default() };
     let t0 = Instant::now();

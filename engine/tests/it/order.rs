@@ -148,7 +148,14 @@ fn keyed_handler_keeps_keys_with_one_hash_apart() {
     use catchup_engine::keyed::decode_key_entries;
     let keyed = Keyed::new(FoldProj::default(), 1);
     let mut h = keyed.handler(ShardId(0));
-    let ctx = |p| Ctx { shard: ShardId(0), n_shards: 1, position: Position(p), replay: true };
+    let ctx = |p| Ctx {
+        shard: ShardId(0),
+        n_shards: 1,
+        position: Position(p),
+        replay: true,
+        log: 0,
+        log_position: Position(p),
+    };
     let ev = |p: u64, key: &'static [u8], hash: u64| Event {
         position: Position(p),
         timestamp_ns: 0,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use catchup_segments::merge::{MergedCursor, Step, Wait};
+use catchup_segments::merge::{MergedCursor, RunStep, Step, Wait};
 use catchup_segments::*;
 use proptest::prelude::*;
 
@@ -69,19 +69,38 @@ fn readers(dirs: &[&Path]) -> Vec<LogReader> {
     dirs.iter().map(|d| LogReader::open(d).unwrap()).collect()
 }
 
-/// Reads up to `limit` records of a backlog merge from `starts`, checking each record against its log.
-fn merged(readers: &[LogReader], starts: &[Position], limit: usize) -> (Vec<Rec>, Vec<Position>) {
+/// Reads up to `limit` records of a backlog merge from `starts`, checking each record against its log:
+/// record by record (`step`) when `run_max` is 1, else in runs of at most `run_max` (`step_run`), each of
+/// one log and of consecutive positions.
+fn merged(readers: &[LogReader], starts: &[Position], limit: usize, run_max: usize) -> (Vec<Rec>, Vec<Position>) {
     let mut m = MergedCursor::open(readers, starts, Wait::No).unwrap();
     let mut out = Vec::new();
+    let check = |out: &mut Vec<Rec>, log: usize, segment: &Segment, head: &RecordHead| {
+        let rec = segment.record_at(head.offset).expect("the head names a record");
+        assert_eq!((rec.position, rec.timestamp_ns), (head.position, head.timestamp_ns));
+        out.push((log, rec.position.0, rec.timestamp_ns, rec.key.to_vec()));
+    };
     while out.len() < limit {
-        match m.step().unwrap() {
-            Step::Record(r) => {
-                let rec = r.segment.record_at(r.head.offset).expect("the head names a record");
-                assert_eq!((rec.position, rec.timestamp_ns), (r.head.position, r.head.timestamp_ns));
-                out.push((r.log, rec.position.0, rec.timestamp_ns, rec.key.to_vec()));
+        if run_max == 1 {
+            match m.step().unwrap() {
+                Step::Record(r) => check(&mut out, r.log, r.segment, &r.head),
+                Step::End => break,
+                Step::Pending => panic!("a backlog merge never waits"),
             }
-            Step::End => break,
-            Step::Pending => panic!("a backlog merge never waits"),
+            continue;
+        }
+        match m.step_run(run_max.min(limit - out.len())).unwrap() {
+            RunStep::Run(r) => {
+                assert!(!r.heads.is_empty() && r.heads.len() <= run_max, "{} heads", r.heads.len());
+                for (h, next) in r.heads.iter().zip(&r.heads[1..]) {
+                    assert_eq!(next.position.0, h.position.0 + 1, "a run is consecutive records of one log");
+                }
+                for h in r.heads {
+                    check(&mut out, r.log, r.segment, h);
+                }
+            }
+            RunStep::End => break,
+            RunStep::Pending => panic!("a backlog merge never waits"),
         }
     }
     (out, m.positions())
@@ -93,7 +112,7 @@ proptest! {
     /// Interleaved and tied timestamps in up to four logs (some empty): the merge equals the offline sort
     /// when every log's timestamps never go back, and the model merge (each log's order kept) when some do;
     /// stopping after any number of records then resuming from the position vector gives the rest, with the
-    /// vector's sum equal to the number handed out.
+    /// vector's sum equal to the number handed out. Record by record or in runs of any length: the same.
     #[test]
     fn merge_equals_offline_sort_and_resumes_from_the_vector(
         logs in proptest::collection::vec(
@@ -102,6 +121,7 @@ proptest! {
         ),
         sorted in any::<bool>(),
         cut in 0usize..400,
+        run_max in prop_oneof![Just(1usize), 2usize..10, Just(usize::MAX)],
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let dirs: Vec<_> = (0..logs.len()).map(|i| tmp.path().join(format!("log{i}"))).collect();
@@ -119,14 +139,14 @@ proptest! {
         }
         let rs = readers(&dirs);
         let zeros = vec![Position(0); dirs.len()];
-        let (all, end) = merged(&rs, &zeros, usize::MAX);
+        let (all, end) = merged(&rs, &zeros, usize::MAX, run_max);
         prop_assert_eq!(&all, &want);
         prop_assert_eq!(end.iter().map(|p| p.0).sum::<u64>(), want.len() as u64);
 
         let cut = cut.min(want.len());
-        let (head, at) = merged(&rs, &zeros, cut);
+        let (head, at) = merged(&rs, &zeros, cut, run_max);
         prop_assert_eq!(at.iter().map(|p| p.0).sum::<u64>(), cut as u64);
-        let (tail, _) = merged(&rs, &at, usize::MAX);
+        let (tail, _) = merged(&rs, &at, usize::MAX, run_max);
         prop_assert_eq!([head, tail].concat(), want);
     }
 }

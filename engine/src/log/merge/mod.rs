@@ -18,11 +18,18 @@
 //! position `p` when `p` is below its shard's own `vector[i]` (counted as covered). This is exact whatever
 //! order the previous run merged in (following, the skew may have let a late record through in another
 //! order than a backlog read would): each vector entry says exactly which of that log's records a shard's
-//! state holds. Resharding a merged checkpoint is refused: a keyed projection's per-key `covered` positions
-//! are merge sequence numbers of the run that wrote them, meaningless to another run, so a key moved to
-//! another shard could not tell which of its events are already folded in. For the same reason per-key
-//! state in a merged snapshot never has a `covered` position (the reader's per-log rule does that job):
-//! restore refuses one that does.
+//! state holds. A per-key entry's `covered` position in a merged snapshot (set only by a deletion: a merge
+//! sequence number of the run that wrote it, meaningless to another run) is ignored on restore: the reader's
+//! per-log rule does that job.
+//!
+//! # Resharding
+//!
+//! A keyed projection's checkpoint resumes with another shard count (`coverage`): every event of a key went
+//! to one shard of the run that wrote its state, so that shard's vector says which of the key's events the
+//! state holds. The coverage maps each key hash to that vector (constant on the ranges of hashes the shards of
+//! each count own), the reader drops a record of log `i` at `p` when `p < coverage.at(key_hash)[i]`, and a new
+//! shard whose keys came in at different vectors writes no snapshot until the merge has passed the highest of
+//! them (`MergedShard::hold`): before that, no single vector is right for all its keys.
 //!
 //! # Topology
 //!
@@ -31,6 +38,7 @@
 //! from without a second table lookup per event, and the records the reader drops would hold back the
 //! positions of the shards that do not own them.
 
+mod coverage;
 mod reader;
 mod resume;
 mod start;
@@ -39,7 +47,7 @@ mod tracker;
 use std::time::Duration;
 
 pub(crate) use resume::bind_merged;
-pub(crate) use tracker::MergedShard;
+pub(crate) use tracker::{MergedShard, MergedVectors};
 
 /// How several logs are merged into one replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

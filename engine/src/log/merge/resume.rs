@@ -3,12 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use catchup_segments::{LogReader, Position};
+use catchup_segments::{LogReader, Position, key_hash};
 
+use super::coverage::{Coverage, shard_start};
 use crate::error::{InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::{ShardHandler, StateLayout};
-use crate::keyed::decode_key_entries;
+use crate::keyed::{EntryState, decode_key_entries, encode_key_entry};
 use crate::run::handler_mismatch;
+use crate::shard::shard_of;
 use crate::snapshot::{self, LogMark, SnapshotMeta};
 
 /// Fills in the binding checksum of each log of a merged snapshot about to be written into `dir` (see
@@ -39,9 +41,25 @@ pub(crate) fn bind_merged(
     Ok(())
 }
 
+/// What a merged checkpoint restores besides the handlers' state.
+#[derive(Debug)]
+pub(super) struct MergedRestore {
+    /// Per key hash, the vector of records the restored state already holds (the reader drops a record of
+    /// log `i` below `coverage.at(key_hash)[i]`).
+    pub(super) coverage: Coverage,
+    /// Per shard of this run, the lowest vector of its keys: what its snapshots may claim (with `v(m)`).
+    pub(super) own: Vec<Vec<Position>>,
+    /// Per shard of this run, the highest vector of its keys when it is above `own` (keys moved in from
+    /// shards of another run that were ahead): the shard writes no snapshot until the merge has passed it.
+    pub(super) hold: Vec<Option<Vec<Position>>>,
+    /// Some snapshot was written with another shard count (its files of shards `>= n` are to be retired).
+    pub(super) resharded: bool,
+}
+
 /// Checks a merged checkpoint's snapshots against this run (same logs in the same order, same handler
-/// configuration and layout, same shard count), checks each log's binding, restores the handlers and returns
-/// each shard's vector (`default` for a shard without a snapshot).
+/// configuration and layout; the same shard count for per-shard state), checks each log's binding, restores
+/// the handlers (per-key state redistributed to this run's shard count) and returns what each key's state
+/// covers (`default` where no snapshot holds the key).
 pub(super) fn restore_merged<H: ShardHandler>(
     snaps: &[(PathBuf, snapshot::Snapshot)],
     fingerprint: u64,
@@ -49,9 +67,8 @@ pub(super) fn restore_merged<H: ShardHandler>(
     views: &[LogReader],
     handlers: &mut [H],
     default: &[Position],
-) -> Result<Vec<Vec<Position>>, ReplayError> {
+) -> Result<MergedRestore, ReplayError> {
     let n = handlers.len();
-    let mut own = vec![default.to_vec(); n];
     let layout = handlers[0].state_layout();
     for (path, s) in snaps {
         let mismatch = |why: String| SnapshotError::Mismatch { path: path.clone(), why };
@@ -83,12 +100,11 @@ pub(super) fn restore_merged<H: ShardHandler>(
         if let Some(why) = handler_mismatch(&s.meta, fingerprint, layout) {
             return Err(mismatch(why).into());
         }
-        if s.meta.n_shards as usize != n {
+        if layout == StateLayout::PerShard && s.meta.n_shards as usize != n {
             return Err(mismatch(format!(
-                "written by a merged run with {} shards, this run has {n}; a merged checkpoint cannot be \
-                 resharded (a keyed projection's per-key positions there are merge sequence numbers of the run \
-                 that wrote them, not log positions): resume with {} shards, or use a new checkpoint directory",
-                s.meta.n_shards, s.meta.n_shards
+                "written by a merged run with {} shards, this run has {n}; a raw shard handler's state cannot be \
+                 redistributed (use a keyed projection, or the same shard count, or a new checkpoint directory)",
+                s.meta.n_shards
             ))
             .into());
         }
@@ -124,34 +140,82 @@ pub(super) fn restore_merged<H: ShardHandler>(
             }
         }
     }
-    for (path, s) in snaps {
-        let i = s.meta.shard_idx as usize;
-        let state = match layout {
-            StateLayout::PerShard => s.state.clone(),
-            // A merged run never sets a per-key `covered` position (it would be a merge number of the run
-            // that wrote it, meaningless here; the per-log vector skips events instead).
-            StateLayout::PerKey => {
-                for entry in decode_key_entries(&s.state) {
-                    let (key, covered, _) = entry.map_err(|why| SnapshotError::Invalid {
+    let files: Vec<(u16, u16, Vec<Position>)> = snaps
+        .iter()
+        .map(|(_, s)| (s.meta.n_shards, s.meta.shard_idx, s.logs.iter().map(|m| m.position).collect()))
+        .collect();
+    let coverage = Coverage::build(&files, n, default)
+        .map_err(|(f, why)| SnapshotError::Mismatch { path: snaps[f].0.clone(), why })?;
+    let resharded = snaps.iter().any(|(_, s)| s.meta.n_shards as usize != n);
+    if resharded {
+        // Per-key state: each key goes to its new shard from the file that holds its newest state (the one
+        // its coverage comes from); entries of older files for the same key are superseded.
+        let mut parts: Vec<Vec<u8>> = vec![Vec::new(); n];
+        for (f, (path, s)) in snaps.iter().enumerate() {
+            for entry in decode_key_entries(&s.state) {
+                let (key, state) = checked_entry(entry, path)?;
+                let h = key_hash(key);
+                let owner = shard_of(h, s.meta.n_shards as usize).0;
+                if owner != s.meta.shard_idx {
+                    return Err(SnapshotError::Invalid {
                         path: path.clone(),
-                        why: InvalidSnapshot::KeyEntries(why),
-                    })?;
-                    if covered != Position(0) {
-                        return Err(SnapshotError::Invalid {
-                            path: path.clone(),
-                            why: InvalidSnapshot::MergedKeyCovered {
-                                key: String::from_utf8_lossy(key).into_owned(),
-                                covered,
-                            },
-                        }
-                        .into());
+                        why: InvalidSnapshot::KeyEntries(format!(
+                            "key {:?} belongs to shard {owner} of {}, not to this file's shard {}",
+                            String::from_utf8_lossy(key),
+                            s.meta.n_shards,
+                            s.meta.shard_idx
+                        )),
                     }
+                    .into());
                 }
-                s.state.clone()
+                if coverage.source(h) == Some(f) {
+                    encode_key_entry(&mut parts[shard_of(h, n).0 as usize], key, Position(0), state);
+                }
             }
-        };
-        handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
-        own[i] = s.logs.iter().map(|m| m.position).collect();
+        }
+        for (j, part) in parts.iter().enumerate() {
+            handlers[j].restore(part).map_err(|e| SnapshotError::Restore {
+                path: snaps[0].0.parent().map(Path::to_path_buf).unwrap_or_default(),
+                why: e.to_string(),
+            })?;
+        }
+    } else {
+        for (path, s) in snaps {
+            let state = match layout {
+                StateLayout::PerShard => s.state.clone(),
+                StateLayout::PerKey => {
+                    let mut out = Vec::with_capacity(s.state.len());
+                    for entry in decode_key_entries(&s.state) {
+                        let (key, state) = checked_entry(entry, path)?;
+                        encode_key_entry(&mut out, key, Position(0), state);
+                    }
+                    out
+                }
+            };
+            handlers[s.meta.shard_idx as usize]
+                .restore(&state)
+                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
+        }
     }
-    Ok(own)
+    let mut own = Vec::with_capacity(n);
+    let mut hold = Vec::with_capacity(n);
+    for j in 0..n {
+        let (low, high) = shard_start(&coverage, j, n);
+        hold.push((high != low).then_some(high));
+        own.push(low);
+    }
+    Ok(MergedRestore { coverage, own, hold, resharded })
+}
+
+/// A per-key entry of a merged snapshot, decoded, without its `covered` position: in a merged run that is a
+/// merge sequence number of the run that wrote it (the handler's tombstone of a deleted key, and a key
+/// started again after one, carry the number after the deletion), meaningless to this run, which skips
+/// events by the per-log vectors instead; the entry is restored with `covered = 0`.
+fn checked_entry<'a>(
+    entry: Result<(&'a [u8], Position, EntryState<'a>), String>,
+    path: &Path,
+) -> Result<(&'a [u8], EntryState<'a>), ReplayError> {
+    let (key, _covered, state) = entry
+        .map_err(|why| SnapshotError::Invalid { path: path.to_path_buf(), why: InvalidSnapshot::KeyEntries(why) })?;
+    Ok((key, state))
 }

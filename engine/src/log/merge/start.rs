@@ -11,9 +11,10 @@ use crossbeam::utils::CachePadded;
 use disruptor::BusySpin;
 
 use super::MergeConfig;
+use super::coverage::Coverage;
 use super::reader::{FLUSH_EVERY_BATCHES, MergedRings, merged_reader_loop};
-use super::resume::restore_merged;
-use super::tracker::{MergedShard, Tracker};
+use super::resume::{MergedRestore, restore_merged};
+use super::tracker::{MergedShard, MergedVectors, Tracker};
 use crate::Engine;
 use crate::error::{ConfigError, ReplayError, SnapshotError};
 use crate::handler::ShardHandler;
@@ -91,7 +92,7 @@ impl Engine {
                 return Err(ConfigError::MergedStartPosition(p).into());
             }
         };
-        let mut own = vec![default.clone(); n];
+        let mut restored = None;
         if let Some(cp) = &config.checkpoint {
             std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
                 op: "create directory",
@@ -100,8 +101,17 @@ impl Engine {
             })?;
             let snaps = snapshot::load_all(&cp.dir)?;
             let views = views.as_deref().expect("opened with a checkpoint");
-            own = restore_merged(&snaps, config.fingerprint, &log_ids, views, &mut handlers, &default)?;
+            restored = Some(restore_merged(&snaps, config.fingerprint, &log_ids, views, &mut handlers, &default)?);
         }
+        let MergedRestore { coverage, own, hold, resharded } = match restored {
+            Some(r) => r,
+            None => MergedRestore {
+                coverage: Coverage::build(&[], n, &default).expect("no files, nothing to disagree"),
+                own: vec![default.clone(); n],
+                hold: vec![None; n],
+                resharded: false,
+            },
+        };
         let start_vec: Vec<Position> = (0..k).map(|l| own.iter().map(|v| v[l]).min().expect("n >= 1")).collect();
         let m0: u64 = start_vec.iter().map(|p| p.0).sum();
         let mut replay_end = 0u64;
@@ -110,6 +120,8 @@ impl Engine {
         }
         let replay_end = Position(replay_end);
         let tracker = Arc::new(Tracker::new(m0, &start_vec));
+        let progress_tracker = tracker.clone();
+        let start_vec_kept = start_vec.clone();
         let log_ids = Arc::new(log_ids);
         let dirs: Arc<Vec<std::path::PathBuf>> = Arc::new(log_dirs.iter().map(|d| d.as_ref().to_path_buf()).collect());
         let merged_id = snapshot::merged_log_id(&log_ids);
@@ -138,7 +150,9 @@ impl Engine {
                     .map(|c| c.dir.clone())
                     .zip(views.map(|v| v.into_iter().map(snapshot::BindingLookup::new).collect::<Vec<_>>())),
                 dead_letters: config.dead_letters.clone(),
-                retire: None,
+                // Files of another shard count: once every shard of this run has written, those of shards
+                // `>= n` are superseded (they would only lower every restart's start vector).
+                retire: resharded.then_some(n),
             };
             spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };
@@ -156,8 +170,10 @@ impl Engine {
             let merged = MergedShard {
                 tracker: tracker.clone(),
                 own: own[i].clone(),
+                hold: hold[i].clone(),
                 log_ids: log_ids.clone(),
                 dirs: dirs.clone(),
+                seg_logs: Vec::new(),
             };
             let start = ShardStart {
                 position: start,
@@ -173,8 +189,8 @@ impl Engine {
         let reader_thread = {
             let shared = shared.clone();
             let cfg = config.clone();
-            // Vectors to drop covered records by: only a resumed shard ahead of the start vector has any.
-            let skip = own.iter().any(|v| *v != start_vec).then_some(own);
+            // What to drop covered records by: only keys restored ahead of the start vector have any.
+            let skip = (!coverage.is_uniform(&start_vec)).then_some(coverage);
             std::thread::Builder::new()
                 .name("catchup-reader".into())
                 .spawn(move || {
@@ -182,7 +198,7 @@ impl Engine {
                     let rings = MergedRings {
                         bufs: (0..n).map(|_| Vec::with_capacity(cfg.publish_batch)).collect(),
                         producers,
-                        logs: Vec::with_capacity(FLUSH_EVERY_BATCHES * cfg.publish_batch),
+                        runs: Vec::with_capacity(FLUSH_EVERY_BATCHES * cfg.publish_batch),
                         covered: vec![0; n],
                         backoff: Backoff::new(cfg.wait),
                         tracker,
@@ -191,6 +207,7 @@ impl Engine {
                 })
                 .map_err(ReplayError::Thread)?
         };
-        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io) }))
+        let merged = Some(MergedVectors { tracker: progress_tracker, start: start_vec_kept });
+        Ok(Running::new(LogRun { shared, reader: Some(reader_thread), shards: shard_threads, io: Some(io), merged }))
     }
 }

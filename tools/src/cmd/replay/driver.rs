@@ -187,7 +187,11 @@ fn stats<H>(
         dead_letters: dead.then(|| cfg.dead_letters.clone()),
         output,
         source: match &cfg.source {
-            Source::Log(_) => SourceStats::Log { start: f.progress.start, watermark: f.progress.watermark },
+            Source::Log(_) => SourceStats::Log {
+                start: f.progress.start,
+                watermark: f.progress.watermark,
+                logs: f.progress.log_starts.iter().copied().zip(f.progress.log_watermarks.iter().copied()).collect(),
+            },
             Source::Kafka(k) => SourceStats::Kafka(KafkaStats::new(
                 k,
                 f.progress.kafka.as_ref().expect("a Kafka run's progress has its Kafka part"),

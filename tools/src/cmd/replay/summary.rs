@@ -37,6 +37,13 @@ pub fn progress_json(p: &catchup_engine::Progress) -> serde_json::Value {
         "watermark": pos(p.watermark),
         "end": pos(p.end),
         "replay_end": pos(p.replay_end),
+        // Merged logs: each log's own positions (start and watermark above are merge numbers); null for one
+        // log and for Kafka.
+        "logs": (!p.log_watermarks.is_empty()).then(|| {
+            p.log_starts.iter().zip(&p.log_watermarks).enumerate()
+                .map(|(i, (s, w))| serde_json::json!({"log": i, "start": s.0, "watermark": w.0}))
+                .collect::<Vec<_>>()
+        }),
         "caught_up": p.caught_up,
         "lag_events": p.lag_events,
         "lag_ns": p.lag_ns,
@@ -68,10 +75,13 @@ pub fn progress_json(p: &catchup_engine::Progress) -> serde_json::Value {
 pub enum SourceStats {
     /// A log: the positions covered.
     Log {
-        /// Where the run started (lowest shard start).
+        /// Where the run started (lowest shard start); a number in the merged order for merged logs.
         start: Position,
         /// Every event below this was handled.
         watermark: Position,
+        /// Merged logs (`--merge time`): per log, in the order given, (start, watermark) as positions in
+        /// that log. Empty for one log.
+        logs: Vec<(Position, Position)>,
     },
     /// A topic: partitions, lag and rebalances.
     Kafka(KafkaStats),
@@ -148,7 +158,7 @@ impl Stats {
             self.handler,
             match &self.source {
                 SourceStats::Kafka(k) => format!("from {}{}", k.url, if self.caught_up { " (caught up)" } else { "" }),
-                SourceStats::Log { start, watermark } => format!(
+                SourceStats::Log { start, watermark, .. } => format!(
                     "positions {}..{}{}",
                     fmt_count(start.0),
                     fmt_count(watermark.0),
@@ -160,6 +170,16 @@ impl Stats {
             self.shards.iter().enumerate().map(|(i, s)| format!("{i}: {}", fmt_count(s.handled))).collect();
         for chunk in per.chunks(8) {
             writeln!(out, "  events per shard  {}", chunk.join("  "))?;
+        }
+        if let SourceStats::Log { logs, .. } = &self.source
+            && !logs.is_empty()
+        {
+            let per: Vec<String> = logs
+                .iter()
+                .enumerate()
+                .map(|(i, (s, w))| format!("{i}: {}..{}", fmt_count(s.0), fmt_count(w.0)))
+                .collect();
+            writeln!(out, "  positions per log  {}", per.join("  "))?;
         }
         if self.covered > 0 {
             writeln!(out, "  resumed from snapshots: {} events already covered were skipped", fmt_count(self.covered))?;
@@ -192,10 +212,21 @@ impl Stats {
             .iter()
             .map(|(n, d)| (hist::json_series_name(n), hist::percentiles_json(d, &SUMMARY_QUANTILES)))
             .collect();
-        // Log positions; a Kafka run has offsets per partition instead (under "kafka").
-        let (start, watermark) = match &self.source {
-            SourceStats::Log { start, watermark } => (Some(start.0), Some(watermark.0)),
-            SourceStats::Kafka(_) => (None, None),
+        // Log positions; a Kafka run has offsets per partition instead (under "kafka"). Merged logs: `start`
+        // and `watermark` are numbers in the merged order, and `logs` has each log's own positions (in the
+        // order the logs were given); null for one log and for Kafka.
+        let (start, watermark, logs) = match &self.source {
+            SourceStats::Log { start, watermark, logs } => (
+                Some(start.0),
+                Some(watermark.0),
+                (!logs.is_empty()).then(|| {
+                    logs.iter()
+                        .enumerate()
+                        .map(|(i, (s, w))| serde_json::json!({"log": i, "start": s.0, "watermark": w.0}))
+                        .collect::<Vec<_>>()
+                }),
+            ),
+            SourceStats::Kafka(_) => (None, None, None),
         };
         serde_json::json!({
             "v": SUMMARY_JSON_VERSION,
@@ -206,6 +237,7 @@ impl Stats {
             "shards": self.shards.len(),
             "start": start,
             "watermark": watermark,
+            "logs": logs,
             "caught_up": self.caught_up,
             "interrupted": self.interrupted,
             "covered": self.covered,
