@@ -8,6 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 mod util;
+#[path = "util/json_doc.rs"]
+mod json_doc;
 use util::{catchup, read, s, tmp};
 
 /// Two logs: A at 0, 2, 4 .. ms and B at 1, 4, 7 .. ms (ties at 4, 10, 16 ..), over the same keys.
@@ -193,6 +195,7 @@ fn merged_json_summary_has_per_log_positions() {
     let all = json(&[s(&a), s(&b), "--merge", "time", "--shards", "2"]);
     assert_eq!(per_log(&all), [(0, 0, 3000), (1, 0, 3000)]);
     assert_eq!(all["watermark"], 6000);
+    json_doc::check_documented(&all, "`replay --json`: the run summary", |_| false);
     let ten = json(&[s(&a), s(&b), "--merge", "time", "--shards", "3", "--to", "10"]);
     assert_eq!(per_log(&ten), [(0, 0, 6), (1, 0, 4)]);
     assert_eq!(ten["watermark"], 10);

@@ -297,6 +297,15 @@ mod tests {
             (Some(90), Some(100), Some(80))
         );
         assert!(doc["kafka"].is_null());
+        json_doc::check_documented(&doc, HEADING, |p| p.starts_with("kafka.") || p.starts_with("logs[]"));
+        assert!(doc["logs"].is_null(), "one log: no per-log positions");
+        let merged = Progress {
+            log_starts: vec![Position(3), Position(0)],
+            log_watermarks: vec![Position(40), Position(50)],
+            ..log.clone()
+        };
+        let doc = progress_json(&merged);
+        assert_eq!(doc["logs"][1]["watermark"], 50);
         json_doc::check_documented(&doc, HEADING, |p| p.starts_with("kafka."));
         let kafka = Progress {
             handled: 5,
@@ -320,6 +329,6 @@ mod tests {
         let doc = progress_json(&kafka);
         assert!(doc["watermark"].is_null() && doc["eta_seconds"].is_null());
         assert_eq!(doc["kafka"]["partitions"][0]["high_watermark"], 9);
-        json_doc::check_documented(&doc, HEADING, |_| false);
+        json_doc::check_documented(&doc, HEADING, |p| p.starts_with("logs[]"));
     }
 }
