@@ -9,6 +9,7 @@ use catchup_engine::kafka::KafkaUrl;
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
 use super::source::{KafkaSource, LogSource, Source};
+use crate::exec::ExecMode;
 use crate::projection::ProjectionSpec;
 use crate::{ReplayArgs, usage};
 
@@ -18,6 +19,8 @@ pub const SNAPSHOT_EVERY_DEFAULT: u64 = 1_000_000;
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Most retries `retry:N` accepts.
 pub const RETRIES_MAX: u32 = 100;
+/// Default `--exec-timeout`: how long an acknowledged `--exec` child may go without answering.
+pub const EXEC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// Version of the fingerprint's canonical text; bump when its meaning changes.
 const FINGERPRINT_PREFIX: &str = "catchup-replay/v1";
 
@@ -68,6 +71,10 @@ pub struct Config {
     pub latency_sample_every: u32,
     /// Events per second at most.
     pub max_rate: Option<u64>,
+    /// `--exec-mode` (ack unless `lines`).
+    pub exec_mode: ExecMode,
+    /// `--exec-timeout`.
+    pub exec_timeout: Duration,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -183,6 +190,22 @@ impl Config {
                  is spooled there, so it moves with the partition"
             );
         }
+        let exec_mode = match a.exec_mode.as_deref() {
+            None | Some("ack") => ExecMode::Ack,
+            Some(_) => ExecMode::Lines,
+        };
+        if (a.exec_mode.is_some() || a.exec_timeout.is_some()) && !matches!(handler, HandlerSpec::Exec(_)) {
+            usage!("--exec-mode and --exec-timeout go with --exec");
+        }
+        if a.exec_timeout.is_some_and(|d| d.is_zero()) {
+            usage!("--exec-timeout must be above zero");
+        }
+        if matches!(source, Source::Kafka(_)) && matches!(handler, HandlerSpec::Exec(_)) && exec_mode == ExecMode::Ack {
+            usage!(
+                "with --source, --exec runs only in --exec-mode lines for now: the Kafka source does not hand a \
+                 batch's later records again after a failure the child acknowledges late"
+            );
+        }
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -217,6 +240,8 @@ impl Config {
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
+            exec_mode,
+            exec_timeout: a.exec_timeout.unwrap_or(EXEC_TIMEOUT_DEFAULT),
         })
     }
 

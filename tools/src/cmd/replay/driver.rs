@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +25,7 @@ use super::kafka::{self, KafkaStats};
 use super::log;
 use super::source::{PartFactory, Source, spool_dir};
 use super::summary::{SourceStats, Stats};
-use crate::exec::{self, ExecHandler, ExecSpec};
+use crate::exec::{self, ExecHandler, ExecMode, ExecOutput, ExecSpec};
 use crate::hist::IntervalLog;
 use crate::interrupt;
 use crate::progress::{ReplayBar, Ui};
@@ -249,21 +250,48 @@ fn spool_root(cfg: &Config) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     })
 }
 
-/// A child per part and shard; the output is the spools concatenated in part, then shard order.
+/// A child per part and shard; the output is the spools concatenated in part, then shard order, or in ack
+/// mode with stdout as the output, the acknowledged lines as they come.
 fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
     let (root, _tmp) = spool_root(cfg)?;
     let durable = cfg.checkpoint.is_some();
     let cmd: Arc<str> = cmd.into();
+    let streamed = Arc::new(AtomicU64::new(0));
+    let output = match (&cfg.output, cfg.exec_mode) {
+        (Output::Stdout, ExecMode::Ack) => ExecOutput::Stdout(streamed.clone()),
+        (Output::Discard, ExecMode::Ack) => ExecOutput::Discard,
+        _ => ExecOutput::Spool,
+    };
+    let (mode, timeout) = (cfg.exec_mode, cfg.exec_timeout);
     let factory = move |part: Part, n: usize| {
-        let spec = ExecSpec { cmd: cmd.clone(), spool_dir: spool_dir(part, &root), durable, n_shards: n };
+        let spec = ExecSpec {
+            cmd: cmd.clone(),
+            spool_dir: spool_dir(part, &root),
+            durable,
+            n_shards: n,
+            mode,
+            timeout,
+            output: output.clone(),
+        };
         (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
     };
     let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
     let mut spools = Vec::new();
+    let mut failures = Vec::new();
     for h in finished.handlers.values_mut().flatten() {
-        spools.push(h.finish().map_err(|e| anyhow::anyhow!("replay of {} failed: {e}", cfg.source_name()))?);
+        // Every child is ended, even after one failed (none is left running).
+        match h.finish() {
+            Ok(p) => spools.push(p),
+            Err(e) => failures.push(e),
+        }
     }
-    let output = write_output(cfg, |w| exec::concat_spools(&spools, w))?;
+    if let Some(e) = failures.first() {
+        anyhow::bail!("replay of {} failed: {e}", cfg.source_name());
+    }
+    let output = match (&cfg.output, cfg.exec_mode) {
+        (Output::Stdout, ExecMode::Ack) => Some(("stdout".into(), streamed.load(Ordering::Relaxed))),
+        _ => write_output(cfg, |w| exec::concat_spools(&spools, w))?,
+    };
     Ok(stats(cfg, &finished, interrupted, elapsed, output))
 }
 
