@@ -385,6 +385,12 @@ impl AckHandler {
     /// The child is gone or must go: the first unanswered event is charged, everything unanswered is
     /// forgotten (the engine hands those events again) and the next event starts a new child.
     fn replace(&mut self, trouble: Trouble) -> HandlerError {
+        // Answers already received count first (a hand-off can time out with acks waiting in the channel).
+        if let Some(nack) = self.drain_received() {
+            self.sent.clear();
+            self.end_child();
+            return nack;
+        }
         let first = self.sent.front().copied();
         self.sent.clear();
         let timeout = self.spec.timeout;
@@ -421,6 +427,34 @@ impl AckHandler {
                 .at(catchup_engine::Position(p)),
             (None, _) => HandlerError::with_kind(kind, format!("{who} {what}")),
         }
+    }
+
+    /// Applies the answers already received (without waiting). Returns the failure of a nack among them
+    /// (the events after it are then dropped, the child being replaced).
+    fn drain_received(&mut self) -> Option<HandlerError> {
+        let r = self.child.as_mut()?;
+        while let Ok(a) = r.answers.try_recv() {
+            match a {
+                Answer::Ack(p) => {
+                    while self.sent.front().is_some_and(|s| *s <= p) {
+                        self.last_acked = self.sent.pop_front().expect("checked");
+                    }
+                }
+                Answer::Nack { position, error, kind } if self.sent.contains(&position) => {
+                    while self.sent.front().is_some_and(|s| *s < position) {
+                        self.last_acked = self.sent.pop_front().expect("checked");
+                    }
+                    let who = format!("`{}` (shard {})", self.spec.cmd, self.shard);
+                    return Some(
+                        HandlerError::with_kind(kind, format!("{who} failed position {position}: {error}"))
+                            .at(catchup_engine::Position(position)),
+                    );
+                }
+                Answer::Ready(_) => r.ready = true,
+                _ => break,
+            }
+        }
+        None
     }
 
     /// Hands the buffered lines to the writer thread.

@@ -10,10 +10,12 @@
 //! A child that keeps state across events (an `awk` total) therefore prints once per epoch: the
 //! acknowledged mode gives it one stream per run.
 //!
-//! **Failures.** A child that stops reading (exits, crashes) fails the event being written when that is
-//! noticed, which may be well after the event it died on: what was in its pipe is lost. The policy of
-//! `--on-error` applies, and the next event starts a new child. A child that exits non-zero after its
-//! input ends fails the run.
+//! **Failures.** A child that stops reading (exits, crashes) is noticed only when a later write fails,
+//! which may be well after the event it died on, with the events in its pipe gone. Since the failed event
+//! cannot be known, this stops the run whatever `--on-error` says (a fatal error): no snapshot covers the
+//! events since the last one, so a resume sends them again (at least once). Skipping or retrying the event
+//! being written instead lost the ones in the pipe and dead-lettered an innocent one (issue #13). A child
+//! that exits non-zero after its input ends fails the run.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -178,7 +180,12 @@ impl LineHandler {
                 Err(status) => status,
                 Ok(()) => format!("{} exited (status 0) before reading all its input", inner.who()),
             };
-            return Err(HandlerError::new(format!("{why} ({e})")));
+            // Which of the events in its pipe it died on cannot be known: the run stops (no snapshot covers
+            // them, so a resume sends them again) rather than charge or retry the wrong event.
+            return Err(HandlerError::fatal(format!(
+                "{why} ({e}); in --exec-mode lines the events still in its pipe cannot be told apart, so the run \
+                 stops and a resume sends them again (--exec-mode ack applies --on-error to the exact event)"
+            )));
         }
         Ok(())
     }
