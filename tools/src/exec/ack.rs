@@ -409,10 +409,7 @@ impl AckHandler {
             }
             Trouble::Hung => {
                 self.end_child();
-                (
-                    ErrorKind::Retryable,
-                    format!("did not answer for {} (--exec-timeout) and was killed", format!("{timeout:?}")),
-                )
+                (ErrorKind::Retryable, format!("did not answer for {timeout:?} (--exec-timeout) and was killed"))
             }
             Trouble::Bad(why) => {
                 self.end_child();
@@ -666,8 +663,7 @@ impl AckHandler {
                     Ok(_) => continue,
                     Err(channel::RecvTimeoutError::Timeout) => {
                         problem = Some(format!(
-                            "{who} did not exit within {} (--exec-timeout) after its input ended and was killed",
-                            format!("{timeout:?}")
+                            "{who} did not exit within {timeout:?} (--exec-timeout) after its input ended and was killed"
                         ));
                         break;
                     }
