@@ -397,8 +397,9 @@ pub struct ReplayArgs {
     /// Pipe each shard's events to `sh -c CMD` instead of a projection.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
-    /// How --exec children take events: ack (default: the child answers per docs/exec-protocol.md, an event
-    /// counts only once acknowledged) or lines (plain JSON Lines, at-least-once, for filters like `grep`).
+    /// How --exec children take events: ack (the default for a log: the child answers per
+    /// docs/exec-protocol.md, an event counts only once acknowledged) or lines (plain JSON Lines,
+    /// at-least-once, for filters like `grep`; the default, and the only mode, with --source).
     #[arg(long, value_name = "MODE", value_parser = ["ack", "lines"])]
     pub exec_mode: Option<String>,
     /// --exec ack mode: how long a child may go without answering (or reading, or exiting after its input

@@ -190,9 +190,12 @@ impl Config {
                  is spooled there, so it moves with the partition"
             );
         }
-        let exec_mode = match a.exec_mode.as_deref() {
-            None | Some("ack") => ExecMode::Ack,
-            Some(_) => ExecMode::Lines,
+        // Ack by default (a child's failure is charged to the right event, nothing is lost); the Kafka source
+        // does not support it yet, so there the default stays lines.
+        let exec_mode = match (a.exec_mode.as_deref(), &source) {
+            (Some("ack"), _) => ExecMode::Ack,
+            (Some(_), _) | (None, Source::Kafka(_)) => ExecMode::Lines,
+            (None, Source::Log(_)) => ExecMode::Ack,
         };
         if (a.exec_mode.is_some() || a.exec_timeout.is_some()) && !matches!(handler, HandlerSpec::Exec(_)) {
             usage!("--exec-mode and --exec-timeout go with --exec");
@@ -202,8 +205,8 @@ impl Config {
         }
         if matches!(source, Source::Kafka(_)) && matches!(handler, HandlerSpec::Exec(_)) && exec_mode == ExecMode::Ack {
             usage!(
-                "with --source, --exec runs only in --exec-mode lines for now: the Kafka source does not hand a \
-                 batch's later records again after a failure the child acknowledges late"
+                "with --source, --exec runs only in --exec-mode lines (its default there) for now: the Kafka \
+                 source does not hand a batch's later records again after a failure the child acknowledges late"
             );
         }
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
@@ -317,5 +320,25 @@ mod tests {
         assert!(parse_on_error("retry:0").is_err());
         assert!(parse_on_error("retry").is_err());
         assert!(parse_on_error("ignore").is_err());
+    }
+
+    /// `--exec` is acknowledged by default on a log, lines on a topic (which has no ack mode yet).
+    #[test]
+    fn exec_modes() {
+        let cfg = config(&["LOG", "--exec", "x"]);
+        assert_eq!((cfg.exec_mode, cfg.exec_timeout), (ExecMode::Ack, EXEC_TIMEOUT_DEFAULT));
+        let cfg = config(&["LOG", "--exec", "x", "--exec-mode", "lines", "--exec-timeout", "2s"]);
+        assert_eq!((cfg.exec_mode, cfg.exec_timeout), (ExecMode::Lines, Duration::from_secs(2)));
+        let kafka = ["--source", "kafka://h:1/t", "--group", "g", "--checkpoint-dir", "C", "--exec", "x"];
+        assert_eq!(config(&kafka).exec_mode, ExecMode::Lines);
+        let refused = |args: &[&str]| {
+            let cli = crate::Cli::try_parse_from(["catchup", "replay"].iter().chain(args)).unwrap();
+            let crate::Command::Replay(a) = cli.command else { unreachable!("parsed `replay`") };
+            Config::from_args(*a).unwrap_err().to_string()
+        };
+        let with_ack: Vec<&str> = kafka.iter().copied().chain(["--exec-mode", "ack"]).collect();
+        assert!(refused(&with_ack).contains("--exec-mode lines"));
+        assert!(refused(&["LOG", "--exec-mode", "lines"]).contains("go with --exec"));
+        assert!(refused(&["LOG", "--exec", "x", "--exec-timeout", "0s"]).contains("above zero"));
     }
 }
