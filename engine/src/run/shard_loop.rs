@@ -677,3 +677,120 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The deferred path with a handler that models a child process: it accepts events, confirms them in
+    //! `end_of_batch`, fails the poison ones there (charged with `HandlerError::at`), and forgets what it
+    //! accepted after a failed event (a new child would not have it), sometimes noticing a failure while
+    //! accepting a later event. Dead letters must be exactly the poison events, and every other event
+    //! confirmed exactly once.
+
+    use std::collections::BTreeSet;
+
+    use catchup_segments::{LogWriter, WriterOptions};
+
+    use super::*;
+    use crate::{Engine, ErrorPolicy};
+
+    const EVENTS: u64 = 3000;
+
+    fn poison(p: u64) -> bool {
+        p % 97 == 3
+    }
+
+    struct Deferring {
+        /// Accepted, not confirmed.
+        pending: Vec<u64>,
+        /// Confirmed (handled) positions, in order.
+        done: Vec<u64>,
+        /// Events retried: answered at once.
+        failed: BTreeSet<u64>,
+        calls: u64,
+    }
+
+    impl Deferring {
+        /// Confirms pending events up to the first poison one, which fails (the rest are forgotten).
+        fn settle(&mut self) -> Result<(), HandlerError> {
+            let pending = std::mem::take(&mut self.pending);
+            for p in pending {
+                if poison(p) {
+                    self.failed.insert(p);
+                    return Err(HandlerError::new(format!("poison {p}")).at(Position(p)));
+                }
+                self.done.push(p);
+            }
+            Ok(())
+        }
+    }
+
+    impl ShardHandler for Deferring {
+        fn handle(&mut self, e: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            let p = e.position.0;
+            if self.failed.contains(&p) {
+                // A retry: answered before returning (still poison).
+                return Err(HandlerError::new(format!("poison {p} again")));
+            }
+            self.calls += 1;
+            self.pending.push(p);
+            // Now and then the failure of an earlier event shows up while accepting a later one.
+            if self.calls % 10 == 0 && self.pending.iter().any(|q| poison(*q)) {
+                return self.settle();
+            }
+            Ok(())
+        }
+        fn end_of_batch(&mut self, _: ShardId) -> Result<(), HandlerError> {
+            self.settle()
+        }
+        fn acknowledges_later(&self) -> bool {
+            true
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            assert!(self.pending.is_empty(), "a snapshot with unconfirmed events");
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn deferred_failures_are_charged_to_their_event_and_the_rest_is_handed_again() {
+        let log = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(log.path(), WriterOptions::default()).unwrap();
+        for i in 0..EVENTS {
+            w.append(format!("k{}", i % 13).as_bytes(), b"x", i).unwrap();
+            if i % 37 == 0 {
+                w.commit().unwrap();
+            }
+        }
+        w.close().unwrap();
+        let ckpt = tempfile::tempdir().unwrap();
+        let dl = ckpt.path().join("dl.jsonl");
+        for policy in
+            [ErrorPolicy::Skip, ErrorPolicy::Retry { attempts: 2, backoff: Duration::from_millis(1), then_skip: true }]
+        {
+            let _ = std::fs::remove_file(&dl);
+            let cfg = EngineConfig {
+                n_shards: 2,
+                ring_size: 256,
+                consume_batch_max: 64,
+                on_error: policy,
+                dead_letters: Some(dl.clone()),
+                ..Default::default()
+            };
+            let factory = |_| Deferring { pending: Vec::new(), done: Vec::new(), failed: BTreeSet::new(), calls: 0 };
+            let summary = Engine::run(log.path(), cfg, factory).unwrap();
+            let mut done: Vec<u64> = summary.into_handlers().flat_map(|h| h.done).collect();
+            done.sort_unstable();
+            let want: Vec<u64> = (0..EVENTS).filter(|p| !poison(*p)).collect();
+            assert_eq!(done, want, "{policy:?}: every event but the poison ones confirmed once");
+            let dead: BTreeSet<u64> = std::fs::read_to_string(&dl)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["position"].as_u64().unwrap())
+                .collect();
+            assert_eq!(dead, (0..EVENTS).filter(|p| poison(*p)).collect::<BTreeSet<u64>>(), "{policy:?}");
+        }
+    }
+}
