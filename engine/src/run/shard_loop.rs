@@ -734,7 +734,7 @@ mod tests {
             self.calls += 1;
             self.pending.push(p);
             // Now and then the failure of an earlier event shows up while accepting a later one.
-            if self.calls % 10 == 0 && self.pending.iter().any(|q| poison(*q)) {
+            if self.calls.is_multiple_of(10) && self.pending.iter().any(|q| poison(*q)) {
                 return self.settle();
             }
             Ok(())
@@ -760,7 +760,7 @@ mod tests {
         let mut w = LogWriter::open(log.path(), WriterOptions::default()).unwrap();
         for i in 0..EVENTS {
             w.append(format!("k{}", i % 13).as_bytes(), b"x", i).unwrap();
-            if i % 37 == 0 {
+            if i.is_multiple_of(37) {
                 w.commit().unwrap();
             }
         }
