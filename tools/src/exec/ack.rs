@@ -395,6 +395,13 @@ impl AckHandler {
         self.sent.clear();
         let timeout = self.spec.timeout;
         let who = self.who();
+        // A child that never answered the hello frame may be a plain filter: say what to do about it.
+        let hint = if self.child.as_ref().is_some_and(|r| !r.ready) {
+            " without answering the hello frame (a plain filter that knows nothing of docs/exec-protocol.md \
+             needs --exec-mode lines)"
+        } else {
+            ""
+        };
         let (kind, what) = match trouble {
             Trouble::Died => {
                 // Its stdout ended: give it a moment to exit before it is killed.
@@ -405,11 +412,11 @@ impl AckHandler {
                     }
                 }
                 let status = self.end_child();
-                (ErrorKind::Retryable, status.map_or_else(|| "ended".to_string(), describe))
+                (ErrorKind::Retryable, format!("{}{hint}", status.map_or_else(|| "ended".to_string(), describe)))
             }
             Trouble::Hung => {
                 self.end_child();
-                (ErrorKind::Retryable, format!("did not answer for {timeout:?} (--exec-timeout) and was killed"))
+                (ErrorKind::Retryable, format!("did not answer for {timeout:?} (--exec-timeout) and was killed{hint}"))
             }
             Trouble::Bad(why) => {
                 self.end_child();
