@@ -257,6 +257,8 @@ pub struct AckHandler {
     retry_upto: Option<u64>,
     /// The last position the child acknowledged (the snapshot frame's position).
     last_acked: u64,
+    /// When the child's stdin was closed at the end of the run.
+    closing_since: Option<Instant>,
 }
 
 impl AckHandler {
@@ -275,6 +277,7 @@ impl AckHandler {
             answered: VecDeque::new(),
             retry_upto: None,
             last_acked: 0,
+            closing_since: None,
         }
     }
 
@@ -643,8 +646,25 @@ impl AckHandler {
         self.prepare()
     }
 
-    /// Ends the child: EOF on its stdin, then its output until it exits, at most `--exec-timeout`, then it
-    /// is killed. Returns the spool file.
+    /// Closes the child's stdin (EOF) and starts its `--exec-timeout` to exit. The driver does this for
+    /// every child before it waits for any ([`finish`](Self::finish)), so they end together.
+    pub fn close_input(&mut self) {
+        if self.closing_since.is_some() {
+            return;
+        }
+        if let Some(r) = &mut self.child {
+            // Release: pairs with the Acquire load in `read_answers` at EOF.
+            r.closing.store(true, Ordering::Release);
+            let _ = self.hand_off();
+            if let Some(r) = self.child.as_mut() {
+                r.to_child = None;
+            }
+            self.closing_since = Some(Instant::now());
+        }
+    }
+
+    /// Ends the child: EOF on its stdin, then its output until it exits, at most `--exec-timeout` after its
+    /// input was closed, then it is killed. Returns the spool file.
     pub fn finish(&mut self) -> Result<PathBuf, String> {
         if !self.sent.is_empty() {
             // A stopped run can leave events unconfirmed (the engine stopped mid-batch on a failure).
@@ -653,13 +673,9 @@ impl AckHandler {
         let timeout = self.spec.timeout;
         let who = self.who();
         let mut problem = None;
+        self.close_input();
         if let Some(r) = &mut self.child {
-            // Release: pairs with the Acquire load in `read_answers` at EOF.
-            r.closing.store(true, Ordering::Release);
-            let _ = self.hand_off();
-            let r = self.child.as_mut().expect("checked");
-            r.to_child = None;
-            let deadline = Instant::now() + timeout;
+            let deadline = self.closing_since.unwrap_or_else(Instant::now) + timeout;
             loop {
                 match r.answers.recv_deadline(deadline) {
                     Ok(Answer::Eof) | Err(channel::RecvTimeoutError::Disconnected) => break,

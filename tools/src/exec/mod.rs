@@ -95,6 +95,14 @@ impl ExecHandler {
         }
     }
 
+    /// Ack mode: closes the child's stdin so that it ends while other shards' children end too (see
+    /// [`finish`](Self::finish)).
+    pub fn close_input(&mut self) {
+        if let ExecHandler::Ack(h) = self {
+            h.close_input();
+        }
+    }
+
     /// Ends the child (EOF, then a wait bounded in ack mode) and returns the spool file holding this
     /// shard's output.
     pub fn finish(&mut self) -> Result<PathBuf, String> {

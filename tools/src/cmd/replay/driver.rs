@@ -278,6 +278,10 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
     let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
     let mut spools = Vec::new();
     let mut failures = Vec::new();
+    // Every child gets EOF first, so their --exec-timeout to exit runs at the same time.
+    for h in finished.handlers.values_mut().flatten() {
+        h.close_input();
+    }
     for h in finished.handlers.values_mut().flatten() {
         // Every child is ended, even after one failed (none is left running).
         match h.finish() {
