@@ -65,7 +65,7 @@ Examples:
   catchup demo
   catchup gen --out /tmp/log --events 2M --keys 10k --zipf 1.1
   catchup replay /tmp/log --shards 8 --projection sum:amount --out totals.jsonl
-  catchup replay /tmp/log --exec 'jq -c .payload' --out out.jsonl
+  catchup replay /tmp/log --exec-mode lines --exec 'jq -c .payload' --out out.jsonl
   catchup import --out /tmp/orders --key order.id --time at orders.jsonl
   catchup export /tmp/log --from 1000 --to 2000 | head
   catchup verify /tmp/log
@@ -301,9 +301,10 @@ lines stream out as they are acknowledged (to stdout at once, or to the
 --out file at the end, grouped by shard); a snapshot is a frame the child
 answers after saving its state, so it sees one stream per run.
 --exec-mode lines is for plain filters (`grep -c .`, `jq`): an event counts as
-handled once written to the child, so delivery is AT LEAST ONCE and a child
-that dies loses the lines still in its pipe (they are not retried or
-dead-lettered); the output is the children's stdout, grouped by shard.
+handled once written to the child, so delivery is AT LEAST ONCE; a child that
+dies stops the run whatever --on-error says (which of the events in its pipe
+it died on cannot be known), and a resume sends again what no snapshot
+covers; the output is the children's stdout, grouped by shard.
 
 Checkpoints: with --checkpoint-dir, shards write snapshots every
 --snapshot-every positions; a killed or interrupted replay run again with the
@@ -330,8 +331,8 @@ under a checkpoint anyway (a truncate, a restored backup), the replay refuses
 it, naming the snapshot file and position.
 
 Ctrl-C: stops cleanly (drain, snapshots, output as of the stop; --exec
-children get EOF and --exec-timeout to exit, then are killed), exit status
-130. Ctrl-C twice: exit now, killing the --exec children.
+children get EOF and, in ack mode, --exec-timeout to exit, then are killed),
+exit status 130. Ctrl-C twice: exit now, killing the --exec children.
 
 Kafka: with --source kafka://HOST:PORT/TOPIC --group G the events come from a
 topic; every process started with the same group gets a share of its
@@ -361,7 +362,8 @@ Examples:
   catchup replay /tmp/log --shards 8 --out counts.jsonl
   catchup replay /tmp/log --projection sum:order.total \\
       --checkpoint-dir /tmp/ckpt --out totals.jsonl
-  catchup replay /tmp/log --exec 'grep -c .' --shards 4
+  catchup replay /tmp/log --exec-mode lines --exec 'grep -c .' --shards 4
+  catchup replay /tmp/log --exec 'python3 child.py' --on-error skip
   catchup replay /tmp/log --follow --since 10m --projection last
   catchup replay /tmp/log --json --hist-log run.hlog > summary.json
   catchup replay --source kafka://127.0.0.1:9092/orders --group totals \\
