@@ -497,3 +497,27 @@ fn a_second_ctrl_c_exits_at_once_and_kills_the_children() {
     assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
     assert_no_child_left(&pids);
 }
+
+#[test]
+fn ack_output_to_a_closed_stdout_ends_the_run_quietly() {
+    let (d, log) = setup("exec-head");
+    let child = ack_child(d.path(), "child.sh", u64::MAX, 1, "", "");
+    let mut c = command()
+        .args(["replay", s(&log), "-q", "--shards", "2", "--exec", s(&child), "--out", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -2`: read two lines, then close the pipe.
+    let mut stdout = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0);
+    }
+    drop(stdout);
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+    assert_no_child_left(&d.path().join("child.sh.pids"));
+}

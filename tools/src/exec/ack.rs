@@ -106,7 +106,7 @@ fn parse_frame(line: &[u8]) -> Answer {
 /// Where the reader thread releases output lines.
 enum Sink {
     Spool(File),
-    Stdout(Arc<std::sync::atomic::AtomicU64>),
+    Stdout(Arc<std::sync::atomic::AtomicU64>, Arc<AtomicBool>),
     Discard,
 }
 
@@ -114,11 +114,17 @@ impl Sink {
     fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Sink::Spool(f) => f.write_all(bytes),
-            Sink::Stdout(lines) => {
+            Sink::Stdout(lines, closed) => {
                 // One locked write per release: lines of different shards never interleave.
                 let mut out = std::io::stdout().lock();
-                out.write_all(bytes)?;
-                out.flush()?;
+                let written = out.write_all(bytes).and_then(|()| out.flush());
+                if let Err(e) = &written
+                    && e.kind() == std::io::ErrorKind::BrokenPipe
+                {
+                    // Relaxed: read by the driver after the run's threads were joined.
+                    closed.store(true, Ordering::Relaxed);
+                }
+                written?;
                 lines.fetch_add(bytes.iter().filter(|b| **b == b'\n').count() as u64, Ordering::Relaxed);
                 Ok(())
             }
@@ -129,7 +135,7 @@ impl Sink {
     fn sync(&mut self) -> std::io::Result<()> {
         match self {
             Sink::Spool(f) => f.sync_data(),
-            Sink::Stdout(_) | Sink::Discard => Ok(()),
+            Sink::Stdout(..) | Sink::Discard => Ok(()),
         }
     }
 }
@@ -302,7 +308,7 @@ impl AckHandler {
                 ExecOutput::Spool => Sink::Spool(OpenOptions::new().append(true).open(&self.spool).map_err(|e| {
                     HandlerError::fatal(format!("cannot open spool file {}: {e}", self.spool.display()))
                 })?),
-                ExecOutput::Stdout(lines) => Sink::Stdout(lines.clone()),
+                ExecOutput::Stdout(lines, closed) => Sink::Stdout(lines.clone(), closed.clone()),
                 ExecOutput::Discard => Sink::Discard,
             };
         let mut child = Command::new("sh")

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use catchup_engine::{Ctx, Event, HandlerError, ShardHandler, ShardId};
@@ -52,8 +52,9 @@ pub enum ExecMode {
 pub enum ExecOutput {
     /// The shard's spool file (for `--out FILE`, concatenated at the end).
     Spool,
-    /// Straight to stdout, whole lines, as they are acknowledged; the count of lines written.
-    Stdout(Arc<AtomicU64>),
+    /// Straight to stdout, whole lines, as they are acknowledged; the count of lines written, and a flag
+    /// set when stdout was closed by its reader (`| head`: the run then ends as `export | head` does).
+    Stdout(Arc<AtomicU64>, Arc<AtomicBool>),
     /// Nowhere (`--json` without `--out`).
     Discard,
 }

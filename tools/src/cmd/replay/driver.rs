@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -257,8 +257,9 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
     let durable = cfg.checkpoint.is_some();
     let cmd: Arc<str> = cmd.into();
     let streamed = Arc::new(AtomicU64::new(0));
+    let stdout_closed = Arc::new(AtomicBool::new(false));
     let output = match (&cfg.output, cfg.exec_mode) {
-        (Output::Stdout, ExecMode::Ack) => ExecOutput::Stdout(streamed.clone()),
+        (Output::Stdout, ExecMode::Ack) => ExecOutput::Stdout(streamed.clone(), stdout_closed.clone()),
         (Output::Discard, ExecMode::Ack) => ExecOutput::Discard,
         _ => ExecOutput::Spool,
     };
@@ -275,7 +276,15 @@ fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
         };
         (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
     };
-    let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
+    let (mut finished, interrupted, elapsed) = match drive(cfg, ui, factory) {
+        Ok(r) => r,
+        // `--out - | head`: the reader of our stdout left, which failed the run; not our failure (exit 0,
+        // as `export | head`). The children were ended when their handlers dropped.
+        Err(_) if stdout_closed.load(Ordering::Relaxed) => {
+            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+        }
+        Err(e) => return Err(e),
+    };
     let mut spools = Vec::new();
     let mut failures = Vec::new();
     // Every child gets EOF first, so their --exec-timeout to exit runs at the same time.
