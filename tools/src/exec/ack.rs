@@ -2,8 +2,8 @@
 //!
 //! Per child, two threads: a writer that copies the shard's buffered event lines into the child's stdin
 //! (so a child that stops reading blocks that thread, never the shard: the shard's hand-off has a
-//! timeout), and a reader that splits the child's stdout into answers (lines that start with
-//! `{"catchup":"`) and output lines. Output lines are held until the next answer and then released to the
+//! timeout), and a reader that splits the child's stdout into answers (JSON objects whose first member is
+//! `"catchup"`) and output lines. Output lines are held until the next answer and then released to the
 //! output (the spool file or stdout); output of events never acknowledged (the child died first) is
 //! dropped, as those events go to the next child again.
 //!
@@ -39,8 +39,17 @@ pub const VERSION: u64 = 1;
 const HAND_OFF_BYTES: usize = 64 << 10;
 /// Buffers queued for the writer thread (beyond them the shard waits, at most `--exec-timeout`).
 const HAND_OFF_QUEUE: usize = 4;
-/// Every line that starts with this is an answer frame; any other line is output.
-const FRAME_PREFIX: &[u8] = b"{\"catchup\":\"";
+/// True for an answer frame: a line whose JSON object starts with the member `"catchup"` (JSON whitespace
+/// allowed, as `json.dumps` writes `{"catchup": "ack", ...}`); any other line is output.
+fn is_frame(line: &[u8]) -> bool {
+    fn skip_ws(b: &[u8]) -> &[u8] {
+        let n = b.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n')).count();
+        &b[n..]
+    }
+    let Some(rest) = skip_ws(line).strip_prefix(b"{") else { return false };
+    let Some(rest) = skip_ws(rest).strip_prefix(b"\"catchup\"") else { return false };
+    skip_ws(rest).starts_with(b":")
+}
 
 /// What the child said (or what became of it), from the reader thread.
 #[derive(Debug)]
@@ -157,7 +166,7 @@ fn read_answers(stdout: ChildStdout, mut sink: Sink, tx: Sender<Answer>, closing
                 return;
             }
         }
-        if line.starts_with(FRAME_PREFIX) {
+        if is_frame(&line) {
             let answer = parse_frame(&line);
             if matches!(answer, Answer::Bad(_)) {
                 let _ = tx.send(answer);
@@ -722,5 +731,27 @@ impl Drop for AckHandler {
     fn drop(&mut self) {
         // Only an aborted run gets here with a child alive: kill it rather than wait on it.
         self.end_child();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_told_from_output() {
+        assert!(is_frame(b"{\"catchup\":\"ack\",\"position\":3}\n"));
+        assert!(is_frame(b"{\"catchup\": \"ack\", \"position\": 3}\n"));
+        assert!(is_frame(b" { \"catchup\" : \"ready\"}"));
+        assert!(!is_frame(b"{\"key\":\"k\",\"catchup\":1}"));
+        assert!(!is_frame(b"catchup ack 3"));
+        assert!(!is_frame(b"{\"catchupx\":1}"));
+        assert!(matches!(parse_frame(b"{\"catchup\": \"ack\", \"position\": 3}\n"), Answer::Ack(3)));
+        assert!(matches!(
+            parse_frame(b"{\"catchup\":\"nack\",\"position\":4,\"error\":\"bad\",\"kind\":\"permanent\"}"),
+            Answer::Nack { position: 4, kind: ErrorKind::Permanent, .. }
+        ));
+        assert!(matches!(parse_frame(b"{\"catchup\":\"ack\"}"), Answer::Bad(_)));
+        assert!(matches!(parse_frame(b"{\"catchup\":\"hello\",\"version\":1}"), Answer::Bad(_)));
     }
 }
