@@ -171,7 +171,10 @@ fn exec_pipes_each_shard_to_a_child() {
     let d = tmp();
     let log = make_log(d.path(), "log", 5_000, 100, &[]);
     let out = d.path().join("cat.jsonl");
-    catchup().args(["replay", s(&log), "-q", "--shards", "3", "--exec", "cat", "--out", s(&out)]).assert().success();
+    catchup()
+        .args(["replay", s(&log), "-q", "--shards", "3", "--exec-mode", "lines", "--exec", "cat", "--out", s(&out)])
+        .assert()
+        .success();
     let lines = json_lines(&read(&out));
     assert_eq!(lines.len(), 5_000);
     let mut positions: Vec<u64> = lines.iter().map(|l| l["position"].as_u64().unwrap()).collect();
@@ -195,6 +198,8 @@ fn exec_pipes_each_shard_to_a_child() {
             "-q",
             "--shards",
             "2",
+            "--exec-mode",
+            "lines",
             "--exec",
             r#"awk -v s="$CATCHUP_SHARD" 'END { print s, NR }'"#,
         ])
@@ -228,7 +233,19 @@ fn killed_exec_replay_resumes_with_complete_output() {
     let log = make_log(d.path(), "log", 60_000, 500, &[]);
     let reference = d.path().join("reference.jsonl");
     catchup()
-        .args(["replay", s(&log), "-q", "--shards", "3", "--exec", "cat", "--out", s(&reference)])
+        .args([
+            "replay",
+            s(&log),
+            "-q",
+            "--shards",
+            "3",
+            "--exec-mode",
+            "lines",
+            "--exec",
+            "cat",
+            "--out",
+            s(&reference),
+        ])
         .assert()
         .success();
     let ckpt = d.path().join("ckpt");
@@ -239,6 +256,8 @@ fn killed_exec_replay_resumes_with_complete_output() {
         "-q",
         "--shards",
         "3",
+        "--exec-mode",
+        "lines",
         "--exec",
         "cat",
         "--checkpoint-dir",

@@ -532,7 +532,20 @@ fn a_repeated_sigterm_is_one_clean_stop() {
     let child = util::command()
         // Children that take a second to finish once their input ends: the clean stop waits for them, so the
         // second signal comes while it is under way.
-        .args(["replay", s(&log), "-q", "--follow", "--shards", "1", "--exec", "wc -l; sleep 1", "--out", s(&out_file)])
+        .args([
+            "replay",
+            s(&log),
+            "-q",
+            "--follow",
+            "--shards",
+            "1",
+            "--exec-mode",
+            "lines",
+            "--exec",
+            "wc -l; sleep 1",
+            "--out",
+            s(&out_file),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -121,9 +121,12 @@ fn replay_args(st: &Setup, handler: Handler, ckpt: Option<&Path>, out: &Path, wi
         ["replay", s(&st.log), "--json", "--shards", &SHARDS.to_string(), "--out", s(out)].map(String::from).to_vec();
     match handler {
         Handler::Sum => a.extend(["--projection".into(), "sum:amount".into()]),
-        Handler::Tee => {
-            a.extend(["--exec".into(), format!("tee -a '{}'/\"$CATCHUP_TEST_RUN-$CATCHUP_SHARD\"", s(witness))])
-        }
+        Handler::Tee => a.extend([
+            "--exec-mode".into(),
+            "lines".into(),
+            "--exec".into(),
+            format!("tee -a '{}'/\"$CATCHUP_TEST_RUN-$CATCHUP_SHARD\"", s(witness)),
+        ]),
     }
     if let Some(c) = ckpt {
         a.extend(["--checkpoint-dir".into(), s(c).into(), "--snapshot-every".into(), SNAPSHOT_EVERY.to_string()]);

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-mod util;
 #[path = "util/json_doc.rs"]
 mod json_doc;
+mod util;
 use util::{catchup, read, s, tmp};
 
 /// Two logs: A at 0, 2, 4 .. ms and B at 1, 4, 7 .. ms (ties at 4, 10, 16 ..), over the same keys.

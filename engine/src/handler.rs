@@ -84,6 +84,8 @@ pub struct HandlerError {
     kind: ErrorKind,
     message: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The earlier event of the batch this error belongs to (a handler that acknowledges later).
+    position: Option<Position>,
 }
 
 impl HandlerError {
@@ -109,13 +111,29 @@ impl HandlerError {
 
     /// An error of `kind` with a message.
     pub fn with_kind(kind: ErrorKind, msg: impl Into<String>) -> Self {
-        HandlerError { kind, message: msg.into(), source: None }
+        HandlerError { kind, message: msg.into(), source: None, position: None }
     }
 
     /// Attaches the error that caused this one; its text follows the message in `Display`.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
+    }
+
+    /// Charges this error to the event at `position`, an earlier event of the current ring batch that the
+    /// handler accepted but has not confirmed yet (see [`ShardHandler::acknowledges_later`]). Returned from
+    /// `handle` or `end_of_batch`, it tells the engine: the events of the batch before `position` are done,
+    /// `position` failed (the error policy applies to it), and the events after it were not handled (the
+    /// engine hands them to the handler again). Without it an error belongs to the event being handled
+    /// (from `handle`) or to the first unconfirmed event (from `end_of_batch`).
+    pub fn at(mut self, position: Position) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    /// The event this error was charged to with [`at`](Self::at), if any.
+    pub fn position(&self) -> Option<Position> {
+        self.position
     }
 
     /// How the error policy treats this error.
@@ -217,8 +235,25 @@ pub trait ShardHandler: Send + 'static + sealed::Internals {
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
 
     /// Called after the last event of each batch the shard takes from the ring (a good place to flush).
+    /// For a handler that [acknowledges later](ShardHandler::acknowledges_later) this is also where it
+    /// confirms the events it accepted: `Ok` says all of them are done; an error [`at`](HandlerError::at)
+    /// a position says which one failed.
     fn end_of_batch(&mut self, _shard: ShardId) -> Result<(), HandlerError> {
         Ok(())
+    }
+
+    /// True for a handler whose `handle` only accepts an event (sends it to another process, say) and
+    /// confirms it later, in `end_of_batch`. The log source then keeps the ring batch's slots, counts an
+    /// event as handled (and lets a snapshot cover it) only once `end_of_batch` confirmed it, and when an
+    /// error names an earlier event ([`HandlerError::at`]) applies the error policy to that event and hands
+    /// the batch's later events to the handler again. It also calls `end_of_batch` to confirm what is
+    /// pending before it applies the policy to an event whose `handle` failed, and after a retry the policy
+    /// made succeed (a retry of an event the handler reported failed should itself wait for the answer: a
+    /// retry that `end_of_batch` then reports failed stops the run). Handlers that do their work in
+    /// `handle` keep the default `false` and the hot loop. The Kafka source stops the run on an error
+    /// charged to an earlier event.
+    fn acknowledges_later(&self) -> bool {
+        false
     }
 
     /// The shard's state as bytes, for a snapshot that will say every event handled so far is done. A

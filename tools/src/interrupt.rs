@@ -8,6 +8,10 @@
 //! - any other command exits at once, after removing the temporary files and directories it registered with
 //!   [`remove_on_exit`] (the generated logs of `demo` and `bench`).
 //!
+//! `--exec` children run in process groups of their own (the terminal's Ctrl-C reaches only `catchup`);
+//! they are registered with [`track_child`], and an immediate exit (a second signal) kills those groups
+//! rather than leave them running.
+//!
 //! The exit status says which signal it was: 128 + its number (130 for SIGINT, 143 for SIGTERM, 129 for
 //! SIGHUP), the shell convention that supervisors read.
 
@@ -31,6 +35,8 @@ static SIGNALS: AtomicU32 = AtomicU32::new(0);
 static LAST: AtomicI32 = AtomicI32::new(0);
 /// True once the running command has said it polls [`requested`] and stops cleanly.
 static CLEAN_STOP: AtomicBool = AtomicBool::new(false);
+/// Process groups of running `--exec` children (their leaders' ids), killed before an immediate exit.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Temporary paths removed before an immediate exit.
 static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -108,6 +114,7 @@ pub fn init() -> anyhow::Result<()> {
                         if clean {
                             eprintln!("\ncatchup: interrupted again: exiting without a clean stop");
                         }
+                        kill_children();
                         clean_up();
                         std::process::exit(status_for(sig) as i32);
                     }
@@ -145,6 +152,38 @@ pub fn exit_status() -> u8 {
 /// The name of the signal that arrived (`SIGINT`, `SIGTERM`, ...), for messages.
 pub fn signal_name() -> &'static str {
     name_of(LAST.load(Ordering::Relaxed))
+}
+
+/// Registers a child that leads its own process group (`process_group(0)`): killed with its group if a
+/// signal ends the process at once.
+pub fn track_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// Forgets a child registered with [`track_child`] (it was waited for).
+pub fn untrack_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != pid);
+}
+
+/// Sends SIGKILL to the process group led by `pid` (a child started with `process_group(0)`, not yet
+/// waited for, so the id cannot have been reused).
+pub fn kill_process_group(pid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else { return };
+    // SAFETY: `killpg` only sends a signal; it takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+/// Kills every registered child's process group.
+fn kill_children() {
+    let children = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|p| p.into_inner()));
+    for pid in &children {
+        kill_process_group(*pid);
+    }
+    if !children.is_empty() {
+        eprintln!("catchup: killed {} --exec child process group(s)", children.len());
+    }
 }
 
 /// Removes `path` (a file or a directory tree) if a signal ends the process at once.

@@ -65,7 +65,7 @@ Examples:
   catchup demo
   catchup gen --log /tmp/log --events 2M --keys 10k --zipf 1.1
   catchup replay /tmp/log --shards 8 --projection sum:amount --out totals.jsonl
-  catchup replay /tmp/log --exec 'jq -c .payload' --out out.jsonl
+  catchup replay /tmp/log --exec-mode lines --exec 'jq -c .payload' --out out.jsonl
   catchup import --log /tmp/orders --key-field order.id --time-field at orders.jsonl
   catchup export /tmp/log --from 1k --to 2k | head
   catchup verify /tmp/log
@@ -309,17 +309,31 @@ line per key, sorted by key, so runs can be diffed:
   last       {\"key\":\"k1\",\"position\":9,\"timestamp_ns\":...,\"payload\":...}
 With --exec CMD each shard runs `sh -c CMD` (with CATCHUP_SHARD and
 CATCHUP_SHARDS set) and writes its events to the child's stdin as export-style
-JSON Lines; the output is the children's stdout, grouped by shard (shard 0's
-lines first).
+JSON Lines with a \"replay\" flag. --exec-mode ack (the default) is the
+acknowledged protocol of docs/exec-protocol.md: the child answers a hello
+frame, then acknowledges events (each, or many at once) or fails one with a
+reason; an event counts as handled only once acknowledged, so a child that
+dies or hangs (--exec-timeout) fails exactly the first unacknowledged event
+(--on-error applies to it) and a new child gets the ones after it; output
+lines stream out as they are acknowledged (to stdout at once, or to the
+--out file at the end, grouped by shard); a snapshot is a frame the child
+answers after saving its state, so it sees one stream per run.
+--exec-mode lines is for plain filters (`grep -c .`, `jq`): an event counts as
+handled once written to the child, so delivery is AT LEAST ONCE; a child that
+dies stops the run whatever --on-error says (which of the events in its pipe
+it died on cannot be known), and a resume sends again what no snapshot
+covers; the output is the children's stdout, grouped by shard.
 
 Checkpoints: with --checkpoint-dir, shards write snapshots every
 --snapshot-every positions; a killed or interrupted replay run again with the
 same arguments continues from them and gives the same output. A checkpoint
 directory written for another log or another projection/command is refused.
-With --exec, each snapshot ends the shard's child (EOF, wait) so its output is
-on disk first; after a crash the events since the last snapshot go to a new
-child again: at-least-once delivery to children. If catchup is killed (kill -9)
-mid-write, a child may read a last line without its newline: ignore it.
+With --exec-mode lines, each snapshot ends the shard's child (EOF, wait) so its
+output is on disk first; after a crash the events since the last snapshot go to
+a new child again: at-least-once delivery to children. If catchup is killed
+(kill -9) mid-write, a child may read a last line without its newline: ignore
+it. In ack mode the --out file holds the output of each acknowledged event
+once, also across kill -9 and resume.
 
 Durable-only reads: other processes see an event as soon as the writer commits
 it, before it is synced; a power cut can take it back, and a snapshot that
@@ -334,8 +348,9 @@ after a crash, or any import) or use --no-durable-only. Should the log change
 under a checkpoint anyway (a truncate, a restored backup), the replay refuses
 it, naming the snapshot file and position.
 
-Ctrl-C: stops cleanly (drain, snapshots, output as of the stop), exit status
-130. Ctrl-C twice: exit now.
+Ctrl-C: stops cleanly (drain, snapshots, output as of the stop; --exec
+children get EOF and, in ack mode, --exec-timeout to exit, then are killed),
+exit status 130. Ctrl-C twice: exit now, killing the --exec children.
 
 Kafka: with --source kafka://HOST:PORT/TOPIC --group G the events come from a
 topic; every process started with the same group gets a share of its
@@ -365,7 +380,8 @@ Examples:
   catchup replay /tmp/log --shards 8 --out counts.jsonl
   catchup replay /tmp/log --projection sum:order.total \\
       --checkpoint-dir /tmp/ckpt --out totals.jsonl
-  catchup replay /tmp/log --exec 'grep -c .' --shards 4
+  catchup replay /tmp/log --exec-mode lines --exec 'grep -c .' --shards 4
+  catchup replay /tmp/log --exec 'python3 child.py' --on-error skip
   catchup replay /tmp/log --follow --since 10m --projection last
   catchup replay /tmp/log --json --hist-log run.hlog > summary.json
   catchup replay --source kafka://127.0.0.1:9092/orders --group totals \\
@@ -401,6 +417,15 @@ pub struct ReplayArgs {
     /// Pipe each shard's events to `sh -c CMD` instead of a projection.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// How --exec children take events: ack (the default for a log: the child answers per
+    /// docs/exec-protocol.md, an event counts only once acknowledged) or lines (plain JSON Lines,
+    /// at-least-once, for filters like `grep`; the default, and the only mode, with --source).
+    #[arg(long, value_name = "MODE", value_parser = ["ack", "lines"])]
+    pub exec_mode: Option<String>,
+    /// --exec ack mode: how long a child may go without answering (or reading, or exiting after its input
+    /// ended) before it is killed and the first unacknowledged event counts as failed (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    pub exec_timeout: Option<std::time::Duration>,
     /// Directory for snapshots (and --exec output spools); enables resume.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,

@@ -137,6 +137,22 @@ pub(crate) fn shard_loop<H: ShardHandler>(
                         log_position: position,
                     };
                     let origin = Origin::Kafka { topic: cx.topic, partition: it.partition };
+                    if let Some(earlier) = first.position().filter(|p| *p != position) {
+                        // A handler that acknowledges later charged an earlier record: this source keeps no
+                        // batch to hand again, so it stops below that record (nothing past it is committed).
+                        cx.shared.run.fail(ReplayError::Handler(HandlerFailure {
+                            shard,
+                            key: String::new(),
+                            position: earlier,
+                            cause: format!(
+                                "{first} (topic {}, partition {}, offset {earlier}; the Kafka source does not re-deliver \
+                                 after a failure charged to an earlier record)",
+                                cx.topic, it.partition
+                            ),
+                        }));
+                        failed = true;
+                        break;
+                    }
                     let shared = cx.shared;
                     match step.resolve(&mut part.handler, &event, &ctx, origin, first, &|| shared.run.aborted()) {
                         Resolved::Handled => tally.handled += 1,

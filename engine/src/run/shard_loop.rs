@@ -116,6 +116,28 @@ struct Tally {
     last_ts: Option<u64>,
 }
 
+/// What `end_of_batch` said about a deferring handler's pending events.
+enum Confirmed {
+    /// All confirmed.
+    All,
+    /// The one at this index of the kept slots failed (those before it are confirmed).
+    FailedAt(usize, HandlerError),
+    /// The run must stop (recorded).
+    Broken,
+}
+
+/// The event a slot refers to, read from its mapped segment.
+fn event_at<'s>(segments: &'s [Arc<Segment>], slot: &Slot) -> Option<Event<'s>> {
+    let rec = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset))?;
+    Some(Event {
+        position: Position(slot.position),
+        timestamp_ns: rec.timestamp_ns,
+        key_hash: rec.key_hash,
+        key: rec.key,
+        payload: rec.payload,
+    })
+}
+
 /// How the fast path of a ring batch ended.
 enum BatchEnd {
     /// Every event of the batch was handled.
@@ -138,6 +160,9 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let mut last_snap_pos = self.passed;
         let mut last_snap_time = Instant::now();
         let mut failed = false;
+        let defers = self.handler.acknowledges_later();
+        // The current ring batch's slots, for a handler that acknowledges later (empty otherwise).
+        let mut kept: Vec<Slot> = Vec::new();
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
         loop {
@@ -168,79 +193,89 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             };
             backoff.reset();
             let mut tally = Tally::default();
-            let mut events = &mut guard;
-            // The hot loop runs under one `catch_unwind` per ring batch (not per event), so the handler call
-            // inlines. When an event fails (an error or a panic), the policy is applied to that one event here
-            // and the loop resumes after it: the iterator has already moved past it.
-            loop {
-                let mut current = Slot::default();
-                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current)
-                }));
-                let (slot, first_error) = match step {
-                    Ok(BatchEnd::Done) => break,
-                    Ok(BatchEnd::Broken) => {
-                        failed = true;
-                        break;
-                    }
-                    Ok(BatchEnd::Failed(slot, e)) => (slot, e),
-                    Err(p) => (current, HandlerError::new(panic_message(&*p))),
-                };
-                let pos = Position(slot.position);
-                let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
-                    self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
-                    failed = true;
-                    break;
-                };
-                let event = Event {
-                    position: pos,
-                    timestamp_ns: rec.timestamp_ns,
-                    key_hash: rec.key_hash,
-                    key: rec.key,
-                    payload: rec.payload,
-                };
-                let shared = self.shared;
-                let aborted = || shared.run.aborted();
-                let origin = match &mut self.merged {
-                    None => Origin::Log,
-                    Some(m) => {
-                        let Some(log) = m.log_at(slot.seg_idx, &segments) else {
-                            self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+            if defers {
+                // A handler that acknowledges later: the batch's slots are kept (they point into the mapped
+                // segments, which `segments` keeps alive) so the events after a failed one can be handed
+                // again; the ring slots are released at once.
+                kept.clear();
+                kept.extend((&mut guard).copied());
+                drop(guard);
+                failed = !self.deferred_batch(&kept, &mut segments, &mut tally, &mut local);
+            } else {
+                let mut events = &mut guard;
+                // The hot loop runs under one `catch_unwind` per ring batch (not per event), so the handler call
+                // inlines. When an event fails (an error or a panic), the policy is applied to that one event here
+                // and the loop resumes after it: the iterator has already moved past it.
+                loop {
+                    let mut current = Slot::default();
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.fast_path(&mut events, &mut segments, &mut tally, &mut local, &mut current)
+                    }));
+                    let (slot, first_error) = match step {
+                        Ok(BatchEnd::Done) => break,
+                        Ok(BatchEnd::Broken) => {
                             failed = true;
                             break;
-                        };
-                        Origin::Merged { log: log as usize, log_position: rec.position }
-                    }
-                };
-                let (log, log_position) = match origin {
-                    Origin::Merged { log, log_position } => (log as u32, log_position),
-                    _ => (0, pos),
-                };
-                let replay = pos < self.shared.replay_end;
-                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
-                match self.step.resolve(&mut self.handler, &event, &ctx, origin, first_error, &aborted) {
-                    Resolved::Handled => tally.handled += 1,
-                    Resolved::DeadLettered => {}
-                    Resolved::Stop(failure) => {
-                        self.shared.run.fail(failure.into());
+                        }
+                        Ok(BatchEnd::Failed(slot, e)) => (slot, e),
+                        Err(p) => (current, HandlerError::new(panic_message(&*p))),
+                    };
+                    let pos = Position(slot.position);
+                    let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                        self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                         failed = true;
                         break;
+                    };
+                    let event = Event {
+                        position: pos,
+                        timestamp_ns: rec.timestamp_ns,
+                        key_hash: rec.key_hash,
+                        key: rec.key,
+                        payload: rec.payload,
+                    };
+                    let shared = self.shared;
+                    let aborted = || shared.run.aborted();
+                    let origin = match &mut self.merged {
+                        None => Origin::Log,
+                        Some(m) => {
+                            let Some(log) = m.log_at(slot.seg_idx, &segments) else {
+                                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                                failed = true;
+                                break;
+                            };
+                            Origin::Merged { log: log as usize, log_position: rec.position }
+                        }
+                    };
+                    let (log, log_position) = match origin {
+                        Origin::Merged { log, log_position } => (log as u32, log_position),
+                        _ => (0, pos),
+                    };
+                    let replay = pos < self.shared.replay_end;
+                    let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
+                    match self.step.resolve(&mut self.handler, &event, &ctx, origin, first_error, &aborted) {
+                        Resolved::Handled => tally.handled += 1,
+                        Resolved::DeadLettered => {}
+                        Resolved::Stop(failure) => {
+                            self.shared.run.fail(failure.into());
+                            failed = true;
+                            break;
+                        }
+                        Resolved::Broken => {
+                            failed = true;
+                            break;
+                        }
                     }
-                    Resolved::Broken => {
-                        failed = true;
-                        break;
-                    }
+                    tally.last_ts = Some(event.timestamp_ns);
+                    self.passed = Position(pos.0 + 1);
                 }
-                tally.last_ts = Some(event.timestamp_ns);
-                self.passed = Position(pos.0 + 1);
+                drop(guard);
+                if !failed && let Err(e) = end_of_batch(&mut self.handler, self.shard) {
+                    // The batch's events were handled; the failure is in flushing them.
+                    self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
+                    failed = true;
+                }
             }
             let Tally { taken, handled, covered, last_ts } = tally;
-            drop(guard);
-            if !failed && let Err(e) = end_of_batch(&mut self.handler, self.shard) {
-                // The batch's events were handled; the failure is in flushing them.
-                self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
-                failed = true;
-            }
             bump(&c.handled, handled);
             bump(&c.covered, covered);
             bump(&c.batches, 1);
@@ -428,6 +463,241 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         BatchEnd::Done
     }
 
+    /// One ring batch for a handler that [acknowledges later](ShardHandler::acknowledges_later). Events are
+    /// handed in order; those the handler accepted stay pending until `end_of_batch` confirms them. An
+    /// error charged to a pending event (or an unattributed `end_of_batch` error: the first pending one)
+    /// confirms the ones before it, applies the policy to it, and hands the events after it again. Nothing
+    /// past an unconfirmed event is counted or published (`passed` goes back to it). Returns false when the
+    /// run must stop (the failure is recorded).
+    fn deferred_batch(
+        &mut self,
+        kept: &[Slot],
+        segments: &mut Vec<Arc<Segment>>,
+        tally: &mut Tally,
+        local: &mut Latencies,
+    ) -> bool {
+        let n = self.shared.run.n_shards;
+        tally.taken = kept.len() as u64;
+        // Indices into `kept` of the events accepted and not yet confirmed, in order.
+        let mut pending: Vec<usize> = Vec::new();
+        let mut i = 0;
+        // Slots below this index were counted once (a re-delivery does not count `covered` again).
+        let mut seen = 0;
+        loop {
+            if i == kept.len() {
+                match self.confirm(kept, segments, &mut pending, tally, true) {
+                    Confirmed::All => return true,
+                    Confirmed::Broken => return false,
+                    Confirmed::FailedAt(j, e) => {
+                        if !self.resolve_deferred(kept, j, e, segments, tally) {
+                            return false;
+                        }
+                        i = j + 1;
+                        continue;
+                    }
+                }
+            }
+            let slot = kept[i];
+            let pos = Position(slot.position);
+            let own = self.routed || shard_of(slot.key_hash, n) == self.shard;
+            let first_time = i >= seen;
+            seen = seen.max(i + 1);
+            if pos < self.start {
+                tally.covered += (own && first_time) as u64;
+                i += 1;
+                continue;
+            }
+            if !own {
+                self.passed = Position(pos.0 + 1);
+                i += 1;
+                continue;
+            }
+            if slot.seg_idx as usize >= segments.len() {
+                // The reader registered the segment before publishing this slot (see `segments`).
+                *segments = self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+            }
+            let Some(event) = event_at(segments, &slot) else {
+                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                return false;
+            };
+            if self.per_key_restored && self.handler.covered(&event) {
+                tally.covered += first_time as u64;
+                self.passed = Position(pos.0 + 1);
+                i += 1;
+                continue;
+            }
+            let Some((log, log_position)) = self.log_and_position(&slot, segments) else {
+                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+                return false;
+            };
+            let replay = pos < self.shared.replay_end;
+            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
+            let (step, handler) = (&mut self.step, &mut self.handler);
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                step.call(handler, &event, &ctx, slot.published_ns, local)
+            }));
+            let err = match called {
+                Ok(Ok(())) => {
+                    pending.push(i);
+                    self.passed = Position(pos.0 + 1);
+                    i += 1;
+                    continue;
+                }
+                Ok(Err(e)) => e,
+                Err(p) => HandlerError::new(panic_message(&*p)),
+            };
+            let (j, e) = match err.position() {
+                Some(p) if p != pos => {
+                    // Charged to an earlier accepted event: the ones before it are done.
+                    let Some(k) = pending.iter().position(|&x| kept[x].position == p.0) else {
+                        self.fail(p, b"", format!("{err} (the handler charged position {p}, which it had not accepted unconfirmed in this batch)"));
+                        return false;
+                    };
+                    tally.handled += k as u64;
+                    let j = pending[k];
+                    pending.clear();
+                    (j, err)
+                }
+                _ if pending.is_empty() => (i, err),
+                _ => {
+                    // This event failed: what is pending is confirmed before the policy applies to it.
+                    match self.confirm(kept, segments, &mut pending, tally, false) {
+                        Confirmed::All => (i, err),
+                        Confirmed::Broken => return false,
+                        // An earlier one failed: this event is handed again after it.
+                        Confirmed::FailedAt(j, e) => (j, e),
+                    }
+                }
+            };
+            if !self.resolve_deferred(kept, j, e, segments, tally) {
+                return false;
+            }
+            i = j + 1;
+        }
+    }
+
+    /// Calls `end_of_batch` to confirm the pending events (at the end of a batch even if none is pending).
+    fn confirm(
+        &mut self,
+        kept: &[Slot],
+        segments: &[Arc<Segment>],
+        pending: &mut Vec<usize>,
+        tally: &mut Tally,
+        at_end: bool,
+    ) -> Confirmed {
+        if pending.is_empty() && !at_end {
+            return Confirmed::All;
+        }
+        let shard = self.shard;
+        let handler = &mut self.handler;
+        let e = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.end_of_batch(shard))) {
+            Ok(Ok(())) => {
+                tally.handled += pending.len() as u64;
+                if let Some(&last) = pending.last() {
+                    tally.last_ts = event_at(segments, &kept[last]).map(|e| e.timestamp_ns);
+                }
+                pending.clear();
+                return Confirmed::All;
+            }
+            Ok(Err(e)) => e,
+            Err(p) => HandlerError::new(panic_message(&*p)),
+        };
+        let k = match e.position() {
+            None if pending.is_empty() => {
+                self.fail(Position(self.passed.0.saturating_sub(1)), b"", format!("end of batch: {e}"));
+                return Confirmed::Broken;
+            }
+            None => 0,
+            Some(p) => match pending.iter().position(|&x| kept[x].position == p.0) {
+                Some(k) => k,
+                None => {
+                    self.fail(
+                        p,
+                        b"",
+                        format!("end of batch: {e} (the handler charged position {p}, which it had not accepted unconfirmed in this batch)"),
+                    );
+                    return Confirmed::Broken;
+                }
+            },
+        };
+        tally.handled += k as u64;
+        let j = pending[k];
+        pending.clear();
+        Confirmed::FailedAt(j, e)
+    }
+
+    /// Applies the error policy to the deferred event `kept[j]`, which failed with `e`; a retry the policy
+    /// made succeed is confirmed with `end_of_batch`. Returns false when the run must stop.
+    fn resolve_deferred(
+        &mut self,
+        kept: &[Slot],
+        j: usize,
+        e: HandlerError,
+        segments: &[Arc<Segment>],
+        tally: &mut Tally,
+    ) -> bool {
+        let slot = kept[j];
+        let pos = Position(slot.position);
+        // Nothing at or after the failed event is done yet.
+        self.passed = pos;
+        let Some(event) = event_at(segments, &slot) else {
+            self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+            return false;
+        };
+        let Some((log, log_position)) = self.log_and_position(&slot, segments) else {
+            self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
+            return false;
+        };
+        let origin =
+            if self.merged.is_some() { Origin::Merged { log: log as usize, log_position } } else { Origin::Log };
+        let n = self.shared.run.n_shards;
+        let replay = pos < self.shared.replay_end;
+        let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
+        let shared = self.shared;
+        let aborted = || shared.run.aborted();
+        let e = e.at(pos);
+        match self.step.resolve(&mut self.handler, &event, &ctx, origin, e, &aborted) {
+            Resolved::Handled => {
+                // The retry was accepted: it counts once it is confirmed.
+                let shard = self.shard;
+                let handler = &mut self.handler;
+                let confirmed =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.end_of_batch(shard))) {
+                        Ok(r) => r,
+                        Err(p) => Err(HandlerError::new(panic_message(&*p))),
+                    };
+                if let Err(e) = confirmed {
+                    self.fail(pos, event.key, format!("a retry was accepted, then failed: {e}"));
+                    return false;
+                }
+                tally.handled += 1;
+            }
+            Resolved::DeadLettered => {}
+            Resolved::Stop(failure) => {
+                self.shared.run.fail(failure.into());
+                return false;
+            }
+            Resolved::Broken => return false,
+        }
+        tally.last_ts = Some(event.timestamp_ns);
+        self.passed = Position(pos.0 + 1);
+        true
+    }
+
+    /// The slot's log and its record's position in that log, as `Ctx` gives them: `(0, position)` for one
+    /// log; `None` if the slot is outside the mapped segments.
+    fn log_and_position(&mut self, slot: &Slot, segments: &[Arc<Segment>]) -> Option<(u32, Position)> {
+        let pos = Position(slot.position);
+        match &mut self.merged {
+            None => Some((0, pos)),
+            Some(m) => {
+                let log = m.log_at(slot.seg_idx, segments)?;
+                let rec = segments.get(slot.seg_idx as usize)?.record_at(slot.offset)?;
+                Some((log, rec.position))
+            }
+        }
+    }
+
     fn fail(&self, position: Position, key: &[u8], cause: String) {
         self.shared.run.fail(ReplayError::Handler(HandlerFailure {
             shard: self.shard,
@@ -435,5 +705,122 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
             position,
             cause,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The deferred path with a handler that models a child process: it accepts events, confirms them in
+    //! `end_of_batch`, fails the poison ones there (charged with `HandlerError::at`), and forgets what it
+    //! accepted after a failed event (a new child would not have it), sometimes noticing a failure while
+    //! accepting a later event. Dead letters must be exactly the poison events, and every other event
+    //! confirmed exactly once.
+
+    use std::collections::BTreeSet;
+
+    use catchup_segments::{LogWriter, WriterOptions};
+
+    use super::*;
+    use crate::{Engine, ErrorPolicy};
+
+    const EVENTS: u64 = 3000;
+
+    fn poison(p: u64) -> bool {
+        p % 97 == 3
+    }
+
+    struct Deferring {
+        /// Accepted, not confirmed.
+        pending: Vec<u64>,
+        /// Confirmed (handled) positions, in order.
+        done: Vec<u64>,
+        /// Events retried: answered at once.
+        failed: BTreeSet<u64>,
+        calls: u64,
+    }
+
+    impl Deferring {
+        /// Confirms pending events up to the first poison one, which fails (the rest are forgotten).
+        fn settle(&mut self) -> Result<(), HandlerError> {
+            let pending = std::mem::take(&mut self.pending);
+            for p in pending {
+                if poison(p) {
+                    self.failed.insert(p);
+                    return Err(HandlerError::new(format!("poison {p}")).at(Position(p)));
+                }
+                self.done.push(p);
+            }
+            Ok(())
+        }
+    }
+
+    impl ShardHandler for Deferring {
+        fn handle(&mut self, e: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            let p = e.position.0;
+            if self.failed.contains(&p) {
+                // A retry: answered before returning (still poison).
+                return Err(HandlerError::new(format!("poison {p} again")));
+            }
+            self.calls += 1;
+            self.pending.push(p);
+            // Now and then the failure of an earlier event shows up while accepting a later one.
+            if self.calls.is_multiple_of(10) && self.pending.iter().any(|q| poison(*q)) {
+                return self.settle();
+            }
+            Ok(())
+        }
+        fn end_of_batch(&mut self, _: ShardId) -> Result<(), HandlerError> {
+            self.settle()
+        }
+        fn acknowledges_later(&self) -> bool {
+            true
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            assert!(self.pending.is_empty(), "a snapshot with unconfirmed events");
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn deferred_failures_are_charged_to_their_event_and_the_rest_is_handed_again() {
+        let log = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(log.path(), WriterOptions::default()).unwrap();
+        for i in 0..EVENTS {
+            w.append(format!("k{}", i % 13).as_bytes(), b"x", i).unwrap();
+            if i.is_multiple_of(37) {
+                w.commit().unwrap();
+            }
+        }
+        w.close().unwrap();
+        let ckpt = tempfile::tempdir().unwrap();
+        let dl = ckpt.path().join("dl.jsonl");
+        for policy in
+            [ErrorPolicy::Skip, ErrorPolicy::Retry { attempts: 2, backoff: Duration::from_millis(1), then_skip: true }]
+        {
+            let _ = std::fs::remove_file(&dl);
+            let cfg = EngineConfig {
+                n_shards: 2,
+                ring_size: 256,
+                consume_batch_max: 64,
+                on_error: policy,
+                dead_letters: Some(dl.clone()),
+                ..Default::default()
+            };
+            let factory = |_| Deferring { pending: Vec::new(), done: Vec::new(), failed: BTreeSet::new(), calls: 0 };
+            let summary = Engine::run(log.path(), cfg, factory).unwrap();
+            let mut done: Vec<u64> = summary.into_handlers().flat_map(|h| h.done).collect();
+            done.sort_unstable();
+            let want: Vec<u64> = (0..EVENTS).filter(|p| !poison(*p)).collect();
+            assert_eq!(done, want, "{policy:?}: every event but the poison ones confirmed once");
+            let dead: BTreeSet<u64> = std::fs::read_to_string(&dl)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["position"].as_u64().unwrap())
+                .collect();
+            assert_eq!(dead, (0..EVENTS).filter(|p| poison(*p)).collect::<BTreeSet<u64>>(), "{policy:?}");
+        }
     }
 }

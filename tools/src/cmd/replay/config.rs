@@ -9,6 +9,7 @@ use catchup_engine::kafka::KafkaUrl;
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
 use super::source::{KafkaSource, LogSource, Source};
+use crate::exec::ExecMode;
 use crate::projection::ProjectionSpec;
 use crate::{ReplayArgs, usage};
 
@@ -18,6 +19,8 @@ pub const SNAPSHOT_EVERY_DEFAULT: u64 = 1_000_000;
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Most retries `retry:N` accepts.
 pub const RETRIES_MAX: u32 = 100;
+/// Default `--exec-timeout`: how long an acknowledged `--exec` child may go without answering.
+pub const EXEC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// Version of the fingerprint's canonical text; bump when its meaning changes.
 const FINGERPRINT_PREFIX: &str = "catchup-replay/v1";
 
@@ -68,6 +71,10 @@ pub struct Config {
     pub latency_sample_every: u32,
     /// Events per second at most.
     pub max_rate: Option<u64>,
+    /// `--exec-mode` (ack unless `lines`).
+    pub exec_mode: ExecMode,
+    /// `--exec-timeout`.
+    pub exec_timeout: Duration,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -196,6 +203,25 @@ impl Config {
                  is spooled there, so it moves with the partition"
             );
         }
+        // Ack by default (a child's failure is charged to the right event, nothing is lost); the Kafka source
+        // does not support it yet, so there the default stays lines.
+        let exec_mode = match (a.exec_mode.as_deref(), &source) {
+            (Some("ack"), _) => ExecMode::Ack,
+            (Some(_), _) | (None, Source::Kafka(_)) => ExecMode::Lines,
+            (None, Source::Log(_)) => ExecMode::Ack,
+        };
+        if (a.exec_mode.is_some() || a.exec_timeout.is_some()) && !matches!(handler, HandlerSpec::Exec(_)) {
+            usage!("--exec-mode and --exec-timeout go with --exec");
+        }
+        if a.exec_timeout.is_some_and(|d| d.is_zero()) {
+            usage!("--exec-timeout must be above zero");
+        }
+        if matches!(source, Source::Kafka(_)) && matches!(handler, HandlerSpec::Exec(_)) && exec_mode == ExecMode::Ack {
+            usage!(
+                "with --source, --exec runs only in --exec-mode lines (its default there) for now: the Kafka \
+                 source does not hand a batch's later records again after a failure the child acknowledges late"
+            );
+        }
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -230,6 +256,8 @@ impl Config {
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
+            exec_mode,
+            exec_timeout: a.exec_timeout.unwrap_or(EXEC_TIMEOUT_DEFAULT),
         })
     }
 
@@ -305,5 +333,25 @@ mod tests {
         assert!(parse_on_error("retry:0").is_err());
         assert!(parse_on_error("retry").is_err());
         assert!(parse_on_error("ignore").is_err());
+    }
+
+    /// `--exec` is acknowledged by default on a log, lines on a topic (which has no ack mode yet).
+    #[test]
+    fn exec_modes() {
+        let cfg = config(&["LOG", "--exec", "x"]);
+        assert_eq!((cfg.exec_mode, cfg.exec_timeout), (ExecMode::Ack, EXEC_TIMEOUT_DEFAULT));
+        let cfg = config(&["LOG", "--exec", "x", "--exec-mode", "lines", "--exec-timeout", "2s"]);
+        assert_eq!((cfg.exec_mode, cfg.exec_timeout), (ExecMode::Lines, Duration::from_secs(2)));
+        let kafka = ["--source", "kafka://h:1/t", "--group", "g", "--checkpoint-dir", "C", "--exec", "x"];
+        assert_eq!(config(&kafka).exec_mode, ExecMode::Lines);
+        let refused = |args: &[&str]| {
+            let cli = crate::Cli::try_parse_from(["catchup", "replay"].iter().chain(args)).unwrap();
+            let crate::Command::Replay(a) = cli.command else { unreachable!("parsed `replay`") };
+            Config::from_args(*a).unwrap_err().to_string()
+        };
+        let with_ack: Vec<&str> = kafka.iter().copied().chain(["--exec-mode", "ack"]).collect();
+        assert!(refused(&with_ack).contains("--exec-mode lines"));
+        assert!(refused(&["LOG", "--exec-mode", "lines"]).contains("go with --exec"));
+        assert!(refused(&["LOG", "--exec", "x", "--exec-timeout", "0s"]).contains("above zero"));
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +25,7 @@ use super::kafka::{self, KafkaStats};
 use super::log;
 use super::source::{PartFactory, Source, spool_dir};
 use super::summary::{SourceStats, Stats};
-use crate::exec::{self, ExecHandler, ExecSpec};
+use crate::exec::{self, ExecHandler, ExecMode, ExecOutput, ExecSpec};
 use crate::hist::IntervalLog;
 use crate::interrupt;
 use crate::progress::{ReplayBar, Ui};
@@ -253,21 +254,61 @@ fn spool_root(cfg: &Config) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     })
 }
 
-/// A child per part and shard; the output is the spools concatenated in part, then shard order.
+/// A child per part and shard; the output is the spools concatenated in part, then shard order, or in ack
+/// mode with stdout as the output, the acknowledged lines as they come.
 fn run_exec(cfg: &Config, ui: &Ui, cmd: &str) -> Result<Stats> {
     let (root, _tmp) = spool_root(cfg)?;
     let durable = cfg.checkpoint.is_some();
     let cmd: Arc<str> = cmd.into();
+    let streamed = Arc::new(AtomicU64::new(0));
+    let stdout_closed = Arc::new(AtomicBool::new(false));
+    let output = match (&cfg.output, cfg.exec_mode) {
+        (Output::Stdout, ExecMode::Ack) => ExecOutput::Stdout(streamed.clone(), stdout_closed.clone()),
+        (Output::Discard, ExecMode::Ack) => ExecOutput::Discard,
+        _ => ExecOutput::Spool,
+    };
+    let (mode, timeout) = (cfg.exec_mode, cfg.exec_timeout);
     let factory = move |part: Part, n: usize| {
-        let spec = ExecSpec { cmd: cmd.clone(), spool_dir: spool_dir(part, &root), durable, n_shards: n };
+        let spec = ExecSpec {
+            cmd: cmd.clone(),
+            spool_dir: spool_dir(part, &root),
+            durable,
+            n_shards: n,
+            mode,
+            timeout,
+            output: output.clone(),
+        };
         (0..n).map(|s| ExecHandler::new(spec.clone(), ShardId(s as u16))).collect::<Vec<_>>()
     };
-    let (mut finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
+    let (mut finished, interrupted, elapsed) = match drive(cfg, ui, factory) {
+        Ok(r) => r,
+        // `--out - | head`: the reader of our stdout left, which failed the run; not our failure (exit 0,
+        // as `export | head`). The children were ended when their handlers dropped.
+        Err(_) if stdout_closed.load(Ordering::Relaxed) => {
+            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+        }
+        Err(e) => return Err(e),
+    };
     let mut spools = Vec::new();
+    let mut failures = Vec::new();
+    // Every child gets EOF first, so their --exec-timeout to exit runs at the same time.
     for h in finished.handlers.values_mut().flatten() {
-        spools.push(h.finish().map_err(|e| anyhow::anyhow!("replay of {} failed: {e}", cfg.source_name()))?);
+        h.close_input();
     }
-    let output = write_output(cfg, |w| exec::concat_spools(&spools, w))?;
+    for h in finished.handlers.values_mut().flatten() {
+        // Every child is ended, even after one failed (none is left running).
+        match h.finish() {
+            Ok(p) => spools.push(p),
+            Err(e) => failures.push(e),
+        }
+    }
+    if let Some(e) = failures.first() {
+        anyhow::bail!("replay of {} failed: {e}", cfg.source_name());
+    }
+    let output = match (&cfg.output, cfg.exec_mode) {
+        (Output::Stdout, ExecMode::Ack) => Some(("stdout".into(), streamed.load(Ordering::Relaxed))),
+        _ => write_output(cfg, |w| exec::concat_spools(&spools, w))?,
+    };
     Ok(stats(cfg, &finished, interrupted, elapsed, output))
 }
 

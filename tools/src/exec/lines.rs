@@ -1,9 +1,5 @@
-//! `replay --exec CMD`: a [`ShardHandler`] that pipes its shard's events to a child process.
-//!
-//! Each shard runs `sh -c CMD` with `CATCHUP_SHARD` and `CATCHUP_SHARDS` set, and writes its events to the
-//! child's stdin as JSON Lines (the event line of `export`: position, timestamp_ns, key, payload), in log
-//! order per key. The child's stdout is appended to a per-shard spool file; the final output is the spools
-//! concatenated in shard order (all of shard 0's lines, then shard 1's...). Its stderr is ours.
+//! `--exec-mode lines`: events are written to the child's stdin as JSON Lines and count as handled once
+//! written (at-least-once; see the module above for the acknowledged mode).
 //!
 //! **Epochs.** A child is started at the shard's first event. With `--checkpoint-dir`, every snapshot
 //! closes the child's stdin, waits for it to exit and syncs its output; the snapshot records how many spool
@@ -11,47 +7,26 @@
 //! shard's events, and a snapshot never claims an event whose output is not on disk. After a crash the
 //! spool is cut back to the snapshot's length and the events after the snapshot are sent again to a new
 //! child: delivery to children is **at least once**, and the output holds each completed epoch once.
-//! A child that keeps state across events (an `awk` total) therefore prints once per epoch.
+//! A child that keeps state across events (an `awk` total) therefore prints once per epoch: the
+//! acknowledged mode gives it one stream per run.
 //!
-//! **Failures.** A child that stops reading (exits, crashes) fails the event being written when that is
-//! noticed; the policy of `--on-error` applies, and the next event starts a new child (so `retry:N`
-//! restarts it). A child that exits non-zero after its input ends fails the run.
-//!
-//! Children run in their own process group, so Ctrl-C at the terminal reaches only `catchup`, which stops
-//! cleanly and lets them finish their input.
+//! **Failures.** A child that stops reading (exits, crashes) is noticed only when a later write fails,
+//! which may be well after the event it died on, with the events in its pipe gone. Since the failed event
+//! cannot be known, this stops the run whatever `--on-error` says (a fatal error): no snapshot covers the
+//! events since the last one, so a resume sends them again (at least once). Skipping or retrying the event
+//! being written instead lost the ones in the pipe and dead-lettered an innocent one (issue #13). A child
+//! that exits non-zero after its input ends fails the run.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread::JoinHandle;
 
-use catchup_engine::{Ctx, Event, HandlerError, ShardHandler, ShardId};
+use catchup_engine::{Ctx, Event, HandlerError, ShardId};
 
-use crate::json;
-
-/// Snapshot state: this magic, then the spool length as `u64` little-endian.
-const STATE_MAGIC: &[u8; 8] = b"CUEXEC01";
-
-/// Spool file of shard `shard` in `dir`.
-pub fn spool_path(dir: &Path, shard: ShardId) -> PathBuf {
-    dir.join(format!("shard-{:05}.out", shard.0))
-}
-
-/// Settings shared by the shards' handlers.
-#[derive(Debug, Clone)]
-pub struct ExecSpec {
-    /// The command, run with `sh -c`.
-    pub cmd: Arc<str>,
-    /// Directory of the spool files.
-    pub spool_dir: PathBuf,
-    /// Sync spools when an epoch ends (with checkpoints).
-    pub durable: bool,
-    /// Number of shards.
-    pub n_shards: usize,
-}
+use super::{ExecSpec, cut_spool, describe, push_line, spool_path};
 
 /// A running child and the thread copying its stdout into the spool.
 #[derive(Debug)]
@@ -74,17 +49,10 @@ struct Inner {
     line: Vec<u8>,
 }
 
-/// The `--exec` shard handler.
+/// The line-mode shard handler.
 #[derive(Debug)]
-pub struct ExecHandler {
+pub struct LineHandler {
     inner: Inner,
-}
-
-fn describe(status: ExitStatus) -> String {
-    match status.code() {
-        Some(c) => format!("exited with status {c}"),
-        None => format!("was killed ({status})"),
-    }
 }
 
 impl Inner {
@@ -97,22 +65,7 @@ impl Inner {
         if self.prepared {
             return Ok(());
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.spool)
-            .map_err(|e| format!("cannot open spool file {}: {e}", self.spool.display()))?;
-        let len = f.metadata().map_err(|e| format!("cannot stat {}: {e}", self.spool.display()))?.len();
-        if len < self.committed_len {
-            return Err(format!(
-                "spool file {} has {len} bytes but its snapshot says {}: output was lost; delete the checkpoint \
-                 directory to replay from the start",
-                self.spool.display(),
-                self.committed_len
-            ));
-        }
-        f.set_len(self.committed_len).map_err(|e| format!("cannot truncate {}: {e}", self.spool.display()))?;
+        cut_spool(&self.spool, self.committed_len)?;
         self.prepared = true;
         Ok(())
     }
@@ -134,6 +87,7 @@ impl Inner {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start `sh -c {}`: {e}", self.spec.cmd))?;
+        crate::interrupt::track_child(child.id());
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
         let durable = self.spec.durable;
@@ -172,6 +126,7 @@ impl Inner {
         drop(stdin);
         let pumped = pump.join().unwrap_or_else(|_| Err(std::io::Error::other("output thread panicked")));
         let status = child.wait().map_err(|e| format!("cannot wait for {}: {e}", self.who()))?;
+        crate::interrupt::untrack_child(child.id());
         self.committed_len = std::fs::metadata(&self.spool)
             .map_err(|e| format!("cannot stat spool file {}: {e}", self.spool.display()))?
             .len();
@@ -183,11 +138,11 @@ impl Inner {
     }
 }
 
-impl ExecHandler {
+impl LineHandler {
     /// The handler of `shard`. Starts nothing until the first event.
-    pub fn new(spec: ExecSpec, shard: ShardId) -> ExecHandler {
+    pub fn new(spec: ExecSpec, shard: ShardId) -> LineHandler {
         let spool = spool_path(&spec.spool_dir, shard);
-        ExecHandler {
+        LineHandler {
             inner: Inner {
                 spec,
                 shard,
@@ -207,17 +162,16 @@ impl ExecHandler {
         inner.prepare()?;
         Ok(inner.spool.clone())
     }
-}
 
-impl ShardHandler for ExecHandler {
-    fn handle(&mut self, event: &Event<'_>, _ctx: &Ctx) -> Result<(), HandlerError> {
+    /// Writes the event to the child (started first if need be).
+    pub fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         let inner = &mut self.inner;
         if inner.epoch.is_none() {
             inner.spawn().map_err(HandlerError::new)?;
         }
         let mut line = std::mem::take(&mut inner.line);
         line.clear();
-        json::push_event_line(&mut line, event.position.0, event.timestamp_ns, event.key, event.payload);
+        push_line(&mut line, event, ctx);
         let written = inner.epoch.as_mut().expect("spawned above").stdin.write_all(&line);
         inner.line = line;
         if let Err(e) = written {
@@ -226,63 +180,49 @@ impl ShardHandler for ExecHandler {
                 Err(status) => status,
                 Ok(()) => format!("{} exited (status 0) before reading all its input", inner.who()),
             };
-            return Err(HandlerError::new(format!("{why} ({e})")));
+            // Which of the events in its pipe it died on cannot be known: the run stops (no snapshot covers
+            // them, so a resume sends them again) rather than charge or retry the wrong event.
+            return Err(HandlerError::fatal(format!(
+                "{why} ({e}); in --exec-mode lines the events still in its pipe cannot be told apart, so the run \
+                 stops and a resume sends them again (--exec-mode ack applies --on-error to the exact event)"
+            )));
         }
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+    /// Ends the epoch for a snapshot; returns the spool length it covers.
+    pub fn snapshot(&mut self) -> Result<u64, HandlerError> {
         let inner = &mut self.inner;
         // The snapshot says every event sent so far is done: the child must have read and answered them.
         // If it failed, the engine stops without writing this snapshot and a resume sends them again.
         inner.close_epoch().map_err(HandlerError::new)?;
-        let mut b = STATE_MAGIC.to_vec();
-        b.extend_from_slice(&inner.committed_len.to_le_bytes());
-        Ok(b)
+        Ok(inner.committed_len)
     }
 
-    fn flush(&mut self) -> Result<(), HandlerError> {
+    /// Ends the epoch before a commit without a snapshot.
+    pub fn flush(&mut self) -> Result<(), HandlerError> {
         // Every event sent so far is about to be committed: the child must have answered them.
         self.inner.close_epoch().map_err(HandlerError::new)
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
+    /// Restores the spool length of a snapshot (and cuts the spool to it).
+    pub fn restore(&mut self, committed_len: u64) -> Result<(), String> {
         let inner = &mut self.inner;
-        if bytes.len() != 16 || &bytes[..8] != STATE_MAGIC {
-            return Err(HandlerError::new("not an --exec snapshot"));
-        }
-        inner.committed_len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+        inner.committed_len = committed_len;
         inner.prepared = false;
-        inner.prepare().map_err(HandlerError::new)
+        inner.prepare()
     }
 }
 
-impl Drop for ExecHandler {
+impl Drop for LineHandler {
     fn drop(&mut self) {
         // Only an aborted run gets here with a child alive: stop it rather than wait on it.
         if let Some(mut e) = self.inner.epoch.take() {
             drop(e.stdin);
-            let _ = e.child.kill();
+            super::kill_group(e.child.id());
             let _ = e.child.wait();
+            crate::interrupt::untrack_child(e.child.id());
             let _ = e.pump.join();
         }
     }
-}
-
-/// Concatenates the spools in order into `out`. Returns the number of lines.
-pub fn concat_spools(spools: &[PathBuf], out: &mut dyn Write) -> std::io::Result<u64> {
-    let mut lines = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    for p in spools {
-        let mut f = File::open(p)?;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
-            out.write_all(&buf[..n])?;
-        }
-    }
-    Ok(lines)
 }
