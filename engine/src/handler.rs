@@ -207,6 +207,12 @@ pub enum StateLayout {
 /// ```
 pub trait ShardHandler: Send + 'static + sealed::Internals {
     /// Handles one event. An `Err` (or a panic) makes the event a poison event.
+    ///
+    /// A failed call must leave the handler's state as it was before it (all or nothing): under `retry` the
+    /// engine calls `handle` again with the same event, and under `skip` it goes on with the next one, so a
+    /// change made before the failure would be applied twice or kept for an event that is dead-lettered.
+    /// The engine cannot undo a raw handler's state; a [`KeyedHandler`](crate::KeyedHandler) undoes a failed
+    /// [`Projection::apply`](crate::Projection::apply) itself.
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
 
     /// Called after the last event of each batch the shard takes from the ring (a good place to flush).
@@ -257,6 +263,9 @@ pub(crate) mod sealed {
     pub trait KeyedInternals {
         /// True if the event is below its key's restored coverage and must be skipped.
         fn covered(&self, event: &Event<'_>) -> bool;
+        /// Whether a failed `apply` must be undone before the error policy acts (every policy but `stop`
+        /// may handle the key again). On by default.
+        fn undo_failed_applies(&self, on: bool);
     }
 
     /// The engine's view of every handler: answered from [`ShardHandler::keyed`], so no handler can

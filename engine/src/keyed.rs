@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::ThreadId;
 
 use catchup_segments::{Position, key_hash};
@@ -48,9 +49,12 @@ pub trait Projection: Send + Sync + 'static {
     fn init(&self, key: &[u8]) -> Self::State;
     /// Folds one event of the key into its state.
     ///
-    /// On `Err` the event is a poison event. A key whose first event fails gets no state (it is not
-    /// created); for an existing key, the engine's policy may call `apply` again on the same state (retry)
-    /// or go on (skip), so leave the state untouched when returning `Err` (change it last).
+    /// On `Err` (or a panic) the event is a poison event. A key whose first event fails gets no state (it
+    /// is not created). For an existing key, under a policy that goes on past a failed event or tries it
+    /// again (skip, retry, park), the handler undoes whatever a failed `apply` changed before the policy
+    /// acts: it saves the state (`encode`) before each `apply` and puts it back (`decode`) on failure, so a
+    /// retry folds the event exactly once and a skipped event leaves no partial effect. Under the default
+    /// `stop` policy nothing is saved (the run stops and the state is not checkpointed past the event).
     fn apply(&self, state: &mut Self::State, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
     /// True if the key is to be deleted after `apply` left it in `state` (an account closed, a user
     /// forgotten). The key leaves the read model, and its snapshot entry becomes a tombstone so that no
@@ -318,6 +322,14 @@ pub struct KeyedHandler<P: Projection> {
     n_shards: usize,
     /// No event at or above this position is covered by a restored snapshot: the highest `covered` restored.
     covered_below: Position,
+    /// Undo a failed `apply` (save the key's state before each one). On unless the engine runs the `stop`
+    /// policy, which never handles a failed event again. An atomic only so the engine can set it through a
+    /// shared [`KeyedRef`]; it is read and written on the thread that owns the handler (or before that
+    /// thread starts, which orders it), so it pairs with no other access: `Relaxed`.
+    guard: AtomicBool,
+    /// The state of the key being applied, as `encode` wrote it before `apply` (reused: no allocation per
+    /// event once it has grown).
+    saved: Vec<u8>,
 }
 
 impl<P: Projection> std::fmt::Debug for KeyedHandler<P> {
@@ -361,7 +373,8 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             Some(lock) => lock,
             None => BatchLock::take(&self.map),
         };
-        apply_event(&*self.projection, &mut lock.guard, event, ctx)?;
+        let saved = if self.guard.load(Ordering::Relaxed) { Some(&mut self.saved) } else { None };
+        apply_event(&*self.projection, &mut lock.guard, event, ctx, saved)?;
         self.batch = Some(lock);
         Ok(())
     }
@@ -428,20 +441,26 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
 }
 
 /// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
-/// state only if its event applies; `is_deleted` turns the entry into a tombstone.
+/// state only if its event applies; `is_deleted` turns the entry into a tombstone. With `saved`, an existing
+/// key's state is saved into it before `apply` and put back if `apply` fails or panics (the panic goes on
+/// once the state is back), so the failure leaves the state as it was.
 #[inline]
 fn apply_event<P: Projection>(
     p: &P,
     m: &mut KeyMap<P::State>,
     event: &Event<'_>,
     ctx: &Ctx,
+    saved: Option<&mut Vec<u8>>,
 ) -> Result<(), HandlerError> {
     let next = Position(event.position.0 + 1);
     if let Some(entry) = m.get_mut(event.key_hash, event.key) {
         if event.position < entry.covered {
             return Ok(());
         }
-        p.apply(&mut entry.state, event, ctx)?;
+        match saved {
+            None => p.apply(&mut entry.state, event, ctx)?,
+            Some(buf) => apply_undoable(p, &mut entry.state, event, ctx, buf)?,
+        }
         if p.is_deleted(&entry.state) {
             m.delete(event.key_hash, event.key, next);
         }
@@ -461,12 +480,51 @@ fn apply_event<P: Projection>(
     Ok(())
 }
 
+/// `apply` on `state`, undone if it fails: the state is encoded into `buf` first and decoded back after an
+/// error or a panic. A panic is resumed once the state is back (the engine turns it into the event's error).
+/// A state that cannot be decoded from its own encoding is a fatal error (the projection is broken).
+#[inline(never)]
+fn apply_undoable<P: Projection>(
+    p: &P,
+    state: &mut P::State,
+    event: &Event<'_>,
+    ctx: &Ctx,
+    buf: &mut Vec<u8>,
+) -> Result<(), HandlerError> {
+    buf.clear();
+    p.encode(state, buf);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.apply(state, event, ctx)));
+    if matches!(r, Ok(Ok(()))) {
+        return Ok(());
+    }
+    match p.decode(buf) {
+        Ok(s) => *state = s,
+        Err(e) => {
+            return Err(HandlerError::fatal(format!(
+                "the state of key {} could not be put back after a failed apply at position {}: decoding its \
+                 own encoding failed: {e}",
+                crate::error::printable_key(event.key),
+                event.position
+            )));
+        }
+    }
+    match r {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 impl<P: Projection> KeyedInternals for KeyedHandler<P> {
     #[inline]
     fn covered(&self, event: &Event<'_>) -> bool {
         // Past the highest restored position no event is covered: no lock, no lookup.
         event.position < self.covered_below
             && self.read(|m| m.covered(event.key_hash, event.key).is_some_and(|c| event.position < c))
+    }
+
+    fn undo_failed_applies(&self, on: bool) {
+        // Relaxed: see the field.
+        self.guard.store(on, Ordering::Relaxed);
     }
 }
 
@@ -533,6 +591,8 @@ impl<P: Projection> Keyed<P> {
             shard,
             n_shards: self.maps.len(),
             covered_below: Position(0),
+            guard: AtomicBool::new(true),
+            saved: Vec::new(),
         }
     }
 

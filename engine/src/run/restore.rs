@@ -61,9 +61,7 @@ pub(crate) fn restore<H: ShardHandler>(
                 StateLayout::PerShard => s.state.clone(),
                 StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
             };
-            handlers[i]
-                .restore(&state)
-                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
+            restore_one(&mut handlers[i], &state).map_err(|why| SnapshotError::Restore { path: path.clone(), why })?;
             starts[i] = s.meta.position;
         }
         return Ok(false);
@@ -114,12 +112,20 @@ pub(crate) fn restore<H: ShardHandler>(
         encode_key_entry(&mut parts[j], key, covered, state);
     }
     for (j, part) in parts.iter().enumerate() {
-        handlers[j]
-            .restore(part)
-            .map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.to_string() })?;
+        restore_one(&mut handlers[j], part).map_err(|why| SnapshotError::Restore { path: dir.to_path_buf(), why })?;
         starts[j] = low;
     }
     Ok(true)
+}
+
+/// Calls the handler's `restore`, turning a panic into an error (it runs on the caller's thread: a panic
+/// would unwind into `Engine::start`).
+pub(crate) fn restore_one<H: ShardHandler>(handler: &mut H, state: &[u8]) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.restore(state))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(crate::policy::panic_message(&*p)),
+    }
 }
 
 fn with_covered_at_least(state: &[u8], position: Position, path: &Path) -> Result<Vec<u8>, SnapshotError> {

@@ -52,6 +52,7 @@ pub(crate) fn spawn_shard<H: ShardHandler>(
         .name(format!("catchup-shard-{i}"))
         .spawn(move || {
             let shard = ShardId(i as u16);
+            super::step::prepare(&handler, cfg.on_error);
             let mut s = ShardLoop {
                 shard,
                 handler,

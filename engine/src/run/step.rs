@@ -127,6 +127,16 @@ impl<'a> Step<'a> {
     }
 }
 
+/// Tells a keyed handler whether it must undo a failed `apply` before the policy acts: under every policy
+/// but `stop`, which never handles a failed event or its key again in this run. (The handler undoes by
+/// default; this spares the `stop` policy the cost of saving each state.) Called before the handler's first
+/// event.
+pub(crate) fn prepare<H: ShardHandler>(handler: &H, on_error: ErrorPolicy) {
+    if let Some(k) = handler.keyed() {
+        k.0.undo_failed_applies(on_error != ErrorPolicy::Stop);
+    }
+}
+
 /// Calls the handler's `end_of_batch`, turning a panic into an error like a failure of `handle` (engine
 /// review B3: a panic there stopped the run as a crash of catchup, "internal error ... shard 0 crashed").
 pub(crate) fn end_of_batch<H: ShardHandler>(handler: &mut H, shard: ShardId) -> Result<(), String> {

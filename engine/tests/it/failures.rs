@@ -1,0 +1,230 @@
+//! Handler failures (issue #13): a failed `apply` is undone before the policy acts (a retry folds the event
+//! once, a skip leaves no partial effect), and a panic in any handler hook (restore included) is a handler
+//! failure, never an internal error nor a panic of the caller.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use catchup_engine::*;
+use catchup_segments::LogWriter;
+
+use crate::util::*;
+
+/// A log of one key, `n` events with payload `"1"`, except `"oops"` at each position in `poison`.
+fn one_key_log(dir: &Path, n: u64, poison: &[u64]) {
+    let recs: Vec<(Vec<u8>, Vec<u8>, u64)> = (0..n)
+        .map(|i| {
+            let p: &[u8] = if poison.contains(&i) { b"oops" } else { b"1" };
+            (b"acct".to_vec(), p.to_vec(), 1_700_000_000_000_000_000 + i)
+        })
+        .collect();
+    let mut w = LogWriter::open(dir, writer_opts()).unwrap();
+    append_records(&mut w, &recs, 7);
+    w.close().unwrap();
+}
+
+/// How the counting projection fails on `"oops"`.
+#[derive(Debug, Clone, Copy)]
+enum Poison {
+    /// Counts the event, then fails the first `times` attempts (retry then succeeds).
+    ErrAfterChange { times: u32 },
+    /// Counts the event, then panics the first `times` attempts.
+    PanicAfterChange { times: u32 },
+}
+
+/// Counts events per key; it changes the state *before* failing (what the `apply` docs warn against, and
+/// what a real projection does by mistake), so only the engine's undo keeps the count right.
+struct CountsThenFails {
+    poison: Poison,
+    failures: Arc<AtomicU32>,
+}
+
+impl Projection for CountsThenFails {
+    type State = u64;
+    fn init(&self, _key: &[u8]) -> u64 {
+        0
+    }
+    fn apply(&self, n: &mut u64, e: &Event<'_>, _ctx: &Ctx) -> Result<(), HandlerError> {
+        *n += 1;
+        if e.payload == b"oops" {
+            match self.poison {
+                Poison::ErrAfterChange { times } => {
+                    if self.failures.fetch_add(1, Ordering::Relaxed) < times {
+                        return Err(HandlerError::new("oops is not a number"));
+                    }
+                }
+                Poison::PanicAfterChange { times } => {
+                    if self.failures.fetch_add(1, Ordering::Relaxed) < times {
+                        panic!("oops is not a number");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn encode(&self, n: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| HandlerError::new("bad count"))?))
+    }
+}
+
+fn count_after(dir: &Path, poison: Poison, on_error: ErrorPolicy) -> (Result<u64, ReplayError>, u32, u64) {
+    let dl = dir.join("dl.jsonl");
+    let cfg = EngineConfig {
+        n_shards: 2,
+        ring_size: 64,
+        publish_batch: 16,
+        consume_batch_max: 8,
+        on_error,
+        dead_letters: Some(dl.clone()),
+        ..Default::default()
+    };
+    let log = dir.join("log");
+    let failures = Arc::new(AtomicU32::new(0));
+    let f = failures.clone();
+    let r = within(60, "count run", move || {
+        let (_, view) = Keyed::run(&log, cfg, CountsThenFails { poison, failures: f })?;
+        Ok::<_, ReplayError>(view.with(b"acct", |n| *n).expect("the key has state"))
+    });
+    let dead = std::fs::read_to_string(&dl).map(|s| s.lines().count() as u64).unwrap_or(0);
+    (r, failures.load(Ordering::Relaxed), dead)
+}
+
+fn retry(attempts: u32, then_skip: bool) -> ErrorPolicy {
+    ErrorPolicy::Retry { attempts, backoff: Duration::from_millis(1), then_skip }
+}
+
+/// Issue #13: "a count came out 1999 for a true 1998". A retry after an `apply` that changed the state and
+/// failed must fold the event once. Fails without the undo (the count is 2001).
+#[test]
+fn a_retry_folds_a_failed_event_exactly_once() {
+    for poison in [Poison::ErrAfterChange { times: 1 }, Poison::PanicAfterChange { times: 1 }] {
+        let dir = tempfile::tempdir().unwrap();
+        one_key_log(&dir.path().join("log"), 2000, &[1000]);
+        let (n, failures, dead) = count_after(dir.path(), poison, retry(3, false));
+        assert_eq!(failures, 2, "{poison:?}: the poison event is tried twice");
+        assert_eq!(dead, 0, "{poison:?}");
+        assert_eq!(n.unwrap(), 2000, "{poison:?}: every event counted once");
+    }
+}
+
+/// Under skip (and retry-then-skip), a failed `apply` leaves no partial effect: the skipped event is not
+/// in the state. Fails without the undo (the count includes the dead-lettered events).
+#[test]
+fn a_skipped_event_leaves_no_partial_effect() {
+    for (poison, policy) in [
+        (Poison::ErrAfterChange { times: u32::MAX }, ErrorPolicy::Skip),
+        (Poison::PanicAfterChange { times: u32::MAX }, ErrorPolicy::Skip),
+        (Poison::ErrAfterChange { times: u32::MAX }, retry(2, true)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        one_key_log(&dir.path().join("log"), 1000, &[10, 500, 999]);
+        let (n, _, dead) = count_after(dir.path(), poison, policy);
+        assert_eq!(dead, 3, "{poison:?}/{policy:?}: the three poison events are dead-lettered");
+        assert_eq!(n.unwrap(), 997, "{poison:?}/{policy:?}: only the applied events are counted");
+    }
+}
+
+/// The undo also covers a handler driven by hand (no engine): it is on by default, and a handler that calls
+/// `handle` again after an error folds the event once.
+#[test]
+fn a_keyed_handler_driven_by_hand_undoes_a_failed_apply() {
+    let failures = Arc::new(AtomicU32::new(0));
+    let keyed = Keyed::new(CountsThenFails { poison: Poison::ErrAfterChange { times: 1 }, failures }, 1);
+    let mut h = keyed.handler(ShardId(0));
+    let ctx = |p| Ctx { shard: ShardId(0), n_shards: 1, position: Position(p), replay: false };
+    let ev = |p, payload: &'static [u8]| Event {
+        position: Position(p),
+        timestamp_ns: 0,
+        key_hash: catchup_segments::key_hash(b"acct"),
+        key: b"acct",
+        payload,
+    };
+    h.handle(&ev(0, b"1"), &ctx(0)).unwrap();
+    assert!(h.handle(&ev(1, b"oops"), &ctx(1)).is_err());
+    h.handle(&ev(1, b"oops"), &ctx(1)).unwrap();
+    h.end_of_batch(ShardId(0)).unwrap();
+    assert_eq!(keyed.view().with(b"acct", |n| *n), Some(2));
+}
+
+/// A raw handler whose `restore` panics: the start fails with a snapshot error naming the file and the
+/// panic, instead of unwinding into the caller of `Engine::start`.
+#[test]
+fn a_panic_in_restore_is_an_error_not_a_panic() {
+    struct PanicsInRestore;
+    impl ShardHandler for PanicsInRestore {
+        fn handle(&mut self, _: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(vec![1])
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            panic!("restore exploded")
+        }
+    }
+    struct Fine;
+    impl ShardHandler for Fine {
+        fn handle(&mut self, _: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(vec![1])
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let log = temp_log(&LogSpec { n_events: 500, n_keys: 10, skew: 1, seed: 3 });
+    let ck = mem_tempdir();
+    let cfg = small_cfg(ck.path(), 2);
+    let path = log.path().to_path_buf();
+    let c = cfg.clone();
+    within(30, "first run", move || Engine::run(&path, c, |_| Fine).map(|_| ())).unwrap();
+    let path = log.path().to_path_buf();
+    let r = within(30, "restore panic", move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Engine::run(&path, cfg, |_| PanicsInRestore).map(|_| ())
+        }))
+        .map_err(|_| "Engine::run panicked")
+    });
+    match r {
+        Ok(Err(ReplayError::Snapshot(SnapshotError::Restore { why, .. }))) => {
+            assert!(why.contains("restore exploded"), "{why}")
+        }
+        other => panic!("expected a restore error, got {other:?}"),
+    }
+}
+
+/// A panic in `snapshot` stops the run with a handler failure naming the shard and position.
+#[test]
+fn a_panic_in_snapshot_is_a_handler_failure() {
+    struct PanicsInSnapshot;
+    impl ShardHandler for PanicsInSnapshot {
+        fn handle(&mut self, _: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            panic!("snapshot exploded")
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let log = temp_log(&LogSpec { n_events: 500, n_keys: 10, skew: 1, seed: 3 });
+    let ck = mem_tempdir();
+    let cfg = small_cfg(ck.path(), 2);
+    let path = log.path().to_path_buf();
+    let r = within(30, "snapshot panic", move || Engine::run(&path, cfg, |_| PanicsInSnapshot).map(|_| ()));
+    match r {
+        Err(ReplayError::Handler(f)) => {
+            assert!(f.cause.contains("snapshot") && f.cause.contains("snapshot exploded"), "{}", f.cause);
+            assert!(f.position.0 > 0, "names the position: {f:?}");
+        }
+        other => panic!("expected a handler failure, got {other:?}"),
+    }
+}
