@@ -34,6 +34,9 @@ pub(crate) struct ShardStart {
     pub(crate) routed: bool,
     /// A merged run: turns positions into per-log vectors for snapshots.
     pub(crate) merged: Option<crate::log::MergedShard>,
+    /// Events below this position have been handled before by this projection (`Ctx::replay`): the
+    /// restored snapshot's position, or without one the log's end when the run started.
+    pub(crate) replay_below: Position,
 }
 
 /// Starts shard `i`'s thread over its ring; the thread gives its handler back when the ring shuts down. A
@@ -75,6 +78,7 @@ pub(crate) fn spawn_shard<H: ShardHandler>(
                 snapshot_failed: false,
                 routed: start.routed,
                 merged: start.merged,
+                replay_below: start.replay_below,
             };
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
             if let Err(p) = run {
@@ -106,6 +110,8 @@ pub(crate) struct ShardLoop<'a, H> {
     pub(crate) routed: bool,
     /// A merged run of several logs: what turns `passed` into the per-log positions its snapshots store.
     pub(crate) merged: Option<crate::log::MergedShard>,
+    /// `Ctx::replay` is true below this position (see `ShardStart::replay_below`).
+    pub(crate) replay_below: Position,
 }
 
 /// Per-ring-batch counts.
@@ -200,7 +206,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     key: rec.key,
                     payload: rec.payload,
                 };
-                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+                let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.replay_below };
                 let shared = self.shared;
                 let aborted = || shared.run.aborted();
                 let origin = match &self.merged {
@@ -401,7 +407,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 self.passed = Position(pos.0 + 1);
                 continue;
             }
-            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.shared.replay_end };
+            let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay: pos < self.replay_below };
             if let Err(e) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
                 return BatchEnd::Failed(*slot, e);
             }

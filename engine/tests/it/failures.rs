@@ -228,3 +228,64 @@ fn a_panic_in_snapshot_is_a_handler_failure() {
         other => panic!("expected a handler failure, got {other:?}"),
     }
 }
+
+/// Counts the events it sees as replays and as live ones (`ctx.replay`), whatever the key.
+struct ReplayCounter {
+    replays: Arc<AtomicU32>,
+    live: Arc<AtomicU32>,
+}
+
+impl Projection for ReplayCounter {
+    type State = u64;
+    fn init(&self, _key: &[u8]) -> u64 {
+        0
+    }
+    fn apply(&self, n: &mut u64, _e: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
+        let c = if ctx.replay { &self.replays } else { &self.live };
+        c.fetch_add(1, Ordering::Relaxed);
+        *n += 1;
+        Ok(())
+    }
+    fn encode(&self, n: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| HandlerError::new("bad count"))?))
+    }
+}
+
+/// (replays, live) of one run of `ReplayCounter` over `log` with a checkpoint in `ck`.
+fn replay_run(log: &Path, ck: &Path, n_shards: usize) -> (u32, u32) {
+    let (replays, live) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let p = ReplayCounter { replays: replays.clone(), live: live.clone() };
+    let cfg = small_cfg(ck, n_shards);
+    let log = log.to_path_buf();
+    within(60, "replay-flag run", move || Keyed::run(&log, cfg, p).map(|_| ())).unwrap();
+    (replays.load(Ordering::Relaxed), live.load(Ordering::Relaxed))
+}
+
+/// Engine review A3 / issue #13: `ctx.replay` meant "below the log's end when this run started", so the
+/// events appended while a consumer was down were handled as replays and their side effects (the
+/// embedded example's notifications) were lost. It now means "this projection handled it before": a
+/// consumer restarted from its checkpoint handles them as live. Fails on the old code (500 replays, 0 live).
+#[test]
+fn events_appended_while_a_consumer_was_down_are_live() {
+    let spec = LogSpec { n_events: 2000, n_keys: 50, skew: 1, seed: 41 };
+    let log = temp_log(&spec);
+    let ck = mem_tempdir();
+    // The first run has no history: the backlog is a replay, as before.
+    assert_eq!(replay_run(log.path(), ck.path(), 3), (2000, 0));
+    // The consumer is down; 500 events are appended.
+    let mut w = LogWriter::open(log.path(), writer_opts()).unwrap();
+    append_records(&mut w, &gen_records(&spec, 2000, 500), 9);
+    w.close().unwrap();
+    // Restarted from its checkpoint: the 500 are new to it.
+    assert_eq!(replay_run(log.path(), ck.path(), 3), (0, 500));
+    // Restarted with another shard count (per-key states redistributed): nothing new, nothing handled.
+    assert_eq!(replay_run(log.path(), ck.path(), 2), (0, 0));
+    // Appended again, restarted with a third shard count: again live.
+    let mut w = LogWriter::open(log.path(), writer_opts()).unwrap();
+    append_records(&mut w, &gen_records(&spec, 2500, 300), 10);
+    w.close().unwrap();
+    assert_eq!(replay_run(log.path(), ck.path(), 4), (0, 300));
+}
