@@ -289,3 +289,161 @@ fn events_appended_while_a_consumer_was_down_are_live() {
     w.close().unwrap();
     assert_eq!(replay_run(log.path(), ck.path(), 4), (0, 300));
 }
+
+/// Sums the numbers in the payloads per key; `"oops"` is an error, unless the projection was fixed
+/// (`oops_is`: the value it stands for).
+struct Sum {
+    oops_is: Option<u64>,
+}
+
+impl Projection for Sum {
+    type State = u64;
+    fn init(&self, _key: &[u8]) -> u64 {
+        0
+    }
+    fn apply(&self, n: &mut u64, e: &Event<'_>, _ctx: &Ctx) -> Result<(), HandlerError> {
+        let v = match (std::str::from_utf8(e.payload).ok().and_then(|s| s.parse().ok()), self.oops_is) {
+            (Some(v), _) => v,
+            (None, Some(v)) if e.payload == b"oops" => v,
+            (None, _) => return Err(HandlerError::permanent("amount is not a number")),
+        };
+        *n += v;
+        Ok(())
+    }
+    fn encode(&self, n: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| HandlerError::new("bad sum"))?))
+    }
+}
+
+/// Appends `(key, payload)` records to the log in `dir` (created if missing).
+fn append(dir: &Path, recs: &[(&str, &str)]) {
+    let mut w = LogWriter::open(dir, writer_opts()).unwrap();
+    for (k, p) in recs {
+        w.append(k.as_bytes(), p.as_bytes(), 1_700_000_000_000_000_000).unwrap();
+    }
+    w.commit().unwrap();
+    w.close().unwrap();
+}
+
+fn park(max: usize) -> ErrorPolicy {
+    ErrorPolicy::Park { max, attempts: 0, backoff: Duration::from_millis(1) }
+}
+
+fn park_cfg(dir: &Path, on_error: ErrorPolicy) -> EngineConfig {
+    EngineConfig {
+        n_shards: 2,
+        ring_size: 64,
+        publish_batch: 16,
+        consume_batch_max: 8,
+        on_error,
+        dead_letters: Some(dir.join("dl.jsonl")),
+        checkpoint: checkpoint(&dir.join("ck"), 2),
+        ..Default::default()
+    }
+}
+
+type SumRun = Result<(Vec<(String, Option<u64>)>, Vec<ParkedKey>), ReplayError>;
+
+/// Runs `Sum` over the log in `dir/log` with a checkpoint in `dir/ck`; the sums of `keys` and the parked keys.
+fn sum_run(dir: &Path, on_error: ErrorPolicy, keys: &[&str]) -> SumRun {
+    let cfg = park_cfg(dir, on_error);
+    let log = dir.join("log");
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    within(60, "sum run", move || {
+        let (_, view) = Keyed::run(&log, cfg, Sum { oops_is: None })?;
+        let sums = keys.iter().map(|k| (k.clone(), view.with(k.as_bytes(), |n| *n))).collect();
+        Ok((sums, view.parked()))
+    })
+}
+
+/// Issue #13: amounts 1, "oops", 100 under skip give 101 (the key's state folds over the gap). Under park
+/// the key is frozen at 1: its later event is held, not applied; other keys go on; the dead letter says
+/// `"parked": true`; and the parked key, its first failed position and its held count survive a restart
+/// (the checkpoint keeps them), with events appended meanwhile held too.
+#[test]
+fn park_freezes_a_failed_key_and_keeps_it_in_the_checkpoint() {
+    let recs = [("acct", "1"), ("other", "5"), ("acct", "oops"), ("other", "6"), ("acct", "100"), ("other", "7")];
+    // Skip, for comparison: the gap is folded over.
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &recs);
+    let (sums, parked) = sum_run(dir.path(), ErrorPolicy::Skip, &["acct", "other"]).unwrap();
+    assert_eq!(sums, [("acct".into(), Some(101)), ("other".into(), Some(18))]);
+    assert!(parked.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &recs);
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct", "other"]).unwrap();
+    assert_eq!(sums, [("acct".into(), Some(1)), ("other".into(), Some(18))], "acct frozen at 1, other goes on");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((&*parked[0].key, parked[0].first, parked[0].held), (&b"acct"[..], Position(2), 1));
+    assert!(parked[0].error.contains("not a number"), "{}", parked[0].error);
+    let dl = std::fs::read_to_string(dir.path().join("dl.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = dl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{dl}");
+    assert_eq!((lines[0]["position"].as_u64(), lines[0]["parked"].as_bool()), (Some(2), Some(true)), "{dl}");
+
+    // A restart from the checkpoint: still parked; a new event of the key is held, other keys applied.
+    append(&dir.path().join("log"), &[("acct", "1000"), ("other", "8")]);
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct", "other"]).unwrap();
+    assert_eq!(sums, [("acct".into(), Some(1)), ("other".into(), Some(26))]);
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((parked[0].first, parked[0].held), (Position(2), 2), "held counts add up over runs");
+    // With another shard count (per-key states redistributed): the park moves with its key.
+    let mut cfg = park_cfg(dir.path(), park(10));
+    cfg.n_shards = 3;
+    let log = dir.path().join("log");
+    let (sum, parked) = within(60, "reshard", move || {
+        let (_, view) = Keyed::run(&log, cfg, Sum { oops_is: None }).unwrap();
+        (view.with(b"acct", |n| *n), view.parked())
+    });
+    assert_eq!(sum, Some(1));
+    assert_eq!((parked.len(), parked[0].first, parked[0].held), (1, Position(2), 2));
+}
+
+/// More than `max` parked keys stop the run (a handler failure naming the key and the limit).
+#[test]
+fn parking_more_than_max_keys_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &[("a", "x"), ("b", "1"), ("c", "y"), ("d", "z"), ("b", "2")]);
+    match sum_run(dir.path(), park(2), &["b"]) {
+        Err(ReplayError::Handler(f)) => {
+            assert!(f.cause.contains("3 keys are parked") && f.cause.contains("limit of 2"), "{}", f.cause);
+            // Shards park concurrently: the third key parked is `c` or `d`.
+            assert!([Position(2), Position(3)].contains(&f.position), "{f:?}");
+        }
+        other => panic!("expected a handler failure, got {other:?}"),
+    }
+    // At the limit the run goes on.
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &[("a", "x"), ("b", "1"), ("c", "y"), ("b", "2")]);
+    let (sums, parked) = sum_run(dir.path(), park(2), &["b"]).unwrap();
+    assert_eq!((sums[0].1, parked.len()), (Some(3), 2));
+}
+
+/// A raw handler has no keys to park: the run stops at the failed event, saying so.
+#[test]
+fn park_with_a_raw_handler_stops_clearly() {
+    struct Fails;
+    impl ShardHandler for Fails {
+        fn handle(&mut self, e: &Event<'_>, _: &Ctx) -> Result<(), HandlerError> {
+            if e.payload == b"oops" { Err(HandlerError::new("bad")) } else { Ok(()) }
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, HandlerError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &[("a", "1"), ("a", "oops")]);
+    let cfg = park_cfg(dir.path(), park(5));
+    let log = dir.path().join("log");
+    match within(30, "raw park", move || Engine::run(&log, cfg, |_| Fails).map(|_| ())) {
+        Err(ReplayError::Handler(f)) => assert!(f.cause.contains("needs a keyed projection"), "{}", f.cause),
+        other => panic!("expected a handler failure, got {other:?}"),
+    }
+}
