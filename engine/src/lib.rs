@@ -39,6 +39,7 @@ pub mod keyed;
 mod log;
 pub mod metrics;
 mod policy;
+pub mod redrive;
 mod run;
 pub mod shard;
 pub mod snapshot;

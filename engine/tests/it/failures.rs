@@ -447,3 +447,37 @@ fn park_with_a_raw_handler_stops_clearly() {
         other => panic!("expected a handler failure, got {other:?}"),
     }
 }
+
+/// `redrive` after the projection is fixed: the parked key's events from its first failed position are
+/// re-applied in order, the key is unparked in the checkpoint, and a resumed run goes on from its state.
+/// With the projection still broken the key stays parked, with the new error, and nothing changes.
+#[test]
+fn redrive_reapplies_a_parked_key_once_the_projection_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let ck = dir.path().join("ck");
+    append(&log, &[("acct", "1"), ("other", "5"), ("acct", "oops"), ("other", "6"), ("acct", "100")]);
+    let (sums, _) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
+    assert_eq!(sums[0].1, Some(1));
+
+    // Still broken: stays parked.
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: None }, 0).unwrap();
+    assert_eq!((r.unparked(), r.still_parked()), (0, 1), "{r:?}");
+    assert_eq!(r.keys[0].failed.as_ref().map(|f| f.0), Some(Position(2)));
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
+    assert_eq!((sums[0].1, parked.len()), (Some(1), 1));
+    assert!(parked[0].error.contains("redrive, at position 2"), "{}", parked[0].error);
+
+    // Fixed ("oops" stands for 1000): 1 + 1000 + 100, unparked.
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0).unwrap();
+    assert_eq!((r.unparked(), r.still_parked()), (1, 0), "{r:?}");
+    assert_eq!((r.keys[0].first, r.keys[0].upto, r.keys[0].events), (Position(2), Position(5), 2));
+    // A resumed run starts from the redriven state, and applies the key's new events.
+    append(&log, &[("acct", "7")]);
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct", "other"]).unwrap();
+    assert_eq!(sums, [("acct".into(), Some(1108)), ("other".into(), Some(11))]);
+    assert!(parked.is_empty(), "{parked:?}");
+    // Nothing left to redrive.
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0).unwrap();
+    assert!(r.keys.is_empty(), "{r:?}");
+}
