@@ -9,6 +9,9 @@
 //! one fails, the key stays parked, with the new error, and nothing of it changes. Events of the key at or
 //! above the file's position are left to the next replay, which handles them as it handles any key.
 //!
+//! The operator may also drop events (`drop`): positions whose event is not applied (a poison event that
+//! the dead-letter file keeps and that should not count), so that the key's other events can be applied.
+//!
 //! No replay may run on the checkpoint directory meanwhile (its snapshots would overwrite the redriven
 //! files, or the other way round).
 
@@ -34,8 +37,10 @@ pub struct Redriven {
     pub first: Position,
     /// The events re-applied were those of the key in `first..upto`.
     pub upto: Position,
-    /// Events of the key in that range.
+    /// Events of the key in that range (applied, or dropped).
     pub events: u64,
+    /// Of these, the events dropped (their positions were in `drop`).
+    pub dropped: u64,
     /// None: every event applied and the key is unparked. Some: the position and error of the event that
     /// failed again; the key stays parked.
     pub failed: Option<(Position, String)>,
@@ -61,13 +66,15 @@ impl RedriveReport {
 }
 
 /// Redrives the parked keys of the checkpoint in `checkpoint_dir` (taken over the log in `log_dir` by a
-/// keyed projection whose configuration has `fingerprint`) with `projection`, as the module describes.
-/// The checkpoint must be of one log, per-key, of this log and fingerprint, and still bound to the log.
+/// keyed projection whose configuration has `fingerprint`) with `projection`, as the module describes,
+/// leaving out the events at the positions in `drop`. The checkpoint must be of one log, per-key, of this
+/// log and fingerprint, and still bound to the log.
 pub fn redrive<P: Projection>(
     log_dir: impl AsRef<Path>,
     checkpoint_dir: impl AsRef<Path>,
     projection: &P,
     fingerprint: u64,
+    drop: &[Position],
 ) -> Result<RedriveReport, ReplayError> {
     let dir = checkpoint_dir.as_ref();
     let reader = LogReader::open(log_dir.as_ref())?;
@@ -113,7 +120,7 @@ pub fn redrive<P: Projection>(
                 // Never applied before: these events are new to the projection's state.
                 replay: false,
             };
-            let (outcome, events) = refold(&reader, projection, path, key, &p, upto, ctx_of)?;
+            let (outcome, events, dropped) = refold(&reader, projection, path, key, &p, upto, drop, ctx_of)?;
             let failed = match outcome {
                 Ok(state) => {
                     changed = true;
@@ -131,7 +138,8 @@ pub fn redrive<P: Projection>(
                     Some((at, why))
                 }
             };
-            report.keys.push(Redriven { file: path.clone(), key: key.to_vec(), first: p.first, upto, events, failed });
+            let file = path.clone();
+            report.keys.push(Redriven { file, key: key.to_vec(), first: p.first, upto, events, dropped, failed });
         }
         if changed {
             let meta = snapshot::SnapshotMeta { created_ns: crate::run::wall_ns(), ..s.meta };
@@ -142,9 +150,9 @@ pub fn redrive<P: Projection>(
 }
 
 /// The key's state after folding its events in `p.first..upto` into the state it had before `p.first`
-/// (`Ok(None)`: it has none, or the projection deleted it), or the first event that failed; and the number
-/// of events in the range.
-#[allow(clippy::type_complexity)]
+/// (`Ok(None)`: it has none, or the projection deleted it), or the first event that failed; the number of
+/// events in the range, and of those dropped.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn refold<P: Projection>(
     reader: &LogReader,
     projection: &P,
@@ -152,8 +160,9 @@ fn refold<P: Projection>(
     key: &[u8],
     p: &ParkedEntry<'_>,
     upto: Position,
+    drop: &[Position],
     ctx_of: impl Fn(Position) -> Ctx,
-) -> Result<(Result<Option<Vec<u8>>, (Position, String)>, u64), ReplayError> {
+) -> Result<(Result<Option<Vec<u8>>, (Position, String)>, u64, u64), ReplayError> {
     let mut state = match p.state {
         Some(b) => Some(projection.decode(b).map_err(|e| SnapshotError::Restore {
             path: path.to_path_buf(),
@@ -162,17 +171,21 @@ fn refold<P: Projection>(
         None => None,
     };
     let h = key_hash(key);
-    let mut events = 0;
+    let (mut events, mut dropped) = (0, 0);
     for r in reader.key_history(key, p.first)?.into_iter().take_while(|r| r.position < upto) {
         events += 1;
+        if drop.contains(&r.position) {
+            dropped += 1;
+            continue;
+        }
         let event = Event { position: r.position, timestamp_ns: r.timestamp_ns, key_hash: h, key, payload: &r.payload };
         let s = state.get_or_insert_with(|| projection.init(key));
         let ctx = ctx_of(r.position);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projection.apply(s, &event, &ctx)));
         match applied {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Ok((Err((r.position, e.to_string())), events)),
-            Err(panic) => return Ok((Err((r.position, crate::policy::panic_message(&*panic))), events)),
+            Ok(Err(e)) => return Ok((Err((r.position, e.to_string())), events, dropped)),
+            Err(panic) => return Ok((Err((r.position, crate::policy::panic_message(&*panic))), events, dropped)),
         }
         if projection.is_deleted(s) {
             state = None;
@@ -185,5 +198,6 @@ fn refold<P: Projection>(
             b
         })),
         events,
+        dropped,
     ))
 }

@@ -461,7 +461,7 @@ fn redrive_reapplies_a_parked_key_once_the_projection_is_fixed() {
     assert_eq!(sums[0].1, Some(1));
 
     // Still broken: stays parked.
-    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: None }, 0).unwrap();
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: None }, 0, &[]).unwrap();
     assert_eq!((r.unparked(), r.still_parked()), (0, 1), "{r:?}");
     assert_eq!(r.keys[0].failed.as_ref().map(|f| f.0), Some(Position(2)));
     let (sums, parked) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
@@ -469,7 +469,7 @@ fn redrive_reapplies_a_parked_key_once_the_projection_is_fixed() {
     assert!(parked[0].error.contains("redrive, at position 2"), "{}", parked[0].error);
 
     // Fixed ("oops" stands for 1000): 1 + 1000 + 100, unparked.
-    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0).unwrap();
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0, &[]).unwrap();
     assert_eq!((r.unparked(), r.still_parked()), (1, 0), "{r:?}");
     assert_eq!((r.keys[0].first, r.keys[0].upto, r.keys[0].events), (Position(2), Position(5), 2));
     // A resumed run starts from the redriven state, and applies the key's new events.
@@ -478,6 +478,28 @@ fn redrive_reapplies_a_parked_key_once_the_projection_is_fixed() {
     assert_eq!(sums, [("acct".into(), Some(1108)), ("other".into(), Some(11))]);
     assert!(parked.is_empty(), "{parked:?}");
     // Nothing left to redrive.
-    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0).unwrap();
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: Some(1000) }, 0, &[]).unwrap();
     assert!(r.keys.is_empty(), "{r:?}");
+}
+
+/// `redrive` with the poison event dropped by the operator: the key's other events are applied in order,
+/// the dropped one is counted, and the key is unparked.
+#[test]
+fn redrive_can_drop_the_poison_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let ck = dir.path().join("ck");
+    append(&log, &[("acct", "1"), ("acct", "oops"), ("acct", "100"), ("acct", "bad"), ("acct", "10")]);
+    sum_run(dir.path(), park(10), &["acct"]).unwrap();
+    // Dropping the first poison event only: the second fails, the key stays parked.
+    let r = catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: None }, 0, &[Position(1)]).unwrap();
+    assert_eq!(r.keys[0].failed.as_ref().map(|f| f.0), Some(Position(3)), "{r:?}");
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
+    assert_eq!((sums[0].1, parked.len(), parked[0].first), (Some(1), 1, Position(1)));
+    // Dropping both: 1 + 100 + 10.
+    let r =
+        catchup_engine::redrive::redrive(&log, &ck, &Sum { oops_is: None }, 0, &[Position(1), Position(3)]).unwrap();
+    assert_eq!((r.unparked(), r.keys[0].events, r.keys[0].dropped), (1, 4, 2), "{r:?}");
+    let (sums, parked) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
+    assert_eq!((sums[0].1, parked.len()), (Some(111), 0));
 }
