@@ -499,8 +499,14 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             Some(lock) => lock,
             None => BatchLock::take(&self.map),
         };
-        let saved = if self.guard.load(Ordering::Relaxed) { Some(&mut self.saved) } else { None };
-        apply_event(&*self.projection, &mut lock.guard, event, ctx, saved)?;
+        // Relaxed: see the field. The hot path (the `stop` policy, no parked key) is the plain fold; the
+        // rest is out of line so that it stays small enough to inline into the shard loop.
+        let undo = self.guard.load(Ordering::Relaxed);
+        if undo || !lock.guard.parked.is_empty() {
+            apply_careful(&*self.projection, &mut lock.guard, event, ctx, undo.then_some(&mut self.saved))?;
+        } else {
+            apply_event::<P, false>(&*self.projection, &mut lock.guard, event, ctx, None)?;
+        }
         self.batch = Some(lock);
         Ok(())
     }
@@ -595,12 +601,25 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     }
 }
 
+/// [`apply_event`] with the parked keys and the undo of a failed `apply` (out of line).
+#[inline(never)]
+fn apply_careful<P: Projection>(
+    p: &P,
+    m: &mut KeyMap<P::State>,
+    event: &Event<'_>,
+    ctx: &Ctx,
+    saved: Option<&mut Vec<u8>>,
+) -> Result<(), HandlerError> {
+    apply_event::<P, true>(p, m, event, ctx, saved)
+}
+
 /// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
-/// state only if its event applies; `is_deleted` turns the entry into a tombstone. With `saved`, an existing
-/// key's state is saved into it before `apply` and put back if `apply` fails or panics (the panic goes on
-/// once the state is back), so the failure leaves the state as it was.
+/// state only if its event applies; `is_deleted` turns the entry into a tombstone. `CAREFUL` (else no key
+/// is parked and `saved` is None): a parked key's event is held, and with `saved` an existing key's state is
+/// saved into it before `apply` and put back if `apply` fails or panics (the panic goes on once the state
+/// is back), so the failure leaves the state as it was.
 #[inline]
-fn apply_event<P: Projection>(
+fn apply_event<P: Projection, const CAREFUL: bool>(
     p: &P,
     m: &mut KeyMap<P::State>,
     event: &Event<'_>,
@@ -608,7 +627,8 @@ fn apply_event<P: Projection>(
     saved: Option<&mut Vec<u8>>,
 ) -> Result<(), HandlerError> {
     let next = Position(event.position.0 + 1);
-    if !m.parked.is_empty()
+    if CAREFUL
+        && !m.parked.is_empty()
         && let Some(p) = m.parked_key_mut(event.key_hash, event.key)
     {
         // Parked: held, not applied (the state must not fold over the failed event).
@@ -622,8 +642,8 @@ fn apply_event<P: Projection>(
             return Ok(());
         }
         match saved {
-            None => p.apply(&mut entry.state, event, ctx)?,
-            Some(buf) => apply_undoable(p, &mut entry.state, event, ctx, buf)?,
+            Some(buf) if CAREFUL => apply_undoable(p, &mut entry.state, event, ctx, buf)?,
+            _ => p.apply(&mut entry.state, event, ctx)?,
         }
         if p.is_deleted(&entry.state) {
             m.delete(event.key_hash, event.key, next);
@@ -647,7 +667,7 @@ fn apply_event<P: Projection>(
 /// `apply` on `state`, undone if it fails: the state is encoded into `buf` first and decoded back after an
 /// error or a panic. A panic is resumed once the state is back (the engine turns it into the event's error).
 /// A state that cannot be decoded from its own encoding is a fatal error (the projection is broken).
-#[inline(never)]
+#[inline]
 fn apply_undoable<P: Projection>(
     p: &P,
     state: &mut P::State,
