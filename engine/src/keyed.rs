@@ -488,7 +488,7 @@ impl<P: Projection> KeyedHandler<P> {
 }
 
 impl<P: Projection> ShardHandler for KeyedHandler<P> {
-    #[inline]
+    #[inline(always)]
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         if ctx.n_shards != self.n_shards {
             return Err(self.wrong_count(ctx.n_shards));
