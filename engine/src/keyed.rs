@@ -449,6 +449,9 @@ pub struct KeyedHandler<P: Projection> {
     /// shared [`KeyedRef`]; it is read and written on the thread that owns the handler (or before that
     /// thread starts, which orders it), so it pairs with no other access: `Relaxed`.
     guard: AtomicBool,
+    /// `guard`, or a key of this shard is parked: `handle` takes the careful path (one flag, so that the
+    /// default path tests one field per event). Relaxed, as `guard`.
+    careful: AtomicBool,
     /// The state of the key being applied, as `encode` wrote it before `apply` (reused: no allocation per
     /// event once it has grown).
     saved: Vec<u8>,
@@ -501,9 +504,10 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         };
         // Relaxed: see the field. The hot path (the `stop` policy, no parked key) is the plain fold; the
         // rest is out of line so that it stays small enough to inline into the shard loop.
-        let undo = self.guard.load(Ordering::Relaxed);
-        if undo || !lock.guard.parked.is_empty() {
-            apply_careful(&*self.projection, &mut lock.guard, event, ctx, undo.then_some(&mut self.saved))?;
+        if self.careful.load(Ordering::Relaxed) {
+            let undo = self.guard.load(Ordering::Relaxed);
+            // By value: the shard loop then builds the event and context only on this path.
+            apply_careful(&*self.projection, &mut lock.guard, *event, *ctx, undo.then_some(&mut self.saved))?;
         } else {
             apply_event::<P, false>(&*self.projection, &mut lock.guard, event, ctx, None)?;
         }
@@ -588,6 +592,7 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             self.covered_below = self.covered_below.max(covered);
         }
         self.parked_total.fetch_add(map.parked(), Ordering::Relaxed);
+        self.careful.store(self.guard.load(Ordering::Relaxed) || map.parked() > 0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -601,16 +606,18 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     }
 }
 
-/// [`apply_event`] with the parked keys and the undo of a failed `apply` (out of line).
+/// [`apply_event`] with the parked keys and the undo of a failed `apply` (out of line, and cold for the
+/// compiler: the `stop` policy without parked keys, the default, must not pay for it).
+#[cold]
 #[inline(never)]
 fn apply_careful<P: Projection>(
     p: &P,
     m: &mut KeyMap<P::State>,
-    event: &Event<'_>,
-    ctx: &Ctx,
+    event: Event<'_>,
+    ctx: Ctx,
     saved: Option<&mut Vec<u8>>,
 ) -> Result<(), HandlerError> {
-    apply_event::<P, true>(p, m, event, ctx, saved)
+    apply_event::<P, true>(p, m, &event, &ctx, saved)
 }
 
 /// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
@@ -709,6 +716,8 @@ impl<P: Projection> KeyedInternals for KeyedHandler<P> {
     fn undo_failed_applies(&self, on: bool) {
         // Relaxed: see the field.
         self.guard.store(on, Ordering::Relaxed);
+        let parked = self.read(|m| m.parked() > 0);
+        self.careful.store(on || parked, Ordering::Relaxed);
     }
 
     fn park(&self, event: &Event<'_>, error: &str) -> Result<usize, String> {
@@ -719,8 +728,9 @@ impl<P: Projection> KeyedInternals for KeyedHandler<P> {
         let mut map = self.map.write();
         if map.parked_key(event.key_hash, event.key).is_none() {
             map.park(event.key_hash, event.key, event.position, cut_error(error).to_string());
-            // Relaxed: see the field.
+            // Relaxed: see the fields.
             self.parked_total.fetch_add(1, Ordering::Relaxed);
+            self.careful.store(true, Ordering::Relaxed);
         }
         Ok(self.parked_total.load(Ordering::Relaxed))
     }
@@ -793,6 +803,7 @@ impl<P: Projection> Keyed<P> {
             n_shards: self.maps.len(),
             covered_below: Position(0),
             guard: AtomicBool::new(true),
+            careful: AtomicBool::new(true),
             saved: Vec::new(),
             parked_total: self.parked_total.clone(),
         }

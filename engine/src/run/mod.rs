@@ -30,4 +30,4 @@ pub use shared::Progress;
 pub(crate) use shared::{EngineShared, wall_ns};
 pub(crate) use state::RunState;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
-pub(crate) use step::{Resolved, Step, end_of_batch};
+pub(crate) use step::{Resolved, Step, end_of_batch, prepare};

@@ -12,7 +12,7 @@ use super::config::EngineConfig;
 use super::dead_letter::Origin;
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
-use super::step::{Resolved, Step, end_of_batch};
+use super::step::{Resolved, Step, end_of_batch, prepare};
 use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
@@ -55,7 +55,7 @@ pub(crate) fn spawn_shard<H: ShardHandler>(
         .name(format!("catchup-shard-{i}"))
         .spawn(move || {
             let shard = ShardId(i as u16);
-            super::step::prepare(&handler, cfg.on_error);
+            prepare(&handler, cfg.on_error);
             let mut s = ShardLoop {
                 shard,
                 handler,
