@@ -503,3 +503,20 @@ fn redrive_can_drop_the_poison_event() {
     let (sums, parked) = sum_run(dir.path(), park(10), &["acct"]).unwrap();
     assert_eq!((sums[0].1, parked.len()), (Some(111), 0));
 }
+
+/// `retry:N:park`: a failure that a retry fixes parks nothing (and, the failed `apply` being undone, the
+/// event is folded once); one that keeps failing is parked after the retries.
+#[test]
+fn park_retries_first() {
+    let dir = tempfile::tempdir().unwrap();
+    one_key_log(&dir.path().join("log"), 500, &[100]);
+    let policy = ErrorPolicy::Park { max: 5, attempts: 2, backoff: Duration::from_millis(1) };
+    let (n, failures, dead) = count_after(dir.path(), Poison::ErrAfterChange { times: 1 }, policy);
+    assert_eq!((n.unwrap(), failures, dead), (500, 2, 0));
+
+    let dir = tempfile::tempdir().unwrap();
+    one_key_log(&dir.path().join("log"), 500, &[100]);
+    let (n, failures, dead) = count_after(dir.path(), Poison::ErrAfterChange { times: u32::MAX }, policy);
+    // Parked at 100 after 3 attempts: the key keeps its 100 events before it, and holds the rest.
+    assert_eq!((n.unwrap(), failures, dead), (100, 3, 1));
+}

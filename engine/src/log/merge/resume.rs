@@ -150,7 +150,8 @@ pub(super) fn restore_merged<H: ShardHandler>(
                 s.state.clone()
             }
         };
-        handlers[i].restore(&state).map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
+        crate::run::restore_one(&mut handlers[i], &state)
+            .map_err(|why| SnapshotError::Restore { path: path.clone(), why })?;
         own[i] = s.logs.iter().map(|m| m.position).collect();
     }
     Ok(own)
