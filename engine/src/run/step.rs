@@ -131,6 +131,7 @@ impl<'a> Step<'a> {
                     Err(e) => return stop(format!("{why} (the key could not be parked: {e})")),
                 };
                 bump(&self.counters.dead_lettered, 1);
+                bump(&self.counters.parked, 1);
                 let mut line = dead_letter_line(origin, self.shard, event, &why);
                 // `dead_letter_line` ends with the object's `}`: the added field goes before it.
                 line.pop();

@@ -520,3 +520,27 @@ fn park_retries_first() {
     // Parked at 100 after 3 attempts: the key keeps its 100 events before it, and holds the rest.
     assert_eq!((n.unwrap(), failures, dead), (100, 3, 1));
 }
+
+/// The run's figures count parked keys and retries: `Progress::{parked, retries}` and per shard.
+#[test]
+fn parked_keys_and_retries_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("log"), &[("a", "x"), ("b", "1"), ("c", "y"), ("b", "2")]);
+    let policy = ErrorPolicy::Park { max: 5, attempts: 2, backoff: Duration::from_millis(1) };
+    let cfg = park_cfg(dir.path(), policy);
+    let log = dir.path().join("log");
+    let s = within(60, "counted", move || Keyed::run(&log, cfg, Sum { oops_is: None }).unwrap().0);
+    // The errors are permanent: parked without a retry.
+    assert_eq!((s.progress.parked, s.progress.retries), (2, 0));
+    assert_eq!(s.shards.iter().map(|x| x.parked).sum::<u64>(), 2);
+    assert_eq!(s.shards.iter().map(|x| x.dead_lettered).sum::<u64>(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    one_key_log(&dir.path().join("log"), 50, &[10]);
+    let cfg = EngineConfig { on_error: policy, dead_letters: Some(dir.path().join("dl2")), ..Default::default() };
+    let log = dir.path().join("log");
+    let failures = Arc::new(AtomicU32::new(0));
+    let p = CountsThenFails { poison: Poison::ErrAfterChange { times: u32::MAX }, failures };
+    let s = within(60, "counted retries", move || Keyed::run(&log, cfg, p).unwrap().0);
+    assert_eq!((s.progress.parked, s.progress.retries), (1, 2));
+}

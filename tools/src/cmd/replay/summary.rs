@@ -184,6 +184,7 @@ impl Stats {
                 "covered": s.covered,
                 "dead_lettered": s.dead_lettered,
                 "retries": s.retries,
+                "parked": s.parked,
                 "passed": s.passed.0,
             })).collect::<Vec<_>>(),
             "output": self.output.as_ref().map(|(to, lines)| serde_json::json!({"to": to, "lines": lines})),
