@@ -544,3 +544,37 @@ fn parked_keys_and_retries_are_counted() {
     let s = within(60, "counted retries", move || Keyed::run(&log, cfg, p).unwrap().0);
     assert_eq!((s.progress.parked, s.progress.retries), (1, 2));
 }
+
+/// A parked entry round-trips through `encode_key_entry` / `decode_key_entries`, with and without state;
+/// every truncation of it is an error, never another entry.
+#[test]
+fn parked_entries_round_trip_and_truncations_are_errors() {
+    use catchup_engine::keyed::{ParkedEntry, decode_key_entries, encode_key_entry};
+    let with = ParkedEntry { first: Position(7), held: 3, error: "amount is not a number", state: Some(b"st") };
+    let without = ParkedEntry { state: None, ..with };
+    let mut bytes = Vec::new();
+    encode_key_entry(&mut bytes, b"acct", Position(5), EntryState::Parked(with));
+    encode_key_entry(&mut bytes, b"gone", Position(9), EntryState::Parked(without));
+    encode_key_entry(&mut bytes, b"live", Position(1), EntryState::Live(b"x"));
+    let got: Vec<_> = decode_key_entries(&bytes).map(|e| e.unwrap()).collect();
+    assert_eq!(
+        got,
+        [
+            (&b"acct"[..], Position(5), EntryState::Parked(with)),
+            (&b"gone"[..], Position(9), EntryState::Parked(without)),
+            (&b"live"[..], Position(1), EntryState::Live(&b"x"[..])),
+        ]
+    );
+    let mut one = Vec::new();
+    encode_key_entry(&mut one, b"acct", Position(5), EntryState::Parked(with));
+    for cut in 1..one.len() {
+        let r: Vec<_> = decode_key_entries(&one[..cut]).collect();
+        assert!(r.len() == 1 && r[0].is_err(), "cut at {cut}: {r:?}");
+    }
+    // A long error is kept cut at PARKED_ERROR_MAX bytes (on a character boundary).
+    let long = "é".repeat(keyed::PARKED_ERROR_MAX);
+    let mut b = Vec::new();
+    encode_key_entry(&mut b, b"k", Position(0), EntryState::Parked(ParkedEntry { error: &long, ..without }));
+    let Ok((_, _, EntryState::Parked(p))) = decode_key_entries(&b).next().unwrap() else { panic!("parked") };
+    assert!(p.error.len() <= keyed::PARKED_ERROR_MAX && p.error.len() >= keyed::PARKED_ERROR_MAX - 1);
+}
