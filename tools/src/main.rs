@@ -338,7 +338,12 @@ happen.
 
 --on-error: stop (default) | skip (record the event in the dead-letter file,
 go on) | retry:N (N more attempts with back-off, then stop) | retry:N:skip
-(then skip). Dead letters: --dead-letters FILE, default
+(then skip) | park[:MAX] (a projection's failed key keeps its state from
+before the event, its later events are held, not applied; the other keys go
+on; the parked keys stay in the checkpoint until `catchup redrive`; more
+than MAX, default 1000, stop the run) | retry:N:park[:MAX]. Under every
+policy but stop a failed event leaves no partial effect in a projection's
+state. Dead letters: --dead-letters FILE, default
 <checkpoint-dir>/dead-letters.jsonl or ./catchup-dead-letters.jsonl.
 
 Latency percentiles (handler time, queue wait, event age) are sampled on one
