@@ -12,7 +12,9 @@
 //!
 //! Payloads are JSON objects with an `amount` field (as `catchup gen` writes). Large orders trigger a
 //! "notification" (a side effect) only for live events: during the replay of history they are suppressed,
-//! using `ctx.replay`.
+//! using `ctx.replay`. History is what this consumer has handled before: what its checkpoint covers, or on
+//! a first run the log as it was when it started. Orders appended while it was down are live, so a restart
+//! notifies for them (once its checkpoint covers them, never again).
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -42,7 +44,8 @@ impl Projection for Totals {
         state.0 += a;
         state.1 += 1;
         if a >= 9_990 && !ctx.replay {
-            // A side effect: only for live events, never while replaying history.
+            // A side effect: only for events this consumer has not handled before (live ones, and those
+            // appended while it was down), never while replaying history.
             eprintln!("notify: large order {a} for {}", String::from_utf8_lossy(event.key));
         }
         Ok(())

@@ -173,3 +173,28 @@ fn replay_noop_example_matches_the_scan() {
     let checksum = |t: &str| t.rsplit_once("(checksum ").map(|(_, c)| c.trim().to_string()).unwrap();
     assert_eq!(checksum(&plain), checksum(&vs));
 }
+
+/// Issue #13 / engine review A3: orders appended while the consumer is down are new to it, so a restart
+/// notifies for them (`ctx.replay` is false: its checkpoint does not cover them); history stays quiet.
+/// Before, `ctx.replay` meant "below the log's end at this start" and the restart notified nothing.
+#[test]
+fn embedded_example_notifies_for_orders_appended_while_it_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, ckpt) = (dir.path().join("log"), dir.path().join("ckpt"));
+    let mut history: Vec<(u64, u64)> = (0..1_000u64).map(|i| (i % 10, i % 500)).collect();
+    history[10] = (4, 9_995);
+    append(&log, &history);
+    let mut e = Embedded::start(&log, &ckpt);
+    e.ask_until("status", |a| a.contains("caught up: true"));
+    let stderr = e.quit();
+    assert!(!stderr.contains("notify"), "history was notified: {stderr}");
+
+    // Down: a large order arrives.
+    append(&log, &[(5, 9_998)]);
+    let mut e = Embedded::start(&log, &ckpt);
+    e.ask_until("status", |a| a.contains("caught up: true"));
+    let stderr = e.quit();
+    assert!(stderr.contains("resuming at position 1000 of 1001"), "{stderr}");
+    assert!(stderr.contains("notify: large order 9998 for customer-5"), "{stderr}");
+    assert!(!stderr.contains("9995"), "a historical order was notified: {stderr}");
+}

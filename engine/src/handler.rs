@@ -30,8 +30,14 @@ pub struct Ctx {
     pub n_shards: usize,
     /// The event's position.
     pub position: Position,
-    /// True if the event already existed when the run started (a replay); false for live events seen in
-    /// follow mode. Suppress side effects (emails, messages to other systems) while this is true.
+    /// True if this projection has handled this position before: the event is below the position of the
+    /// shard's restored snapshot. Events appended while the consumer was down are live (false), as are
+    /// events appended while it follows the log. Without a snapshot of its own (no checkpoint, or a first
+    /// run) a shard has no history, and every event below the log's end when the run started counts as a
+    /// replay. Events a crashed run handled after its last snapshot count as live again (at least once).
+    /// Suppress side effects (emails, messages to other systems) while this is true. A merged run of
+    /// several logs keeps the older rule (below the logs' end at its start); a Kafka source sets it per
+    /// partition.
     pub replay: bool,
     /// The log the event comes from: its index in the list given to
     /// [`Engine::start_merged`](crate::Engine::start_merged). 0 for a single log (and a Kafka topic).
@@ -232,6 +238,12 @@ pub enum StateLayout {
 /// ```
 pub trait ShardHandler: Send + 'static + sealed::Internals {
     /// Handles one event. An `Err` (or a panic) makes the event a poison event.
+    ///
+    /// A failed call must leave the handler's state as it was before it (all or nothing): under `retry` the
+    /// engine calls `handle` again with the same event, and under `skip` it goes on with the next one, so a
+    /// change made before the failure would be applied twice or kept for an event that is dead-lettered.
+    /// The engine cannot undo a raw handler's state; a [`KeyedHandler`](crate::KeyedHandler) undoes a failed
+    /// [`Projection::apply`](crate::Projection::apply) itself.
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
 
     /// Called after the last event of each batch the shard takes from the ring (a good place to flush).
@@ -299,6 +311,12 @@ pub(crate) mod sealed {
     pub trait KeyedInternals {
         /// True if the event is below its key's restored coverage and must be skipped.
         fn covered(&self, event: &Event<'_>) -> bool;
+        /// Whether a failed `apply` must be undone before the error policy acts (every policy but `stop`
+        /// may handle the key again). On by default.
+        fn undo_failed_applies(&self, on: bool);
+        /// Parks the event's key (`ErrorPolicy::Park`) with the error; returns the number of parked keys of
+        /// the projection over every shard.
+        fn park(&self, event: &Event<'_>, error: &str) -> Result<usize, String>;
     }
 
     /// The engine's view of every handler: answered from [`ShardHandler::keyed`], so no handler can

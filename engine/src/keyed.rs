@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
 use catchup_segments::{Position, key_hash};
@@ -48,9 +49,12 @@ pub trait Projection: Send + Sync + 'static {
     fn init(&self, key: &[u8]) -> Self::State;
     /// Folds one event of the key into its state.
     ///
-    /// On `Err` the event is a poison event. A key whose first event fails gets no state (it is not
-    /// created); for an existing key, the engine's policy may call `apply` again on the same state (retry)
-    /// or go on (skip), so leave the state untouched when returning `Err` (change it last).
+    /// On `Err` (or a panic) the event is a poison event. A key whose first event fails gets no state (it
+    /// is not created). For an existing key, under a policy that goes on past a failed event or tries it
+    /// again (skip, retry, park), the handler undoes whatever a failed `apply` changed before the policy
+    /// acts: it saves the state (`encode`) before each `apply` and puts it back (`decode`) on failure, so a
+    /// retry folds the event exactly once and a skipped event leaves no partial effect. Under the default
+    /// `stop` policy nothing is saved (the run stops and the state is not checkpointed past the event).
     fn apply(&self, state: &mut Self::State, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError>;
     /// True if the key is to be deleted after `apply` left it in `state` (an account closed, a user
     /// forgotten). The key leaves the read model, and its snapshot entry becomes a tombstone so that no
@@ -104,18 +108,37 @@ struct Tombstone {
     covered: Position,
 }
 
-/// The per-key states of one shard, indexed by the stored key hash (no rehashing), and the tombstones of
-/// deleted keys.
+/// A key frozen by the `park` error policy: an event of it failed, so its later events are held (counted,
+/// not applied) until `catchup redrive` re-applies them from `first`; its state (if it has one) stays as
+/// it was before `first`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedKey {
+    /// The key.
+    pub key: Box<[u8]>,
+    /// Events of this key below this position are accounted for by a restored snapshot (as
+    /// [`KeyEntry::covered`]).
+    pub covered: Position,
+    /// The position of its first failed event: every event of the key from here on is not in its state.
+    pub first: Position,
+    /// The error of that event.
+    pub error: String,
+    /// Events of the key held since (not applied), over every run since it was parked.
+    pub held: u64,
+}
+
+/// The per-key states of one shard, indexed by the stored key hash (no rehashing), the tombstones of
+/// deleted keys and the parked keys.
 #[derive(Debug)]
 pub struct KeyMap<S> {
     map: ByHash<KeyEntry<S>>,
     len: usize,
     tombstones: ByHash<Tombstone>,
+    parked: ByHash<ParkedKey>,
 }
 
 impl<S> Default for KeyMap<S> {
     fn default() -> Self {
-        KeyMap { map: HashMap::default(), len: 0, tombstones: HashMap::default() }
+        KeyMap { map: HashMap::default(), len: 0, tombstones: HashMap::default(), parked: HashMap::default() }
     }
 }
 
@@ -179,9 +202,48 @@ impl<S> KeyMap<S> {
     }
 
     /// The position below which `key`'s events are already accounted for by a restored snapshot (its
-    /// entry's or tombstone's `covered`), if it has either.
+    /// entry's, tombstone's or park's `covered`), if it has one.
     fn covered(&self, key_hash: u64, key: &[u8]) -> Option<Position> {
-        self.get(key_hash, key).map(|e| e.covered).or_else(|| self.tombstone(key_hash, key))
+        self.get(key_hash, key)
+            .map(|e| e.covered)
+            .or_else(|| self.tombstone(key_hash, key))
+            .or_else(|| self.parked_key(key_hash, key).map(|p| p.covered))
+    }
+
+    /// The park of `key`, if it is parked.
+    pub fn parked_key(&self, key_hash: u64, key: &[u8]) -> Option<&ParkedKey> {
+        self.parked.get(&key_hash)?.iter().find(|p| &*p.key == key)
+    }
+
+    fn parked_key_mut(&mut self, key_hash: u64, key: &[u8]) -> Option<&mut ParkedKey> {
+        self.parked.get_mut(&key_hash)?.iter_mut().find(|p| &*p.key == key)
+    }
+
+    /// Parks `key` at its failed event `first` (no-op if it is parked already). A deleted key's tombstone
+    /// becomes the park's `covered`.
+    fn park(&mut self, key_hash: u64, key: &[u8], first: Position, error: String) {
+        if self.parked_key(key_hash, key).is_some() {
+            return;
+        }
+        let covered = match self.get(key_hash, key) {
+            Some(e) => e.covered,
+            None => {
+                let c = self.tombstone(key_hash, key).unwrap_or(Position(0));
+                self.remove_tombstone(key_hash, key);
+                c
+            }
+        };
+        self.parked.entry(key_hash).or_default().push(ParkedKey { key: key.into(), covered, first, error, held: 0 });
+    }
+
+    /// Number of parked keys.
+    pub fn parked(&self) -> usize {
+        self.parked.values().map(Vec::len).sum()
+    }
+
+    /// The parked keys, in no particular order.
+    pub fn iter_parked(&self) -> impl Iterator<Item = &ParkedKey> {
+        self.parked.values().flatten()
     }
 
     /// Number of keys with state (deleted keys not counted).
@@ -208,6 +270,10 @@ impl<S> KeyMap<S> {
 
 /// `state_len` of a per-key entry that is a tombstone (no state bytes follow).
 pub const TOMBSTONE_STATE_LEN: u32 = u32::MAX;
+/// `state_len` of a per-key entry of a parked key (its park, then its state or none, follow).
+pub const PARKED_STATE_LEN: u32 = u32::MAX - 1;
+/// Longest error text a parked entry keeps (longer ones are cut at a character boundary).
+pub const PARKED_ERROR_MAX: usize = 4096;
 
 /// The state part of a per-key snapshot entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -216,21 +282,62 @@ pub enum EntryState<'a> {
     Live(&'a [u8]),
     /// The key was deleted: a tombstone.
     Deleted,
+    /// The key is parked (`ErrorPolicy::Park`).
+    Parked(ParkedEntry<'a>),
+}
+
+/// A parked key's entry: its park and its state as it was before `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParkedEntry<'a> {
+    /// The position of the key's first failed event.
+    pub first: Position,
+    /// Events of the key held (not applied) since.
+    pub held: u64,
+    /// The error of the first failed event.
+    pub error: &'a str,
+    /// The projection's `encode` of the key's state, or None if the key had none (its first event failed,
+    /// or it was deleted).
+    pub state: Option<&'a [u8]>,
+}
+
+fn push_len_prefixed(out: &mut Vec<u8>, s: &[u8]) {
+    assert!(s.len() < PARKED_STATE_LEN as usize, "a key's state of {} bytes is over the limit", s.len());
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+/// `error` cut to at most [`PARKED_ERROR_MAX`] bytes, at a character boundary.
+fn cut_error(error: &str) -> &str {
+    if error.len() <= PARKED_ERROR_MAX {
+        return error;
+    }
+    let mut end = PARKED_ERROR_MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
 }
 
 /// Encodes one per-key snapshot entry (`docs/snapshot-format.md`): `[u32 key_len][key][u64 covered]`, then
-/// `[u32 state_len][state]` for a live key or `[u32 0xFFFF_FFFF]` for a tombstone.
+/// `[u32 state_len][state]` for a live key, `[u32 0xFFFF_FFFF]` for a tombstone, or for a parked key
+/// `[u32 0xFFFF_FFFE][u64 first][u64 held][u32 error_len][error][u32 state_len or 0xFFFF_FFFF][state]`.
 pub fn encode_key_entry(out: &mut Vec<u8>, key: &[u8], covered: Position, state: EntryState<'_>) {
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(&covered.0.to_le_bytes());
     match state {
-        EntryState::Live(s) => {
-            assert!(s.len() < TOMBSTONE_STATE_LEN as usize, "a key's state of {} bytes is over the limit", s.len());
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s);
-        }
+        EntryState::Live(s) => push_len_prefixed(out, s),
         EntryState::Deleted => out.extend_from_slice(&TOMBSTONE_STATE_LEN.to_le_bytes()),
+        EntryState::Parked(p) => {
+            out.extend_from_slice(&PARKED_STATE_LEN.to_le_bytes());
+            out.extend_from_slice(&p.first.0.to_le_bytes());
+            out.extend_from_slice(&p.held.to_le_bytes());
+            push_len_prefixed(out, cut_error(p.error).as_bytes());
+            match p.state {
+                Some(s) => push_len_prefixed(out, s),
+                None => out.extend_from_slice(&TOMBSTONE_STATE_LEN.to_le_bytes()),
+            }
+        }
     }
 }
 
@@ -259,8 +366,27 @@ pub fn decode_key_entries(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8
             let key = take(klen)?;
             let covered = Position(u64::from_le_bytes(take(8)?.try_into().expect("8")));
             let slen = u32::from_le_bytes(take(4)?.try_into().expect("4"));
-            let state =
-                if slen == TOMBSTONE_STATE_LEN { EntryState::Deleted } else { EntryState::Live(take(slen as usize)?) };
+            let state = match slen {
+                TOMBSTONE_STATE_LEN => EntryState::Deleted,
+                PARKED_STATE_LEN => {
+                    let first = Position(u64::from_le_bytes(take(8)?.try_into().expect("8")));
+                    let held = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+                    let elen = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+                    if elen > PARKED_ERROR_MAX {
+                        return Err(format!("parked key's error of {elen} bytes over the limit"));
+                    }
+                    let error =
+                        std::str::from_utf8(take(elen)?).map_err(|_| "parked key's error is not UTF-8".to_string())?;
+                    let slen = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+                    let state = match slen {
+                        TOMBSTONE_STATE_LEN => None,
+                        PARKED_STATE_LEN => return Err("parked key's state length is invalid".into()),
+                        n => Some(take(n as usize)?),
+                    };
+                    EntryState::Parked(ParkedEntry { first, held, error, state })
+                }
+                n => EntryState::Live(take(n as usize)?),
+            };
             Ok((key, covered, state))
         })();
         if r.is_err() {
@@ -318,6 +444,21 @@ pub struct KeyedHandler<P: Projection> {
     n_shards: usize,
     /// No event at or above this position is covered by a restored snapshot: the highest `covered` restored.
     covered_below: Position,
+    /// Undo a failed `apply` (save the key's state before each one). On unless the engine runs the `stop`
+    /// policy, which never handles a failed event again. An atomic only so the engine can set it through a
+    /// shared [`KeyedRef`]; it is read and written on the thread that owns the handler (or before that
+    /// thread starts, which orders it), so it pairs with no other access: `Relaxed`.
+    guard: AtomicBool,
+    /// `guard`, or a key of this shard is parked: `handle` takes the careful path (one flag, so that the
+    /// default path tests one field per event). Relaxed, as `guard`.
+    careful: AtomicBool,
+    /// The state of the key being applied, as `encode` wrote it before `apply` (reused: no allocation per
+    /// event once it has grown).
+    saved: Vec<u8>,
+    /// Parked keys over every shard of this projection (what `ErrorPolicy::Park { max }` compares to max).
+    /// Changed only under the shard's map lock, with the change of the map; no other memory is published
+    /// through it: `Relaxed`.
+    parked_total: Arc<AtomicUsize>,
 }
 
 impl<P: Projection> std::fmt::Debug for KeyedHandler<P> {
@@ -350,7 +491,7 @@ impl<P: Projection> KeyedHandler<P> {
 }
 
 impl<P: Projection> ShardHandler for KeyedHandler<P> {
-    #[inline]
+    #[inline(always)]
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         if ctx.n_shards != self.n_shards {
             return Err(self.wrong_count(ctx.n_shards));
@@ -361,7 +502,15 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             Some(lock) => lock,
             None => BatchLock::take(&self.map),
         };
-        apply_event(&*self.projection, &mut lock.guard, event, ctx)?;
+        // Relaxed: see the field. The hot path (the `stop` policy, no parked key) is the plain fold; the
+        // rest is out of line so that it stays small enough to inline into the shard loop.
+        if self.careful.load(Ordering::Relaxed) {
+            let undo = self.guard.load(Ordering::Relaxed);
+            // By value: the shard loop then builds the event and context only on this path.
+            apply_careful(&*self.projection, &mut lock.guard, *event, *ctx, undo.then_some(&mut self.saved))?;
+        } else {
+            apply_event::<P, false>(&*self.projection, &mut lock.guard, event, ctx, None)?;
+        }
         self.batch = Some(lock);
         Ok(())
     }
@@ -376,7 +525,11 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         let map = self.map.read();
         let mut out = Vec::new();
         let mut state = Vec::new();
+        let parked = map.parked() > 0;
         for e in map.iter() {
+            if parked && map.parked_key(key_hash(&e.key), &e.key).is_some() {
+                continue;
+            }
             state.clear();
             self.projection.encode(&e.state, &mut state);
             encode_key_entry(&mut out, &e.key, e.covered, EntryState::Live(&state));
@@ -384,12 +537,27 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         for t in map.tombstones.values().flatten() {
             encode_key_entry(&mut out, &t.key, t.covered, EntryState::Deleted);
         }
+        for p in map.iter_parked() {
+            let h = key_hash(&p.key);
+            let live = map.get(h, &p.key).map(|e| {
+                state.clear();
+                self.projection.encode(&e.state, &mut state);
+                (e.covered, &state[..])
+            });
+            let (covered, st) = match live {
+                Some((c, st)) => (c.max(p.covered), Some(st)),
+                None => (p.covered, None),
+            };
+            let entry = ParkedEntry { first: p.first, held: p.held, error: &p.error, state: st };
+            encode_key_entry(&mut out, &p.key, covered, EntryState::Parked(entry));
+        }
         Ok(out)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), HandlerError> {
         self.batch = None;
         let mut map = self.map.write();
+        self.parked_total.fetch_sub(map.parked(), Ordering::Relaxed);
         *map = KeyMap::default();
         self.covered_below = Position(0);
         for entry in decode_key_entries(bytes) {
@@ -411,9 +579,20 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             match state {
                 EntryState::Live(s) => map.put(h, key, covered, self.projection.decode(s)?),
                 EntryState::Deleted => map.delete(h, key, covered),
+                EntryState::Parked(p) => {
+                    if let Some(s) = p.state {
+                        map.put(h, key, covered, self.projection.decode(s)?);
+                    }
+                    map.park(h, key, p.first, p.error.to_string());
+                    let parked = map.parked_key_mut(h, key).expect("just parked");
+                    parked.covered = covered;
+                    parked.held = p.held;
+                }
             }
             self.covered_below = self.covered_below.max(covered);
         }
+        self.parked_total.fetch_add(map.parked(), Ordering::Relaxed);
+        self.careful.store(self.guard.load(Ordering::Relaxed) || map.parked() > 0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -427,21 +606,52 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     }
 }
 
+/// [`apply_event`] with the parked keys and the undo of a failed `apply` (out of line, and cold for the
+/// compiler: the `stop` policy without parked keys, the default, must not pay for it).
+#[cold]
+#[inline(never)]
+fn apply_careful<P: Projection>(
+    p: &P,
+    m: &mut KeyMap<P::State>,
+    event: Event<'_>,
+    ctx: Ctx,
+    saved: Option<&mut Vec<u8>>,
+) -> Result<(), HandlerError> {
+    apply_event::<P, true>(p, m, &event, &ctx, saved)
+}
+
 /// Folds `event` into its key's state in `m`: skipped below the key's coverage; a new (or deleted) key gets
-/// state only if its event applies; `is_deleted` turns the entry into a tombstone.
+/// state only if its event applies; `is_deleted` turns the entry into a tombstone. `CAREFUL` (else no key
+/// is parked and `saved` is None): a parked key's event is held, and with `saved` an existing key's state is
+/// saved into it before `apply` and put back if `apply` fails or panics (the panic goes on once the state
+/// is back), so the failure leaves the state as it was.
 #[inline]
-fn apply_event<P: Projection>(
+fn apply_event<P: Projection, const CAREFUL: bool>(
     p: &P,
     m: &mut KeyMap<P::State>,
     event: &Event<'_>,
     ctx: &Ctx,
+    saved: Option<&mut Vec<u8>>,
 ) -> Result<(), HandlerError> {
     let next = Position(event.position.0 + 1);
+    if CAREFUL
+        && !m.parked.is_empty()
+        && let Some(p) = m.parked_key_mut(event.key_hash, event.key)
+    {
+        // Parked: held, not applied (the state must not fold over the failed event).
+        if event.position >= p.covered {
+            p.held += 1;
+        }
+        return Ok(());
+    }
     if let Some(entry) = m.get_mut(event.key_hash, event.key) {
         if event.position < entry.covered {
             return Ok(());
         }
-        p.apply(&mut entry.state, event, ctx)?;
+        match saved {
+            Some(buf) if CAREFUL => apply_undoable(p, &mut entry.state, event, ctx, buf)?,
+            _ => p.apply(&mut entry.state, event, ctx)?,
+        }
         if p.is_deleted(&entry.state) {
             m.delete(event.key_hash, event.key, next);
         }
@@ -461,6 +671,40 @@ fn apply_event<P: Projection>(
     Ok(())
 }
 
+/// `apply` on `state`, undone if it fails: the state is encoded into `buf` first and decoded back after an
+/// error or a panic. A panic is resumed once the state is back (the engine turns it into the event's error).
+/// A state that cannot be decoded from its own encoding is a fatal error (the projection is broken).
+#[inline]
+fn apply_undoable<P: Projection>(
+    p: &P,
+    state: &mut P::State,
+    event: &Event<'_>,
+    ctx: &Ctx,
+    buf: &mut Vec<u8>,
+) -> Result<(), HandlerError> {
+    buf.clear();
+    p.encode(state, buf);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.apply(state, event, ctx)));
+    if matches!(r, Ok(Ok(()))) {
+        return Ok(());
+    }
+    match p.decode(buf) {
+        Ok(s) => *state = s,
+        Err(e) => {
+            return Err(HandlerError::fatal(format!(
+                "the state of key {} could not be put back after a failed apply at position {}: decoding its \
+                 own encoding failed: {e}",
+                crate::error::printable_key(event.key),
+                event.position
+            )));
+        }
+    }
+    match r {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 impl<P: Projection> KeyedInternals for KeyedHandler<P> {
     #[inline]
     fn covered(&self, event: &Event<'_>) -> bool {
@@ -468,12 +712,36 @@ impl<P: Projection> KeyedInternals for KeyedHandler<P> {
         event.position < self.covered_below
             && self.read(|m| m.covered(event.key_hash, event.key).is_some_and(|c| event.position < c))
     }
+
+    fn undo_failed_applies(&self, on: bool) {
+        // Relaxed: see the field.
+        self.guard.store(on, Ordering::Relaxed);
+        let parked = self.read(|m| m.parked() > 0);
+        self.careful.store(on || parked, Ordering::Relaxed);
+    }
+
+    fn park(&self, event: &Event<'_>, error: &str) -> Result<usize, String> {
+        if self.batch.is_some() {
+            // A failed event releases the batch lock (see `handle`): a lock still held is a bug.
+            return Err("the shard's states are still locked for its batch".into());
+        }
+        let mut map = self.map.write();
+        if map.parked_key(event.key_hash, event.key).is_none() {
+            map.park(event.key_hash, event.key, event.position, cut_error(error).to_string());
+            // Relaxed: see the fields.
+            self.parked_total.fetch_add(1, Ordering::Relaxed);
+            self.careful.store(true, Ordering::Relaxed);
+        }
+        Ok(self.parked_total.load(Ordering::Relaxed))
+    }
 }
 
 /// A projection run on every shard, with a handle to query its read model while the engine runs.
 pub struct Keyed<P: Projection> {
     projection: Arc<P>,
     maps: Vec<Map<P::State>>,
+    /// Parked keys over every shard (shared by the handlers).
+    parked_total: Arc<AtomicUsize>,
 }
 
 impl<P: Projection> std::fmt::Debug for Keyed<P> {
@@ -494,6 +762,7 @@ impl<P: Projection> Keyed<P> {
         Keyed {
             projection: Arc::new(projection),
             maps: (0..n_shards).map(|_| Arc::new(RwLock::new(KeyMap::default()))).collect(),
+            parked_total: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -533,6 +802,10 @@ impl<P: Projection> Keyed<P> {
             shard,
             n_shards: self.maps.len(),
             covered_below: Position(0),
+            guard: AtomicBool::new(true),
+            careful: AtomicBool::new(true),
+            saved: Vec::new(),
+            parked_total: self.parked_total.clone(),
         }
     }
 
@@ -618,6 +891,16 @@ impl<P: Projection> KeyedView<P> {
         let h = key_hash(key);
         let map = self.maps[shard_of(h, self.maps.len()).0 as usize].read();
         Ok(map.get(h, key).map(|e| f(&e.state)))
+    }
+
+    /// The parked keys (`ErrorPolicy::Park`) of every shard, in no particular order.
+    ///
+    /// # Panics
+    /// When called from inside [`Projection::apply`].
+    #[track_caller]
+    pub fn parked(&self) -> Vec<ParkedKey> {
+        not_on_a_locked_shard();
+        self.maps.iter().flat_map(|m| m.read().iter_parked().cloned().collect::<Vec<_>>()).collect()
     }
 
     /// Number of keys with state.

@@ -39,6 +39,7 @@ pub mod keyed;
 mod log;
 pub mod metrics;
 mod policy;
+pub mod redrive;
 mod run;
 pub mod shard;
 pub mod snapshot;
@@ -47,7 +48,7 @@ pub mod wait;
 pub use catchup_segments::{Position, Start};
 pub use error::{ConfigError, HandlerFailure, InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 pub use handler::{Ctx, ErrorKind, Event, HandlerError, KeyedRef, ShardHandler, StateLayout};
-pub use keyed::{EntryState, Keyed, KeyedHandler, KeyedView, Projection, QueriedFromApply};
+pub use keyed::{EntryState, Keyed, KeyedHandler, KeyedView, ParkedKey, Projection, QueriedFromApply};
 pub use log::{Engine, MergeConfig, log_id};
 pub use metrics::Latencies;
 pub use run::{

@@ -82,6 +82,8 @@ pub struct ShardCounters {
     /// Ring slots taken (own and, with the broadcast topology, foreign events): `slots / batches` is the
     /// mean batch size.
     pub slots: AtomicU64,
+    /// Keys this shard parked in this run (the park policy).
+    pub parked: AtomicU64,
 }
 
 /// Shared metrics of one shard.

@@ -14,6 +14,8 @@ pub(crate) enum Outcome {
     Done,
     /// Given up and to be dead-lettered, with the last error.
     Skipped(String),
+    /// Given up: the key is to be parked and the event dead-lettered, with the last error.
+    Parked(String),
     /// Given up and the run must stop, with the last error.
     Fatal(String),
 }
@@ -50,13 +52,18 @@ pub(crate) fn after_failure<H: ShardHandler>(
     retries: &AtomicU64,
 ) -> Outcome {
     let skips = matches!(policy, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
+    let parks = matches!(policy, ErrorPolicy::Park { .. });
     let give_up = |e: &HandlerError, why: String| match e.kind() {
         ErrorKind::Fatal => Outcome::Fatal(why),
+        ErrorKind::Retryable | ErrorKind::Permanent if parks => Outcome::Parked(why),
         ErrorKind::Retryable | ErrorKind::Permanent if skips => Outcome::Skipped(why),
         ErrorKind::Retryable | ErrorKind::Permanent => Outcome::Fatal(why),
     };
-    let ErrorPolicy::Retry { attempts, backoff, .. } = policy else {
-        return give_up(&first, first.to_string());
+    let (attempts, backoff) = match policy {
+        ErrorPolicy::Retry { attempts, backoff, .. } | ErrorPolicy::Park { attempts, backoff, .. } => {
+            (attempts, backoff)
+        }
+        ErrorPolicy::Stop | ErrorPolicy::Skip => return give_up(&first, first.to_string()),
     };
     let mut last = first;
     let mut wait = backoff;

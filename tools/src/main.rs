@@ -116,6 +116,8 @@ enum Command {
     History(HistoryArgs),
     /// Write the per-key index of every segment of a log (for logs written before the writer kept it).
     Index(IndexArgs),
+    /// Re-apply the events of the keys `--on-error park` froze, with the fixed projection, and unpark them.
+    Redrive(RedriveArgs),
 }
 
 /// `catchup gen`.
@@ -369,7 +371,12 @@ happen.
 
 --on-error: stop (default) | skip (record the event in the dead-letter file,
 go on) | retry:N (N more attempts with back-off, then stop) | retry:N:skip
-(then skip). Dead letters: --dead-letters FILE, default
+(then skip) | park[:MAX] (a projection's failed key keeps its state from
+before the event, its later events are held, not applied; the other keys go
+on; the parked keys stay in the checkpoint until `catchup redrive`; more
+than MAX, default 1000, stop the run) | retry:N:park[:MAX]. Under every
+policy but stop a failed event leaves no partial effect in a projection's
+state. Dead letters: --dead-letters FILE, default
 <checkpoint-dir>/dead-letters.jsonl or ./catchup-dead-letters.jsonl.
 
 Latency percentiles (handler time, queue wait, event age) are sampled on one
@@ -451,7 +458,9 @@ pub struct ReplayArgs {
     /// After the backlog, keep following appends until Ctrl-C.
     #[arg(long)]
     pub follow: bool,
-    /// What to do when a handler fails: stop, skip, retry:N or retry:N:skip.
+    /// What to do when a handler fails: stop, skip, retry:N, retry:N:skip, park[:MAX] or
+    /// retry:N:park[:MAX] (park: freeze the failed key, keep it in the checkpoint, go on with the others;
+    /// more than MAX parked keys, 1000 by default, stop the run; `catchup redrive` re-applies them).
     #[arg(long, value_name = "POLICY", default_value = "stop")]
     pub on_error: String,
     /// Dead-letter file (JSON Lines) for skipped events.
@@ -593,6 +602,40 @@ pub struct HistoryArgs {
     #[arg(long, value_name = "POS", value_parser = units::parse_count)]
     pub from: Option<u64>,
     /// Print JSON Lines (as `catchup export`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `catchup redrive`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+For each key parked in the checkpoint (by `catchup replay --on-error park`),
+reads its events from its first failed position up to what the checkpoint
+covers (through the per-key index) and applies them, in order, to the state
+the key had before; if all apply, the key is unparked and the snapshot
+rewritten, so the next `catchup replay` with the same checkpoint goes on from
+there. A key that fails again stays parked; its position and error are
+printed and the exit status is 1. No replay may run on the checkpoint
+meanwhile. Give the projection of the replay (--projection); --drop POS leaves
+out an event (a poison event you give up on; the dead-letter file keeps it).
+
+Examples:
+  catchup redrive CK --log /tmp/log --projection sum:amount
+  catchup redrive CK --log /tmp/log --projection sum:amount --drop 1041 --json")]
+pub struct RedriveArgs {
+    /// The checkpoint directory of the replay that parked the keys.
+    #[arg(value_name = "CHECKPOINT_DIR")]
+    pub checkpoint_dir: PathBuf,
+    /// The log it replayed.
+    #[arg(long, value_name = "DIR")]
+    pub log: PathBuf,
+    /// The projection of that replay: count, sum:FIELD or last (default count).
+    #[arg(long, value_name = "SPEC")]
+    pub projection: Option<String>,
+    /// Do not apply the event at this position (repeatable).
+    #[arg(long, value_name = "POS")]
+    pub drop: Vec<u64>,
+    /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
 }
@@ -771,6 +814,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Man(a) => cmd::completions::man(a),
         Command::History(a) => cmd::history::main(a, &ui),
         Command::Index(a) => cmd::index::main(a, &ui),
+        Command::Redrive(a) => cmd::redrive::main(a, &ui),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::{HandlerFailure, InternalError, ReplayError};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::metrics::{Latencies, bump};
 use crate::policy;
-use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step, end_of_batch};
+use crate::run::{ErrorPolicy, IoJob, Origin, Resolved, Step, end_of_batch, prepare};
 use crate::shard::{ShardId, shard_of};
 
 /// A partition this shard holds a handler of.
@@ -52,6 +52,7 @@ pub(crate) fn shard_loop<H: ShardHandler>(
     while let Ok(msg) = rx.recv() {
         match msg {
             ToShard::Install { partition, handler, start, check_covered, replay_end } => {
+                prepare(&handler, cx.on_error);
                 parts.insert(partition, Part { handler, start, check_covered, replay_end });
             }
             ToShard::Release { partition } => {

@@ -126,6 +126,8 @@ impl Shared {
             in_flight,
             handled,
             covered: self.run.covered(),
+            retries: self.run.retries(),
+            parked: self.run.parked(),
             elapsed,
             rate_per_s: rate,
             eta: (rate > 0.0).then(|| Duration::from_secs_f64(lag_events as f64 / rate)),

@@ -21,6 +21,7 @@ mod merge;
 mod reader;
 mod start;
 
+pub(crate) use bindings::check_bindings;
 pub(crate) use dispatch::Slot;
 pub use merge::MergeConfig;
 pub(crate) use merge::{MergedShard, bind_merged};

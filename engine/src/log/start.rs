@@ -76,6 +76,8 @@ impl Engine {
         };
         let mut starts = vec![default_start; n];
         let mut per_key_restored = false;
+        // Per shard: a snapshot restored into it, whose position says what this projection has handled.
+        let mut restored = vec![false; n];
         if let Some(cp) = &config.checkpoint {
             std::fs::create_dir_all(&cp.dir).map_err(|e| SnapshotError::Io {
                 op: "create directory",
@@ -85,6 +87,7 @@ impl Engine {
             let snaps = snapshot::load_all(&cp.dir)?;
             per_key_restored =
                 restore(&cp.dir, &snaps, config.fingerprint, log_id(&reader), &mut handlers, &mut starts)?;
+            restored = crate::run::restored_shards(&snaps, n, per_key_restored);
             // After the identity checks of `restore` (a snapshot of another log is a `Mismatch`); a failure
             // here drops the restored handlers with the run.
             check_bindings(full_view.as_ref().expect("opened with a checkpoint"), &snaps)?;
@@ -158,6 +161,7 @@ impl Engine {
                 per_key_restored,
                 routed: config.topology == Topology::Routed,
                 merged: None,
+                replay_below: crate::run::replay_below(restored[i], starts[i], replay_end),
             };
             shard_threads.push(spawn_shard(i, handler, poller, shared.clone(), io_tx.clone(), config.clone(), start)?);
         }

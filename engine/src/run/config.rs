@@ -31,6 +31,19 @@ pub enum ErrorPolicy {
         /// After the last failed attempt: skip (true) or stop (false).
         then_skip: bool,
     },
+    /// Park the failed event's key (keyed projections only): its state stays as it was before the event,
+    /// its later events are held (counted, not applied) so the state never folds over a gap, other keys go
+    /// on, and the parked keys are kept in the checkpoint until `catchup redrive` re-applies their events.
+    /// The failed event is dead-lettered (`"parked": true`). Retryable errors are first retried `attempts`
+    /// times (0: none). Once more than `max` keys are parked the run stops.
+    Park {
+        /// Most parked keys (over every shard); one more stops the run.
+        max: usize,
+        /// Extra attempts before parking (retryable errors only).
+        attempts: u32,
+        /// First back-off between attempts; doubles each attempt (at most 1 s).
+        backoff: Duration,
+    },
 }
 
 /// How the reader hands events to shards.
@@ -157,7 +170,8 @@ pub(crate) fn validate_common(
     if latency_sample_every == 0 {
         return Err(ConfigError::LatencySampling);
     }
-    let skips = matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. });
+    let skips =
+        matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. } | ErrorPolicy::Park { .. });
     if skips && dead_letters.is_none() {
         return Err(ConfigError::NoDeadLetters);
     }

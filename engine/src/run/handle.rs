@@ -28,6 +28,9 @@ pub struct ShardSummary {
     pub batch_max: u64,
     /// Ring slots taken (`slots / batches` is the mean batch size).
     pub slots: u64,
+    /// Keys this shard parked in this run (`ErrorPolicy::Park`; the parked keys restored from a checkpoint
+    /// are in `KeyedView::parked`).
+    pub parked: u64,
     /// Position the shard passed (a log's; 0 for a Kafka source, whose positions are per partition, in
     /// `Progress::kafka`).
     pub passed: Position,

@@ -23,11 +23,11 @@ pub(crate) use dead_letter::Origin;
 pub(crate) use handle::SourceRun;
 pub use handle::{Part, RunSummary, Running, ShardSummary};
 pub(crate) use io::{IoJob, IoSetup, spawn_io};
-pub(crate) use restore::{handler_mismatch, restore};
+pub(crate) use restore::{handler_mismatch, replay_below, restore, restore_one, restored_shards};
 pub(crate) use shard_loop::{ShardStart, spawn_shard};
 pub use shared::Progress;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
 pub(crate) use shared::{EngineShared, wall_ns};
 pub(crate) use state::RunState;
 #[cfg_attr(not(feature = "kafka"), allow(unused_imports))]
-pub(crate) use step::{Resolved, Step, end_of_batch};
+pub(crate) use step::{Resolved, Step, end_of_batch, prepare};

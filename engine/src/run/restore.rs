@@ -61,9 +61,7 @@ pub(crate) fn restore<H: ShardHandler>(
                 StateLayout::PerShard => s.state.clone(),
                 StateLayout::PerKey => with_covered_at_least(&s.state, s.meta.position, path)?,
             };
-            handlers[i]
-                .restore(&state)
-                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
+            restore_one(&mut handlers[i], &state).map_err(|why| SnapshotError::Restore { path: path.clone(), why })?;
             starts[i] = s.meta.position;
         }
         return Ok(false);
@@ -114,12 +112,46 @@ pub(crate) fn restore<H: ShardHandler>(
         encode_key_entry(&mut parts[j], key, covered, state);
     }
     for (j, part) in parts.iter().enumerate() {
-        handlers[j]
-            .restore(part)
-            .map_err(|e| SnapshotError::Restore { path: dir.to_path_buf(), why: e.to_string() })?;
+        restore_one(&mut handlers[j], part).map_err(|why| SnapshotError::Restore { path: dir.to_path_buf(), why })?;
         starts[j] = low;
     }
     Ok(true)
+}
+
+/// Where `Ctx::replay` ends for a shard: an event is a replay if this projection has handled it before.
+///
+/// With a restored checkpoint that is everything below the shard's restored position (`start`): the
+/// snapshot says every event below it was handled, and none at or above it (events appended while the
+/// consumer was down are live, whatever the log's end when this run started). After a reshard every shard
+/// starts at the lowest file's position, and the events it handles are each at or above its key's restored
+/// `covered` (those below are skipped), so none of them is a replay either. The engine cannot know about
+/// events handled after the last snapshot by a run that then crashed: they count as live again (side
+/// effects at least once, never lost).
+///
+/// A shard without a snapshot of its own (none yet, or an empty checkpoint directory) has no history: everything up to the
+/// log's end when the run started (`log_end`) is a replay, and only events appended since are live.
+pub(crate) fn replay_below(restored: bool, start: Position, log_end: Position) -> Position {
+    if restored { start } else { log_end }
+}
+
+/// Which of `n` shards got their state from `snaps` (as `restore` gave it): every shard after a
+/// redistribution, else those with a file of this shard count.
+pub(crate) fn restored_shards(snaps: &[(PathBuf, snapshot::Snapshot)], n: usize, redistributed: bool) -> Vec<bool> {
+    (0..n)
+        .map(|i| {
+            redistributed || snaps.iter().any(|(_, s)| s.meta.n_shards as usize == n && s.meta.shard_idx as usize == i)
+        })
+        .collect()
+}
+
+/// Calls the handler's `restore`, turning a panic into an error (it runs on the caller's thread: a panic
+/// would unwind into `Engine::start`).
+pub(crate) fn restore_one<H: ShardHandler>(handler: &mut H, state: &[u8]) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.restore(state))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(crate::policy::panic_message(&*p)),
+    }
 }
 
 fn with_covered_at_least(state: &[u8], position: Position, path: &Path) -> Result<Vec<u8>, SnapshotError> {

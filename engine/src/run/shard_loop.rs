@@ -12,7 +12,7 @@ use super::config::EngineConfig;
 use super::dead_letter::Origin;
 use super::io::IoJob;
 use super::shared::{EngineShared, wall_ns};
-use super::step::{Resolved, Step, end_of_batch};
+use super::step::{Resolved, Step, end_of_batch, prepare};
 use crate::error::{HandlerFailure, InternalError, ReplayError, printable_key};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler};
 use crate::log::Slot;
@@ -34,6 +34,9 @@ pub(crate) struct ShardStart {
     pub(crate) routed: bool,
     /// A merged run: turns positions into per-log vectors for snapshots.
     pub(crate) merged: Option<crate::log::MergedShard>,
+    /// Events below this position have been handled before by this projection (`Ctx::replay`): the
+    /// restored snapshot's position, or without one the log's end when the run started.
+    pub(crate) replay_below: Position,
 }
 
 /// Starts shard `i`'s thread over its ring; the thread gives its handler back when the ring shuts down. A
@@ -52,6 +55,7 @@ pub(crate) fn spawn_shard<H: ShardHandler>(
         .name(format!("catchup-shard-{i}"))
         .spawn(move || {
             let shard = ShardId(i as u16);
+            prepare(&handler, cfg.on_error);
             let mut s = ShardLoop {
                 shard,
                 handler,
@@ -74,6 +78,7 @@ pub(crate) fn spawn_shard<H: ShardHandler>(
                 snapshot_failed: false,
                 routed: start.routed,
                 merged: start.merged,
+                replay_below: start.replay_below,
             };
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(poller)));
             if let Err(p) = run {
@@ -105,6 +110,8 @@ pub(crate) struct ShardLoop<'a, H> {
     pub(crate) routed: bool,
     /// A merged run of several logs: what turns `passed` into the per-log positions its snapshots store.
     pub(crate) merged: Option<crate::log::MergedShard>,
+    /// `Ctx::replay` is true below this position (see `ShardStart::replay_below`).
+    pub(crate) replay_below: Position,
 }
 
 /// Per-ring-batch counts.
@@ -250,7 +257,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                         Origin::Merged { log, log_position } => (log as u32, log_position),
                         _ => (0, pos),
                     };
-                    let replay = pos < self.shared.replay_end;
+                    let replay = pos < self.replay_below;
                     let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
                     match self.step.resolve(&mut self.handler, &event, &ctx, origin, first_error, &aborted) {
                         Resolved::Handled => tally.handled += 1,
@@ -451,7 +458,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                     }
                 },
             };
-            let replay = pos < self.shared.replay_end;
+            let replay = pos < self.replay_below;
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
             if let Err(e) = self.step.call(&mut self.handler, &event, &ctx, slot.published_ns, local) {
                 return BatchEnd::Failed(*slot, e);
@@ -530,7 +537,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                 return false;
             };
-            let replay = pos < self.shared.replay_end;
+            let replay = pos < self.replay_below;
             let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
             let (step, handler) = (&mut self.step, &mut self.handler);
             let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -651,7 +658,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let origin =
             if self.merged.is_some() { Origin::Merged { log: log as usize, log_position } } else { Origin::Log };
         let n = self.shared.run.n_shards;
-        let replay = pos < self.shared.replay_end;
+        let replay = pos < self.replay_below;
         let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
         let shared = self.shared;
         let aborted = || shared.run.aborted();

@@ -41,6 +41,11 @@ pub struct Progress {
     pub handled: u64,
     /// Events skipped so far because a snapshot already covered them.
     pub covered: u64,
+    /// Handler retries so far (the retry policies).
+    pub retries: u64,
+    /// Keys parked so far in this run (the park policy; those restored parked from a checkpoint are not
+    /// counted here: `KeyedView::parked` lists every parked key).
+    pub parked: u64,
     /// Time since the start.
     pub elapsed: Duration,
     /// Events per second since the start: positions passed for a log, events handled for Kafka.
@@ -122,6 +127,8 @@ impl EngineShared {
             lag_ns,
             handled,
             covered: self.run.covered(),
+            retries: self.run.retries(),
+            parked: self.run.parked(),
             elapsed,
             rate_per_s: rate,
             eta,

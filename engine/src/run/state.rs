@@ -79,6 +79,16 @@ impl RunState {
         self.metrics.iter().map(|m| m.counters.covered.load(Ordering::Relaxed)).sum()
     }
 
+    /// Handler retries so far, over every shard.
+    pub(crate) fn retries(&self) -> u64 {
+        self.metrics.iter().map(|m| m.counters.retries.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Keys parked so far in this run, over every shard.
+    pub(crate) fn parked(&self) -> u64 {
+        self.metrics.iter().map(|m| m.counters.parked.load(Ordering::Relaxed)).sum()
+    }
+
     /// Latency histograms since the start, merged over shards.
     pub(crate) fn latencies(&self) -> Latencies {
         metrics::merged_total(&self.metrics)
@@ -104,6 +114,7 @@ impl RunState {
                     batches: c.batches.load(Ordering::Relaxed),
                     batch_max: c.batch_max.load(Ordering::Relaxed),
                     slots: c.slots.load(Ordering::Relaxed),
+                    parked: c.parked.load(Ordering::Relaxed),
                     passed: passed(i),
                 }
             })

@@ -37,7 +37,8 @@ pub(crate) struct Step<'a> {
 pub(crate) enum Resolved {
     /// A retry succeeded.
     Handled,
-    /// Given up and dead-lettered (the line is on its way to the I/O thread).
+    /// Given up and dead-lettered (the line is on its way to the I/O thread); under the park policy the
+    /// key is parked too.
     DeadLettered,
     /// Given up: the run must stop with this failure.
     Stop(HandlerFailure),
@@ -106,6 +107,47 @@ impl<'a> Step<'a> {
                     Err(_) => Resolved::Broken,
                 }
             }
+            Outcome::Parked(why) => {
+                let stop = |cause: String| {
+                    Resolved::Stop(HandlerFailure {
+                        shard: self.shard,
+                        key: printable_key(event.key),
+                        position: event.position,
+                        cause,
+                    })
+                };
+                let ErrorPolicy::Park { max, .. } = self.on_error else { unreachable!("only park parks") };
+                let Some(keyed) = handler.keyed() else {
+                    return stop(format!(
+                        "{why} (the park policy needs a keyed projection: a raw handler's state has no keys to \
+                         park; use skip or stop)"
+                    ));
+                };
+                if !matches!(origin, Origin::Log) {
+                    return stop(format!("{why} (the park policy is for a replay of one log)"));
+                }
+                let parked = match keyed.0.park(event, &why) {
+                    Ok(n) => n,
+                    Err(e) => return stop(format!("{why} (the key could not be parked: {e})")),
+                };
+                bump(&self.counters.dead_lettered, 1);
+                bump(&self.counters.parked, 1);
+                let mut line = dead_letter_line(origin, self.shard, event, &why);
+                // `dead_letter_line` ends with the object's `}`: the added field goes before it.
+                line.pop();
+                line.push_str(",\"parked\":true}");
+                if self.io.send(IoJob::DeadLetter { line }).is_err() {
+                    return Resolved::Broken;
+                }
+                if parked > max {
+                    return stop(format!(
+                        "{why}; the key was parked, and {parked} keys are parked now, more than the park policy's \
+                         limit of {max}: stopping (run `catchup redrive` after fixing the handler, or \
+                         raise the limit)"
+                    ));
+                }
+                Resolved::DeadLettered
+            }
             Outcome::Fatal(why) => {
                 let cause = match origin {
                     Origin::Log => why,
@@ -124,6 +166,16 @@ impl<'a> Step<'a> {
                 })
             }
         }
+    }
+}
+
+/// Tells a keyed handler whether it must undo a failed `apply` before the policy acts: under every policy
+/// but `stop`, which never handles a failed event or its key again in this run. (The handler undoes by
+/// default; this spares the `stop` policy the cost of saving each state.) Called before the handler's first
+/// event.
+pub(crate) fn prepare<H: ShardHandler>(handler: &H, on_error: ErrorPolicy) {
+    if let Some(k) = handler.keyed() {
+        k.0.undo_failed_applies(on_error != ErrorPolicy::Stop);
     }
 }
 

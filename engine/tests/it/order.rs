@@ -179,6 +179,7 @@ fn keyed_handler_keeps_keys_with_one_hash_apart() {
     let decode = |b: &keyed::EntryState<'_>| match b {
         keyed::EntryState::Live(b) => Fold::decode(b).unwrap(),
         keyed::EntryState::Deleted => panic!("no key was deleted"),
+        keyed::EntryState::Parked(_) => panic!("no key was parked"),
     };
     let got: Vec<_> = entries.iter().map(|(k, c, st)| (k.to_vec(), *c, decode(st))).collect();
     assert_eq!(got, [(b"a".to_vec(), Position(0), fold(&[0, 2])), (b"b".to_vec(), Position(0), fold(&[1, 3, 4]))]);

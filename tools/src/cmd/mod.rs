@@ -11,6 +11,7 @@ pub mod history;
 pub mod import;
 pub mod index;
 pub mod inspect;
+pub mod redrive;
 pub mod replay;
 pub mod report;
 pub mod truncate;

@@ -174,9 +174,9 @@ pub(super) fn restore_merged<H: ShardHandler>(
             }
         }
         for (j, part) in parts.iter().enumerate() {
-            handlers[j].restore(part).map_err(|e| SnapshotError::Restore {
+            crate::run::restore_one(&mut handlers[j], part).map_err(|why| SnapshotError::Restore {
                 path: snaps[0].0.parent().map(Path::to_path_buf).unwrap_or_default(),
-                why: e.to_string(),
+                why,
             })?;
         }
     } else {
@@ -192,9 +192,8 @@ pub(super) fn restore_merged<H: ShardHandler>(
                     out
                 }
             };
-            handlers[s.meta.shard_idx as usize]
-                .restore(&state)
-                .map_err(|e| SnapshotError::Restore { path: path.clone(), why: e.to_string() })?;
+            crate::run::restore_one(&mut handlers[s.meta.shard_idx as usize], &state)
+                .map_err(|why| SnapshotError::Restore { path: path.clone(), why })?;
         }
     }
     let mut own = Vec::with_capacity(n);

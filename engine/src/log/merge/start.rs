@@ -181,6 +181,8 @@ impl Engine {
                 per_key_restored: false,
                 routed: true,
                 merged: Some(merged),
+                // Merge numbers are renumbered by each run: the log end at the start, as before.
+                replay_below: replay_end,
             };
             shard_threads.push(spawn_shard(i, handler, poller, shared.clone(), io_tx.clone(), config.clone(), start)?);
         }

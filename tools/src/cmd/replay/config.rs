@@ -21,6 +21,8 @@ pub const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 pub const RETRIES_MAX: u32 = 100;
 /// Default `--exec-timeout`: how long an acknowledged `--exec` child may go without answering.
 pub const EXEC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// Parked keys `--on-error park` allows when no MAX is given.
+pub const PARK_MAX_DEFAULT: usize = 1000;
 /// Version of the fingerprint's canonical text; bump when its meaning changes.
 const FINGERPRINT_PREFIX: &str = "catchup-replay/v1";
 
@@ -85,14 +87,43 @@ pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parses `stop`, `skip`, `retry:N` or `retry:N:skip`.
+/// Parses `MAX` of `park:MAX` (None: no `:MAX`).
+fn parse_park_max(max: Option<&str>) -> Option<usize> {
+    match max {
+        None => Some(PARK_MAX_DEFAULT),
+        Some(m) => m.parse().ok().filter(|&m| m >= 1),
+    }
+}
+
+/// Parses `stop`, `skip`, `retry:N`, `retry:N:skip`, `park[:MAX]` or `retry:N:park[:MAX]`.
 pub fn parse_on_error(s: &str) -> Result<ErrorPolicy, String> {
-    let bad = || format!("--on-error `{s}`: use stop, skip, retry:N or retry:N:skip (N in 1..={RETRIES_MAX})");
+    let bad = || {
+        format!(
+            "--on-error `{s}`: use stop, skip, retry:N, retry:N:skip, park[:MAX] or retry:N:park[:MAX] (N in \
+             1..={RETRIES_MAX}, MAX at least 1)"
+        )
+    };
+    let park = |attempts: u32, max: Option<&str>| {
+        let max = parse_park_max(max).ok_or_else(bad)?;
+        Ok(ErrorPolicy::Park { max, attempts, backoff: RETRY_BACKOFF })
+    };
     match s {
         "stop" => Ok(ErrorPolicy::Stop),
         "skip" => Ok(ErrorPolicy::Skip),
+        "park" => park(0, None),
+        _ if s.starts_with("park:") => park(0, s.strip_prefix("park:")),
         _ => {
             let rest = s.strip_prefix("retry:").ok_or_else(bad)?;
+            if let Some((n, tail)) = rest.split_once(":park") {
+                let attempts: u32 = n.parse().map_err(|_| bad())?;
+                if !(1..=RETRIES_MAX).contains(&attempts) {
+                    return Err(bad());
+                }
+                return match tail {
+                    "" => park(attempts, None),
+                    t => park(attempts, Some(t.strip_prefix(':').ok_or_else(bad)?)),
+                };
+            }
             let (n, then_skip) = match rest.strip_suffix(":skip") {
                 Some(n) => (n, true),
                 None => (rest.strip_suffix(":stop").unwrap_or(rest), false),
@@ -104,6 +135,15 @@ pub fn parse_on_error(s: &str) -> Result<ErrorPolicy, String> {
             Ok(ErrorPolicy::Retry { attempts, backoff: RETRY_BACKOFF, then_skip })
         }
     }
+}
+
+/// The identity of a handler for snapshots ([`Config::fingerprint`]; `catchup redrive` checks it too).
+pub fn fingerprint_of(handler: &HandlerSpec) -> u64 {
+    let what = match handler {
+        HandlerSpec::Projection(p) => p.canonical(),
+        HandlerSpec::Exec(cmd) => format!("exec\0cmd={cmd}"),
+    };
+    xxhash_rust::xxh3::xxh3_64(format!("{FINGERPRINT_PREFIX}\0{what}").as_bytes())
 }
 
 fn cores() -> usize {
@@ -180,6 +220,27 @@ impl Config {
             Ok(p) => p,
             Err(e) => usage!("{e}"),
         };
+        if matches!(on_error, ErrorPolicy::Park { .. }) {
+            if matches!(handler, HandlerSpec::Exec(_)) {
+                usage!(
+                    "--on-error park needs a keyed projection (--projection): an --exec child's state has no keys \
+                     catchup could freeze; use skip or stop"
+                );
+            }
+            match &source {
+                Source::Log(l) if l.merged.is_some() => {
+                    usage!("--on-error park is for a replay of one log, not --merge")
+                }
+                Source::Kafka(_) => usage!("--on-error park is for a replay of a log, not --source"),
+                Source::Log(_) => {}
+            }
+            if a.checkpoint_dir.is_none() {
+                usage!(
+                    "--on-error park keeps the parked keys in the checkpoint (for `catchup redrive`): give \
+                     --checkpoint-dir"
+                );
+            }
+        }
         if a.snapshot_every == Some(0) {
             usage!("--snapshot-every must be at least 1");
         }
@@ -263,11 +324,7 @@ impl Config {
 
     /// The handler's identity for snapshots: xxh3 of a canonical text of what produces the state.
     pub fn fingerprint(&self) -> u64 {
-        let what = match &self.handler {
-            HandlerSpec::Projection(p) => p.canonical(),
-            HandlerSpec::Exec(cmd) => format!("exec\0cmd={cmd}"),
-        };
-        xxhash_rust::xxh3::xxh3_64(format!("{FINGERPRINT_PREFIX}\0{what}").as_bytes())
+        fingerprint_of(&self.handler)
     }
 
     /// The source, for messages: the log directory, or the topic and group.
@@ -331,6 +388,14 @@ mod tests {
             Ok(ErrorPolicy::Retry { attempts: 3, backoff: RETRY_BACKOFF, then_skip: true })
         );
         assert!(parse_on_error("retry:0").is_err());
+        let park = |max, attempts| Ok(ErrorPolicy::Park { max, attempts, backoff: RETRY_BACKOFF });
+        assert_eq!(parse_on_error("park"), park(PARK_MAX_DEFAULT, 0));
+        assert_eq!(parse_on_error("park:7"), park(7, 0));
+        assert_eq!(parse_on_error("retry:3:park"), park(PARK_MAX_DEFAULT, 3));
+        assert_eq!(parse_on_error("retry:3:park:9"), park(9, 3));
+        for bad in ["park:0", "park:", "park:x", "retry:0:park", "retry:3:parkx", "retry:3:park:"] {
+            assert!(parse_on_error(bad).is_err(), "{bad}");
+        }
         assert!(parse_on_error("retry").is_err());
         assert!(parse_on_error("ignore").is_err());
     }

@@ -198,6 +198,8 @@ fn stats<H>(
                 f.progress.kafka.as_ref().expect("a Kafka run's progress has its Kafka part"),
             )),
         },
+        // Filled in by `run_keyed` from the views (an --exec run parks nothing).
+        parked: Default::default(),
     }
 }
 
@@ -232,7 +234,12 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<
         }
     }
     let output = write_output(cfg, |w| write_sorted(&projection, &held, w))?;
-    Ok(stats(cfg, &finished, interrupted, elapsed, output))
+    let mut s = stats(cfg, &finished, interrupted, elapsed, output);
+    for k in held.iter().flat_map(|v| v.parked()) {
+        s.parked.keys += 1;
+        s.parked.held += k.held;
+    }
+    Ok(s)
 }
 
 /// Where `--exec` spools go: beside the snapshots with checkpoints (they are part of the resumable state),

@@ -20,7 +20,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-pub use config::{Config, EXEC_TIMEOUT_DEFAULT, HandlerSpec, Output, parse_kafka_option};
+pub use config::{Config, EXEC_TIMEOUT_DEFAULT, HandlerSpec, Output, fingerprint_of, parse_kafka_option};
 pub use driver::run;
 pub use source::Source;
 pub use summary::Stats;

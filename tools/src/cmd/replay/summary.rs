@@ -114,6 +114,17 @@ pub struct Stats {
     pub output: Option<(String, u64)>,
     /// Positions (a log) or partitions (a topic).
     pub source: SourceStats,
+    /// Keys parked (`--on-error park`) at the end, and their events held (not applied) over every run.
+    pub parked: Parked,
+}
+
+/// The parked keys of a finished run (`--on-error park`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Parked {
+    /// Keys parked in the state (restored or parked by this run).
+    pub keys: u64,
+    /// Events of those keys held since each was parked (not applied).
+    pub held: u64,
 }
 
 impl Stats {
@@ -193,6 +204,14 @@ impl Stats {
                 fmt_count(self.retries())
             )?;
         }
+        if self.parked.keys > 0 {
+            writeln!(
+                out,
+                "  parked keys: {} ({} events held; run `catchup redrive` once the projection is fixed)",
+                fmt_count(self.parked.keys),
+                fmt_count(self.parked.held)
+            )?;
+        }
         if let Some((to, lines)) = &self.output {
             writeln!(out, "  wrote {} lines to {to}", fmt_count(*lines))?;
         }
@@ -243,6 +262,8 @@ impl Stats {
             "covered": self.covered,
             "dead_lettered": self.dead_lettered(),
             "retries": self.retries(),
+            "parked_keys": self.parked.keys,
+            "held_events": self.parked.held,
             "dead_letters": self.dead_letters.as_ref().map(|p| p.display().to_string()),
             "per_shard": self.shards.iter().enumerate().map(|(i, s)| serde_json::json!({
                 "shard": i,
@@ -250,6 +271,7 @@ impl Stats {
                 "covered": s.covered,
                 "dead_lettered": s.dead_lettered,
                 "retries": s.retries,
+                "parked": s.parked,
                 "passed": s.passed.0,
             })).collect::<Vec<_>>(),
             "output": self.output.as_ref().map(|(to, lines)| serde_json::json!({"to": to, "lines": lines})),
