@@ -74,6 +74,9 @@ pub struct ShardCounters {
     /// Ring slots taken (own and, with the broadcast topology, foreign events): `slots / batches` is the
     /// mean batch size.
     pub slots: AtomicU64,
+    /// Ring slots handed to this shard (with the broadcast topology, every slot of the one ring; Kafka:
+    /// events sent down its channel), counted after each publish: `enqueued - slots` is how full its ring is.
+    pub enqueued: AtomicU64,
 }
 
 /// Shared metrics of one shard.

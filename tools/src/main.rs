@@ -25,6 +25,7 @@ mod hist;
 mod interrupt;
 mod json;
 mod kafka_export;
+mod metrics_server;
 mod progress;
 mod projection;
 mod units;
@@ -434,6 +435,10 @@ pub struct ReplayArgs {
     /// Read every committed event, synced or not. Default without --checkpoint-dir.
     #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
     pub no_durable_only: bool,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and /status over HTTP while the replay runs: PORT (on
+    /// 127.0.0.1), HOST:PORT or [IPv6]:PORT (another interface only when given). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `catchup report`.

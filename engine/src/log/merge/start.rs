@@ -139,6 +139,7 @@ impl Engine {
                     .zip(views.map(|v| v.into_iter().map(snapshot::BindingLookup::new).collect::<Vec<_>>())),
                 dead_letters: config.dead_letters.clone(),
                 retire: None,
+                stats: shared.run.snapshots.clone(),
             };
             spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };

@@ -1,6 +1,7 @@
 //! The validated replay ([`Config`]), built from `ReplayArgs`: flag combinations checked (a bad one is a
 //! usage error), the source chosen, defaults filled in.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub struct Config {
     pub latency_sample_every: u32,
     /// Events per second at most.
     pub max_rate: Option<u64>,
+    /// Where to serve the metrics endpoint (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -204,6 +207,11 @@ impl Config {
             None if a.json => Output::Discard,
             None => Output::Stdout,
         };
+        let metrics_addr = match a.metrics_addr.as_deref().map(crate::metrics_server::parse_addr) {
+            Some(Err(e)) => usage!("{e}"),
+            Some(Ok(addr)) => Some(addr),
+            None => None,
+        };
         Ok(Config {
             source,
             n_shards,
@@ -217,6 +225,7 @@ impl Config {
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
+            metrics_addr,
         })
     }
 

@@ -11,6 +11,7 @@
 
 mod config;
 mod driver;
+mod endpoint;
 mod kafka;
 mod log;
 mod source;
