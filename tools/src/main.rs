@@ -439,6 +439,10 @@ pub struct ReplayArgs {
     /// 127.0.0.1), HOST:PORT or [IPv6]:PORT (another interface only when given). Port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// After the run, keep serving its final figures this long (e.g. 30s) so that a scraper sees them
+    /// (default 0s: the endpoint closes when the process exits). Ctrl-C ends the wait.
+    #[arg(long, value_name = "DURATION", requires = "metrics_addr", value_parser = units::parse_duration)]
+    pub metrics_linger: Option<std::time::Duration>,
 }
 
 /// `catchup report`.

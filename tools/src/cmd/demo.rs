@@ -75,6 +75,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         latency_sample_every: 64,
         max_rate: None,
         metrics_addr: None,
+        metrics_linger: std::time::Duration::ZERO,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -71,6 +71,8 @@ pub struct Config {
     pub max_rate: Option<u64>,
     /// Where to serve the metrics endpoint (`--metrics-addr`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// How long to keep serving the final figures after the run (`--metrics-linger`).
+    pub metrics_linger: Duration,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -226,6 +228,7 @@ impl Config {
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
             metrics_addr,
+            metrics_linger: a.metrics_linger.unwrap_or(Duration::ZERO),
         })
     }
 

@@ -3,6 +3,7 @@
 //! the run goes ([`Live`]), and from the run's final figures after it ended ([`Final`]) until the process
 //! exits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,12 +14,42 @@ use super::driver::stats_of;
 use crate::metrics_server::{Endpoint, View};
 use crate::progress::Ui;
 
+/// Set once the endpoint is bound: a failure after it lingers (`--metrics-linger`), one before does not.
+static BOUND: AtomicBool = AtomicBool::new(false);
+
 /// Binds `--metrics-addr`, if given, and says where it listens (unless quiet).
 pub(super) fn bind(cfg: &Config, ui: &Ui) -> Result<Option<Endpoint>> {
     let Some(addr) = cfg.metrics_addr else { return Ok(None) };
     let endpoint = Endpoint::bind(addr).map_err(|e| anyhow::Error::new(crate::UsageError(e)))?;
+    BOUND.store(true, Ordering::Relaxed);
     ui.note(format!("metrics endpoint on http://{}/metrics (/healthz, /readyz, /status)", endpoint.addr()));
     Ok(Some(endpoint))
+}
+
+/// Waits `--metrics-linger` (the endpoint's thread serves the final figures meanwhile), or until Ctrl-C.
+pub(super) fn linger(cfg: &Config) {
+    if cfg.metrics_addr.is_none() {
+        return;
+    }
+    let until = Instant::now() + cfg.metrics_linger;
+    while Instant::now() < until && !crate::interrupt::requested() {
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// After a failed run that served an endpoint: says so, then lingers (`/healthz` answers 503 meanwhile); the
+/// error itself is reported after. A run that failed before the endpoint was bound does not linger.
+pub(super) fn linger_failed(cfg: &Config, ui: &Ui) {
+    // Relaxed: set and read by the main thread.
+    if cfg.metrics_linger.is_zero() || !BOUND.load(Ordering::Relaxed) {
+        return;
+    }
+    ui.note(format!(
+        "replay failed; the metrics endpoint answers /healthz with 503 for {:?} (--metrics-linger), then the error \
+         follows",
+        cfg.metrics_linger
+    ));
+    linger(cfg);
 }
 
 /// The run while it goes: every answer is computed from the handle at the request.
