@@ -125,7 +125,7 @@ pub fn route(path: &str, view: &dyn View, ready: &AtomicBool) -> Answer {
     match path {
         "/metrics" => (200, CONTENT_TYPE, view.metrics()),
         "/healthz" => match view.failure() {
-            None => (200, TEXT, "ok: replaying\n".into()),
+            None => (200, TEXT, "ok\n".into()),
             Some(why) => (503, TEXT, format!("failed: {why}\n")),
         },
         "/readyz" => readiness(&view.progress(), ready),
