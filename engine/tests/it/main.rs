@@ -4,6 +4,7 @@
 mod binding;
 mod config;
 mod corrupt;
+mod exposition;
 mod follow;
 mod fuzz_snapshot;
 #[cfg(feature = "kafka")]
