@@ -430,4 +430,36 @@ mod tests {
         }
         assert_eq!(m["catchup_events_handled_total"], 0.0);
     }
+
+    /// A Kafka run: per-partition committed, handled, end and lag; no log positions.
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_partitions_are_labelled() {
+        use crate::kafka::{KafkaProgress, PartitionProgress};
+        let part = |partition, committed, handled, high| PartitionProgress {
+            partition,
+            committed,
+            handled,
+            high,
+            lag: high - handled,
+            ..Default::default()
+        };
+        let progress = Progress {
+            kafka: Some(KafkaProgress {
+                partitions: vec![part(0, 10, 12, 20), part(3, 5, 5, 5)],
+                rebalances: 2,
+                ..Default::default()
+            }),
+            ..Progress::default()
+        };
+        let text = render(&Scrape { progress: &progress, shards: &[], latencies: &Latencies::default() });
+        let m = parse(&text);
+        assert_eq!(m["catchup_kafka_partition_committed_offset{partition=\"0\"}"], 10.0);
+        assert_eq!(m["catchup_kafka_partition_handled_offset{partition=\"0\"}"], 12.0);
+        assert_eq!(m["catchup_kafka_partition_end_offset{partition=\"0\"}"], 20.0);
+        assert_eq!(m["catchup_kafka_partition_lag_events{partition=\"0\"}"], 8.0);
+        assert_eq!(m["catchup_kafka_partition_lag_events{partition=\"3\"}"], 0.0);
+        assert_eq!(m["catchup_kafka_rebalances_total"], 2.0);
+        assert!(!m.contains_key("catchup_watermark_position"), "a topic has no log positions");
+    }
 }
