@@ -74,9 +74,6 @@ pub struct ShardCounters {
     /// Ring slots taken (own and, with the broadcast topology, foreign events): `slots / batches` is the
     /// mean batch size.
     pub slots: AtomicU64,
-    /// Ring slots handed to this shard (with the broadcast topology, every slot of the one ring; Kafka:
-    /// events sent down its channel), counted after each publish: `enqueued - slots` is how full its ring is.
-    pub enqueued: AtomicU64,
 }
 
 /// Shared metrics of one shard.
@@ -84,6 +81,11 @@ pub struct ShardCounters {
 pub struct ShardMetrics {
     /// Counters.
     pub counters: CachePadded<ShardCounters>,
+    /// Ring slots handed to this shard (with the broadcast topology, every slot of the one ring; Kafka:
+    /// events sent down its channel), counted by the source after each publish (Relaxed: a statistic):
+    /// `enqueued - counters.slots` is how full its ring is. On a cache line of its own, away from the
+    /// counters the shard writes.
+    pub enqueued: CachePadded<AtomicU64>,
     /// Latencies since the last interval was taken.
     pub interval: Mutex<Latencies>,
     /// Latencies since the start.

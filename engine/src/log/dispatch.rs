@@ -209,7 +209,7 @@ pub(crate) fn every_shard(shared: &EngineShared) -> Range<usize> {
 /// Counts `n` slots handed to the rings of shards `to` (per publish, not per event).
 fn count_enqueued(shared: &EngineShared, to: Range<usize>, n: usize) {
     for m in &shared.run.metrics[to] {
-        bump(&m.counters.enqueued, n as u64);
+        bump(&m.enqueued, n as u64);
     }
 }
 

@@ -108,7 +108,7 @@ impl RunState {
                     batches: c.batches.load(Ordering::Relaxed),
                     batch_max: c.batch_max.load(Ordering::Relaxed),
                     slots: c.slots.load(Ordering::Relaxed),
-                    queued: c.enqueued.load(Ordering::Relaxed).saturating_sub(c.slots.load(Ordering::Relaxed)),
+                    queued: m.enqueued.load(Ordering::Relaxed).saturating_sub(c.slots.load(Ordering::Relaxed)),
                     passed: passed(i),
                 }
             })
