@@ -202,7 +202,7 @@ impl Dispatch for Routed {
 }
 
 /// The shards whose ring a publish fills: every shard with the broadcast topology (one ring).
-pub(crate) fn every_shard(shared: &EngineShared) -> Range<usize> {
+fn every_shard(shared: &EngineShared) -> Range<usize> {
     0..shared.run.n_shards
 }
 
