@@ -34,9 +34,24 @@ scraped() {
     local pid=$! n
     # On a fixed schedule (every 100 ms from the start, whatever a scrape took), until the replay exits.
     n="$(python3 - "$pid" "$p" <<'PY'
-import os, sys, time, urllib.request
-pid, port = int(sys.argv[1]), sys.argv[2]
-n, t0, k, first, last = 0, time.monotonic(), 0, None, None
+import os, socket, sys, time
+pid, port = int(sys.argv[1]), int(sys.argv[2])
+n, t0, k, first, last, took = 0, time.monotonic(), 0, None, None, []
+cpu = 0
+def endpoint_cpu():
+    """CPU seconds of the endpoint's threads: `catchup-metrics` and tiny_http's (unnamed, so named
+    `catchup` like the main thread, which is left out), from /proc (schedstat: ns on a CPU)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            if comm == "catchup-metrics" or (comm == "catchup" and int(tid) != pid):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+    return total / 1e9
 def alive():
     try:
         os.kill(pid, 0)
@@ -45,15 +60,26 @@ def alive():
         return False
 while alive():
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        t = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            body = b""
+            while chunk := c.recv(1 << 16):
+                body += chunk
+        if not body.startswith(b"HTTP/1.1 200"):
+            raise OSError("not 200")
+        cpu = endpoint_cpu() or cpu
         n += 1
         last = time.monotonic()
+        took.append(last - t)
         first = first or last
     except OSError:
         pass
     k += 1
     time.sleep(max(0.0, t0 + k * 0.1 - time.monotonic()))
-print(n, "%.1f" % ((n - 1) / (last - first)) if n > 1 else "0")
+took.sort()
+ms = lambda q: "%.2f" % (1e3 * took[min(len(took) - 1, int(q * len(took)))]) if took else "-"
+print(n, "%.1f" % ((n - 1) / (last - first)) if n > 1 else "0", ms(0.5), ms(0.99), "%.3f" % (1e3 * cpu / max(n, 1)))
 PY
 )"
     wait "$pid"
@@ -64,12 +90,12 @@ echo "catchup replay, $events events, $shards shards; load: $(uptime | sed 's/.*
 a=() b=()
 for i in $(seq 1 "$rounds"); do
     if ((i % 2)); then
-        x="$(plain)"; read -r y n r <<<"$(scraped)"
+        x="$(plain)"; read -r y n r p50 p99 c <<<"$(scraped)"
     else
-        read -r y n r <<<"$(scraped)"; x="$(plain)"
+        read -r y n r p50 p99 c <<<"$(scraped)"; x="$(plain)"
     fi
     a+=("$x") b+=("$y")
-    echo "round $i: no endpoint $x events/s; scraped $y events/s ($n scrapes, $r per s while scraping)"
+    echo "round $i: no endpoint $x events/s; scraped $y events/s ($n scrapes, $r per s while scraping; a scrape took $p50 ms median, $p99 ms p99, client side; endpoint threads $c ms CPU per scrape)"
 done
 python3 - "${a[*]}" "${b[*]}" <<'EOF'
 import statistics, sys

@@ -146,7 +146,10 @@ fn drive<H: ShardHandler + 'static>(
         Some(m) => {
             let (live, stop) = (endpoint::Live { cfg, run: &running, started }, AtomicBool::new(false));
             std::thread::scope(|s| {
-                s.spawn(|| m.serve(&live, &stop));
+                std::thread::Builder::new()
+                    .name("catchup-metrics".into())
+                    .spawn_scoped(s, || m.serve(&live, &stop))
+                    .context("cannot start the metrics endpoint's thread")?;
                 let watched = watch(ui, &running, hist_log, started);
                 // Relaxed: only ends the server's loop.
                 stop.store(true, Ordering::Relaxed);
