@@ -64,8 +64,11 @@ impl SnapshotStats {
     /// starts there); None while some shard has none (a restart then starts where this run started, or
     /// from the previous run's snapshots).
     pub(crate) fn lowest_position(&self) -> Option<u64> {
-        let low = self.positions.iter().map(|p| p.load(Ordering::Relaxed)).min()?;
-        (low != u64::MAX).then_some(low)
+        // `u64::MAX` (no snapshot yet) in any shard makes the whole answer None, not just that shard's.
+        self.positions
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .try_fold(u64::MAX, |low, p| (p != u64::MAX).then(|| low.min(p)))
     }
 }
 
