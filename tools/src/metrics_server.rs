@@ -9,7 +9,8 @@
 //! - anything else: 404; a method other than GET or HEAD: 405.
 //!
 //! Each request is answered from atomics and snapshots the engine's handle keeps (never a shard's state);
-//! the server thread waits on its socket otherwise, so scrapes cost the run nothing between them.
+//! between requests the server thread sleeps in the server's queue (no polling), so scrapes cost the run
+//! nothing between them.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use std::time::Duration;
 use catchup_engine::Progress;
 use catchup_engine::exposition::CONTENT_TYPE;
 
-/// How long the server waits for a request before it looks at its stop flag.
-const POLL: Duration = Duration::from_millis(20);
+/// How long the server pauses after the listener reported an error (say, out of file descriptors) before
+/// it waits for the next request.
+const AFTER_ERROR: Duration = Duration::from_millis(50);
 
 /// What the endpoint answers from: the run as it stands now.
 pub trait View: Sync {
@@ -90,17 +92,24 @@ impl Endpoint {
         self.addr
     }
 
-    /// Answers requests from `view` until `stop` is raised (checked every [`POLL`]).
+    /// Answers requests from `view` until `stop` is raised and [`wake`](Self::wake) called; between
+    /// requests the thread sleeps in the server's queue (no polling).
     pub fn serve(&self, view: &dyn View, stop: &AtomicBool) {
-        // Relaxed: the flag only ends the loop; nothing is published through it.
-        while !stop.load(Ordering::Relaxed) {
-            match self.server.recv_timeout(POLL) {
-                Ok(Some(request)) => answer(request, view, &self.ready),
-                Ok(None) => {}
-                // The listener is gone: nothing more to serve.
-                Err(_) => return,
+        loop {
+            match self.server.recv() {
+                Ok(request) => answer(request, view, &self.ready),
+                // Woken by `wake` (queued behind the requests that came before it, which are answered).
+                // Relaxed: the flag only ends the loop; nothing is published through it.
+                Err(_) if stop.load(Ordering::Relaxed) => return,
+                // An error accepting a connection: the listener goes on.
+                Err(_) => std::thread::sleep(AFTER_ERROR),
             }
         }
+    }
+
+    /// Wakes the thread in [`serve`](Self::serve) once, after its `stop` was raised.
+    pub fn wake(&self) {
+        self.server.unblock();
     }
 
     /// Answers from `view` on a thread of its own until the process exits (the run's final figures, while

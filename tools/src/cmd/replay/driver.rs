@@ -151,8 +151,9 @@ fn drive<H: ShardHandler + 'static>(
                     .spawn_scoped(s, || m.serve(&live, &stop))
                     .context("cannot start the metrics endpoint's thread")?;
                 let watched = watch(ui, &running, hist_log, started);
-                // Relaxed: only ends the server's loop.
+                // Relaxed: only ends the server's loop, which `wake` then wakes.
                 stop.store(true, Ordering::Relaxed);
+                m.wake();
                 watched
             })?
         }
