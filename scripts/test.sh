@@ -10,6 +10,9 @@
 # 4. The Kafka tests against a real broker (tansu, installed on first use: about 13 minutes on 2 cores), from
 #    scripts/kafka-tests.sh, which starts the broker on 127.0.0.1 and stops it after.
 #    CATCHUP_SKIP_BROKER_TESTS=1 leaves out step 4 only (for a quick local run; CI never sets it).
+# 5. `promtool check metrics` on a `/metrics` scrape taken mid-replay (tests/metrics.rs, `#[ignore]`d in plain
+#    `cargo test`): promtool comes from Debian's `prometheus` package, installed with apt-get if it is not on
+#    the PATH (CATCHUP_PROMTOOL names another one); without it the test fails, it does not skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The programs the end-to-end tests in tests/ run: the `catchup` binary and the examples. Those tests belong to
@@ -24,6 +27,14 @@ cargo test --workspace --doc --locked
 cargo test --workspace --test kafka --locked -- --ignored --exact --test-threads 1 \
     a_killed_member_costs_a_bounded_amount_of_redone_work \
     a_killed_member_with_cooperative_rebalancing
+if [[ -z "${CATCHUP_PROMTOOL:-}" ]] && ! command -v promtool >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus) for tests/metrics.rs" >&2
+    sudo=""
+    if [[ "$(id -u)" != 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends prometheus
+fi
+cargo test --workspace --test metrics --locked -- --ignored --exact promtool_accepts_a_scrape_taken_mid_replay
 if [[ "${CATCHUP_SKIP_BROKER_TESTS:-}" == 1 ]]; then
     echo "test.sh: CATCHUP_SKIP_BROKER_TESTS=1: the broker tests (scripts/kafka-tests.sh) were NOT run" >&2
 else

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod exposition;
 pub mod handler;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -91,6 +91,11 @@ pub struct ShardCounters {
 pub struct ShardMetrics {
     /// Counters.
     pub counters: CachePadded<ShardCounters>,
+    /// Ring slots handed to this shard (with the broadcast topology, every slot of the one ring; Kafka:
+    /// events sent down its channel), counted by the source after each publish (Relaxed: a statistic):
+    /// `enqueued - counters.slots` is how full its ring is. On a cache line of its own, away from the
+    /// counters the shard writes.
+    pub enqueued: CachePadded<AtomicU64>,
     /// Latencies since the last interval was taken.
     pub interval: Mutex<Latencies>,
     /// Latencies since the start.

@@ -25,6 +25,7 @@ mod hist;
 mod interrupt;
 mod json;
 mod kafka_export;
+mod metrics_server;
 mod progress;
 mod projection;
 mod units;
@@ -489,6 +490,14 @@ pub struct ReplayArgs {
     /// Read every committed event, synced or not. Default without --checkpoint-dir.
     #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
     pub no_durable_only: bool,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and /status over HTTP while the replay runs: PORT (on
+    /// 127.0.0.1), HOST:PORT or [IPv6]:PORT (another interface only when given). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// After the run, keep serving its final figures this long (e.g. 30s) so that a scraper sees them
+    /// (default 0s: the endpoint closes when the process exits). Ctrl-C ends the wait.
+    #[arg(long, value_name = "DURATION", requires = "metrics_addr", value_parser = units::parse_duration)]
+    pub metrics_linger: Option<std::time::Duration>,
 }
 
 /// A count (`units::parse_count`: 64, 1k) that fits a u32.

@@ -340,6 +340,7 @@ impl<H: ShardHandler, F: PartitionFactory<H>> Coord<H, F> {
         }
         let mut b = std::mem::take(&mut self.bufs[s]);
         b.sent_ns = self.shared.run.started.elapsed().as_nanos() as u64;
+        bump(&self.shared.run.metrics[s].enqueued, b.items.len() as u64);
         // A send fails only when the shard has exited after a failure, which the abort flag reports.
         let _ = self.to_shards[s].send(ToShard::Events(b));
     }

@@ -44,7 +44,12 @@ pub fn start<H: ShardHandler, F: PartitionFactory<H>>(cfg: KafkaConfig, factory:
     let (io_tx, io_rx) = channel::bounded::<IoJob>(4 * n + 16);
     let io = {
         let shared = shared.clone();
-        let setup = IoSetup { log_snapshots: None, dead_letters: cfg.dead_letters.clone(), retire: None };
+        let setup = IoSetup {
+            log_snapshots: None,
+            dead_letters: cfg.dead_letters.clone(),
+            retire: None,
+            stats: shared.run.snapshots.clone(),
+        };
         spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
     };
 

@@ -1,8 +1,8 @@
 //! Dispatch into the rings: the ring slot, the two topologies, and publishing batches of record heads.
 
-use std::sync::atomic::Ordering;
-
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use catchup_segments::{Position, Segment};
 use disruptor::Producer;
@@ -101,8 +101,15 @@ impl Dispatch for Broadcast {
             // Big batch: write slots straight into the ring, no intermediate copy.
             while left > 0 {
                 let n = left.min(cfg.publish_batch);
-                let Some(ts) = publish_direct(shared, &mut self.producer, &mut heads, n, seg_idx, &mut self.backoff)
-                else {
+                let Some(ts) = publish_direct(
+                    shared,
+                    &mut self.producer,
+                    &mut heads,
+                    n,
+                    seg_idx,
+                    &mut self.backoff,
+                    every_shard(shared),
+                ) else {
                     return false;
                 };
                 *newest_ts = (*newest_ts).max(ts);
@@ -114,7 +121,7 @@ impl Dispatch for Broadcast {
             *newest_ts = (*newest_ts).max(rec.timestamp_ns);
             self.buf.push(Slot::new(seg_idx, &rec));
             if self.buf.len() == cfg.publish_batch
-                && !publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+                && !publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff, every_shard(shared))
             {
                 return false;
             }
@@ -127,7 +134,7 @@ impl Dispatch for Broadcast {
     }
 
     fn flush(&mut self, shared: &EngineShared, _upto: u64) -> bool {
-        publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff)
+        publish(shared, &mut self.producer, &mut self.buf, &mut self.backoff, every_shard(shared))
     }
 }
 
@@ -165,7 +172,7 @@ impl Dispatch for Routed {
             newest = newest.max(rec.timestamp_ns);
             self.bufs[i].push(Slot::new(seg_idx, &rec));
             if self.bufs[i].len() == cfg.publish_batch
-                && !publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff)
+                && !publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff, i..i + 1)
             {
                 return false;
             }
@@ -182,8 +189,8 @@ impl Dispatch for Routed {
     }
 
     fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool {
-        for (p, b) in self.producers.iter_mut().zip(self.bufs.iter_mut()) {
-            if !publish(shared, p, b, &mut self.backoff) {
+        for (i, (p, b)) in self.producers.iter_mut().zip(self.bufs.iter_mut()).enumerate() {
+            if !publish(shared, p, b, &mut self.backoff, i..i + 1) {
                 return false;
             }
         }
@@ -191,6 +198,18 @@ impl Dispatch for Routed {
         shared.routed_upto.raise_release(upto);
         shared.published.fetch_max(upto, Ordering::Relaxed);
         true
+    }
+}
+
+/// The shards whose ring a publish fills: every shard with the broadcast topology (one ring).
+fn every_shard(shared: &EngineShared) -> Range<usize> {
+    0..shared.run.n_shards
+}
+
+/// Counts `n` slots handed to the rings of shards `to` (per publish, not per event).
+fn count_enqueued(shared: &EngineShared, to: Range<usize>, n: usize) {
+    for m in &shared.run.metrics[to] {
+        bump(&m.enqueued, n as u64);
     }
 }
 
@@ -206,6 +225,7 @@ fn publish_direct(
     n: usize,
     seg_idx: u32,
     backoff: &mut Backoff,
+    to: Range<usize>,
 ) -> Option<u64> {
     let now = shared.run.started.elapsed().as_nanos() as u64;
     let mut newest = 0u64;
@@ -224,6 +244,7 @@ fn publish_direct(
             Ok(_) => {
                 backoff.reset();
                 shared.published.fetch_max(last + 1, Ordering::Relaxed);
+                count_enqueued(shared, to, n);
                 return Some(newest);
             }
             Err(_) => {
@@ -243,6 +264,7 @@ pub(crate) fn publish(
     producer: &mut impl Producer<Slot>,
     buf: &mut Vec<Slot>,
     backoff: &mut Backoff,
+    to: Range<usize>,
 ) -> bool {
     if buf.is_empty() {
         return true;
@@ -261,6 +283,7 @@ pub(crate) fn publish(
                 backoff.reset();
                 let last = buf.last().expect("not empty").position;
                 shared.published.fetch_max(last + 1, Ordering::Relaxed);
+                count_enqueued(shared, to, buf.len());
                 buf.clear();
                 return true;
             }

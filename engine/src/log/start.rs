@@ -124,6 +124,7 @@ impl Engine {
                 dead_letters: config.dead_letters.clone(),
                 // After a redistribution, files of another shard count are retired once this run's are complete.
                 retire: per_key_restored.then_some(n),
+                stats: shared.run.snapshots.clone(),
             };
             spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };

@@ -3,6 +3,7 @@
 //! handle does with them (stop, watch, join, summarise) is written here once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use catchup_segments::Position;
 
@@ -31,6 +32,9 @@ pub struct ShardSummary {
     /// Keys this shard parked in this run (`ErrorPolicy::Park`; the parked keys restored from a checkpoint
     /// are in `KeyedView::parked`).
     pub parked: u64,
+    /// Events handed to the shard's ring (Kafka: its channel) and not taken yet, at the time of reading
+    /// (the two counters are read without ordering: an estimate).
+    pub queued: u64,
     /// Position the shard passed (a log's; 0 for a Kafka source, whose positions are per partition, in
     /// `Progress::kafka`).
     pub passed: Position,
@@ -106,7 +110,34 @@ impl<H> Running<H> {
 
     /// Where the run stands.
     pub fn progress(&self) -> Progress {
-        self.source.progress()
+        let mut p = self.source.progress();
+        let state = self.source.state();
+        // Pairs with `RunState::fail`'s release.
+        p.failed = state.aborted();
+        let snapshots = &state.snapshots;
+        p.snapshots_written = snapshots.written();
+        if let Some((age, took)) = snapshots.last() {
+            p.snapshot_age = Some(age);
+            p.snapshot_duration = Some(took);
+        }
+        p.restart_events = restart_events(&p, snapshots.lowest_position());
+        p.restart_eta = (p.rate_per_s > 0.0).then(|| Duration::from_secs_f64(p.restart_events as f64 / p.rate_per_s));
+        p
+    }
+
+    /// The `/metrics` document of this run now: the Prometheus text exposition format
+    /// ([`exposition::render`](crate::exposition::render) over [`progress`](Self::progress),
+    /// [`shard_summaries`](Self::shard_summaries) and [`latencies`](Self::latencies)). Reads the run's
+    /// atomics and merges the shards' latency histograms (each shard's lock is held only to add it).
+    pub fn metrics_text(&self) -> String {
+        let progress = self.progress();
+        let shards = self.shard_summaries();
+        let latencies = self.latencies();
+        crate::exposition::render(&crate::exposition::Scrape {
+            progress: &progress,
+            shards: &shards,
+            latencies: &latencies,
+        })
     }
 
     /// Latency histograms since the start, merged over shards.
@@ -149,7 +180,7 @@ impl<H> Running<H> {
         Ok(RunSummary {
             handlers,
             shards,
-            progress: self.source.progress(),
+            progress: self.progress(),
             latencies: self.source.state().latencies(),
             covered,
         })
@@ -162,4 +193,15 @@ impl<H> Drop for Running<H> {
         self.source.state().request_stop();
         drop(self.source.join());
     }
+}
+
+/// Events a restart now would handle again (`Progress::restart_events`); `lowest_snapshot`: the lowest
+/// position of this run's log shard snapshots, once every shard wrote one.
+fn restart_events(p: &Progress, lowest_snapshot: Option<u64>) -> u64 {
+    #[cfg(feature = "kafka")]
+    if let Some(k) = &p.kafka {
+        return k.partitions.iter().map(|x| (x.handled - x.committed).max(0) as u64).sum();
+    }
+    let from = lowest_snapshot.unwrap_or(p.start.0).max(p.start.0);
+    p.watermark.0.saturating_sub(from)
 }

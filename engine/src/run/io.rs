@@ -2,10 +2,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam::channel;
 
+use super::snapshot_stats::SnapshotStats;
 use crate::error::{InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 use crate::handler::StateLayout;
 use crate::keyed::decode_key_entries;
@@ -45,6 +48,8 @@ pub(crate) struct IoSetup {
     /// written a snapshot, the files of shards `>= retire` (left by a run with more shards) are redundant
     /// and removed, so they no longer lower every restart's start position.
     pub(crate) retire: Option<usize>,
+    /// Where each snapshot written is counted and timed, for `Progress` (the run state's `snapshots`).
+    pub(crate) stats: Arc<SnapshotStats>,
 }
 
 /// Starts the I/O thread. A failure (an I/O error, or a panic: a bug) is handed to `fail` and ends the
@@ -69,7 +74,7 @@ pub(crate) fn spawn_io(
 
 /// Writes snapshots and dead letters until every sender is gone, or the first failure.
 fn io_loop(setup: IoSetup, rx: &channel::Receiver<IoJob>) -> Result<(), ReplayError> {
-    let IoSetup { mut log_snapshots, dead_letters, mut retire } = setup;
+    let IoSetup { mut log_snapshots, dead_letters, mut retire, stats } = setup;
     let mut dlq_file: Option<std::fs::File> = None;
     let mut written = vec![false; retire.unwrap_or(0)];
     let mut newest: Vec<Option<Queued>> = Vec::new();
@@ -106,6 +111,7 @@ fn io_loop(setup: IoSetup, rx: &channel::Receiver<IoJob>) -> Result<(), ReplayEr
         }
         for (meta, state, mut logs) in newest.iter_mut().filter_map(Option::take) {
             let Some((dir, lookups)) = &mut log_snapshots else { continue };
+            let began = Instant::now();
             if logs.is_empty() {
                 let binding = bind(&mut lookups[0], dir, &meta, &state)?;
                 snapshot::write_bound(dir, &meta, &binding, &state)?;
@@ -113,6 +119,7 @@ fn io_loop(setup: IoSetup, rx: &channel::Receiver<IoJob>) -> Result<(), ReplayEr
                 crate::log::bind_merged(lookups, dir, &meta, &mut logs)?;
                 snapshot::write_merged(dir, &meta, &logs, &state)?;
             }
+            stats.wrote(Some((meta.shard_idx as usize, meta.position.0)), began.elapsed());
             if let Some(n) = retire {
                 written[meta.shard_idx as usize] = true;
                 if written.iter().all(|&w| w) {
@@ -124,7 +131,9 @@ fn io_loop(setup: IoSetup, rx: &channel::Receiver<IoJob>) -> Result<(), ReplayEr
         for job in in_order.drain(..) {
             match job {
                 IoJob::PartitionSnapshot { dir, meta, state } => {
+                    let began = Instant::now();
                     snapshot::write(&dir, &meta, &state)?;
+                    stats.wrote(None, began.elapsed());
                 }
                 IoJob::RemoveFrom { dir, n_shards } => {
                     snapshot::remove_from(&dir, n_shards)?;
@@ -186,11 +195,15 @@ fn bind(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use catchup_segments::Position;
 
     use super::*;
+
+    fn stats() -> Arc<SnapshotStats> {
+        Arc::new(SnapshotStats::new(1))
+    }
 
     fn meta(shard_idx: u16, n_shards: u16, position: u64) -> SnapshotMeta {
         SnapshotMeta {
@@ -220,7 +233,8 @@ mod tests {
     fn a_sync_is_answered_after_what_was_sent_before_it_is_written() {
         let d = tempfile::tempdir().unwrap();
         let dlq = d.path().join("dead.jsonl");
-        let (tx, io, failures) = start(IoSetup { log_snapshots: None, dead_letters: Some(dlq.clone()), retire: None });
+        let (tx, io, failures) =
+            start(IoSetup { log_snapshots: None, dead_letters: Some(dlq.clone()), retire: None, stats: stats() });
         tx.send(IoJob::DeadLetter { line: "{\"n\":1}".into() }).unwrap();
         let state = b"state".to_vec();
         tx.send(IoJob::PartitionSnapshot { dir: d.path().into(), meta: meta(0, 2, 5), state: state.clone() }).unwrap();
@@ -246,7 +260,8 @@ mod tests {
     fn a_failed_dead_letter_is_reported_and_its_sync_never_answered() {
         let d = tempfile::tempdir().unwrap();
         let dlq = d.path().join("no-such-dir").join("dead.jsonl");
-        let (tx, io, failures) = start(IoSetup { log_snapshots: None, dead_letters: Some(dlq.clone()), retire: None });
+        let (tx, io, failures) =
+            start(IoSetup { log_snapshots: None, dead_letters: Some(dlq.clone()), retire: None, stats: stats() });
         tx.send(IoJob::DeadLetter { line: "{}".into() }).unwrap();
         let (done, answered) = channel::bounded(1);
         tx.send(IoJob::Sync { done }).unwrap();

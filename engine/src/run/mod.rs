@@ -9,6 +9,7 @@ mod io;
 mod restore;
 mod shard_loop;
 mod shared;
+mod snapshot_stats;
 mod state;
 mod step;
 

@@ -52,6 +52,21 @@ pub struct Progress {
     pub rate_per_s: f64,
     /// Estimated time to work off `lag_events` at that rate.
     pub eta: Option<Duration>,
+    /// True once a failure stopped the run: a handler's error under the stop policy, an I/O error, a bug.
+    pub failed: bool,
+    /// Snapshot files this run has written (a log's shard snapshots, a topic's partition snapshots).
+    pub snapshots_written: u64,
+    /// Time since the newest snapshot of this run was durable; None before the first.
+    pub snapshot_age: Option<Duration>,
+    /// How long the newest snapshot took to bind and write (durable included); None before the first.
+    pub snapshot_duration: Option<Duration>,
+    /// Events a restart now would handle again: a log's watermark minus where a restart would resume (the
+    /// lowest position of this run's shard snapshots once every shard wrote one, else where this run
+    /// started); a topic's owned partitions' handled offsets minus their committed offsets.
+    pub restart_events: u64,
+    /// `restart_events` at `rate_per_s`: the replay a restart would need before reaching where the run is
+    /// now, as far as the engine knows (opening the log or joining the group not counted); None at rate 0.
+    pub restart_eta: Option<Duration>,
     /// What only a Kafka source reports (partitions, rebalances, warnings); None for a log.
     #[cfg(feature = "kafka")]
     pub kafka: Option<crate::kafka::KafkaProgress>,
@@ -136,6 +151,8 @@ impl EngineShared {
             kafka: None,
             log_starts: Vec::new(),
             log_watermarks: Vec::new(),
+            // The run state's figures (failure, snapshots) are filled in by `Running::progress`.
+            ..Progress::default()
         }
     }
 }

@@ -1,14 +1,15 @@
 //! What the threads of every run share, whatever the source ([`RunState`]): the stop and abort flags, the
 //! first failure, per-shard metrics and the engine clock. Each source's shared state holds one.
 
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use catchup_segments::Position;
 
 use super::atomics::Flag;
 use super::handle::ShardSummary;
+use super::snapshot_stats::SnapshotStats;
 use crate::error::ReplayError;
 use crate::metrics::{self, Latencies, ShardMetrics};
 
@@ -24,6 +25,8 @@ pub(crate) struct RunState {
     abort: Flag,
     failure: Mutex<Option<ReplayError>>,
     pub(crate) metrics: Vec<ShardMetrics>,
+    /// The snapshots the I/O thread wrote (it holds the other reference, through `IoSetup::stats`).
+    pub(crate) snapshots: Arc<SnapshotStats>,
     /// The engine clock's zero: queue waits and rates are measured from it.
     pub(crate) started: Instant,
 }
@@ -36,6 +39,7 @@ impl RunState {
             abort: Flag::default(),
             failure: Mutex::new(None),
             metrics: (0..n_shards).map(|_| ShardMetrics::default()).collect(),
+            snapshots: Arc::new(SnapshotStats::new(n_shards)),
             started: Instant::now(),
         }
     }
@@ -115,6 +119,7 @@ impl RunState {
                     batch_max: c.batch_max.load(Ordering::Relaxed),
                     slots: c.slots.load(Ordering::Relaxed),
                     parked: c.parked.load(Ordering::Relaxed),
+                    queued: m.enqueued.load(Ordering::Relaxed).saturating_sub(c.slots.load(Ordering::Relaxed)),
                     passed: passed(i),
                 }
             })

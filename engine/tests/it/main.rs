@@ -4,6 +4,7 @@
 mod binding;
 mod config;
 mod corrupt;
+mod exposition;
 mod failures;
 mod follow;
 mod fuzz_snapshot;

@@ -76,6 +76,8 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         max_rate: None,
         exec_mode: crate::exec::ExecMode::Ack,
         exec_timeout: replay::EXEC_TIMEOUT_DEFAULT,
+        metrics_addr: None,
+        metrics_linger: std::time::Duration::ZERO,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -48,15 +48,15 @@ impl MergedRings {
 
     fn publish_ring(&mut self, shared: &EngineShared, i: usize) -> bool {
         self.sync(shared);
-        publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff)
+        publish(shared, &mut self.producers[i], &mut self.bufs[i], &mut self.backoff, i..i + 1)
     }
 
     /// Publishes everything buffered; afterwards every record below merge sequence number `upto` has been
     /// handed to its shard (or dropped as covered).
     fn flush(&mut self, shared: &EngineShared, upto: u64) -> bool {
         self.sync(shared);
-        for (p, b) in self.producers.iter_mut().zip(self.bufs.iter_mut()) {
-            if !publish(shared, p, b, &mut self.backoff) {
+        for (i, (p, b)) in self.producers.iter_mut().zip(self.bufs.iter_mut()).enumerate() {
+            if !publish(shared, p, b, &mut self.backoff, i..i + 1) {
                 return false;
             }
         }

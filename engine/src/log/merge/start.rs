@@ -153,6 +153,7 @@ impl Engine {
                 // Files of another shard count: once every shard of this run has written, those of shards
                 // `>= n` are superseded (they would only lower every restart's start vector).
                 retire: resharded.then_some(n),
+                stats: shared.run.snapshots.clone(),
             };
             spawn_io(setup, io_rx, move |e| shared.run.fail(e))?
         };

@@ -1,6 +1,7 @@
 //! The validated replay ([`Config`]), built from `ReplayArgs`: flag combinations checked (a bad one is a
 //! usage error), the source chosen, defaults filled in.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub struct Config {
     pub exec_mode: ExecMode,
     /// `--exec-timeout`.
     pub exec_timeout: Duration,
+    /// Where to serve the metrics endpoint (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long to keep serving the final figures after the run (`--metrics-linger`).
+    pub metrics_linger: Duration,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -304,6 +309,11 @@ impl Config {
             None if a.json => Output::Discard,
             None => Output::Stdout,
         };
+        let metrics_addr = match a.metrics_addr.as_deref().map(crate::metrics_server::parse_addr) {
+            Some(Err(e)) => usage!("{e}"),
+            Some(Ok(addr)) => Some(addr),
+            None => None,
+        };
         Ok(Config {
             source,
             n_shards,
@@ -319,6 +329,8 @@ impl Config {
             max_rate: a.max_rate,
             exec_mode,
             exec_timeout: a.exec_timeout.unwrap_or(EXEC_TIMEOUT_DEFAULT),
+            metrics_addr,
+            metrics_linger: a.metrics_linger.unwrap_or(Duration::ZERO),
         })
     }
 

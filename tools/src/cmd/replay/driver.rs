@@ -16,11 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use catchup_engine::{
-    Keyed, KeyedHandler, KeyedView, Part, ReplayError, RunSummary, Running, ShardHandler, ShardId, SnapshotError,
+    Keyed, KeyedHandler, KeyedView, Latencies, Part, Progress, ReplayError, RunSummary, Running, ShardHandler, ShardId,
+    ShardSummary, SnapshotError,
 };
 use catchup_segments::{OpenError, ReadError};
 
 use super::config::{Config, HandlerSpec, Output};
+use super::endpoint;
 use super::kafka::{self, KafkaStats};
 use super::log;
 use super::source::{PartFactory, Source, spool_dir};
@@ -129,6 +131,7 @@ fn drive<H: ShardHandler + 'static>(
     ui: &Ui,
     factory: impl PartFactory<H>,
 ) -> Result<(RunSummary<H>, bool, Duration)> {
+    let metrics = endpoint::bind(cfg, ui)?;
     interrupt::install()?;
     let hist_log = open_hist_log(cfg)?;
     let started = Instant::now();
@@ -137,8 +140,30 @@ fn drive<H: ShardHandler + 'static>(
         Source::Kafka(k) => kafka::start(cfg, k, factory),
     }
     .map_err(|e| explain(e, cfg))?;
-    let interrupted = watch(ui, &running, hist_log, started)?;
-    let finished = running.wait().map_err(|e| explain(e, cfg))?;
+    let interrupted = match &metrics {
+        None => watch(ui, &running, hist_log, started)?,
+        // The endpoint answers from the handle on its own thread while this one watches.
+        Some(m) => {
+            let (live, stop) = (endpoint::Live { cfg, run: &running, started }, AtomicBool::new(false));
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("catchup-metrics".into())
+                    .spawn_scoped(s, || m.serve(&live, &stop))
+                    .context("cannot start the metrics endpoint's thread")?;
+                let watched = watch(ui, &running, hist_log, started);
+                // Relaxed: only ends the server's loop, which `wake` then wakes.
+                stop.store(true, Ordering::Relaxed);
+                m.wake();
+                watched
+            })?
+        }
+    };
+    let last = metrics.as_ref().map(|_| running.progress());
+    let outcome = running.wait();
+    if let (Some(m), Some(last)) = (metrics, last) {
+        m.serve_detached(endpoint::Final::new(cfg, &outcome, last, interrupted, started.elapsed()));
+    }
+    let finished = outcome.map_err(|e| explain(e, cfg))?;
     let elapsed = started.elapsed();
     if let (Source::Log(l), false) = (&cfg.source, interrupted) {
         log::note_unread_committed(l, ui, finished.progress.watermark);
@@ -174,28 +199,44 @@ fn stats<H>(
     elapsed: Duration,
     output: Option<(String, u64)>,
 ) -> Stats {
-    let dead = f.shards.iter().any(|x| x.dead_lettered > 0);
+    stats_of(cfg, &f.progress, f.shards.clone(), f.latencies.clone(), f.covered, interrupted, elapsed, output)
+}
+
+/// The figures of a run from its parts: a finished run's summary, or a running one's (`--metrics-addr`'s
+/// `/status`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stats_of(
+    cfg: &Config,
+    progress: &Progress,
+    shards: Vec<ShardSummary>,
+    latencies: Latencies,
+    covered: u64,
+    interrupted: bool,
+    elapsed: Duration,
+    output: Option<(String, u64)>,
+) -> Stats {
+    let dead = shards.iter().any(|x| x.dead_lettered > 0);
     Stats {
         handler: cfg.handler_name(),
-        handled: f.progress.handled,
+        handled: progress.handled,
         elapsed,
-        caught_up: f.progress.caught_up,
+        caught_up: progress.caught_up,
         interrupted,
-        shards: f.shards.clone(),
-        covered: f.covered,
-        latencies: f.latencies.clone(),
+        shards,
+        covered,
+        latencies,
         sample_every: cfg.latency_sample_every,
         dead_letters: dead.then(|| cfg.dead_letters.clone()),
         output,
         source: match &cfg.source {
             Source::Log(_) => SourceStats::Log {
-                start: f.progress.start,
-                watermark: f.progress.watermark,
-                logs: f.progress.log_starts.iter().copied().zip(f.progress.log_watermarks.iter().copied()).collect(),
+                start: progress.start,
+                watermark: progress.watermark,
+                logs: progress.log_starts.iter().copied().zip(progress.log_watermarks.iter().copied()).collect(),
             },
             Source::Kafka(k) => SourceStats::Kafka(KafkaStats::new(
                 k,
-                f.progress.kafka.as_ref().expect("a Kafka run's progress has its Kafka part"),
+                progress.kafka.as_ref().expect("a Kafka run's progress has its Kafka part"),
             )),
         },
         // Filled in by `run_keyed` from the views (an --exec run parks nothing).

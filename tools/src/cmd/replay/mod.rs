@@ -11,6 +11,7 @@
 
 mod config;
 mod driver;
+mod endpoint;
 mod kafka;
 mod log;
 mod source;
@@ -46,7 +47,14 @@ pub fn print_summary(cfg: &Config, ui: &Ui, s: &Stats) -> Result<()> {
 /// `catchup replay`.
 pub fn main(args: ReplayArgs, ui: &Ui) -> Result<Exit> {
     let cfg = Config::from_args(args)?;
-    let stats = run(&cfg, ui)?;
+    let stats = match run(&cfg, ui) {
+        Ok(s) => s,
+        Err(e) => {
+            endpoint::linger_failed(&cfg, ui);
+            return Err(e);
+        }
+    };
     print_summary(&cfg, ui, &stats)?;
+    endpoint::linger(&cfg);
     Ok(if stats.interrupted { Exit::Interrupted } else { Exit::Ok })
 }

@@ -49,6 +49,13 @@ pub fn progress_json(p: &catchup_engine::Progress) -> serde_json::Value {
         "lag_ns": p.lag_ns,
         "in_flight": p.in_flight,
         "eta_seconds": p.eta.map(|d| d.as_secs_f64()),
+        "failed": p.failed,
+        "retries": p.retries,
+        "parked_keys": p.parked,
+        "snapshots_written": p.snapshots_written,
+        "snapshot_age_seconds": p.snapshot_age.map(|d| d.as_secs_f64()),
+        "restart_events": p.restart_events,
+        "restart_eta_seconds": p.restart_eta.map(|d| d.as_secs_f64()),
         "kafka": kafka.map(|k| serde_json::json!({
             "stale": k.stale,
             "rebalances": k.rebalances,
