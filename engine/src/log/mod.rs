@@ -19,9 +19,11 @@ mod bindings;
 mod dispatch;
 mod merge;
 mod reader;
+mod rebuild;
 mod start;
 
 pub(crate) use dispatch::Slot;
 pub use merge::MergeConfig;
 pub(crate) use merge::{MergedShard, bind_merged};
+pub use rebuild::{RebuildError, RebuildReport, rebuild_keys};
 pub use start::{Engine, log_id};

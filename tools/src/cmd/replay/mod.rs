@@ -7,12 +7,14 @@
 //!   (`catchup_engine::Running`), results, figures.
 //! - `log.rs`, `kafka.rs`: what is each source's alone (engine configuration and start, notes, partitions
 //!   finished elsewhere, summary lines).
+//! - `rebuild.rs`: `--keys`, the targeted rebuild of some keys in the checkpoint before the replay.
 //! - `summary.rs`: [`Stats`], the summary as text and JSON.
 
 mod config;
 mod driver;
 mod kafka;
 mod log;
+mod rebuild;
 mod source;
 mod summary;
 
