@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use catchup_segments::format::KEY_SIZE_MAX;
-use catchup_segments::{LogReader, OpenError, Position, ReadError, key_hash};
+use catchup_segments::{LogReader, OpenError, OwnedRecord, Position, ReadError, key_hash};
 
 use crate::error::{ReplayError, SnapshotError};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
@@ -154,27 +154,29 @@ pub fn rebuild_keys<P: Projection>(
         let (path, snap) = &snaps[shard];
         let position = snap.meta.position;
         let mut handler = keyed.handler(ShardId(shard as u16));
-        for &key in shard_keys {
-            for r in reader.key_history(key, Position(0))? {
-                if r.position >= position {
-                    break;
+        for chunk in shard_keys.chunks(HISTORY_CHUNK) {
+            for (&key, history) in chunk.iter().zip(histories(&reader, chunk)?) {
+                for r in history {
+                    if r.position >= position {
+                        break;
+                    }
+                    let event = Event {
+                        position: r.position,
+                        timestamp_ns: r.timestamp_ns,
+                        key_hash: r.key_hash,
+                        key: &r.key,
+                        payload: &r.payload,
+                    };
+                    let ctx = Ctx { shard: ShardId(shard as u16), n_shards: n, position: r.position, replay: true };
+                    handler.handle(&event, &ctx).map_err(|error| RebuildError::Handler {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        position: r.position,
+                        error,
+                    })?;
+                    report.events += 1;
                 }
-                let event = Event {
-                    position: r.position,
-                    timestamp_ns: r.timestamp_ns,
-                    key_hash: r.key_hash,
-                    key: &r.key,
-                    payload: &r.payload,
-                };
-                let ctx = Ctx { shard: ShardId(shard as u16), n_shards: n, position: r.position, replay: true };
-                handler.handle(&event, &ctx).map_err(|error| RebuildError::Handler {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    position: r.position,
-                    error,
-                })?;
-                report.events += 1;
+                let _ = handler.end_of_batch(ShardId(shard as u16));
             }
-            let _ = handler.end_of_batch(ShardId(shard as u16));
         }
         let rebuilt =
             handler.snapshot().map_err(|error| RebuildError::Handler { key: String::new(), position, error })?;
@@ -230,6 +232,30 @@ pub fn rebuild_keys<P: Projection>(
         report.files.push(snapshot::write_bound(dir, &meta, &binding, &state)?);
     }
     Ok(report)
+}
+
+/// Keys whose histories are read at once: bounds the records held in memory (a key's history is
+/// usually a few events; a list may hold millions of keys).
+const HISTORY_CHUNK: usize = 4096;
+
+/// The histories of `keys`, in order: `key_history` (the per-key index; `pread` and a CRC check of every
+/// batch it names, the cost of a rebuild) on up to `available_parallelism` threads (at most 8).
+fn histories(reader: &LogReader, keys: &[&[u8]]) -> Result<Vec<Vec<OwnedRecord>>, ReadError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let per_thread = keys.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(per_thread)
+            .map(|part| {
+                s.spawn(move || part.iter().map(|k| reader.key_history(k, Position(0))).collect::<Result<Vec<_>, _>>())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for h in handles {
+            out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+        }
+        Ok(out)
+    })
 }
 
 /// Keys must be non-empty, at most `KEY_SIZE_MAX` bytes, and listed once.
