@@ -408,6 +408,14 @@ fn rebuild(cfg: &Config, log: &Path, root: &Path) -> BenchResult<()> {
         let report = rebuild_keys(log, &ck, 1, Count, &keys)?;
         warm.push(t.elapsed());
         events = report.events;
+        println!(
+            "  round: {}: load and check {}, read and fold {}, write {} ({} files)",
+            ms(t.elapsed()),
+            ms(report.load_time),
+            ms(report.fold_time),
+            ms(report.write_time),
+            report.files.len()
+        );
         if checkpoint_entries(&ck)? != want {
             return Err("a rebuild changed the checkpoint's entries (the same projection must give the same)".into());
         }
@@ -421,6 +429,14 @@ fn rebuild(cfg: &Config, log: &Path, root: &Path) -> BenchResult<()> {
         ms(warm[warm.len() / 2]),
         warm.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
     );
+    // The reads alone, one thread, for the breakdown.
+    let reader = LogReader::open(log)?;
+    let t = Instant::now();
+    for k in &keys {
+        std::hint::black_box(reader.key_history(k, Position(0))?);
+    }
+    println!("  the {} key_history calls alone, one thread: {}", keys.len(), ms(t.elapsed()));
+    drop(reader);
     evict(log);
     let (d0, r0) = proc_io();
     let t = Instant::now();

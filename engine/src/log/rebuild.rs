@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use catchup_segments::format::KEY_SIZE_MAX;
 use catchup_segments::{LogReader, OpenError, OwnedRecord, Position, ReadError, key_hash};
@@ -109,6 +110,12 @@ pub struct RebuildReport {
     pub events: u64,
     /// The snapshot files rewritten, in shard order.
     pub files: Vec<PathBuf>,
+    /// Time spent loading and checking the checkpoint (snapshot files, bindings).
+    pub load_time: Duration,
+    /// Time spent reading the keys' histories and folding them, and re-encoding the files' entries.
+    pub fold_time: Duration,
+    /// Time spent binding and writing the files (each fsynced).
+    pub write_time: Duration,
 }
 
 /// Rebuilds the entries of `keys` in the keyed checkpoint in `checkpoint_dir` over the log in `log_dir`,
@@ -126,6 +133,7 @@ pub fn rebuild_keys<P: Projection>(
     keys: &[Vec<u8>],
 ) -> Result<RebuildReport, RebuildError> {
     let dir = checkpoint_dir.as_ref();
+    let started = Instant::now();
     check_keys(keys)?;
     let snaps = snapshot::load_all(dir)?;
     if snaps.is_empty() {
@@ -148,7 +156,8 @@ pub fn rebuild_keys<P: Projection>(
     for k in keys {
         by_shard.entry(shard_of(key_hash(k), n).0 as usize).or_default().push(k);
     }
-    let mut report = RebuildReport { keys: keys.len(), ..RebuildReport::default() };
+    let mut report = RebuildReport { keys: keys.len(), load_time: started.elapsed(), ..RebuildReport::default() };
+    let folding = Instant::now();
     let mut rewrites = Vec::new();
     for (&shard, shard_keys) in &by_shard {
         let (path, snap) = &snaps[shard];
@@ -211,6 +220,8 @@ pub fn rebuild_keys<P: Projection>(
         rewrites.push((path.clone(), snap, state));
     }
 
+    report.fold_time = folding.elapsed();
+    let writing = Instant::now();
     for (path, snap, state) in rewrites {
         let mut upto = snap.meta.position;
         for entry in decode_key_entries(&state) {
@@ -231,6 +242,7 @@ pub fn rebuild_keys<P: Projection>(
         let meta = snapshot::SnapshotMeta { created_ns: crate::run::wall_ns(), ..snap.meta };
         report.files.push(snapshot::write_bound(dir, &meta, &binding, &state)?);
     }
+    report.write_time = writing.elapsed();
     Ok(report)
 }
 

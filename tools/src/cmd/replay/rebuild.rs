@@ -29,7 +29,8 @@ pub(crate) fn rebuild<P: Projection>(cfg: &Config, ui: &Ui, file: &Path, project
     })?;
     ui.note(format!(
         "rebuilt {} keys of {} in {} ms: {} events folded; {} live, {} deleted, {} without events below the \
-         checkpoint ({} entries replaced, {} snapshot files rewritten); resuming the replay",
+         checkpoint ({} entries replaced, {} snapshot files rewritten; load {} ms, read and fold {} ms, write {} \
+         ms); resuming the replay",
         fmt_count(report.keys as u64),
         file.display(),
         started.elapsed().as_millis(),
@@ -39,6 +40,9 @@ pub(crate) fn rebuild<P: Projection>(cfg: &Config, ui: &Ui, file: &Path, project
         fmt_count(report.absent as u64),
         fmt_count(report.replaced as u64),
         report.files.len(),
+        report.load_time.as_millis(),
+        report.fold_time.as_millis(),
+        report.write_time.as_millis(),
     ));
     Ok(())
 }
