@@ -187,8 +187,11 @@ pub fn rebuild_keys<P: Projection>(
                 let _ = handler.end_of_batch(ShardId(shard as u16));
             }
         }
-        let rebuilt =
-            handler.snapshot().map_err(|error| RebuildError::Handler { key: String::new(), position, error })?;
+        // A keyed handler's snapshot only encodes its map; it does not fail.
+        let rebuilt = handler.snapshot().map_err(|e| RebuildError::Refused {
+            path: path.clone(),
+            why: format!("the projection's entries could not be encoded: {e}"),
+        })?;
         let listed: HashSet<&[u8]> = shard_keys.iter().copied().collect();
         let mut state = Vec::with_capacity(snap.state.len() + rebuilt.len());
         for entry in decode_key_entries(&snap.state) {
