@@ -25,5 +25,5 @@ mod start;
 pub(crate) use dispatch::Slot;
 pub use merge::MergeConfig;
 pub(crate) use merge::{MergedShard, bind_merged};
-pub use rebuild::{RebuildError, RebuildReport, rebuild_keys};
+pub use rebuild::{RebuildError, RebuildRead, RebuildReport, rebuild_keys, rebuild_keys_with};
 pub use start::{Engine, log_id};

@@ -30,11 +30,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use catchup_segments::format::KEY_SIZE_MAX;
-use catchup_segments::{LogReader, OpenError, OwnedRecord, Position, ReadError, key_hash};
+use catchup_segments::key_index::{KeyIndexFile, SegmentFile, key_index_file_name};
+use catchup_segments::{LogReader, OpenError, OwnedRecord, Position, ReadError, RecordRef, Start, key_hash};
 
 use crate::error::{ReplayError, SnapshotError};
 use crate::handler::{Ctx, Event, HandlerError, ShardHandler, StateLayout};
-use crate::keyed::{Keyed, Projection, decode_key_entries, encode_key_entry};
+use crate::keyed::{Keyed, KeyedHandler, Projection, decode_key_entries, encode_key_entry};
 use crate::shard::{ShardId, shard_of};
 use crate::snapshot::{self, Snapshot};
 
@@ -110,6 +111,8 @@ pub struct RebuildReport {
     pub events: u64,
     /// The snapshot files rewritten, in shard order.
     pub files: Vec<PathBuf>,
+    /// The events were read by one pass over the log ([`RebuildRead::Scan`]), not through the key index.
+    pub scanned: bool,
     /// Time spent loading and checking the checkpoint (snapshot files, bindings).
     pub load_time: Duration,
     /// Time spent reading the keys' histories and folding them, and re-encoding the files' entries.
@@ -131,6 +134,33 @@ pub fn rebuild_keys<P: Projection>(
     fingerprint: u64,
     projection: P,
     keys: &[Vec<u8>],
+) -> Result<RebuildReport, RebuildError> {
+    rebuild_keys_with(log_dir, checkpoint_dir, fingerprint, projection, keys, RebuildRead::Auto)
+}
+
+/// How [`rebuild_keys_with`] reads the listed keys' events. The result is the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RebuildRead {
+    /// [`RebuildRead::Scan`] when the batches the key indexes name for the keys add up to half the log's
+    /// bytes below the highest position rebuilt or more (or a segment has no usable key index), else
+    /// [`RebuildRead::Index`]. Each named batch is read whole to check its CRC, so a thousand keys of a
+    /// 20M-event log read more through the index than the log holds (`BENCHMARKS.md`).
+    #[default]
+    Auto,
+    /// One `key_history` per key (the per-key index).
+    Index,
+    /// One verified pass over the log up to the highest position rebuilt.
+    Scan,
+}
+
+/// [`rebuild_keys`], reading the keys' events as `read` says.
+pub fn rebuild_keys_with<P: Projection>(
+    log_dir: impl AsRef<Path>,
+    checkpoint_dir: impl AsRef<Path>,
+    fingerprint: u64,
+    projection: P,
+    keys: &[Vec<u8>],
+    read: RebuildRead,
 ) -> Result<RebuildReport, RebuildError> {
     let dir = checkpoint_dir.as_ref();
     let started = Instant::now();
@@ -158,35 +188,76 @@ pub fn rebuild_keys<P: Projection>(
     }
     let mut report = RebuildReport { keys: keys.len(), load_time: started.elapsed(), ..RebuildReport::default() };
     let folding = Instant::now();
+    let mut handlers: BTreeMap<usize, KeyedHandler<P>> =
+        by_shard.keys().map(|&s| (s, keyed.handler(ShardId(s as u16)))).collect();
+    let positions: Vec<Position> = snaps.iter().map(|(_, s)| s.meta.position).collect();
+    let upto = by_shard.keys().map(|&s| positions[s]).max().unwrap_or(Position(0));
+    report.scanned = match read {
+        RebuildRead::Index => false,
+        RebuildRead::Scan => true,
+        RebuildRead::Auto => index_read_bytes(&reader, keys, upto).saturating_mul(2) >= scan_bytes(&reader, upto),
+    };
+    let mut fold = |shard: usize, key: &[u8], r: &RecordRef<'_>| -> Result<(), RebuildError> {
+        let event = Event {
+            position: r.position,
+            timestamp_ns: r.timestamp_ns,
+            key_hash: r.key_hash,
+            key: r.key,
+            payload: r.payload,
+        };
+        let ctx = Ctx { shard: ShardId(shard as u16), n_shards: n, position: r.position, replay: true };
+        let handler = handlers.get_mut(&shard).expect("a handler per shard with listed keys");
+        handler.handle(&event, &ctx).map_err(|error| RebuildError::Handler {
+            key: String::from_utf8_lossy(key).into_owned(),
+            position: r.position,
+            error,
+        })?;
+        report.events += 1;
+        Ok(())
+    };
+    if report.scanned {
+        // One verified pass over the log below the highest position, keeping the listed keys' records.
+        let mut wanted: HashMap<u64, Vec<&[u8]>> = HashMap::with_capacity(keys.len());
+        for k in keys {
+            wanted.entry(key_hash(k)).or_default().push(k);
+        }
+        let mut cursor = reader.cursor(Start::Beginning)?;
+        'scan: while let Some(b) = cursor.next_batch()? {
+            for head in b.heads() {
+                if head.position >= upto {
+                    break 'scan;
+                }
+                let Some(listed) = wanted.get(&head.key_hash) else { continue };
+                let r = b.segment.record_at(head.offset).expect("a record of a validated batch");
+                let Some(&key) = listed.iter().find(|k| **k == r.key) else { continue };
+                let shard = shard_of(head.key_hash, n).0 as usize;
+                if head.position < positions[shard] {
+                    fold(shard, key, &r)?;
+                }
+            }
+        }
+    } else {
+        for (&shard, shard_keys) in &by_shard {
+            for chunk in shard_keys.chunks(HISTORY_CHUNK) {
+                for (&key, history) in chunk.iter().zip(histories(&reader, chunk)?) {
+                    for r in history.iter().take_while(|r| r.position < positions[shard]) {
+                        let r = RecordRef {
+                            position: r.position,
+                            timestamp_ns: r.timestamp_ns,
+                            key_hash: r.key_hash,
+                            key: &r.key,
+                            payload: &r.payload,
+                        };
+                        fold(shard, key, &r)?;
+                    }
+                }
+            }
+        }
+    }
     let mut rewrites = Vec::new();
     for (&shard, shard_keys) in &by_shard {
         let (path, snap) = &snaps[shard];
-        let position = snap.meta.position;
-        let mut handler = keyed.handler(ShardId(shard as u16));
-        for chunk in shard_keys.chunks(HISTORY_CHUNK) {
-            for (&key, history) in chunk.iter().zip(histories(&reader, chunk)?) {
-                for r in history {
-                    if r.position >= position {
-                        break;
-                    }
-                    let event = Event {
-                        position: r.position,
-                        timestamp_ns: r.timestamp_ns,
-                        key_hash: r.key_hash,
-                        key: &r.key,
-                        payload: &r.payload,
-                    };
-                    let ctx = Ctx { shard: ShardId(shard as u16), n_shards: n, position: r.position, replay: true };
-                    handler.handle(&event, &ctx).map_err(|error| RebuildError::Handler {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        position: r.position,
-                        error,
-                    })?;
-                    report.events += 1;
-                }
-                let _ = handler.end_of_batch(ShardId(shard as u16));
-            }
-        }
+        let mut handler = handlers.remove(&shard).expect("made above");
         // A keyed handler's snapshot only encodes its map; it does not fail.
         let rebuilt = handler.snapshot().map_err(|e| RebuildError::Refused {
             path: path.clone(),
@@ -271,6 +342,30 @@ fn histories(reader: &LogReader, keys: &[&[u8]]) -> Result<Vec<Vec<OwnedRecord>>
         }
         Ok(out)
     })
+}
+
+/// What reading `keys` through the key indexes would read below `upto`: the length of every batch named for
+/// every key (a batch named for two keys counts twice, as `key_history` reads it twice). `u64::MAX` when a
+/// segment has no usable key index (`key_history` would scan it, or build its index from its data).
+fn index_read_bytes(reader: &LogReader, keys: &[Vec<u8>], upto: Position) -> u64 {
+    let mut total = 0u64;
+    for seg in reader.segments().iter().take_while(|s| s.base_position() < upto) {
+        let Ok(data) = SegmentFile::open(seg) else { return u64::MAX };
+        let path = reader.dir().join(key_index_file_name(seg.base_position()));
+        let Ok(index) = KeyIndexFile::open(&path, seg, &data) else { return u64::MAX };
+        for k in keys {
+            let Ok(offsets) = index.lookup(key_hash(k)) else { return u64::MAX };
+            for o in offsets {
+                total = total.saturating_add(data.words(o).map_or(0, |(length, _)| u64::from(length)));
+            }
+        }
+    }
+    total
+}
+
+/// What one pass over the log below `upto` reads at most: the sizes of the segments it starts in.
+fn scan_bytes(reader: &LogReader, upto: Position) -> u64 {
+    reader.segments().iter().take_while(|s| s.base_position() < upto).map(|s| s.len_bytes()).sum()
 }
 
 /// Keys must be non-empty, at most `KEY_SIZE_MAX` bytes, and listed once.

@@ -28,13 +28,14 @@ pub(crate) fn rebuild<P: Projection>(cfg: &Config, ui: &Ui, file: &Path, project
         e => anyhow::anyhow!("--keys {}: {e}", file.display()),
     })?;
     ui.note(format!(
-        "rebuilt {} keys of {} in {} ms: {} events folded; {} live, {} deleted, {} without events below the \
+        "rebuilt {} keys of {} in {} ms: {} events folded (read {}); {} live, {} deleted, {} without events below the \
          checkpoint ({} entries replaced, {} snapshot files rewritten; load {} ms, read and fold {} ms, write {} \
          ms); resuming the replay",
         fmt_count(report.keys as u64),
         file.display(),
         started.elapsed().as_millis(),
         fmt_count(report.events),
+        if report.scanned { "by one pass over the log" } else { "through the key index" },
         fmt_count(report.live as u64),
         fmt_count(report.deleted as u64),
         fmt_count(report.absent as u64),
