@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use catchup_engine::keyed::{decode_key_entries, encode_key_entry};
 use catchup_engine::{
-    CheckpointConfig, Ctx, EngineConfig, Event, HandlerError, Keyed, Projection, rebuild_keys, snapshot,
+    CheckpointConfig, Ctx, EngineConfig, Event, HandlerError, Keyed, Projection, RebuildRead, rebuild_keys,
+    rebuild_keys_with, snapshot,
 };
 use catchup_segments::{Durability, LogReader, LogWriter, OwnedRecord, Position, Start, WriterOptions};
 use catchup_tools::bench::arg;
@@ -401,34 +402,46 @@ fn rebuild(cfg: &Config, log: &Path, root: &Path) -> BenchResult<()> {
             keys.push(k);
         }
     }
-    let mut warm = Vec::new();
+    // The two ways of reading the keys' events, alternating (Auto picks one: it says which).
+    let mut warm: HashMap<&str, Vec<Duration>> = HashMap::new();
     let mut events = 0;
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let report = rebuild_keys(log, &ck, 1, Count, &keys)?;
-        warm.push(t.elapsed());
-        events = report.events;
-        println!(
-            "  round: {}: load and check {}, read and fold {}, write {} ({} files)",
-            ms(t.elapsed()),
-            ms(report.load_time),
-            ms(report.fold_time),
-            ms(report.write_time),
-            report.files.len()
-        );
-        if checkpoint_entries(&ck)? != want {
-            return Err("a rebuild changed the checkpoint's entries (the same projection must give the same)".into());
+    for round in 0..rounds {
+        let plans = [("index", RebuildRead::Index), ("auto", RebuildRead::Auto)];
+        for i in 0..2 {
+            let (name, read) = plans[(i + round) % 2];
+            let t = Instant::now();
+            let report = rebuild_keys_with(log, &ck, 1, Count, &keys, read)?;
+            let took = t.elapsed();
+            warm.entry(name).or_default().push(took);
+            events = report.events;
+            println!(
+                "  round {round} {name} ({}): {}: load and check {}, read and fold {}, write {} ({} files)",
+                if report.scanned { "one pass over the log" } else { "key index" },
+                ms(took),
+                ms(report.load_time),
+                ms(report.fold_time),
+                ms(report.write_time),
+                report.files.len()
+            );
+            if checkpoint_entries(&ck)? != want {
+                return Err(
+                    "a rebuild changed the checkpoint's entries (the same projection must give the same)".into()
+                );
+            }
         }
     }
-    warm.sort();
-    println!(
-        "rebuild_keys, warm: {} keys, {} events; median of {} {} (all: {}); every entry as the full replay wrote it",
-        keys.len(),
-        events,
-        rounds,
-        ms(warm[warm.len() / 2]),
-        warm.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
-    );
+    for (name, v) in &mut warm {
+        v.sort();
+        println!(
+            "rebuild_keys {name}, warm: {} keys, {} events; median of {} {} (all: {}); every entry as the full \
+             replay wrote it",
+            keys.len(),
+            events,
+            v.len(),
+            ms(v[v.len() / 2]),
+            v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        );
+    }
     // The reads alone, one thread, for the breakdown.
     let reader = LogReader::open(log)?;
     let t = Instant::now();
@@ -440,11 +453,12 @@ fn rebuild(cfg: &Config, log: &Path, root: &Path) -> BenchResult<()> {
     evict(log);
     let (d0, r0) = proc_io();
     let t = Instant::now();
-    rebuild_keys(log, &ck, 1, Count, &keys)?;
+    let report = rebuild_keys(log, &ck, 1, Count, &keys)?;
     let cold = t.elapsed();
     let (d1, r1) = proc_io();
     println!(
-        "rebuild_keys, cold (log evicted): {}; {:.1} MiB read from disk, {:.1} MiB through read()",
+        "rebuild_keys auto ({}), cold (log evicted): {}; {:.1} MiB read from disk, {:.1} MiB through read()",
+        if report.scanned { "one pass over the log" } else { "key index" },
         ms(cold),
         (d1 - d0) as f64 / (1u64 << 20) as f64,
         (r1 - r0) as f64 / (1u64 << 20) as f64
