@@ -360,6 +360,21 @@ fn kill_during_rebuild_leaves_each_file_old_or_new() {
     run_ok(&args(&done).iter().map(String::as_str).collect::<Vec<_>>());
     let new = checkpoint(&done);
     assert!(old.iter().zip(&new).all(|(o, n)| o != n), "every file changes");
+    // Auto's choice: 200 keys name most of the log's batches (a pass over the log); a key the log does not
+    // have names none (the key index).
+    let o = run_ok(&args(&done).iter().map(String::as_str).filter(|a| *a != "-q").collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(read by one pass over the log)"));
+    let one = dir.path().join("one.txt");
+    std::fs::write(&one, "no-such-key\n").unwrap();
+    let one_args: Vec<String> = args(&done)
+        .into_iter()
+        .filter(|a| a != "-q")
+        .map(|a| if a == s(&keys_file) { s(&one).into() } else { a })
+        .collect();
+    let o = run_ok(&one_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("(read through the key index)"), "{err}");
+    assert_eq!(checkpoint(&done), new, "rebuilding rebuilt keys again changes nothing");
 
     // Kill k: as soon as k files have been replaced (a new inode under the name; k = 0: as soon as the first
     // temporary file appears), so the kills land while the files are being written, whatever the load.

@@ -141,9 +141,9 @@ pub fn rebuild_keys<P: Projection>(
 /// How [`rebuild_keys_with`] reads the listed keys' events. The result is the same either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RebuildRead {
-    /// [`RebuildRead::Scan`] when the batches the key indexes name for the keys add up to half the log's
-    /// bytes below the highest position rebuilt or more (or a segment has no usable key index), else
-    /// [`RebuildRead::Index`]. Each named batch is read whole to check its CRC, so a thousand keys of a
+    /// [`RebuildRead::Scan`] when what the key indexes would have `key_history` read for the keys (the
+    /// batches they name, and the segments it would scan or index first) adds up to half the log's bytes
+    /// below the highest position rebuilt or more, else [`RebuildRead::Index`]. Each named batch is read whole to check its CRC, so a thousand keys of a
     /// 20M-event log read more through the index than the log holds (`BENCHMARKS.md`).
     #[default]
     Auto,
@@ -345,18 +345,37 @@ fn histories(reader: &LogReader, keys: &[&[u8]]) -> Result<Vec<Vec<OwnedRecord>>
 }
 
 /// What reading `keys` through the key indexes would read below `upto`: the length of every batch named for
-/// every key (a batch named for two keys counts twice, as `key_history` reads it twice). `u64::MAX` when a
-/// segment has no usable key index (`key_history` would scan it, or build its index from its data).
+/// every key (a batch named for two keys counts twice, as `key_history` reads it twice). A segment without a
+/// usable key index counts whole, once for a sealed segment (`key_history` builds its index from the data
+/// and writes it back) and once per key for the last one (each `key_history` scans it), as does the last
+/// segment's part that its index does not cover. Sizes are the segments' file sizes: an upper bound.
 fn index_read_bytes(reader: &LogReader, keys: &[Vec<u8>], upto: Position) -> u64 {
+    let n_keys = keys.len() as u64;
+    let segments = reader.segments();
     let mut total = 0u64;
-    for seg in reader.segments().iter().take_while(|s| s.base_position() < upto) {
-        let Ok(data) = SegmentFile::open(seg) else { return u64::MAX };
+    for (i, seg) in segments.iter().enumerate().take_while(|(_, s)| s.base_position() < upto) {
+        let last = i + 1 == segments.len();
+        let len = seg.len_bytes();
         let path = reader.dir().join(key_index_file_name(seg.base_position()));
-        let Ok(index) = KeyIndexFile::open(&path, seg, &data) else { return u64::MAX };
+        let usable = SegmentFile::open(seg)
+            .ok()
+            .and_then(|data| KeyIndexFile::open(&path, seg, &data).ok().map(|index| (data, index)))
+            .filter(|(_, index)| last || index.header.sealed);
+        let Some((data, index)) = usable else {
+            total = total.saturating_add(if last { len.saturating_mul(n_keys) } else { len });
+            continue;
+        };
+        if last {
+            total = total.saturating_add(len.saturating_sub(index.header.end_offset).saturating_mul(n_keys));
+        }
         for k in keys {
-            let Ok(offsets) = index.lookup(key_hash(k)) else { return u64::MAX };
-            for o in offsets {
-                total = total.saturating_add(data.words(o).map_or(0, |(length, _)| u64::from(length)));
+            match index.lookup(key_hash(k)) {
+                Ok(offsets) => {
+                    for o in offsets {
+                        total = total.saturating_add(data.words(o).map_or(0, |(length, _)| u64::from(length)));
+                    }
+                }
+                Err(_) => total = total.saturating_add(len),
             }
         }
     }
