@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench key_index -- [--events N] [--keys K] [--queries Q] [--payload-bytes B]
-//!     [--segment-mib M] [--append-reps R] [--dir PATH]
+//!     [--segment-mib M] [--append-reps R] [--dir PATH] [--rebuild-keys N] [--rebuild-rounds R]
+//!     [--rebuild-shards S]
 //! ```
 //!
 //! One run measures, on one machine and in one process:
@@ -22,7 +23,11 @@
 //!   disk;
 //! - **bytes read** per cold query, from `/proc/self/io` (`read_bytes`: from the block device, mapped
 //!   pages included; `rchar`: through `read`/`pread`), beside the key's record bytes;
-//! - **the full scan** for one key (the old `export --key`), warm, for scale.
+//! - **the full scan** for one key (the old `export --key`), warm, for scale;
+//! - **targeted rebuild** (`rebuild_keys`, `catchup replay --keys`): a full keyed replay writes a checkpoint
+//!   (`--rebuild-shards`, default 2), then `--rebuild-keys` random keys (default 1,000) are rebuilt in it,
+//!   warm (`--rebuild-rounds`, median) and once cold, with the bytes read; every entry must come out as the
+//!   full replay wrote it.
 //!
 //! Without `--bench` (`cargo test --all-targets`) it does a smoke run with tiny sizes.
 
@@ -31,6 +36,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use catchup_engine::keyed::{decode_key_entries, encode_key_entry};
+use catchup_engine::{
+    CheckpointConfig, Ctx, EngineConfig, Event, HandlerError, Keyed, Projection, RebuildRead, rebuild_keys,
+    rebuild_keys_with, snapshot,
+};
 use catchup_segments::{Durability, LogReader, LogWriter, OwnedRecord, Position, Start, WriterOptions};
 use catchup_tools::bench::arg;
 use catchup_tools::synth::{SplitMix64, payload};
@@ -311,5 +321,150 @@ fn main() -> BenchResult<()> {
         scan.len(),
         ms(scan[scan.len() / 2])
     );
+    drop(reader);
+    drop(by_key);
+    rebuild(&cfg, &log, root.path())
+}
+
+/// Counts a key's events (the CLI's `count`).
+struct Count;
+
+impl Projection for Count {
+    type State = u64;
+    fn init(&self, _key: &[u8]) -> u64 {
+        0
+    }
+    fn apply(&self, n: &mut u64, _e: &Event<'_>, _c: &Ctx) -> Result<(), HandlerError> {
+        *n += 1;
+        Ok(())
+    }
+    fn encode(&self, n: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    fn decode(&self, b: &[u8]) -> Result<u64, HandlerError> {
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| HandlerError::new("bad count"))?))
+    }
+}
+
+/// Each snapshot file's entries, key -> entry bytes.
+fn checkpoint_entries(ck: &Path) -> BenchResult<Vec<HashMap<Vec<u8>, Vec<u8>>>> {
+    let mut out = Vec::new();
+    for (_, s) in snapshot::load_all(ck)? {
+        let mut m = HashMap::new();
+        for e in decode_key_entries(&s.state) {
+            let (key, covered, st) = e?;
+            let mut b = Vec::new();
+            encode_key_entry(&mut b, key, covered, st);
+            m.insert(key.to_vec(), b);
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Targeted rebuild (`rebuild_keys`, what `catchup replay --keys` runs first): a checkpoint of the whole log
+/// (a full keyed replay, timed for scale), then `--rebuild-keys` random keys rebuilt in it, warm
+/// (`--rebuild-rounds`, median) and once cold (every file of the log evicted), with the bytes read. The
+/// same projection rebuilt from the first event gives the same entries, so after every round each file's
+/// entries must equal what the full replay wrote, or the run fails.
+fn rebuild(cfg: &Config, log: &Path, root: &Path) -> BenchResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let n_keys: usize = arg(&args, "--rebuild-keys", if smoke { 50 } else { 1_000 });
+    let rounds: usize = arg(&args, "--rebuild-rounds", if smoke { 1 } else { 3 });
+    let n_shards: usize = arg(&args, "--rebuild-shards", 2);
+    if n_keys == 0 {
+        return Ok(());
+    }
+    let ck = root.join("checkpoint");
+    let config = EngineConfig {
+        n_shards,
+        checkpoint: Some(CheckpointConfig { dir: ck.clone(), every_events: Some(cfg.events.max(1)), every: None }),
+        fingerprint: 1,
+        ..EngineConfig::default()
+    };
+    let t = Instant::now();
+    let (summary, view) = Keyed::run(log, config, Count)?;
+    println!(
+        "full keyed replay into a checkpoint ({} shards): {} events, {} keys in {}",
+        n_shards,
+        summary.progress.handled,
+        view.len(),
+        ms(t.elapsed())
+    );
+    let want = checkpoint_entries(&ck)?;
+    let mut rng = SplitMix64::new(7);
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n_keys);
+    let mut seen = std::collections::HashSet::new();
+    while keys.len() < n_keys.min(cfg.keys as usize) {
+        let k = format!("k{}", 1 + rng.below(cfg.keys)).into_bytes();
+        if seen.insert(k.clone()) {
+            keys.push(k);
+        }
+    }
+    // The two ways of reading the keys' events, alternating (Auto picks one: it says which).
+    let mut warm: HashMap<&str, Vec<Duration>> = HashMap::new();
+    let mut events = 0;
+    for round in 0..rounds {
+        let plans = [("index", RebuildRead::Index), ("auto", RebuildRead::Auto)];
+        for i in 0..2 {
+            let (name, read) = plans[(i + round) % 2];
+            let t = Instant::now();
+            let report = rebuild_keys_with(log, &ck, 1, Count, &keys, read)?;
+            let took = t.elapsed();
+            warm.entry(name).or_default().push(took);
+            events = report.events;
+            println!(
+                "  round {round} {name} ({}): {}: load and check {}, read and fold {}, write {} ({} files)",
+                if report.scanned { "one pass over the log" } else { "key index" },
+                ms(took),
+                ms(report.load_time),
+                ms(report.fold_time),
+                ms(report.write_time),
+                report.files.len()
+            );
+            if checkpoint_entries(&ck)? != want {
+                return Err(
+                    "a rebuild changed the checkpoint's entries (the same projection must give the same)".into()
+                );
+            }
+        }
+    }
+    for (name, v) in &mut warm {
+        v.sort();
+        println!(
+            "rebuild_keys {name}, warm: {} keys, {} events; median of {} {} (all: {}); every entry as the full \
+             replay wrote it",
+            keys.len(),
+            events,
+            v.len(),
+            ms(v[v.len() / 2]),
+            v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // The reads alone, one thread, for the breakdown.
+    let reader = LogReader::open(log)?;
+    let t = Instant::now();
+    for k in &keys {
+        std::hint::black_box(reader.key_history(k, Position(0))?);
+    }
+    println!("  the {} key_history calls alone, one thread: {}", keys.len(), ms(t.elapsed()));
+    drop(reader);
+    evict(log);
+    let (d0, r0) = proc_io();
+    let t = Instant::now();
+    let report = rebuild_keys(log, &ck, 1, Count, &keys)?;
+    let cold = t.elapsed();
+    let (d1, r1) = proc_io();
+    println!(
+        "rebuild_keys auto ({}), cold (log evicted): {}; {:.1} MiB read from disk, {:.1} MiB through read()",
+        if report.scanned { "one pass over the log" } else { "key index" },
+        ms(cold),
+        (d1 - d0) as f64 / (1u64 << 20) as f64,
+        (r1 - r0) as f64 / (1u64 << 20) as f64
+    );
+    if checkpoint_entries(&ck)? != want {
+        return Err("the cold rebuild changed the checkpoint's entries".into());
+    }
     Ok(())
 }

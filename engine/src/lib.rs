@@ -50,7 +50,7 @@ pub use catchup_segments::{Position, Start};
 pub use error::{ConfigError, HandlerFailure, InternalError, InvalidSnapshot, ReplayError, SnapshotError};
 pub use handler::{Ctx, ErrorKind, Event, HandlerError, KeyedRef, ShardHandler, StateLayout};
 pub use keyed::{EntryState, Keyed, KeyedHandler, KeyedView, ParkedKey, Projection, QueriedFromApply};
-pub use log::{Engine, MergeConfig, log_id};
+pub use log::{Engine, MergeConfig, RebuildError, RebuildRead, RebuildReport, log_id, rebuild_keys, rebuild_keys_with};
 pub use metrics::Latencies;
 pub use run::{
     CheckpointConfig, DEAD_LETTER_VERSION, EngineConfig, ErrorPolicy, PUBLISH_BATCH_MAX, Part, Progress, RING_SIZE_MAX,

@@ -251,14 +251,24 @@ impl SegmentFile {
     /// Reads and validates the batch at `offset` (`format::check_batch`: bounds, CRC, every record's framing
     /// and position). `None` if there is no valid batch there.
     pub fn read_batch(&self, offset: u64) -> Option<(format::BatchHeader, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let h = self.read_batch_into(offset, &mut buf)?;
+        Some((h, buf))
+    }
+
+    /// [`SegmentFile::read_batch`] into `buf`, which holds exactly the batch's bytes afterwards. A buffer
+    /// kept between calls saves a 256 KiB allocation per batch (above the allocator's `mmap` threshold, each
+    /// one was a fresh mapping, its page faults and its zeroing: measured in `BENCHMARKS.md`).
+    pub fn read_batch_into(&self, offset: u64, buf: &mut Vec<u8>) -> Option<format::BatchHeader> {
         let (length, _) = self.words(offset)?;
         if length == 0 || length as usize > format::BATCH_SIZE_MAX || offset.checked_add(length as u64)? > self.len {
             return None;
         }
-        let mut buf = vec![0u8; length as usize];
-        self.file.read_exact_at(&mut buf, offset).ok()?;
-        match format::check_batch(&buf, length) {
-            Ok(format::BatchRead::Batch(h)) => Some((h, buf)),
+        // Zeroes only what the buffer never held: `resize` keeps the old bytes, which the read overwrites.
+        buf.resize(length as usize, 0);
+        self.file.read_exact_at(buf, offset).ok()?;
+        match format::check_batch(buf, length) {
+            Ok(format::BatchRead::Batch(h)) => Some(h),
             _ => None,
         }
     }

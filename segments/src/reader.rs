@@ -240,6 +240,8 @@ impl LogReader {
         let mut out = Vec::new();
         let n = self.segments.len();
         let mut scan_from = None;
+        // One buffer for every batch read (see `SegmentFile::read_batch_into`).
+        let mut buf = Vec::new();
         for (i, seg) in self.segments.iter().enumerate() {
             let next_base = self.segments.get(i + 1).map(|s| s.base_position());
             if next_base.is_some_and(|nb| nb <= from) {
@@ -251,7 +253,7 @@ impl LogReader {
             let found = data.as_ref().and_then(|d| key_batches(&self.dir, seg, d, hash, !last));
             match (found, &data) {
                 (Some((offsets, covered_end)), Some(d))
-                    if read_indexed(seg, d, &offsets, hash, key, from, limit, &mut out) =>
+                    if read_indexed(seg, d, &offsets, hash, key, from, limit, &mut out, &mut buf) =>
                 {
                     if last {
                         scan_from = Some(from.max(covered_end));
@@ -315,16 +317,17 @@ fn read_indexed(
     from: Position,
     limit: Position,
     out: &mut Vec<OwnedRecord>,
+    bytes: &mut Vec<u8>,
 ) -> bool {
     let tag = hash_tag(hash);
     let mut after = out.last().map(|r| r.position);
     for &off in offsets {
-        let Some((h, bytes)) = data.read_batch(off) else { return false };
+        let Some(h) = data.read_batch_into(off, bytes) else { return false };
         if h.sealed || h.base_position < seg.base_position() || after.is_some_and(|a| h.base_position <= a) {
             return false;
         }
         let mut tag_seen = false;
-        for r in RecordIter::new(&bytes) {
+        for r in RecordIter::new(bytes) {
             if hash_tag(r.key_hash) != tag {
                 continue;
             }

@@ -351,6 +351,23 @@ after a crash, or any import) or use --no-durable-only. Should the log change
 under a checkpoint anyway (a truncate, a restored backup), the replay refuses
 it, naming the snapshot file and position.
 
+Targeted rebuild (--keys FILE, with --checkpoint-dir holding a checkpoint of
+a built-in projection): after a projection bug is fixed for some keys, re-fold
+only those keys instead of the whole log. Before the replay starts, each listed
+key's events below its shard's checkpoint position are read through the
+per-key index and folded from the key's first event with the current code;
+the result replaces the key's entry (a key with no such event loses its
+entry). Every other key's entry stays byte for byte, positions do not move;
+the replay then resumes from the checkpoint as usual, folding every key's
+later events (the rebuilt keys' too) once, so the output is what a full
+replay gives for the listed keys. A failing event stops the rebuild with
+nothing changed. Killed mid-way, each snapshot file is old or new (each key in
+exactly one): run the same command again. FILE: one key per line, as its UTF-8
+text without the newline; a line starting with @ is the key in hex (@6b31 is
+k1; write a key starting with @ or holding a carriage return that way);
+empty lines and repeated keys are refused. Not with --exec, --merge or
+--source, and not on a checkpoint mid-reshard (run a plain replay first).
+
 Ctrl-C: stops cleanly (drain, snapshots, output as of the stop; --exec
 children get EOF and, in ack mode, --exec-timeout to exit, then are killed),
 exit status 130. Ctrl-C twice: exit now, killing the --exec children.
@@ -390,6 +407,8 @@ Examples:
       --checkpoint-dir /tmp/ckpt --out totals.jsonl
   catchup replay /tmp/log --exec-mode lines --exec 'grep -c .' --shards 4
   catchup replay /tmp/log --exec 'python3 child.py' --on-error skip
+  catchup replay /tmp/log --checkpoint-dir /tmp/ckpt --keys fixed-keys.txt \\
+      --out counts.jsonl
   catchup replay /tmp/log --follow --since 10m --projection last
   catchup replay /tmp/log --json --hist-log run.hlog > summary.json
   catchup replay --source kafka://127.0.0.1:9092/orders --group totals \\
@@ -437,6 +456,10 @@ pub struct ReplayArgs {
     /// Directory for snapshots (and --exec output spools); enables resume.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Rebuild these keys (one per line, `@HEX` for bytes) in the checkpoint from their first event with
+    /// the current projection, then resume (needs --checkpoint-dir; see below).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
     /// Snapshot when a shard has passed this many positions since its last snapshot.
     #[arg(long, value_name = "N", requires = "checkpoint_dir", value_parser = units::parse_count)]
     pub snapshot_every: Option<u64>,

@@ -19,10 +19,12 @@ mod bindings;
 mod dispatch;
 mod merge;
 mod reader;
+mod rebuild;
 mod start;
 
 pub(crate) use bindings::check_bindings;
 pub(crate) use dispatch::Slot;
 pub use merge::MergeConfig;
 pub(crate) use merge::{MergedShard, bind_merged};
+pub use rebuild::{RebuildError, RebuildRead, RebuildReport, rebuild_keys, rebuild_keys_with};
 pub use start::{Engine, log_id};

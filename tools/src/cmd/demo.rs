@@ -78,6 +78,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         exec_timeout: replay::EXEC_TIMEOUT_DEFAULT,
         metrics_addr: None,
         metrics_linger: std::time::Duration::ZERO,
+        keys: None,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -82,6 +82,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How long to keep serving the final figures after the run (`--metrics-linger`).
     pub metrics_linger: Duration,
+    /// `--keys FILE`: keys to rebuild in the checkpoint before the replay (targeted rebuild).
+    pub keys: Option<PathBuf>,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -288,6 +290,27 @@ impl Config {
                  source does not hand a batch's later records again after a failure the child acknowledges late"
             );
         }
+        if a.keys.is_some() {
+            let why = match (&source, &handler) {
+                _ if a.checkpoint_dir.is_none() => Some(
+                    "--keys rebuilds keys in a checkpoint: give the --checkpoint-dir to rebuild them in (without \
+                     one a replay folds every key from its first event anyway)",
+                ),
+                (_, HandlerSpec::Exec(_)) => {
+                    Some("--keys rebuilds a projection's per-key entries; --exec children keep no per-key state")
+                }
+                (Source::Log(LogSource { merged: Some(_), .. }), _) => {
+                    Some("--keys cannot rebuild keys in a checkpoint of merged logs (--merge)")
+                }
+                (Source::Kafka(_), _) => {
+                    Some("--keys rebuilds keys from a log's per-key index; a Kafka topic (--source) has none")
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                usage!("{why}");
+            }
+        }
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -331,6 +354,7 @@ impl Config {
             exec_timeout: a.exec_timeout.unwrap_or(EXEC_TIMEOUT_DEFAULT),
             metrics_addr,
             metrics_linger: a.metrics_linger.unwrap_or(Duration::ZERO),
+            keys: a.keys,
         })
     }
 
@@ -353,6 +377,57 @@ impl Config {
             HandlerSpec::Exec(cmd) => format!("exec `{cmd}`"),
         }
     }
+}
+
+/// Reads a `--keys` file: one key per line, the line's bytes without its `\n`; a line starting with `@` is
+/// the key in hex (`@6b31` is `k1`). Refused, naming the file and line: an empty line, bad hex, a carriage
+/// return (a CRLF file would otherwise name keys ending in `\r`: write such a key in hex), a key listed
+/// twice, a file without keys.
+pub fn read_keys_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read --keys {}", path.display()))?;
+    parse_keys(&bytes).map_err(|e| anyhow::anyhow!("--keys {}: {e}", path.display()))
+}
+
+/// [`read_keys_file`] on bytes.
+pub fn parse_keys(bytes: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let mut keys = Vec::new();
+    let mut first_line: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if body.is_empty() {
+        return Err("no key in the file".into());
+    }
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        if line.contains(&b'\r') {
+            return Err(format!(
+                "line {n} holds a carriage return (a CRLF file?): give keys one per line ending in \\n, a key \
+                 with \\r in hex (@...)"
+            ));
+        }
+        let key = match line.strip_prefix(b"@") {
+            Some(hex) => std::str::from_utf8(hex)
+                .ok()
+                .and_then(crate::json::from_hex)
+                .ok_or_else(|| format!("line {n}: `@` starts a key in hex, and the rest is not hex"))?,
+            None => line.to_vec(),
+        };
+        if key.is_empty() {
+            return Err(format!("line {n} is empty (no key is empty)"));
+        }
+        if key.len() > catchup_segments::format::KEY_SIZE_MAX {
+            return Err(format!(
+                "line {n}: a key of {} bytes, over the limit {}",
+                key.len(),
+                catchup_segments::format::KEY_SIZE_MAX
+            ));
+        }
+        if let Some(m) = first_line.insert(key.clone(), n) {
+            return Err(format!("line {n} repeats the key of line {m}"));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -385,6 +460,43 @@ mod tests {
         assert_eq!((k.url.topic.as_str(), k.group.as_str()), ("t", "g"));
         assert_eq!(k.options, [("a".to_string(), "b".to_string())]);
         assert_eq!(cfg.source_name(), "kafka://h:1/t (group g)");
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let cli = crate::Cli::try_parse_from(["catchup", "replay"].iter().chain(args)).unwrap();
+        let crate::Command::Replay(a) = cli.command else { unreachable!("parsed `replay`") };
+        let e = Config::from_args(*a).expect_err("refused");
+        assert!(e.downcast_ref::<crate::UsageError>().is_some(), "a usage error: {e:#}");
+        e.to_string()
+    }
+
+    /// `--keys` only where it means something: a checkpoint of a projection over one log.
+    #[test]
+    fn keys_combinations() {
+        assert_eq!(config(&["LOG", "--checkpoint-dir", "C", "--keys", "K"]).keys, Some(PathBuf::from("K")));
+        assert!(refused(&["LOG", "--keys", "K"]).contains("--checkpoint-dir"));
+        assert!(refused(&["LOG", "--keys", "K", "--checkpoint-dir", "C", "--exec", "cat"]).contains("--exec"));
+        assert!(refused(&["A", "B", "--merge", "time", "--keys", "K", "--checkpoint-dir", "C"]).contains("--merge"));
+        let kafka = ["--source", "kafka://h:1/t", "--group", "g", "--keys", "K", "--checkpoint-dir", "C"];
+        assert!(refused(&kafka).contains("Kafka"));
+    }
+
+    /// The `--keys` file: text keys, `@hex` keys, and every refusal naming its line.
+    #[test]
+    fn keys_file() {
+        assert_eq!(
+            parse_keys(b"k1\nk2\n@6b33\n@00ff"),
+            Ok(vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec(), vec![0, 0xff]])
+        );
+        assert_eq!(parse_keys(b"a b\n"), Ok(vec![b"a b".to_vec()]));
+        let err = |b: &[u8]| parse_keys(b).unwrap_err();
+        assert!(err(b"").contains("no key"));
+        assert!(err(b"k1\n\nk2\n").contains("line 2 is empty"));
+        assert!(err(b"k1\nk2\n@6b31\n").contains("line 3 repeats the key of line 1"));
+        assert!(err(b"k1\r\nk2\r\n").contains("line 1 holds a carriage return"));
+        assert!(err(b"k1\n@zz\n").contains("line 2: `@` starts a key in hex"));
+        assert!(err(b"@\n").contains("line 1 is empty"));
+        assert!(err(&vec![b'x'; 5000]).contains("over the limit"));
     }
 
     #[test]

@@ -24,9 +24,9 @@ use catchup_segments::{OpenError, ReadError};
 use super::config::{Config, HandlerSpec, Output};
 use super::endpoint;
 use super::kafka::{self, KafkaStats};
-use super::log;
 use super::source::{PartFactory, Source, spool_dir};
 use super::summary::{SourceStats, Stats};
+use super::{log, rebuild};
 use crate::exec::{self, ExecHandler, ExecMode, ExecOutput, ExecSpec};
 use crate::hist::IntervalLog;
 use crate::interrupt;
@@ -264,6 +264,9 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<
             handlers
         }
     };
+    if let Some(keys) = &cfg.keys {
+        rebuild::rebuild(cfg, ui, keys, projection.clone())?;
+    }
     let (finished, interrupted, elapsed) = drive(cfg, ui, factory)?;
     let views = views.lock().unwrap_or_else(|e| e.into_inner());
     let mut held: Vec<KeyedView<P>> = finished.handlers.keys().filter_map(|p| views.get(p).cloned()).collect();

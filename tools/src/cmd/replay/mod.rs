@@ -7,6 +7,7 @@
 //!   (`catchup_engine::Running`), results, figures.
 //! - `log.rs`, `kafka.rs`: what is each source's alone (engine configuration and start, notes, partitions
 //!   finished elsewhere, summary lines).
+//! - `rebuild.rs`: `--keys`, the targeted rebuild of some keys in the checkpoint before the replay.
 //! - `summary.rs`: [`Stats`], the summary as text and JSON.
 
 mod config;
@@ -14,6 +15,7 @@ mod driver;
 mod endpoint;
 mod kafka;
 mod log;
+mod rebuild;
 mod source;
 mod summary;
 
