@@ -93,6 +93,20 @@ impl Engine {
             check_bindings(full_view.as_ref().expect("opened with a checkpoint"), &snaps)?;
         }
         let replay_end = reader.end_position()?;
+        // The checkpoint's replay horizon (`run::horizon`): recorded by the first run on it, so a resumed run
+        // treats the rest of that first backlog as replays too. None without a checkpoint, or for one written
+        // before horizons existed (then each shard's restored position is all that is known).
+        let horizon = match &config.checkpoint {
+            None => None,
+            Some(cp) => match crate::run::horizon::read(&cp.dir, log_id(&reader))? {
+                Some(h) => Some(h),
+                None if !restored.iter().any(|r| *r) => {
+                    crate::run::horizon::write(&cp.dir, log_id(&reader), replay_end)?;
+                    Some(replay_end)
+                }
+                None => None,
+            },
+        };
         let start = *starts.iter().min().expect("n >= 1");
         let shared = Arc::new(EngineShared {
             run: RunState::new(n),
@@ -162,7 +176,8 @@ impl Engine {
                 per_key_restored,
                 routed: config.topology == Topology::Routed,
                 merged: None,
-                replay_below: crate::run::replay_below(restored[i], starts[i], replay_end),
+                replay_below: crate::run::replay_below(restored[i], starts[i], replay_end)
+                    .max(horizon.unwrap_or(Position(0))),
             };
             shard_threads.push(spawn_shard(i, handler, poller, shared.clone(), io_tx.clone(), config.clone(), start)?);
         }

@@ -5,6 +5,7 @@ mod atomics;
 mod config;
 mod dead_letter;
 mod handle;
+pub(crate) mod horizon;
 mod io;
 mod restore;
 mod shard_loop;

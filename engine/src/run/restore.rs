@@ -129,7 +129,9 @@ pub(crate) fn restore<H: ShardHandler>(
 /// effects at least once, never lost).
 ///
 /// A shard without a snapshot of its own (none yet, or an empty checkpoint directory) has no history: everything up to the
-/// log's end when the run started (`log_end`) is a replay, and only events appended since are live.
+/// log's end when the run started (`log_end`) is a replay, and only events appended since are live. The
+/// caller raises the result to the checkpoint's replay horizon (`run::horizon`), so a resumed first run
+/// treats the rest of its backlog as replays too.
 pub(crate) fn replay_below(restored: bool, start: Position, log_end: Position) -> Position {
     if restored { start } else { log_end }
 }
