@@ -833,3 +833,42 @@ fn percentiles_above_2_pow_53_are_exact() {
     // The run's own histogram and the log's hold the same samples.
     assert_eq!(summary["latency_ns"]["event_age"]["p50"].as_u64(), Some(p50), "replay --json");
 }
+
+// ---- session 5: a skeptical user's follow-ups ----
+
+/// Runs `replay ARGS --max-rate 10 --json` for 2 s, stops it with SIGINT and returns its summary.
+fn paced_for_two_seconds(args: &[&str]) -> Value {
+    let child = util::command()
+        .arg("replay")
+        .args(args)
+        .args(["--max-rate", "10", "--json", "--out", "/dev/null"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    send(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--max-rate` let a whole reader batch through at once (`replay --help` promises at most rate/50 at once):
+/// `--max-rate 10` handled 1,927 events of a `gen` log in 2 s, one log or two merged. At 10/s for 2 s (plus
+/// start-up) at most ~21 may go out; 200 leaves room for a slow start and still fails the old code by ~10x.
+/// Checked: with the readers publishing a whole batch (or a whole flush) before pacing, both runs handle
+/// 1,927 or more.
+#[test]
+fn max_rate_lets_no_batch_through_at_once() {
+    let d = tmp();
+    let a = util::gen_log(d.path(), "a", 10_000, 100, &[]);
+    let b = util::gen_log(d.path(), "b", 10_000, 100, &[]);
+    for args in [vec![s(&a)], vec![s(&a), s(&b), "--merge", "time"]] {
+        let summary = paced_for_two_seconds(&args);
+        let events = summary["events"].as_u64().unwrap();
+        assert!((1..=200).contains(&events), "{args:?}: {events} events in 2 s at --max-rate 10");
+        assert_eq!(summary["interrupted"], true, "{args:?}");
+        // Stopped inside a batch: the position says how far the run got, no further.
+        assert_eq!(summary["watermark"].as_u64(), Some(events), "{args:?}");
+    }
+}
