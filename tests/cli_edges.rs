@@ -872,3 +872,41 @@ fn max_rate_lets_no_batch_through_at_once() {
         assert_eq!(summary["watermark"].as_u64(), Some(events), "{args:?}");
     }
 }
+
+/// `report d1/run.hlog d2/run.hlog --json` kept only the second file's series (both were `run.hlog:TAG`) and
+/// the table printed each label twice. Files that share a base name are named by the path as given (the same
+/// path twice gets `#N`), in the table and in JSON. Checked: with series named by base name only, the JSON has
+/// 3 series besides `v` and the counts of the second file only.
+#[test]
+fn report_keeps_files_that_share_a_base_name_apart() {
+    let d = tmp();
+    let log = make_log(d.path(), 300);
+    for (dir, every) in [("d1", "1"), ("d2", "3")] {
+        std::fs::create_dir(d.path().join(dir)).unwrap();
+        let hlog = d.path().join(dir).join("run.hlog");
+        catchup()
+            .args(["replay", s(&log), "-q", "--shards", "1", "--latency-sample-every", every, "--hist-log", s(&hlog)])
+            .assert()
+            .success();
+    }
+    let (h1, h2) = (d.path().join("d1/run.hlog"), d.path().join("d2/run.hlog"));
+    let report = json_of(&["report", s(&h1), s(&h2), "--json"], 0);
+    let names: Vec<&String> = report.as_object().unwrap().keys().filter(|k| *k != "v").collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    // Every sample of the first file (sampled each event) and a third of them in the second.
+    assert_eq!(report[format!("{}:handler", s(&h1))]["count"], 300, "{names:?}");
+    assert_eq!(report[format!("{}:handler", s(&h2))]["count"], 100, "{names:?}");
+    // The same file twice: two series each, told apart by their place.
+    let twice = json_of(&["report", s(&h1), s(&h1), "--json"], 0);
+    assert_eq!(twice[format!("{}#1:queue_wait", s(&h1))]["count"], 300);
+    assert_eq!(twice[format!("{}#2:queue_wait", s(&h1))]["count"], 300);
+    // The table: no label twice.
+    let out = catchup().args(["report", s(&h1), s(&h2)]).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    let labels: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let mut unique = labels.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(labels.len(), unique.len(), "{text}");
+    assert!(text.contains(&format!("{}:handler ", s(&h2))), "{text}");
+}
