@@ -910,3 +910,21 @@ fn report_keeps_files_that_share_a_base_name_apart() {
     assert_eq!(labels.len(), unique.len(), "{text}");
     assert!(text.contains(&format!("{}:handler ", s(&h2))), "{text}");
 }
+
+/// `report --tag queue_wait` failed ("no histograms with tag queue_wait") though `--json` names the series
+/// `queue_wait`; only the log's `queue-wait` worked. Both spellings select the series. Checked: on the old
+/// report.rs the `queue_wait` and `event_age` runs exit 1.
+#[test]
+fn report_tags_take_either_spelling() {
+    let d = tmp();
+    let hlog = hist_log(d.path());
+    for (tag, series) in [("queue_wait", "queue_wait"), ("queue-wait", "queue_wait"), ("event_age", "event_age")] {
+        let report = json_of(&["report", s(&hlog), "--tag", tag, "--json"], 0);
+        let names: Vec<&String> = report.as_object().unwrap().keys().collect();
+        assert_eq!(names, [series, "v"], "--tag {tag}");
+        assert_eq!(report[series]["count"], 20_000, "--tag {tag}");
+    }
+    // A tag no file has is still an error.
+    let out = catchup().args(["report", s(&hlog), "--tag", "queue"]).assert().failure().get_output().clone();
+    assert!(stderr_of(&out).contains("no histograms with tag queue"), "{}", stderr_of(&out));
+}

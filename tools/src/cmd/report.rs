@@ -58,13 +58,15 @@ impl Config {
 }
 
 /// Reads the files into named series (`tag`, or `FILE:tag` when several files are given, `FILE` as
-/// [`file_labels`] names it).
+/// [`file_labels`] names it). `--tag` takes either spelling of catchup's tags: `queue-wait` as in the log,
+/// `queue_wait` as in `--json`.
 pub fn load(cfg: &Config) -> Result<Vec<Series>> {
     let labels = file_labels(&cfg.files);
+    let wanted: Vec<String> = cfg.tags.iter().map(|t| hist::json_series_name(t)).collect();
     let mut all = Vec::new();
     for (f, file) in cfg.files.iter().zip(&labels) {
         for mut s in hist::read_series(f, cfg.unit_ns)? {
-            if !cfg.tags.is_empty() && !cfg.tags.contains(&s.name) {
+            if !wanted.is_empty() && !wanted.contains(&hist::json_series_name(&s.name)) {
                 continue;
             }
             if cfg.files.len() > 1 {
