@@ -16,6 +16,15 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// Checks a `--since`/`--until` window (ns since the epoch): `--until` before `--since` selects nothing and is
+/// refused, by `replay` and `export` alike. The error is the message for a usage error.
+pub fn check_time_window(since: Option<u64>, until: Option<u64>) -> Result<(), String> {
+    match (since, until) {
+        (Some(s), Some(u)) if u < s => Err("--until is before --since".to_string()),
+        _ => Ok(()),
+    }
+}
+
 /// A count: `2000000`, `2_000_000`, `2,000,000`, `2M`, `20k`, `1G` (decimal multipliers).
 pub fn parse_count(s: &str) -> Result<u64, String> {
     let t: String = s.trim().chars().filter(|c| *c != '_' && *c != ',').collect();

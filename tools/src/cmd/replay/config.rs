@@ -177,8 +177,8 @@ fn source_from_args(a: &ReplayArgs) -> Result<Source> {
             if let Some(ts) = a.until {
                 // `--until` is a position found as `--since`'s is, once, before the run (`--follow` and
                 // `--merge` are refused with it by the flag definitions).
-                if a.since.is_some_and(|s| ts < s) {
-                    usage!("--until is before --since");
+                if let Err(e) = crate::units::check_time_window(a.since, Some(ts)) {
+                    usage!("{e}");
                 }
                 crate::cmd::check_log_dir(dir)?;
                 let reader = catchup_segments::LogReader::open(dir)
