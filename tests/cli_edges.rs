@@ -947,3 +947,16 @@ fn export_refuses_until_before_since_as_replay_does() {
     let same = ["--since", "2025-01-01T00:00:15Z", "--until", "2025-01-01T00:00:15Z"];
     assert!(export_lines(&log, &same).is_empty());
 }
+
+/// `export --from 1.0005k` started at 1001: a count with a suffix was rounded. It is refused, like `1.5`.
+/// Checked: on the old units.rs the export exits 0 and starts at 1001.
+#[test]
+fn a_count_that_is_not_whole_is_refused() {
+    let d = tmp();
+    let log = make_log(d.path(), 2_000);
+    let out = catchup().args(["export", s(&log), "--from", "1.0005k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("`1.0005k` is not a whole number"), "{}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(export_lines(&log, &["--from", "1.5k", "--limit", "1"])[0]["position"], 1500);
+}
