@@ -960,3 +960,31 @@ fn a_count_that_is_not_whole_is_refused() {
     assert!(out.stdout.is_empty());
     assert_eq!(export_lines(&log, &["--from", "1.5k", "--limit", "1"])[0]["position"], 1500);
 }
+
+/// A run that stopped at `--to` or `--until` said `caught_up: true` and "(end of log)", though the doc says
+/// caught_up means it reached the end of its source. It is false there, `stopped_at` names the bound, and the
+/// text says "(stopped at --to)"; a bound at or past the log's end still catches up. Checked: on the old
+/// summary every case below reports caught_up true and "(end of log)".
+#[test]
+fn a_run_stopped_at_a_bound_is_not_caught_up() {
+    let d = tmp();
+    // One event a second from 2025-01-01T00:00:00Z.
+    let log = util::gen_log(d.path(), "log", 100, 10, &["--step", "1s"]);
+    let cases: [(&[&str], bool, Value, &str); 5] = [
+        (&["--to", "50"], false, "to".into(), "positions 0..50 (stopped at --to)"),
+        (&["--until", "2025-01-01T00:00:15Z"], false, "until".into(), "positions 0..15 (stopped at --until)"),
+        (&["--to", "10", "--until", "2025-01-01T00:00:15Z"], false, "to".into(), "positions 0..10 (stopped at --to)"),
+        (&["--to", "100"], true, Value::Null, "positions 0..100 (end of log)"),
+        (&["--until", "2030-01-01"], true, Value::Null, "positions 0..100 (end of log)"),
+    ];
+    for (bound, caught_up, stopped_at, text) in cases {
+        let mut args = vec!["replay", s(&log), "--json"];
+        args.extend(bound);
+        let doc = json_of(&args, 0);
+        assert_eq!(doc["caught_up"], caught_up, "{bound:?}");
+        assert_eq!(doc["stopped_at"], stopped_at, "{bound:?}");
+        let out = catchup().args(["replay", s(&log)]).args(bound).assert().success().get_output().clone();
+        let err = stderr_of(&out);
+        assert!(err.contains(text), "{bound:?}: {err}");
+    }
+}

@@ -216,11 +216,22 @@ pub(super) fn stats_of(
     output: Option<(String, u64)>,
 ) -> Stats {
     let dead = shards.iter().any(|x| x.dead_lettered > 0);
+    // Stopped at a bound before the log's end: the run did not catch up, whatever the engine's figures say
+    // (its end is the bound).
+    let stopped_at = match &cfg.source {
+        Source::Log(l) if !interrupted => l
+            .stop_at
+            .zip(l.stop_bound)
+            .filter(|&(at, _)| progress.watermark >= at && progress.watermark < progress.replay_end)
+            .map(|(_, b)| b),
+        _ => None,
+    };
     Stats {
         handler: cfg.handler_name(),
         handled: progress.handled,
         elapsed,
-        caught_up: progress.caught_up,
+        caught_up: progress.caught_up && stopped_at.is_none(),
+        stopped_at,
         interrupted,
         shards,
         covered,
