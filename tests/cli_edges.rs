@@ -988,3 +988,17 @@ fn a_run_stopped_at_a_bound_is_not_caught_up() {
         assert!(err.contains(text), "{bound:?}: {err}");
     }
 }
+
+/// The interval log's header said "(count, 1 shards)". Checked: the old binary writes "1 shards".
+#[test]
+fn the_interval_log_header_counts_shards_in_words() {
+    let d = tmp();
+    let log = make_log(d.path(), 100);
+    for (n, words) in [("1", "1 shard)"), ("2", "2 shards)")] {
+        let hlog = d.path().join(format!("run{n}.hlog"));
+        catchup().args(["replay", s(&log), "-q", "--shards", n, "--hist-log", s(&hlog)]).assert().success();
+        let text = read(&hlog);
+        let header = text.lines().find(|l| l.starts_with("#catchup replay ")).unwrap_or_else(|| panic!("{text}"));
+        assert!(header.ends_with(&format!("(count, {words}")), "{header}");
+    }
+}

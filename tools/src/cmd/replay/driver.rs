@@ -88,7 +88,12 @@ fn open_hist_log(cfg: &Config) -> Result<Option<IntervalLog>> {
         Some(p) => Some(IntervalLog::create(
             p,
             SystemTime::now(),
-            &format!("catchup replay {} ({}, {} shards)", cfg.source_name(), cfg.handler_name(), cfg.n_shards),
+            &format!(
+                "catchup replay {} ({}, {})",
+                cfg.source_name(),
+                cfg.handler_name(),
+                crate::units::fmt_n(cfg.n_shards as u64, "shard")
+            ),
         )?),
         None => None,
     })
