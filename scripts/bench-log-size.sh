@@ -5,7 +5,7 @@ set -euo pipefail
 C=${CATCHUP:-target/release/catchup}
 for n in 10M 100M; do
   d=${TMPDIR:-/tmp}/catchup-big-$n
-  [ -d $d ] || $C gen --out $d --events $n --keys 10k --payload-bytes 100 >/dev/null 2>&1
+  [ -d $d ] || $C gen --log $d --events $n --keys 10k --payload-bytes 100 >/dev/null 2>&1
   du -sh --apparent-size $d | cut -f1 | sed "s/^/log size: /"
   $C replay $d --shards 2 --projection count --json > ${TMPDIR:-/tmp}/catchup-big-$n.json 2>/dev/null &
   pid=$!

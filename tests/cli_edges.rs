@@ -833,3 +833,172 @@ fn percentiles_above_2_pow_53_are_exact() {
     // The run's own histogram and the log's hold the same samples.
     assert_eq!(summary["latency_ns"]["event_age"]["p50"].as_u64(), Some(p50), "replay --json");
 }
+
+// ---- session 5: a skeptical user's follow-ups ----
+
+/// Runs `replay ARGS --max-rate 10 --json` for 2 s, stops it with SIGINT and returns its summary.
+fn paced_for_two_seconds(args: &[&str]) -> Value {
+    let child = util::command()
+        .arg("replay")
+        .args(args)
+        .args(["--max-rate", "10", "--json", "--out", "/dev/null"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    send(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--max-rate` let a whole reader batch through at once (`replay --help` promises at most rate/50 at once):
+/// `--max-rate 10` handled 1,927 events of a `gen` log in 2 s, one log or two merged. At 10/s for 2 s (plus
+/// start-up) at most ~21 may go out; 200 leaves room for a slow start and still fails the old code by ~10x.
+/// Checked: with the readers publishing a whole batch (or a whole flush) before pacing, both runs handle
+/// 1,927 or more.
+#[test]
+fn max_rate_lets_no_batch_through_at_once() {
+    let d = tmp();
+    let a = util::gen_log(d.path(), "a", 10_000, 100, &[]);
+    let b = util::gen_log(d.path(), "b", 10_000, 100, &[]);
+    for args in [vec![s(&a)], vec![s(&a), s(&b), "--merge", "time"]] {
+        let summary = paced_for_two_seconds(&args);
+        let events = summary["events"].as_u64().unwrap();
+        assert!((1..=200).contains(&events), "{args:?}: {events} events in 2 s at --max-rate 10");
+        assert_eq!(summary["interrupted"], true, "{args:?}");
+        // Stopped inside a batch: the position says how far the run got, no further.
+        assert_eq!(summary["watermark"].as_u64(), Some(events), "{args:?}");
+    }
+}
+
+/// `report d1/run.hlog d2/run.hlog --json` kept only the second file's series (both were `run.hlog:TAG`) and
+/// the table printed each label twice. Files that share a base name are named by the path as given (the same
+/// path twice gets `#N`), in the table and in JSON. Checked: with series named by base name only, the JSON has
+/// 3 series besides `v` and the counts of the second file only.
+#[test]
+fn report_keeps_files_that_share_a_base_name_apart() {
+    let d = tmp();
+    let log = make_log(d.path(), 300);
+    for (dir, every) in [("d1", "1"), ("d2", "3")] {
+        std::fs::create_dir(d.path().join(dir)).unwrap();
+        let hlog = d.path().join(dir).join("run.hlog");
+        catchup()
+            .args(["replay", s(&log), "-q", "--shards", "1", "--latency-sample-every", every, "--hist-log", s(&hlog)])
+            .assert()
+            .success();
+    }
+    let (h1, h2) = (d.path().join("d1/run.hlog"), d.path().join("d2/run.hlog"));
+    let report = json_of(&["report", s(&h1), s(&h2), "--json"], 0);
+    let names: Vec<&String> = report.as_object().unwrap().keys().filter(|k| *k != "v").collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    // Every sample of the first file (sampled each event) and a third of them in the second.
+    assert_eq!(report[format!("{}:handler", s(&h1))]["count"], 300, "{names:?}");
+    assert_eq!(report[format!("{}:handler", s(&h2))]["count"], 100, "{names:?}");
+    // The same file twice: two series each, told apart by their place.
+    let twice = json_of(&["report", s(&h1), s(&h1), "--json"], 0);
+    assert_eq!(twice[format!("{}#1:queue_wait", s(&h1))]["count"], 300);
+    assert_eq!(twice[format!("{}#2:queue_wait", s(&h1))]["count"], 300);
+    // The table: no label twice.
+    let out = catchup().args(["report", s(&h1), s(&h2)]).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    let labels: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let mut unique = labels.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(labels.len(), unique.len(), "{text}");
+    assert!(text.contains(&format!("{}:handler ", s(&h2))), "{text}");
+}
+
+/// `report --tag queue_wait` failed ("no histograms with tag queue_wait") though `--json` names the series
+/// `queue_wait`; only the log's `queue-wait` worked. Both spellings select the series. Checked: on the old
+/// report.rs the `queue_wait` and `event_age` runs exit 1.
+#[test]
+fn report_tags_take_either_spelling() {
+    let d = tmp();
+    let hlog = hist_log(d.path());
+    for (tag, series) in [("queue_wait", "queue_wait"), ("queue-wait", "queue_wait"), ("event_age", "event_age")] {
+        let report = json_of(&["report", s(&hlog), "--tag", tag, "--json"], 0);
+        let names: Vec<&String> = report.as_object().unwrap().keys().collect();
+        assert_eq!(names, [series, "v"], "--tag {tag}");
+        assert_eq!(report[series]["count"], 20_000, "--tag {tag}");
+    }
+    // A tag no file has is still an error.
+    let out = catchup().args(["report", s(&hlog), "--tag", "queue"]).assert().failure().get_output().clone();
+    assert!(stderr_of(&out).contains("no histograms with tag queue"), "{}", stderr_of(&out));
+}
+
+/// `export --until` earlier than `--since` was accepted silently (exit 0, nothing written) where `replay`
+/// refuses it; both now refuse it with the same check (`units::check_time_window`). Checked: on the old
+/// export.rs the export exits 0.
+#[test]
+fn export_refuses_until_before_since_as_replay_does() {
+    let d = tmp();
+    let log = util::gen_log(d.path(), "log", 100, 10, &["--step", "1s"]);
+    let window = ["--since", "2025-01-01T00:00:20Z", "--until", "2025-01-01T00:00:15Z"];
+    for cmd in ["export", "replay"] {
+        let out = catchup().args([cmd, s(&log)]).args(window).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("--until is before --since"), "{cmd}: {}", stderr_of(&out));
+        assert!(out.stdout.is_empty(), "{cmd}");
+    }
+    // An empty window's edge (`--until` at `--since`) is no error: it selects nothing.
+    let same = ["--since", "2025-01-01T00:00:15Z", "--until", "2025-01-01T00:00:15Z"];
+    assert!(export_lines(&log, &same).is_empty());
+}
+
+/// `export --from 1.0005k` started at 1001: a count with a suffix was rounded. It is refused, like `1.5`.
+/// Checked: on the old units.rs the export exits 0 and starts at 1001.
+#[test]
+fn a_count_that_is_not_whole_is_refused() {
+    let d = tmp();
+    let log = make_log(d.path(), 2_000);
+    let out = catchup().args(["export", s(&log), "--from", "1.0005k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("`1.0005k` is not a whole number"), "{}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(export_lines(&log, &["--from", "1.5k", "--limit", "1"])[0]["position"], 1500);
+}
+
+/// A run that stopped at `--to` or `--until` said `caught_up: true` and "(end of log)", though the doc says
+/// caught_up means it reached the end of its source. It is false there, `stopped_at` names the bound, and the
+/// text says "(stopped at --to)"; a bound at or past the log's end still catches up. Checked: on the old
+/// summary every case below reports caught_up true and "(end of log)".
+#[test]
+fn a_run_stopped_at_a_bound_is_not_caught_up() {
+    let d = tmp();
+    // One event a second from 2025-01-01T00:00:00Z.
+    let log = util::gen_log(d.path(), "log", 100, 10, &["--step", "1s"]);
+    let cases: [(&[&str], bool, Value, &str); 5] = [
+        (&["--to", "50"], false, "to".into(), "positions 0..50 (stopped at --to)"),
+        (&["--until", "2025-01-01T00:00:15Z"], false, "until".into(), "positions 0..15 (stopped at --until)"),
+        (&["--to", "10", "--until", "2025-01-01T00:00:15Z"], false, "to".into(), "positions 0..10 (stopped at --to)"),
+        (&["--to", "100"], true, Value::Null, "positions 0..100 (end of log)"),
+        (&["--until", "2030-01-01"], true, Value::Null, "positions 0..100 (end of log)"),
+    ];
+    for (bound, caught_up, stopped_at, text) in cases {
+        let mut args = vec!["replay", s(&log), "--json"];
+        args.extend(bound);
+        let doc = json_of(&args, 0);
+        assert_eq!(doc["caught_up"], caught_up, "{bound:?}");
+        assert_eq!(doc["stopped_at"], stopped_at, "{bound:?}");
+        let out = catchup().args(["replay", s(&log)]).args(bound).assert().success().get_output().clone();
+        let err = stderr_of(&out);
+        assert!(err.contains(text), "{bound:?}: {err}");
+    }
+}
+
+/// The interval log's header said "(count, 1 shards)". Checked: the old binary writes "1 shards".
+#[test]
+fn the_interval_log_header_counts_shards_in_words() {
+    let d = tmp();
+    let log = make_log(d.path(), 100);
+    for (n, words) in [("1", "1 shard)"), ("2", "2 shards)")] {
+        let hlog = d.path().join(format!("run{n}.hlog"));
+        catchup().args(["replay", s(&log), "-q", "--shards", n, "--hist-log", s(&hlog)]).assert().success();
+        let text = read(&hlog);
+        let header = text.lines().find(|l| l.starts_with("#catchup replay ")).unwrap_or_else(|| panic!("{text}"));
+        assert!(header.ends_with(&format!("(count, {words}")), "{header}");
+    }
+}

@@ -127,8 +127,9 @@ impl Clock for RealClock {
 /// handlers write to): a token bucket refilled at `per_s` per second that holds at most
 /// [`Pacer::burst`] events of credit (`per_s / 50`, at least 1: about 20 ms of events). Idle time earns
 /// no more credit than that, so after a pause (a follower waiting for appends, a slow Kafka fetch) the
-/// producer resumes at the rate instead of catching up on the time it was idle. Checked after each batch,
-/// so in any window of `t` seconds at most `per_s * t + burst` events plus one batch get through.
+/// producer resumes at the rate instead of catching up on the time it was idle. Producers pace each part
+/// of at most `burst` events before they publish it, so in any window of `t` seconds at most
+/// `per_s * t + burst` events (plus one part) get through.
 ///
 /// Implemented as the bucket's equivalent virtual schedule (GCRA): `due` is when the events counted so far
 /// are paid for; the producer may run up to `burst` events ahead of it, and a pause leaves it at the clock.
@@ -172,8 +173,8 @@ impl<C: Clock> Pacer<C> {
         }
     }
 
-    /// The most events the bucket lets through at once after a pause.
-    #[cfg(test)]
+    /// The most events the bucket lets through at once after a pause: producers hand out at most this
+    /// many between two calls to [`Pacer::pace`].
     pub(crate) fn burst(&self) -> u64 {
         burst_for(self.per_s as u64)
     }

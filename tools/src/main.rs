@@ -174,7 +174,7 @@ the --key-field field: a string, or a number taken as its text. Its time is
 the --time-field field: an RFC 3339 string, or an integer since the epoch in
 --time-unit. With the default --time-unit auto the first integer time decides
 the unit for the whole import (below 10^11: s, 10^14: ms, 10^17: us, else ns;
-a note says what was assumed). Without --time, events get the current time.
+a note says what was assumed). Without --time-field, events get the current time.
 Blank lines are skipped; a UTF-8 byte-order mark at the start is skipped with
 a note.
 

@@ -16,6 +16,15 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// Checks a `--since`/`--until` window (ns since the epoch): `--until` before `--since` selects nothing and is
+/// refused, by `replay` and `export` alike. The error is the message for a usage error.
+pub fn check_time_window(since: Option<u64>, until: Option<u64>) -> Result<(), String> {
+    match (since, until) {
+        (Some(s), Some(u)) if u < s => Err("--until is before --since".to_string()),
+        _ => Ok(()),
+    }
+}
+
 /// A count: `2000000`, `2_000_000`, `2,000,000`, `2M`, `20k`, `1G` (decimal multipliers).
 pub fn parse_count(s: &str) -> Result<u64, String> {
     let t: String = s.trim().chars().filter(|c| *c != '_' && *c != ',').collect();
@@ -29,11 +38,23 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
     if mult == 1 {
         return num.parse::<u64>().map_err(|_| bad());
     }
-    let x: f64 = num.parse().map_err(|_| bad())?;
-    if !(0.0..=u64::MAX as f64 / mult as f64).contains(&x) {
+    // In decimal, exactly: `1.5k` is 1500, and `1.0005k` (1000.5) is refused, not rounded (rounding it
+    // started an export at 1001).
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits_only = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.len() + frac.len() == 0 || !digits_only(int) || !digits_only(frac) {
         return Err(bad());
     }
-    Ok((x * mult as f64).round() as u64)
+    let places = mult.ilog10() as usize;
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > places {
+        return Err(format!("`{s}` is not a whole number: at most {places} digits after the point with that suffix"));
+    }
+    let int: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    // `frac` has at most 9 digits (`G`): it fits, and so does its scale.
+    let scale = 10u64.pow((places - frac.len()) as u32);
+    let frac: u64 = if frac.is_empty() { 0 } else { frac.parse::<u64>().map_err(|_| bad())? * scale };
+    int.checked_mul(mult).and_then(|v| v.checked_add(frac)).ok_or_else(bad)
 }
 
 /// A byte size: `65536`, `64K`, `64KiB`, `256MiB`, `1G` (binary multipliers; `KB`/`MB`/`GB` are decimal).
@@ -350,6 +371,20 @@ mod tests {
         assert_eq!(parse_count("2_000_000"), Ok(2_000_000));
         assert_eq!(parse_count("2M"), Ok(2_000_000));
         assert_eq!(parse_count("1.5k"), Ok(1500));
+        // A count that is not a whole number of units is refused, not rounded.
+        assert_eq!(
+            parse_count("1.0005k"),
+            Err("`1.0005k` is not a whole number: at most 3 digits after the point with that suffix".into())
+        );
+        assert!(parse_count("2.0000001M").is_err());
+        assert_eq!(parse_count("1.000k"), Ok(1000));
+        assert_eq!(parse_count("0.5k"), Ok(500));
+        assert_eq!(parse_count(".5k"), Ok(500));
+        assert_eq!(parse_count("1.234567891G"), Ok(1_234_567_891));
+        assert_eq!(parse_count("18446744073709551k"), Ok(18_446_744_073_709_551_000));
+        for bad in ["k", ".k", "1e3k", "-1k", "1.2.3k", "18446744073709552k"] {
+            assert!(parse_count(bad).is_err(), "{bad}");
+        }
         assert!(parse_count("x").is_err());
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("1M"), Ok(1 << 20));

@@ -30,7 +30,9 @@ pub(crate) fn reader_loop(
     let mut pacer = Pacer::new(cfg.max_rate);
     // The next position the rings are owed: every shard relies on the log's order reaching it whole.
     let mut next = start.0;
-    loop {
+    // Every record below it has been handed to the rings (a paced run can stop inside a batch).
+    let mut handed = start.0;
+    'batches: loop {
         // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
         if shared.run.stopping() || shared.run.aborted() {
             break;
@@ -47,24 +49,50 @@ pub(crate) fn reader_loop(
                 next = batch.header.end_position().0;
                 let seg_idx = register_segment(shared, &mut local, batch.segment) as u32;
                 // Records this batch hands out, up to `stop_at`.
-                let end_here = batch.header.end_position().0.min(stop_at).max(batch.first_position.0);
-                let n = (end_here - batch.first_position.0) as usize;
-                if !rings.publish_heads(shared, cfg, seg_idx, batch.heads(), n, &mut newest_ts)
-                    || !rings.handed_over(shared, end_here)
-                {
-                    break;
+                let first = batch.first_position.0;
+                let end_here = batch.header.end_position().0.min(stop_at).max(first);
+                match &mut pacer {
+                    None => {
+                        let n = (end_here - first) as usize;
+                        if !rings.publish_heads(shared, cfg, seg_idx, batch.heads(), n, &mut newest_ts)
+                            || !rings.handed_over(shared, end_here)
+                        {
+                            break;
+                        }
+                        handed = end_here;
+                    }
+                    Some(p) => {
+                        // In parts of at most the pacer's burst, each paced before it is published (a whole
+                        // batch at once let thousands of records through at `--max-rate 10`). Every part is
+                        // flushed, so shards never wait on records the pacer holds back. A stop ends the run
+                        // inside the batch: what is not handed out yet stays unread (`handed` says where).
+                        let burst = p.burst();
+                        let mut heads = batch.heads();
+                        let mut at = first;
+                        while at < end_here {
+                            let c = (end_here - at).min(burst);
+                            // `stopping` pairs with the raise in `Running::stop`.
+                            let stop = || shared.run.stopping() || shared.run.aborted();
+                            p.pace(c, stop);
+                            if stop()
+                                || !rings.publish_heads(shared, cfg, seg_idx, heads.clone(), c as usize, &mut newest_ts)
+                                || !rings.flush(shared, at + c)
+                            {
+                                break 'batches;
+                            }
+                            handed = at + c;
+                            shared.newest_ts.store(newest_ts, Ordering::Relaxed);
+                            shared.end.fetch_max(at + c, Ordering::Relaxed);
+                            // `c` is at least 1: skip the part just published.
+                            heads.nth(c as usize - 1);
+                            at += c;
+                        }
+                    }
                 }
                 shared.newest_ts.store(newest_ts, Ordering::Relaxed);
                 shared.end.fetch_max(end_here, Ordering::Relaxed);
                 if end_here >= stop_at {
                     break;
-                }
-                if let Some(p) = &mut pacer {
-                    // Shards must not wait on a batch the pacer holds back.
-                    if !rings.flush(shared, end_here) {
-                        break;
-                    }
-                    p.pace(end_here - batch.first_position.0, || shared.run.stopping() || shared.run.aborted());
                 }
             }
             Ok(None) => {
@@ -86,7 +114,7 @@ pub(crate) fn reader_loop(
             }
         }
     }
-    if !shared.run.aborted() && rings.flush(shared, cursor.position().0.min(stop_at)) {
+    if !shared.run.aborted() && rings.flush(shared, handed) {
         shared.newest_ts.store(newest_ts, Ordering::Relaxed);
         // Pairs with the load in `progress`. A conservative flag: `caught_up` also needs lag 0.
         shared.reader_at_end.raise_release();

@@ -37,6 +37,9 @@ impl Config {
         {
             usage!("--to {t} is before --from {f}");
         }
+        if let Err(e) = crate::units::check_time_window(a.since, a.until) {
+            usage!("{e}");
+        }
         let start = match (a.from, a.since) {
             (Some(p), _) => Start::Position(Position(p)),
             (None, Some(ts)) => Start::Timestamp(ts),

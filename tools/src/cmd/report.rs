@@ -57,19 +57,26 @@ impl Config {
     }
 }
 
-/// Reads the files into named series (`tag`, or `file:tag` when several files are given).
+/// Reads the files into named series (`tag`, or `FILE:tag` when several files are given, `FILE` as
+/// [`file_labels`] names it). `--tag` takes either spelling of catchup's tags: `queue-wait` as in the log,
+/// `queue_wait` as in `--json`.
 pub fn load(cfg: &Config) -> Result<Vec<Series>> {
+    let labels = file_labels(&cfg.files);
+    let wanted: Vec<String> = cfg.tags.iter().map(|t| hist::json_series_name(t)).collect();
     let mut all = Vec::new();
-    for f in &cfg.files {
+    for (f, file) in cfg.files.iter().zip(&labels) {
         for mut s in hist::read_series(f, cfg.unit_ns)? {
-            if !cfg.tags.is_empty() && !cfg.tags.contains(&s.name) {
+            if !wanted.is_empty() && !wanted.contains(&hist::json_series_name(&s.name)) {
                 continue;
             }
             if cfg.files.len() > 1 {
-                let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if s.name != file {
-                    s.name = format!("{file}:{}", s.name);
-                }
+                // A percentile-distribution text's series is named after its file (its base name): it takes
+                // the file's label; an interval log's tags get it as a prefix.
+                s.name = if f.file_name().is_some_and(|b| b.to_string_lossy() == s.name) {
+                    file.clone()
+                } else {
+                    format!("{file}:{}", s.name)
+                };
             }
             all.push(s);
         }
@@ -78,6 +85,25 @@ pub fn load(cfg: &Config) -> Result<Vec<Series>> {
         anyhow::bail!("no histograms with tag {} in the given files", cfg.tags.join(" or "));
     }
     Ok(all)
+}
+
+/// What names each file's series when several are given: its base name, or the path as given where two
+/// files share a base name (`d1/run.hlog`, `d2/run.hlog`), with `#N` (its place among the files, from 1)
+/// added where even that repeats (the same file given twice). Every label is distinct, so no series is lost.
+pub fn file_labels(files: &[PathBuf]) -> Vec<String> {
+    let base = |f: &PathBuf| f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let count = |labels: &[String], l: &String| labels.iter().filter(|x| *x == l).count();
+    let bases: Vec<String> = files.iter().map(base).collect();
+    let paths: Vec<String> = files
+        .iter()
+        .zip(&bases)
+        .map(|(f, b)| if count(&bases, b) > 1 { f.display().to_string() } else { b.clone() })
+        .collect();
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if count(&paths, p) > 1 { format!("{p}#{}", i + 1) } else { p.clone() })
+        .collect()
 }
 
 /// Version of the `report --json` document (`docs/json-output.md`).

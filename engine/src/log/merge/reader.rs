@@ -121,13 +121,13 @@ pub(super) fn merged_reader_loop(
     let mut pacer = Pacer::new(cfg.max_rate);
     let flush_every = (FLUSH_EVERY_BATCHES * cfg.publish_batch) as u64;
     let mut since_flush = 0u64;
-    // Records handed to the rings and not yet counted by the pacer.
-    let mut unpaced = 0u64;
+    // With a rate, runs of at most the pacer's burst, each paced before it is published.
+    let run_max = pacer.as_ref().map_or(usize::MAX, |p| usize::try_from(p.burst()).unwrap_or(usize::MAX));
     let mut at_end = false;
     // `stopping` pairs with the raise in `Running::stop`; nothing else is published through `stop`.
     let stopping = || shared.run.stopping() || shared.run.aborted();
     while m < stop_at && !stopping() {
-        let max = usize::try_from(stop_at - m).unwrap_or(usize::MAX).min(flush_every as usize);
+        let max = usize::try_from(stop_at - m).unwrap_or(usize::MAX).min(flush_every as usize).min(run_max);
         match cursor.step_run(max) {
             Ok(RunStep::Run(run)) => {
                 if at_end {
@@ -145,6 +145,14 @@ pub(super) fn merged_reader_loop(
                     }
                 };
                 let k = run.heads.len() as u64;
+                if let Some(p) = &mut pacer {
+                    // Before the run is handed out (a whole flush's worth at once let thousands of records
+                    // through at `--max-rate 10`). A stop ends the run before it: `m` counts what went out.
+                    p.pace(k, stopping);
+                    if stopping() {
+                        break;
+                    }
+                }
                 rings.runs.push((run.log as u16, k as u32));
                 for (j, h) in run.heads.iter().enumerate() {
                     newest_ts = newest_ts.max(h.timestamp_ns);
@@ -177,17 +185,12 @@ pub(super) fn merged_reader_loop(
                 }
                 m += k;
                 since_flush += k;
-                unpaced += k;
-                if since_flush >= flush_every {
+                // With a rate, every run is flushed: shards must not wait on it while the pacer sleeps.
+                if since_flush >= flush_every || pacer.is_some() {
                     since_flush = 0;
                     shared.newest_ts.store(newest_ts, Ordering::Relaxed);
                     if !rings.flush(shared, m) {
                         return;
-                    }
-                    if let Some(p) = &mut pacer {
-                        // Every record since the last pace (pacing a fixed count per flush let a merged run
-                        // go many times over `max_rate`).
-                        p.pace(std::mem::take(&mut unpaced), stopping);
                     }
                 }
             }

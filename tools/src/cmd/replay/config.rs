@@ -10,6 +10,7 @@ use catchup_engine::kafka::KafkaUrl;
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
 use super::source::{KafkaSource, LogSource, Source};
+use super::summary::StopBound;
 use crate::exec::ExecMode;
 use crate::projection::ProjectionSpec;
 use crate::{ReplayArgs, usage};
@@ -174,19 +175,30 @@ fn source_from_args(a: &ReplayArgs) -> Result<Source> {
             // A checkpoint must not get ahead of what survives a power cut (storage review W3).
             let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
             let mut stop_at = a.to;
+            let mut stop_bound = a.to.map(|_| StopBound::To);
             if let Some(ts) = a.until {
                 // `--until` is a position found as `--since`'s is, once, before the run (`--follow` and
                 // `--merge` are refused with it by the flag definitions).
-                if a.since.is_some_and(|s| ts < s) {
-                    usage!("--until is before --since");
+                if let Err(e) = crate::units::check_time_window(a.since, Some(ts)) {
+                    usage!("{e}");
                 }
                 crate::cmd::check_log_dir(dir)?;
                 let reader = catchup_segments::LogReader::open(dir)
                     .with_context(|| format!("cannot open log {}", dir.display()))?;
                 let at = crate::cmd::export::position_at_time(&reader, dir, ts)?;
+                if stop_at.is_none_or(|t| at < t) {
+                    stop_bound = Some(StopBound::Until);
+                }
                 stop_at = Some(stop_at.map_or(at, |t| t.min(at)));
             }
-            Source::Log(LogSource { dir: dir.clone(), merged, start, stop_at: stop_at.map(Position), durable_only })
+            Source::Log(LogSource {
+                dir: dir.clone(),
+                merged,
+                start,
+                stop_at: stop_at.map(Position),
+                stop_bound,
+                durable_only,
+            })
         }
         ([], Some(url)) => {
             let url = match KafkaUrl::parse(url) {

@@ -88,7 +88,12 @@ fn open_hist_log(cfg: &Config) -> Result<Option<IntervalLog>> {
         Some(p) => Some(IntervalLog::create(
             p,
             SystemTime::now(),
-            &format!("catchup replay {} ({}, {} shards)", cfg.source_name(), cfg.handler_name(), cfg.n_shards),
+            &format!(
+                "catchup replay {} ({}, {})",
+                cfg.source_name(),
+                cfg.handler_name(),
+                crate::units::fmt_n(cfg.n_shards as u64, "shard")
+            ),
         )?),
         None => None,
     })
@@ -216,11 +221,22 @@ pub(super) fn stats_of(
     output: Option<(String, u64)>,
 ) -> Stats {
     let dead = shards.iter().any(|x| x.dead_lettered > 0);
+    // Stopped at a bound before the log's end: the run did not catch up, whatever the engine's figures say
+    // (its end is the bound).
+    let stopped_at = match &cfg.source {
+        Source::Log(l) if !interrupted => l
+            .stop_at
+            .zip(l.stop_bound)
+            .filter(|&(at, _)| progress.watermark >= at && progress.watermark < progress.replay_end)
+            .map(|(_, b)| b),
+        _ => None,
+    };
     Stats {
         handler: cfg.handler_name(),
         handled: progress.handled,
         elapsed,
-        caught_up: progress.caught_up,
+        caught_up: progress.caught_up && stopped_at.is_none(),
+        stopped_at,
         interrupted,
         shards,
         covered,

@@ -31,6 +31,8 @@ pub struct LogSource {
     pub start: Start,
     /// Stop before.
     pub stop_at: Option<Position>,
+    /// Which flag set `stop_at` (`--to`, or `--until` when it comes first).
+    pub stop_bound: Option<crate::cmd::replay::summary::StopBound>,
     /// Read only synced events (default on with a checkpoint directory).
     pub durable_only: bool,
 }
@@ -49,7 +51,14 @@ pub struct KafkaSource {
 impl Source {
     /// The whole log in `dir`, every committed event, from the beginning.
     pub fn log(dir: PathBuf) -> Source {
-        Source::Log(LogSource { dir, merged: None, start: Start::Beginning, stop_at: None, durable_only: false })
+        Source::Log(LogSource {
+            dir,
+            merged: None,
+            start: Start::Beginning,
+            stop_at: None,
+            stop_bound: None,
+            durable_only: false,
+        })
     }
 
     /// The source, for messages: the log directory, or the topic and group.

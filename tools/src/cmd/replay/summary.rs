@@ -103,8 +103,11 @@ pub struct Stats {
     pub handled: u64,
     /// Wall time.
     pub elapsed: Duration,
-    /// True if the run reached the end of its source.
+    /// True if the run reached the end of its source (false when it stopped at `--to` or `--until` before the
+    /// log's end).
     pub caught_up: bool,
+    /// The bound the run stopped at before the log's end, if it did.
+    pub stopped_at: Option<StopBound>,
     /// Stopped by Ctrl-C / SIGTERM.
     pub interrupted: bool,
     /// Per-shard figures.
@@ -123,6 +126,25 @@ pub struct Stats {
     pub source: SourceStats,
     /// Keys parked (`--on-error park`) at the end, and their events held (not applied) over every run.
     pub parked: Parked,
+}
+
+/// The bound a log replay stopped at (`--to` or `--until`, whichever comes first in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopBound {
+    /// `--to POSITION`.
+    To,
+    /// `--until TIME`.
+    Until,
+}
+
+impl StopBound {
+    /// The flag's name without dashes, as `--json` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopBound::To => "to",
+            StopBound::Until => "until",
+        }
+    }
 }
 
 /// The parked keys of a finished run (`--on-error park`).
@@ -180,7 +202,11 @@ impl Stats {
                     "positions {}..{}{}",
                     fmt_count(start.0),
                     fmt_count(watermark.0),
-                    if self.caught_up { " (end of log)" } else { "" }
+                    match (self.caught_up, self.stopped_at) {
+                        (true, _) => " (end of log)".to_string(),
+                        (false, Some(b)) => format!(" (stopped at --{})", b.name()),
+                        (false, None) => String::new(),
+                    }
                 ),
             },
         )?;
@@ -265,6 +291,7 @@ impl Stats {
             "watermark": watermark,
             "logs": logs,
             "caught_up": self.caught_up,
+            "stopped_at": self.stopped_at.map(StopBound::name),
             "interrupted": self.interrupted,
             "covered": self.covered,
             "dead_lettered": self.dead_lettered(),
