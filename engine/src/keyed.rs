@@ -134,7 +134,7 @@ impl<S> KeyMap<S> {
     }
 
     /// Gives `key` state, replacing its entry or tombstone.
-    fn put(&mut self, key_hash: u64, key: &[u8], covered: Position, state: S) {
+    pub(crate) fn put(&mut self, key_hash: u64, key: &[u8], covered: Position, state: S) {
         self.remove_tombstone(key_hash, key);
         let v = self.map.entry(key_hash).or_default();
         match v.iter_mut().find(|e| &*e.key == key) {
@@ -318,6 +318,8 @@ pub struct KeyedHandler<P: Projection> {
     n_shards: usize,
     /// No event at or above this position is covered by a restored snapshot: the highest `covered` restored.
     covered_below: Position,
+    /// The database this shard's keys are written to, if any (`crate::sink`).
+    sink: Option<Box<crate::sink::ShardSink<P::State>>>,
 }
 
 impl<P: Projection> std::fmt::Debug for KeyedHandler<P> {
@@ -340,6 +342,17 @@ impl<P: Projection> KeyedHandler<P> {
         ))
     }
 
+    /// Sink hook: the batch's touched keys rendered under the batch lock, which is released before they are
+    /// committed with the shard's position in one transaction.
+    fn commit_to_sink(&mut self) -> Result<(), HandlerError> {
+        let Some(sink) = &mut self.sink else { return Ok(()) };
+        match self.batch.take() {
+            Some(b) => sink.render(&b.guard),
+            None => sink.render(&self.map.read()),
+        }
+        sink.commit()
+    }
+
     /// Runs `f` on the shard's states: through the batch lock if held, else under a read lock.
     fn read<R>(&self, f: impl FnOnce(&KeyMap<P::State>) -> R) -> R {
         match &self.batch {
@@ -355,6 +368,12 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         if ctx.n_shards != self.n_shards {
             return Err(self.wrong_count(ctx.n_shards));
         }
+        // Sink hook: an event the sink's checkpoint covers is already in its rows.
+        if let Some(sink) = &mut self.sink
+            && sink.covers(event)?
+        {
+            return Ok(());
+        }
         // The lock is a local while the event is applied: an error or a panic releases it, so a run that
         // stops on this event (and may never call `end_of_batch`) leaves no shard locked for the view.
         let mut lock = match self.batch.take() {
@@ -362,11 +381,15 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             None => BatchLock::take(&self.map),
         };
         apply_event(&*self.projection, &mut lock.guard, event, ctx)?;
+        if let Some(sink) = &mut self.sink {
+            sink.touched(event);
+        }
         self.batch = Some(lock);
         Ok(())
     }
 
     fn end_of_batch(&mut self, _shard: ShardId) -> Result<(), HandlerError> {
+        self.commit_to_sink()?;
         self.batch = None;
         Ok(())
     }
@@ -418,6 +441,7 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     }
 
     fn flush(&mut self) -> Result<(), HandlerError> {
+        self.commit_to_sink()?;
         self.batch = None;
         Ok(())
     }
@@ -472,8 +496,10 @@ impl<P: Projection> KeyedInternals for KeyedHandler<P> {
 
 /// A projection run on every shard, with a handle to query its read model while the engine runs.
 pub struct Keyed<P: Projection> {
-    projection: Arc<P>,
-    maps: Vec<Map<P::State>>,
+    pub(crate) projection: Arc<P>,
+    pub(crate) maps: Vec<Map<P::State>>,
+    /// Each shard's sink connection (`Keyed::with_sink`), taken by its handler.
+    pub(crate) sinks: parking_lot::Mutex<Vec<Option<Box<crate::sink::ShardSink<P::State>>>>>,
 }
 
 impl<P: Projection> std::fmt::Debug for Keyed<P> {
@@ -494,6 +520,7 @@ impl<P: Projection> Keyed<P> {
         Keyed {
             projection: Arc::new(projection),
             maps: (0..n_shards).map(|_| Arc::new(RwLock::new(KeyMap::default()))).collect(),
+            sinks: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -533,6 +560,7 @@ impl<P: Projection> Keyed<P> {
             shard,
             n_shards: self.maps.len(),
             covered_below: Position(0),
+            sink: self.sinks.lock().get_mut(shard.0 as usize).and_then(Option::take),
         }
     }
 

@@ -41,6 +41,7 @@ pub mod metrics;
 mod policy;
 mod run;
 pub mod shard;
+pub mod sink;
 pub mod snapshot;
 pub mod wait;
 

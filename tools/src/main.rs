@@ -27,6 +27,7 @@ mod json;
 mod kafka_export;
 mod progress;
 mod projection;
+mod sink;
 mod units;
 
 use progress::Ui;
@@ -434,6 +435,17 @@ pub struct ReplayArgs {
     /// Read every committed event, synced or not. Default without --checkpoint-dir.
     #[arg(long, overrides_with = "durable_only", conflicts_with = "source")]
     pub no_durable_only: bool,
+    /// Keep the projection's read model in a database, exactly once: sqlite:PATH or
+    /// postgres://USER@HOST:PORT/DB. One row per key (its --out line), written per batch with each shard's
+    /// position in the same transaction; the sink is the checkpoint (docs/sink-format.md).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["exec", "source", "merge", "checkpoint_dir"])]
+    pub sink: Option<String>,
+    /// The sink's per-key table.
+    #[arg(long, value_name = "NAME", default_value = "catchup_state", requires = "sink")]
+    pub sink_table: String,
+    /// The sink's checkpoint table.
+    #[arg(long, value_name = "NAME", default_value = "catchup_checkpoint", requires = "sink")]
+    pub sink_checkpoint_table: String,
 }
 
 /// `catchup report`.

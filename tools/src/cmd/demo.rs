@@ -74,6 +74,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         hist_log: None,
         latency_sample_every: 64,
         max_rate: None,
+        sink: None,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use catchup_engine::kafka::KafkaUrl;
+use catchup_engine::sink::{SinkUrl, Tables};
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
 use super::source::{KafkaSource, LogSource, Source};
@@ -68,6 +69,8 @@ pub struct Config {
     pub latency_sample_every: u32,
     /// Events per second at most.
     pub max_rate: Option<u64>,
+    /// `--sink`: the database the read model is kept in, and its tables.
+    pub sink: Option<(SinkUrl, Tables)>,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -117,8 +120,9 @@ fn source_from_args(a: &ReplayArgs) -> Result<Source> {
                 (None, true) => None,
                 (None, false) => usage!("{} log directories given: replay them as one with --merge time", a.dirs.len()),
             };
-            // A checkpoint must not get ahead of what survives a power cut (storage review W3).
-            let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
+            // A checkpoint (snapshots, or a sink's checkpoint rows) must not get ahead of what survives a power
+            // cut (storage review W3).
+            let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some() || a.sink.is_some());
             Source::Log(LogSource { dir: dir.clone(), merged, start, stop_at: a.to.map(Position), durable_only })
         }
         ([], Some(url)) => {
@@ -183,6 +187,24 @@ impl Config {
                  is spooled there, so it moves with the partition"
             );
         }
+        let sink = match &a.sink {
+            None => None,
+            Some(url) => {
+                // clap refuses --sink with --exec, --source, --merge and --checkpoint-dir; say why here too.
+                if matches!(handler, HandlerSpec::Exec(_)) {
+                    usage!("--sink takes a keyed projection (--projection), not --exec");
+                }
+                let url = match SinkUrl::parse(url) {
+                    Ok(u) => u,
+                    Err(e) => usage!("--sink: {e}"),
+                };
+                let tables = Tables { state: a.sink_table.clone(), checkpoint: a.sink_checkpoint_table.clone() };
+                if let Err(e) = tables.check() {
+                    usage!("--sink-table / --sink-checkpoint-table: {e}");
+                }
+                Some((url, tables))
+            }
+        };
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -201,7 +223,8 @@ impl Config {
                 Output::Stdout
             }
             Some(p) => Output::File(p),
-            None if a.json => Output::Discard,
+            // With --sink the rows are the results: no key dump on stdout unless asked for.
+            None if a.json || a.sink.is_some() => Output::Discard,
             None => Output::Stdout,
         };
         Ok(Config {
@@ -217,6 +240,7 @@ impl Config {
             hist_log: a.hist_log,
             latency_sample_every: a.latency_sample_every,
             max_rate: a.max_rate,
+            sink,
         })
     }
 
