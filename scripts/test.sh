@@ -10,6 +10,9 @@
 # 4. The Kafka tests against a real broker (tansu, installed on first use: about 13 minutes on 2 cores), from
 #    scripts/kafka-tests.sh, which starts the broker on 127.0.0.1 and stops it after.
 #    CATCHUP_SKIP_BROKER_TESTS=1 leaves out step 4 only (for a quick local run; CI never sets it).
+# 5. The PostgreSQL sink tests against a real server (Debian's postgresql, installed with apt-get if initdb is
+#    missing), from scripts/postgres-tests.sh, which starts a temporary cluster on 127.0.0.1 and removes it
+#    after. A server that cannot be started fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The programs the end-to-end tests in tests/ run: the `catchup` binary and the examples. Those tests belong to
@@ -29,3 +32,4 @@ if [[ "${CATCHUP_SKIP_BROKER_TESTS:-}" == 1 ]]; then
 else
     scripts/kafka-tests.sh
 fi
+scripts/postgres-tests.sh

@@ -70,12 +70,14 @@ impl PgSink {
                  log_id BIGINT NOT NULL, fingerprint BIGINT NOT NULL, format INTEGER NOT NULL,
                  PRIMARY KEY (n_shards, shard));"
         );
-        if let Err(e) = s.client.batch_execute(&ddl) {
-            let exists = s.client.query_one("SELECT to_regclass($1) IS NOT NULL", &[checkpoint]).ok();
-            if !exists.is_some_and(|r| r.get::<_, bool>(0)) {
-                return Err(s.db("create the tables", e));
-            }
-        }
+        let checkpoint = checkpoint.clone();
+        s.retrying("create the tables", |c| match c.batch_execute(&ddl) {
+            Ok(()) => Ok(()),
+            Err(e) => match c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&checkpoint]) {
+                Ok(r) if r.get::<_, bool>(0) => Ok(()),
+                _ => Err(e),
+            },
+        })?;
         Ok(s)
     }
 
@@ -83,34 +85,66 @@ impl PgSink {
         SinkError::Db { sink: redact(&self.url), op, why: e.to_string() }
     }
 
-    fn try_commit(
+    /// Runs `f`, and again on a new connection, with back-off, while it fails for a connection reason (at
+    /// most [`RETRIES`] more times). `f` must be safe to repeat: one transaction, or a read.
+    fn retrying<T>(
         &mut self,
-        keys: &[&str],
-        values: &[&str],
-        positions: &[i64],
-        del: (&[&str], &[i64]),
-        cp: &Checkpoint,
-    ) -> Result<(), postgres::Error> {
-        let mut tx = self.client.transaction()?;
-        if !keys.is_empty() {
-            tx.execute(self.upsert.as_str(), &[&keys, &values, &positions])?;
+        op: &'static str,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, SinkError> {
+        let mut backoff = RETRY_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let e = match f(&mut self.client) {
+                Ok(t) => return Ok(t),
+                Err(e) => e,
+            };
+            if attempt == RETRIES || !transient(&e, &self.client) {
+                return Err(self.db(op, format!("{} (after {attempt} retries)", message(&e))));
+            }
+            attempt += 1;
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // A new connection, unless only the transaction was rolled back (class 40) on a live one; a failed
+            // reconnect counts as a failed attempt.
+            if self.client.is_closed() || e.code().is_none_or(|c| !c.code().starts_with("40")) {
+                self.client = connect(&self.url)?;
+            }
         }
-        if !del.0.is_empty() {
-            tx.execute(self.delete.as_str(), &[&del.0, &del.1])?;
-        }
-        let shard = cp.shard as i32;
-        let n = cp.n_shards as i32;
-        let format = cp.format as i32;
-        tx.execute(
-            self.checkpoint.as_str(),
-            &[&n, &shard, &(cp.position.0 as i64), &(cp.log_id as i64), &(cp.fingerprint as i64), &format],
-        )?;
-        tx.commit()
     }
 }
 
+/// The message of `e` with the server's detail (`postgres::Error` alone says only "db error").
+fn message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{e} ({}): {}", d.code().code(), d.message()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Connects, retrying with back-off while the failure is not the server's answer (refused, reset, a backend
+/// ended while it started: [`RETRIES`] more times); a refusal by the server (authentication, no such
+/// database) fails at once.
 fn connect(url: &str) -> Result<Client, SinkError> {
-    Client::connect(url, NoTls).map_err(|e| SinkError::Db { sink: redact(url), op: "connect", why: e.to_string() })
+    let mut backoff = RETRY_BACKOFF;
+    let mut attempt = 0;
+    loop {
+        let e = match Client::connect(url, NoTls) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        let server_said_no = e.code().is_some_and(|c| !["08", "57"].iter().any(|k| c.code().starts_with(k)));
+        if attempt == RETRIES || server_said_no {
+            let why = format!("{} (after {attempt} retries)", message(&e));
+            return Err(SinkError::Db { sink: redact(url), op: "connect", why });
+        }
+        attempt += 1;
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// True if retrying on a new connection may succeed: the connection is gone, or the server ended the
@@ -132,7 +166,7 @@ impl Sink for PgSink {
             "SELECT shard, n_shards, position, log_id, fingerprint, format FROM {} ORDER BY n_shards, shard",
             self.tables.checkpoint
         );
-        let rows = self.client.query(sql.as_str(), &[]).map_err(|e| self.db("read the checkpoint", e))?;
+        let rows = self.retrying("read the checkpoint", |c| c.query(sql.as_str(), &[]))?;
         Ok(rows
             .iter()
             .map(|r| Checkpoint {
@@ -147,21 +181,10 @@ impl Sink for PgSink {
     }
 
     fn rows(&mut self, f: &mut dyn FnMut(&str, &str, Position) -> Result<(), SinkError>) -> Result<(), SinkError> {
-        use postgres::fallible_iterator::FallibleIterator;
         let sql = format!("SELECT key, value, position FROM {}", self.tables.state);
-        let mut it = self.client.query_raw(sql.as_str(), std::iter::empty::<&str>()).map_err(|e| SinkError::Db {
-            sink: redact(&self.url),
-            op: "read the rows",
-            why: e.to_string(),
-        })?;
-        loop {
-            let r = match it.next() {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(SinkError::Db { sink: redact(&self.url), op: "read the rows", why: e.to_string() });
-                }
-            };
+        // Read whole (a retry after a lost connection starts over), then handed out.
+        let rows = self.retrying("read the rows", |c| c.query(sql.as_str(), &[]))?;
+        for r in &rows {
             f(r.get::<_, &str>(0), r.get::<_, &str>(1), Position(r.get::<_, i64>(2) as u64))?;
         }
         Ok(())
@@ -183,35 +206,25 @@ impl Sink for PgSink {
                 }
             }
         }
-        let mut backoff = RETRY_BACKOFF;
-        let mut attempt = 0;
-        loop {
-            let e = match self.try_commit(&keys, &values, &positions, (&dkeys, &dpositions), cp) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if attempt == RETRIES || !transient(&e, &self.client) {
-                return Err(self.db("commit a batch", format!("{e} (after {attempt} retries)")));
+        let (upsert, delete, checkpoint) = (self.upsert.clone(), self.delete.clone(), self.checkpoint.clone());
+        let (shard, n, format) = (cp.shard as i32, cp.n_shards as i32, cp.format as i32);
+        let (position, log_id, fingerprint) = (cp.position.0 as i64, cp.log_id as i64, cp.fingerprint as i64);
+        self.retrying("commit a batch", |c| {
+            let mut tx = c.transaction()?;
+            if !keys.is_empty() {
+                tx.execute(upsert.as_str(), &[&keys, &values, &positions])?;
             }
-            attempt += 1;
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            // A new connection if this one is gone; a failed reconnect counts as a failed attempt.
-            if self.client.is_closed() || e.is_closed() || e.code().is_none_or(|c| !c.code().starts_with("40")) {
-                match connect(&self.url) {
-                    Ok(c) => self.client = c,
-                    Err(_) if attempt < RETRIES => continue,
-                    Err(e) => return Err(e),
-                }
+            if !dkeys.is_empty() {
+                tx.execute(delete.as_str(), &[&dkeys, &dpositions])?;
             }
-        }
+            tx.execute(checkpoint.as_str(), &[&n, &shard, &position, &log_id, &fingerprint, &format])?;
+            tx.commit()
+        })
     }
 
     fn retire(&mut self, n_shards: u16) -> Result<(), SinkError> {
         let sql = format!("DELETE FROM {} WHERE n_shards = $1", self.tables.checkpoint);
-        self.client
-            .execute(sql.as_str(), &[&(n_shards as i32)])
-            .map_err(|e| self.db("retire old checkpoint rows", e))?;
+        self.retrying("retire old checkpoint rows", |c| c.execute(sql.as_str(), &[&(n_shards as i32)]))?;
         Ok(())
     }
 
