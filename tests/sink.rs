@@ -408,3 +408,80 @@ fn postgres_reshard_and_changed_projection() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("different projection"));
 }
+
+/// `examples/sqlite_read_model.rs` as a user runs it: started and SIGKILLed a few times (during or soon after
+/// its catch-up), caught
+/// up, fed live appends, SIGKILLed again, restarted: the table always ends equal to the totals a clean
+/// replay computes.
+#[test]
+fn example_sqlite_read_model_survives_kill_9() {
+    use std::io::{BufRead, BufReader};
+    let dir = util::tmp("catchup-sink-");
+    let log = util::gen_log(dir.path(), "log", 60_000, 2_000, &[]);
+    let db = dir.path().join("totals.db");
+    let start = || {
+        let mut child = Command::new(util::built("examples/sqlite_read_model"))
+            .args([s(&log), s(&db)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let caught_up = |rx: &std::sync::mpsc::Receiver<String>| {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the example never said it caught up");
+        assert!(line.starts_with("caught up"), "{line}");
+    };
+    // The expected table: totals and counts per key from clean replays.
+    let expected = || -> String {
+        let (sum, count) = (dir.path().join("sum.jsonl"), dir.path().join("count.jsonl"));
+        util::run_ok(&["replay", s(&log), "--projection", "sum:amount", "--out", s(&sum), "-q", "--no-durable-only"]);
+        util::run_ok(&["replay", s(&log), "--projection", "count", "--out", s(&count), "-q", "--no-durable-only"]);
+        let (sums, counts) = (util::json_lines(&util::read(&sum)), util::json_lines(&util::read(&count)));
+        assert_eq!(sums.len(), counts.len());
+        sums.iter()
+            .zip(&counts)
+            .map(|(s, c)| format!("{{\"total\":{},\"orders\":{}}}\n", s["sum"], c["count"]))
+            .collect()
+    };
+    let mut rng = Rng(3);
+    for _ in 0..3 {
+        let (mut child, _rx) = start();
+        std::thread::sleep(Duration::from_millis(5 + rng.below(100)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let (mut child, rx) = start();
+    caught_up(&rx);
+    assert_eq!(Db::Sqlite(db.clone()).as_out(), expected());
+    // Live appends reach the table while it runs.
+    let mut w = LogWriter::open(&log, WriterOptions::default()).unwrap();
+    for i in 0..500u64 {
+        let key = format!("k{}", 1 + i % 50);
+        w.append(key.as_bytes(), format!("{{\"amount\":{}}}", i + 1).as_bytes(), 1).unwrap();
+    }
+    w.commit().unwrap();
+    w.sync().unwrap();
+    let want = expected();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Db::Sqlite(db.clone()).as_out() != want {
+        assert!(Instant::now() < deadline, "live appends did not reach the table");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, rx) = start();
+    caught_up(&rx);
+    assert_eq!(Db::Sqlite(db.clone()).as_out(), want);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(w);
+}
