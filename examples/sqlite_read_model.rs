@@ -63,7 +63,7 @@ impl SinkProjection for Totals {
         out.push_str(&format!("{{\"total\":{},\"orders\":{}}}", s.0, s.1));
     }
 
-    fn from_value(&self, _key: &str, value: &str) -> Result<(u64, u64), HandlerError> {
+    fn parse_value(&self, _key: &str, value: &str) -> Result<(u64, u64), HandlerError> {
         let bad = || HandlerError::permanent(format!("not a totals row: {value}"));
         let rest = value.strip_prefix("{\"total\":").and_then(|v| v.strip_suffix('}')).ok_or_else(bad)?;
         let (total, orders) = rest.split_once(",\"orders\":").ok_or_else(bad)?;

@@ -239,6 +239,9 @@ fn sqlite_sink_refuses_a_changed_projection_and_exec() {
     let (code, _, err) = util::run(&["replay", s(&log), "--exec", "cat", "--sink", "sqlite:x.db"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--exec"), "{err}");
+    let (code, _, err) = util::run(&["replay", s(&log), "--sink", "sqlite:x.db", "--on-error", "skip"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("dead letter"), "{err}");
     let (code, _, err) = util::run(&["replay", s(&log), "--sink", "mysql://x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sqlite:PATH"), "{err}");
@@ -274,7 +277,7 @@ impl SinkProjection for Balance {
     fn value(&self, _key: &str, b: &i64, out: &mut String) {
         out.push_str(&format!("{{\"balance\":{b}}}"));
     }
-    fn from_value(&self, _key: &str, v: &str) -> Result<i64, HandlerError> {
+    fn parse_value(&self, _key: &str, v: &str) -> Result<i64, HandlerError> {
         let n = v.strip_prefix("{\"balance\":").and_then(|v| v.strip_suffix('}')).ok_or("not a balance")?;
         Ok(n.parse().map_err(|_| "not a balance")?)
     }
@@ -371,7 +374,7 @@ fn postgres_sink_survives_sigkill_and_killed_backends() {
     // Every ~100 ms, terminate the replay's backends (any other client of this database).
     let mut terminate = || {
         tick += 1;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let n: i64 = admin
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -409,10 +412,9 @@ fn postgres_reshard_and_changed_projection() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("different projection"));
 }
 
-/// `examples/sqlite_read_model.rs` as a user runs it: started and SIGKILLed a few times (during or soon after
-/// its catch-up), caught
-/// up, fed live appends, SIGKILLed again, restarted: the table always ends equal to the totals a clean
-/// replay computes.
+/// `examples/sqlite_read_model.rs` as a user runs it: started and SIGKILLed a few times (during or soon
+/// after its catch-up), caught up, fed live appends, SIGKILLed again, restarted: the table always ends equal
+/// to the totals a clean replay computes.
 #[test]
 fn example_sqlite_read_model_survives_kill_9() {
     use std::io::{BufRead, BufReader};

@@ -499,7 +499,7 @@ pub struct Keyed<P: Projection> {
     pub(crate) projection: Arc<P>,
     pub(crate) maps: Vec<Map<P::State>>,
     /// Each shard's sink connection (`Keyed::with_sink`), taken by its handler.
-    pub(crate) sinks: parking_lot::Mutex<Vec<Option<Box<crate::sink::ShardSink<P::State>>>>>,
+    pub(crate) sinks: crate::sink::ShardSinks<P::State>,
 }
 
 impl<P: Projection> std::fmt::Debug for Keyed<P> {

@@ -44,7 +44,7 @@ impl SinkProjection for Count {
     fn value(&self, key: &str, n: &u64, out: &mut String) {
         line(self, key, n, out);
     }
-    fn from_value(&self, key: &str, value: &str) -> Result<u64, HandlerError> {
+    fn parse_value(&self, key: &str, value: &str) -> Result<u64, HandlerError> {
         let row: CountRow = serde_json::from_str(value).map_err(|e| bad(value, e))?;
         exact(self, key, value, row.count)
     }
@@ -60,7 +60,7 @@ impl SinkProjection for Sum {
     fn value(&self, key: &str, s: &SumState, out: &mut String) {
         line(self, key, s, out);
     }
-    fn from_value(&self, key: &str, value: &str) -> Result<SumState, HandlerError> {
+    fn parse_value(&self, key: &str, value: &str) -> Result<SumState, HandlerError> {
         let row: SumRow<'_> = serde_json::from_str(value).map_err(|e| bad(value, e))?;
         let raw = row.sum.get();
         // An exact sum is written as an integer, a floating-point one always with a fraction or exponent.
@@ -86,7 +86,7 @@ impl SinkProjection for Last {
     fn value(&self, key: &str, s: &LastEvent, out: &mut String) {
         line(self, key, s, out);
     }
-    fn from_value(&self, key: &str, value: &str) -> Result<LastEvent, HandlerError> {
+    fn parse_value(&self, key: &str, value: &str) -> Result<LastEvent, HandlerError> {
         let row: LastRow<'_> = serde_json::from_str(value).map_err(|e| bad(value, e))?;
         let payload = match (row.payload, row.payload_hex) {
             // A JSON payload is embedded as it was; text that is not JSON is a JSON string.
@@ -123,7 +123,7 @@ mod tests {
     {
         let mut v = String::new();
         p.value(key, s, &mut v);
-        let back = p.from_value(key, &v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let back = p.parse_value(key, &v).unwrap_or_else(|e| panic!("{v}: {e}"));
         assert_eq!(&back, s, "{v}");
         v
     }
@@ -148,8 +148,8 @@ mod tests {
     fn foreign_values_are_refused() {
         let sum = Sum::new(FieldPath::parse("amount").unwrap());
         for v in [r#"{"key":"k","count":1}"#, r#"{"key":"k","sum":"1"}"#, r#"{"key":"j","sum":1}"#, "nope"] {
-            assert!(sum.from_value("k", v).is_err(), "{v} accepted");
+            assert!(sum.parse_value("k", v).is_err(), "{v} accepted");
         }
-        assert!(Count.from_value("k", r#"{"key":"k","count":1, "x":2}"#).is_err());
+        assert!(Count.parse_value("k", r#"{"key":"k","count":1, "x":2}"#).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! is a row delete), and its checkpoint row, in **one transaction**, at the end of the batch. Every row
 //! carries the position of the last event folded into it, and an upsert never overwrites a row with a newer
 //! position. On start the sink's checkpoint rows are the checkpoint: each shard's keys are reloaded from the
-//! rows ([`SinkProjection::from_value`]) and every event the checkpoint covers is skipped, so a crash at any
+//! rows ([`SinkProjection::parse_value`]) and every event the checkpoint covers is skipped, so a crash at any
 //! instant loses nothing and doubles nothing.
 //!
 //! ```no_run
@@ -25,13 +25,14 @@
 //! }
 //! impl SinkProjection for Count {
 //!     fn value(&self, _key: &str, n: &u64, out: &mut String) { out.push_str(&format!("{{\"count\":{n}}}")) }
-//!     fn from_value(&self, _key: &str, v: &str) -> Result<u64, HandlerError> {
+//!     fn parse_value(&self, _key: &str, v: &str) -> Result<u64, HandlerError> {
 //!         v.trim_start_matches("{\"count\":").trim_end_matches('}').parse().map_err(|_| "bad row".into())
 //!     }
 //! }
 //!
 //! let url = SinkUrl::parse("sqlite:read-model.db").unwrap();
-//! let (running, _view) = Keyed::start_with_sink("events", EngineConfig::default(), Count, &url, &Tables::default())?;
+//! let config = EngineConfig::default();
+//! let (running, _view, _resumed) = Keyed::start_with_sink("events", config, Count, &url, &Tables::default())?;
 //! running.wait()?;
 //! # }
 //! # Ok::<(), catchup_engine::sink::SinkError>(())
@@ -48,7 +49,7 @@ use catchup_segments::{LogReader, Position, Start, key_hash};
 use crate::handler::{Event, HandlerError};
 use crate::keyed::{KeyMap, Keyed, KeyedHandler, KeyedView, PassThroughHasher, Projection};
 use crate::shard::{ShardId, shard_of};
-use crate::{Engine, EngineConfig, ReplayError, Running};
+use crate::{Engine, EngineConfig, ErrorPolicy, ReplayError, Running};
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -65,8 +66,8 @@ pub trait SinkProjection: Projection {
     /// the line `replay --out` writes for the key, without the newline).
     fn value(&self, key: &str, state: &Self::State, out: &mut String);
     /// The state whose [`value`](SinkProjection::value) is `value`: what a resumed run folds the key's next
-    /// events into. Must be exact (`value(from_value(v)) == v`), or a resumed run drifts from a clean one.
-    fn from_value(&self, key: &str, value: &str) -> Result<Self::State, HandlerError>;
+    /// events into. Must be exact (`value(parse_value(v)) == v`), or a resumed run drifts from a clean one.
+    fn parse_value(&self, key: &str, value: &str) -> Result<Self::State, HandlerError>;
 }
 
 /// Why a sink cannot be opened, read or written.
@@ -374,6 +375,13 @@ impl Coverage {
 }
 
 type Render<S> = Arc<dyn Fn(&str, &S, &mut String) + Send + Sync>;
+/// Keys changed in a batch (by key hash), with the position of the last event folded into each.
+type Touched = HashMap<u64, Vec<(Box<[u8]>, Position)>, BuildHasherDefault<PassThroughHasher>>;
+/// Each shard's sink part, until its handler takes it.
+pub(crate) type ShardSinks<S> = parking_lot::Mutex<Vec<Option<Box<ShardSink<S>>>>>;
+/// What [`Keyed::start_with_sink`] returns: the running engine, the view of its states, and what was found
+/// in the sink.
+pub type StartedWithSink<P> = (Running<KeyedHandler<P>>, KeyedView<P>, Resumed);
 
 /// The sink part of one shard's [`KeyedHandler`]: the keys a batch touched, written at its end.
 pub(crate) struct ShardSink<S> {
@@ -381,7 +389,7 @@ pub(crate) struct ShardSink<S> {
     render: Render<S>,
     coverage: Arc<Coverage>,
     /// Keys changed in this batch, with the position of the last event folded into each.
-    touched: HashMap<u64, Vec<(Box<[u8]>, Position)>, BuildHasherDefault<PassThroughHasher>>,
+    touched: Touched,
     events: u64,
     rows: Vec<Row>,
     value: String,
@@ -477,8 +485,9 @@ pub struct Resumed {
 impl<P: SinkProjection> Keyed<P> {
     /// Prepares `projection` for `n_shards` shards writing to `url`: reads the sink's checkpoint (refusing
     /// one of another log, projection or format), reloads every key's state from its row, and opens one
-    /// connection per shard. The run must start at [`Resumed::start`] when [`Resumed::checkpointed`]
-    /// ([`Keyed::start_with_sink`] does it).
+    /// connection per shard. The run must start at [`Resumed::start`] when [`Resumed::checkpointed`], with
+    /// no checkpoint directory and no skipping policy ([`refused_policy`]); [`Keyed::start_with_sink`] sees
+    /// to all three.
     pub fn with_sink(
         projection: P,
         n_shards: usize,
@@ -526,7 +535,7 @@ impl<P: SinkProjection> Keyed<P> {
             let p = &*keyed.projection;
             let name = conn.name();
             conn.rows(&mut |key, value, position| {
-                let state = p.from_value(key, value).map_err(|e| SinkError::BadRow {
+                let state = p.parse_value(key, value).map_err(|e| SinkError::BadRow {
                     sink: name.clone(),
                     table: tables.state.clone(),
                     key: key.to_string(),
@@ -583,7 +592,10 @@ impl<P: SinkProjection> Keyed<P> {
         projection: P,
         url: &SinkUrl,
         tables: &Tables,
-    ) -> Result<(Running<KeyedHandler<P>>, KeyedView<P>, Resumed), SinkError> {
+    ) -> Result<StartedWithSink<P>, SinkError> {
+        if let Some(why) = refused_policy(&config) {
+            return Err(SinkError::Config(why));
+        }
         if config.checkpoint.is_some() {
             return Err(SinkError::Config(
                 "a sink is the run's checkpoint: give no checkpoint directory (snapshot files would be a second \
@@ -599,6 +611,17 @@ impl<P: SinkProjection> Keyed<P> {
         let running = Engine::start(log_dir, config, |shard: ShardId| keyed.handler(shard))?;
         Ok((running, keyed.view(), resumed))
     }
+}
+
+/// Why a sink cannot run under `config`'s error policy, if it cannot: a skipped event's dead letter is
+/// written by the I/O thread after the shard moved on, so a batch committed to the sink could pass an event
+/// whose dead letter a crash then loses (neither in the rows nor in the dead-letter file).
+pub fn refused_policy(config: &EngineConfig) -> Option<String> {
+    matches!(config.on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. }).then(|| {
+        "a sink cannot yet skip events (skip, retry:N:skip): its commit could pass an event whose dead letter \
+         is not durable yet; use stop or retry:N"
+            .to_string()
+    })
 }
 
 #[cfg(test)]

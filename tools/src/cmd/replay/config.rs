@@ -198,6 +198,13 @@ impl Config {
                     Ok(u) => u,
                     Err(e) => usage!("--sink: {e}"),
                 };
+                if matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. }) {
+                    usage!(
+                        "--sink cannot yet skip events (--on-error {}): a batch committed to the sink could pass \
+                         an event whose dead letter is not durable yet; use stop or retry:N",
+                        a.on_error
+                    );
+                }
                 let tables = Tables { state: a.sink_table.clone(), checkpoint: a.sink_checkpoint_table.clone() };
                 if let Err(e) = tables.check() {
                     usage!("--sink-table / --sink-checkpoint-table: {e}");
