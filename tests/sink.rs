@@ -13,11 +13,13 @@
 //! issue's scale is a knob away (a release build, paced so the kills land mid-run):
 //!
 //! ```text
-//! CATCHUP_SINK_EVENTS=5000000 CATCHUP_SINK_KEYS=500000 CATCHUP_SINK_KILLS=100 CATCHUP_SINK_RATE=100000 \
-//!   CATCHUP_SINK_KILL_MS=3000 CATCHUP_BIN=target/release/catchup cargo test -p catchup --test sink kill
+//! export CATCHUP_SINK_EVENTS=5000000 CATCHUP_SINK_KEYS=500000 CATCHUP_SINK_KILLS=100 \
+//!   CATCHUP_SINK_RATE=50000 CATCHUP_SINK_KILL_MS=3000 CATCHUP_BIN=target/release/catchup
+//! cargo test -p catchup --test sink sqlite_sink_survives -- --nocapture
+//! scripts/postgres-tests.sh postgres_sink_survives --nocapture      # the same loop against PostgreSQL
 //! ```
 //!
-//! (`scripts/postgres-tests.sh` passes the same variables through to the PostgreSQL loop.)
+//! (`kill_loop` prints how many killed runs committed something new.)
 //! `CATCHUP_SINK_SEED` changes the kill moments.
 
 use std::path::{Path, PathBuf};
@@ -156,11 +158,11 @@ impl Rng {
 
 /// SIGKILLs `replay --sink` `kills` times at random moments (checking the checkpoint rows after each),
 /// then lets it finish; returns how many of the killed runs had committed something new. Paced at
-/// `CATCHUP_SINK_RATE` events/s (default 40,000), killed 100 ms + up to `CATCHUP_SINK_KILL_MS` (500) after
+/// `CATCHUP_SINK_RATE` events/s (default 25,000), killed 100 ms + up to `CATCHUP_SINK_KILL_MS` (1,500) after
 /// each start, so the kills land mid-run.
 fn kill_loop(log: &Path, db: &Db, kills: u64, seed: u64, during: &mut dyn FnMut()) -> u64 {
     let mut rng = Rng(knob("CATCHUP_SINK_SEED", seed));
-    let (rate, spread) = (knob("CATCHUP_SINK_RATE", 40_000).to_string(), knob("CATCHUP_SINK_KILL_MS", 500));
+    let (rate, spread) = (knob("CATCHUP_SINK_RATE", 25_000).to_string(), knob("CATCHUP_SINK_KILL_MS", 1_500));
     let mut moved = 0;
     let mut last = Vec::new();
     for k in 0..kills {
@@ -191,6 +193,7 @@ fn kill_loop(log: &Path, db: &Db, kills: u64, seed: u64, during: &mut dyn FnMut(
     let out = replay(log, db, &["--projection", "sum:amount", "--shards", "2"]).output().unwrap();
     assert!(out.status.success(), "final run: {}", String::from_utf8_lossy(&out.stderr));
     db.check_checkpoints(2);
+    println!("kill loop: {moved} of {kills} killed runs committed something new; the last run finished");
     moved
 }
 
@@ -211,10 +214,7 @@ fn sqlite_sink_survives_sigkill_and_equals_a_clean_run() {
     let db = Db::Sqlite(dir.path().join("rm.db"));
     let kills = knob("CATCHUP_SINK_KILLS", 12);
     let moved = kill_loop(&log, &db, kills, 7, &mut || {});
-    assert!(
-        moved >= kills * 2 / 3,
-        "only {moved} of {kills} killed runs committed anything new: the kills hit nothing"
-    );
+    assert!(moved >= kills / 2, "only {moved} of {kills} killed runs committed anything new: the kills hit nothing");
     assert_eq!(db.as_out(), clean, "the table differs from a clean run's --out");
     check_rewind(&log, &db);
 }
@@ -416,7 +416,7 @@ fn postgres_sink_survives_sigkill_and_killed_backends() {
     };
     let kills = knob("CATCHUP_SINK_KILLS", 10);
     let moved = kill_loop(&log, &db, kills, 11, &mut terminate);
-    assert!(moved >= kills * 2 / 3, "only {moved} of {kills} killed runs committed anything new");
+    assert!(moved >= kills / 2, "only {moved} of {kills} killed runs committed anything new");
     assert!(terminated > 0, "no backend was terminated mid-run");
     assert_eq!(db.as_out(), clean, "the table differs from a clean run's --out");
     check_rewind(&log, &db);
