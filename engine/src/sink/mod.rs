@@ -72,6 +72,7 @@ pub trait SinkProjection: Projection {
 
 /// Why a sink cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SinkError {
     /// The URL is not `sqlite:PATH` or `postgres://...` (or its feature is not built).
     #[error("sink URL `{url}`: {why}")]
