@@ -19,6 +19,8 @@ use super::{Checkpoint, Row, Sink, SinkError, Tables, redact};
 pub const RETRIES: u32 = 6;
 /// First back-off between retries (doubling).
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// State rows read per query when a run starts.
+pub const ROWS_PAGE: u64 = 2_000;
 
 /// A PostgreSQL database as a sink.
 pub struct PgSink {
@@ -181,13 +183,27 @@ impl Sink for PgSink {
     }
 
     fn rows(&mut self, f: &mut dyn FnMut(&str, &str, Position) -> Result<(), SinkError>) -> Result<(), SinkError> {
-        let sql = format!("SELECT key, value, position FROM {}", self.tables.state);
-        // Read whole (a retry after a lost connection starts over), then handed out.
-        let rows = self.retrying("read the rows", |c| c.query(sql.as_str(), &[]))?;
-        for r in &rows {
-            f(r.get::<_, &str>(0), r.get::<_, &str>(1), Position(r.get::<_, i64>(2) as u64))?;
+        // In pages along the primary key, each read whole and retried alone: a lost connection costs one page,
+        // not the whole read (a restart over many keys would otherwise never finish while backends are killed).
+        let first = format!("SELECT key, value, position FROM {} ORDER BY key LIMIT {ROWS_PAGE}", self.tables.state);
+        let next = format!(
+            "SELECT key, value, position FROM {} WHERE key > $1 ORDER BY key LIMIT {ROWS_PAGE}",
+            self.tables.state
+        );
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self.retrying("read the rows", |c| match &after {
+                None => c.query(first.as_str(), &[]),
+                Some(k) => c.query(next.as_str(), &[k]),
+            })?;
+            for r in &rows {
+                f(r.get::<_, &str>(0), r.get::<_, &str>(1), Position(r.get::<_, i64>(2) as u64))?;
+            }
+            match rows.last() {
+                Some(r) if rows.len() as u64 == ROWS_PAGE => after = Some(r.get::<_, String>(0)),
+                _ => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     fn commit(&mut self, rows: &[Row], cp: &Checkpoint) -> Result<(), SinkError> {
