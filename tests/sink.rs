@@ -214,8 +214,8 @@ fn sqlite_sink_survives_sigkill_and_equals_a_clean_run() {
     let db = Db::Sqlite(dir.path().join("rm.db"));
     let kills = knob("CATCHUP_SINK_KILLS", 12);
     let moved = kill_loop(&log, &db, kills, 7, &mut || {});
-    assert!(moved >= kills / 2, "only {moved} of {kills} killed runs committed anything new: the kills hit nothing");
     assert_eq!(db.as_out(), clean, "the table differs from a clean run's --out");
+    assert!(moved >= kills / 2, "only {moved} of {kills} killed runs committed anything new: the kills hit nothing");
     check_rewind(&log, &db);
 }
 
@@ -416,9 +416,9 @@ fn postgres_sink_survives_sigkill_and_killed_backends() {
     };
     let kills = knob("CATCHUP_SINK_KILLS", 10);
     let moved = kill_loop(&log, &db, kills, 11, &mut terminate);
+    assert_eq!(db.as_out(), clean, "the table differs from a clean run's --out");
     assert!(moved >= kills / 2, "only {moved} of {kills} killed runs committed anything new");
     assert!(terminated > 0, "no backend was terminated mid-run");
-    assert_eq!(db.as_out(), clean, "the table differs from a clean run's --out");
     check_rewind(&log, &db);
 }
 
