@@ -20,6 +20,15 @@
 //! ```
 //!
 //! (`kill_loop` prints how many killed runs committed something new.)
+//!
+//! Measured so, 2026-11-29 on the shared 2-vCPU machine (load 12-18), release binary, 5M events over 500k
+//! keys, 100 kills, rate 50k, kills up to 3.1 s after each start: SQLite passed (82 of 100 kills after a
+//! new commit, checkpoint rows right after every kill, table equal to the clean `--out` byte for byte,
+//! rewind unchanged; 425 s). PostgreSQL with backends terminated every ~100 ms: checkpoint rows right after
+//! every kill and the table equal to the clean `--out` byte for byte, but only 23 of 100 kills landed after
+//! a new commit (each restart reloads up to 500k rows and commits batches of up to ~250k rows while its
+//! backends keep being killed), so the test's "half the kills land" gate failed and the rewind check after
+//! it did not run (320 s). Before the paged row reads, that loop made no progress past 610k of 5M.
 //! `CATCHUP_SINK_SEED` changes the kill moments.
 
 use std::path::{Path, PathBuf};
