@@ -13,6 +13,9 @@
 # 5. `promtool check metrics` on a `/metrics` scrape taken mid-replay (tests/metrics.rs, `#[ignore]`d in plain
 #    `cargo test`): promtool comes from Debian's `prometheus` package, installed with apt-get if it is not on
 #    the PATH (CATCHUP_PROMTOOL names another one); without it the test fails, it does not skip.
+# 6. The PostgreSQL sink tests against a real server (Debian's postgresql, installed with apt-get if initdb is
+#    missing), from scripts/postgres-tests.sh, which starts a temporary cluster on 127.0.0.1 and removes it
+#    after. A server that cannot be started fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The programs the end-to-end tests in tests/ run: the `catchup` binary and the examples. Those tests belong to
@@ -40,3 +43,4 @@ if [[ "${CATCHUP_SKIP_BROKER_TESTS:-}" == 1 ]]; then
 else
     scripts/kafka-tests.sh
 fi
+scripts/postgres-tests.sh

@@ -157,7 +157,7 @@ impl<S> KeyMap<S> {
     }
 
     /// Gives `key` state, replacing its entry or tombstone.
-    fn put(&mut self, key_hash: u64, key: &[u8], covered: Position, state: S) {
+    pub(crate) fn put(&mut self, key_hash: u64, key: &[u8], covered: Position, state: S) {
         self.remove_tombstone(key_hash, key);
         let v = self.map.entry(key_hash).or_default();
         match v.iter_mut().find(|e| &*e.key == key) {
@@ -459,6 +459,8 @@ pub struct KeyedHandler<P: Projection> {
     /// Changed only under the shard's map lock, with the change of the map; no other memory is published
     /// through it: `Relaxed`.
     parked_total: Arc<AtomicUsize>,
+    /// The database this shard's keys are written to, if any (`crate::sink`).
+    sink: Option<Box<crate::sink::ShardSink<P::State>>>,
 }
 
 impl<P: Projection> std::fmt::Debug for KeyedHandler<P> {
@@ -481,6 +483,17 @@ impl<P: Projection> KeyedHandler<P> {
         ))
     }
 
+    /// Sink hook: the batch's touched keys rendered under the batch lock, which is released before they are
+    /// committed with the shard's position in one transaction.
+    fn commit_to_sink(&mut self) -> Result<(), HandlerError> {
+        let Some(sink) = &mut self.sink else { return Ok(()) };
+        match self.batch.take() {
+            Some(b) => sink.render(&b.guard),
+            None => sink.render(&self.map.read()),
+        }
+        sink.commit()
+    }
+
     /// Runs `f` on the shard's states: through the batch lock if held, else under a read lock.
     fn read<R>(&self, f: impl FnOnce(&KeyMap<P::State>) -> R) -> R {
         match &self.batch {
@@ -495,6 +508,12 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
         if ctx.n_shards != self.n_shards {
             return Err(self.wrong_count(ctx.n_shards));
+        }
+        // Sink hook: an event the sink's checkpoint covers is already in its rows.
+        if let Some(sink) = &mut self.sink
+            && sink.covers(event)?
+        {
+            return Ok(());
         }
         // The lock is a local while the event is applied: an error or a panic releases it, so a run that
         // stops on this event (and may never call `end_of_batch`) leaves no shard locked for the view.
@@ -511,11 +530,21 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
         } else {
             apply_event::<P, false>(&*self.projection, &mut lock.guard, event, ctx, None)?;
         }
+        if let Some(sink) = &mut self.sink {
+            // A parked key's event is held, not folded: its row must not claim it (the CLI refuses `--sink`
+            // with parking; a library caller who combines them gets rows that stop at the key's failure).
+            let held =
+                self.careful.load(Ordering::Relaxed) && lock.guard.parked_key(event.key_hash, event.key).is_some();
+            if !held {
+                sink.touched(event);
+            }
+        }
         self.batch = Some(lock);
         Ok(())
     }
 
     fn end_of_batch(&mut self, _shard: ShardId) -> Result<(), HandlerError> {
+        self.commit_to_sink()?;
         self.batch = None;
         Ok(())
     }
@@ -597,6 +626,7 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
     }
 
     fn flush(&mut self) -> Result<(), HandlerError> {
+        self.commit_to_sink()?;
         self.batch = None;
         Ok(())
     }
@@ -738,10 +768,12 @@ impl<P: Projection> KeyedInternals for KeyedHandler<P> {
 
 /// A projection run on every shard, with a handle to query its read model while the engine runs.
 pub struct Keyed<P: Projection> {
-    projection: Arc<P>,
-    maps: Vec<Map<P::State>>,
     /// Parked keys over every shard (shared by the handlers).
     parked_total: Arc<AtomicUsize>,
+    pub(crate) projection: Arc<P>,
+    pub(crate) maps: Vec<Map<P::State>>,
+    /// Each shard's sink connection (`Keyed::with_sink`), taken by its handler.
+    pub(crate) sinks: crate::sink::ShardSinks<P::State>,
 }
 
 impl<P: Projection> std::fmt::Debug for Keyed<P> {
@@ -763,6 +795,7 @@ impl<P: Projection> Keyed<P> {
             projection: Arc::new(projection),
             maps: (0..n_shards).map(|_| Arc::new(RwLock::new(KeyMap::default()))).collect(),
             parked_total: Arc::new(AtomicUsize::new(0)),
+            sinks: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -806,6 +839,7 @@ impl<P: Projection> Keyed<P> {
             careful: AtomicBool::new(true),
             saved: Vec::new(),
             parked_total: self.parked_total.clone(),
+            sink: self.sinks.lock().get_mut(shard.0 as usize).and_then(Option::take),
         }
     }
 

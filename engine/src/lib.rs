@@ -43,6 +43,7 @@ mod policy;
 pub mod redrive;
 mod run;
 pub mod shard;
+pub mod sink;
 pub mod snapshot;
 pub mod wait;
 

@@ -28,6 +28,7 @@ mod kafka_export;
 mod metrics_server;
 mod progress;
 mod projection;
+mod sink;
 mod units;
 
 use progress::Ui;
@@ -521,6 +522,17 @@ pub struct ReplayArgs {
     /// (default 0s: the endpoint closes when the process exits). Ctrl-C ends the wait.
     #[arg(long, value_name = "DURATION", requires = "metrics_addr", value_parser = units::parse_duration)]
     pub metrics_linger: Option<std::time::Duration>,
+    /// Keep the projection's read model in a database, exactly once: sqlite:PATH or
+    /// postgres://USER@HOST:PORT/DB. One row per key (its --out line), written per batch with each shard's
+    /// position in the same transaction; the sink is the checkpoint (docs/sink-format.md).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["exec", "source", "merge", "checkpoint_dir"])]
+    pub sink: Option<String>,
+    /// The sink's per-key table.
+    #[arg(long, value_name = "NAME", default_value = "catchup_state", requires = "sink")]
+    pub sink_table: String,
+    /// The sink's checkpoint table.
+    #[arg(long, value_name = "NAME", default_value = "catchup_checkpoint", requires = "sink")]
+    pub sink_checkpoint_table: String,
 }
 
 /// A count (`units::parse_count`: 64, 1k) that fits a u32.

@@ -79,6 +79,7 @@ pub fn main(args: DemoArgs, ui: &Ui) -> Result<Exit> {
         metrics_addr: None,
         metrics_linger: std::time::Duration::ZERO,
         keys: None,
+        sink: None,
     };
     println!("replaying with {n_shards} shards (projection: count per key)");
     let stats = replay::run(&rcfg, ui)?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use catchup_engine::kafka::KafkaUrl;
+use catchup_engine::sink::{SinkUrl, Tables};
 use catchup_engine::{CheckpointConfig, ErrorPolicy, Position, SHARDS_MAX, Start};
 
 use super::source::{KafkaSource, LogSource, Source};
@@ -85,6 +86,8 @@ pub struct Config {
     pub metrics_linger: Duration,
     /// `--keys FILE`: keys to rebuild in the checkpoint before the replay (targeted rebuild).
     pub keys: Option<PathBuf>,
+    /// `--sink`: the database the read model is kept in, and its tables.
+    pub sink: Option<(SinkUrl, Tables)>,
 }
 
 /// Parses `KEY=VALUE` (`--kafka-option`).
@@ -172,8 +175,9 @@ fn source_from_args(a: &ReplayArgs) -> Result<Source> {
                 (None, true) => None,
                 (None, false) => usage!("{} log directories given: replay them as one with --merge time", a.dirs.len()),
             };
-            // A checkpoint must not get ahead of what survives a power cut (storage review W3).
-            let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some());
+            // A checkpoint (snapshots, or a sink's checkpoint rows) must not get ahead of what survives a power
+            // cut (storage review W3).
+            let durable_only = !a.no_durable_only && (a.durable_only || a.checkpoint_dir.is_some() || a.sink.is_some());
             let mut stop_at = a.to;
             let mut stop_bound = a.to.map(|_| StopBound::To);
             if let Some(ts) = a.until {
@@ -253,6 +257,12 @@ impl Config {
                 Source::Kafka(_) => usage!("--on-error park is for a replay of a log, not --source"),
                 Source::Log(_) => {}
             }
+            if a.sink.is_some() {
+                usage!(
+                    "--sink cannot park keys yet (--on-error park): the parked set is kept in snapshot files, which \
+                     a run into a sink does not write; use stop or retry:N"
+                );
+            }
             if a.checkpoint_dir.is_none() {
                 usage!(
                     "--on-error park keeps the parked keys in the checkpoint (for `catchup redrive`): give \
@@ -323,6 +333,31 @@ impl Config {
                 usage!("{why}");
             }
         }
+        let sink = match &a.sink {
+            None => None,
+            Some(url) => {
+                // clap refuses --sink with --exec, --source, --merge and --checkpoint-dir; say why here too.
+                if matches!(handler, HandlerSpec::Exec(_)) {
+                    usage!("--sink takes a keyed projection (--projection), not --exec");
+                }
+                let url = match SinkUrl::parse(url) {
+                    Ok(u) => u,
+                    Err(e) => usage!("--sink: {e}"),
+                };
+                if matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. }) {
+                    usage!(
+                        "--sink cannot yet skip events (--on-error {}): a batch committed to the sink could pass \
+                         an event whose dead letter is not durable yet; use stop or retry:N",
+                        a.on_error
+                    );
+                }
+                let tables = Tables { state: a.sink_table.clone(), checkpoint: a.sink_checkpoint_table.clone() };
+                if let Err(e) = tables.check() {
+                    usage!("--sink-table / --sink-checkpoint-table: {e}");
+                }
+                Some((url, tables))
+            }
+        };
         let checkpoint = a.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
             every_events: Some(a.snapshot_every.unwrap_or(SNAPSHOT_EVERY_DEFAULT)),
@@ -341,7 +376,8 @@ impl Config {
                 Output::Stdout
             }
             Some(p) => Output::File(p),
-            None if a.json => Output::Discard,
+            // With --sink the rows are the results: no key dump on stdout unless asked for.
+            None if a.json || a.sink.is_some() => Output::Discard,
             None => Output::Stdout,
         };
         let metrics_addr = match a.metrics_addr.as_deref().map(crate::metrics_server::parse_addr) {
@@ -367,6 +403,7 @@ impl Config {
             metrics_addr,
             metrics_linger: a.metrics_linger.unwrap_or(Duration::ZERO),
             keys: a.keys,
+            sink,
         })
     }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use catchup_engine::sink::SinkProjection;
 use catchup_engine::{
     Keyed, KeyedHandler, KeyedView, Latencies, Part, Progress, ReplayError, RunSummary, Running, ShardHandler, ShardId,
     ShardSummary, SnapshotError,
@@ -60,6 +61,9 @@ fn explain(e: ReplayError, cfg: &Config) -> anyhow::Error {
                     c.dir.display(),
                     f.position
                 ),
+                (None, _) if cfg.sink.is_some() => {
+                    "the sink holds every batch committed before it: run again to resume there".into()
+                }
                 (None, _) => "nothing was written".into(),
             };
             anyhow::anyhow!(
@@ -302,6 +306,46 @@ fn run_keyed<P: Render + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<
     Ok(s)
 }
 
+/// `--sink`: the keyed state is reloaded from the sink's rows, the run starts where its checkpoint rows
+/// say, and every batch is committed to it (`catchup_engine::sink`); `--out` still gets the whole result.
+fn run_keyed_sink<P: Render + SinkProjection + Clone>(cfg: &Config, ui: &Ui, projection: P) -> Result<Stats> {
+    let (url, tables) = cfg.sink.as_ref().expect("called with --sink");
+    let Source::Log(log) = &cfg.source else { anyhow::bail!("--sink replays a log directory") };
+    let reader = catchup_segments::LogReader::open(&log.dir).map_err(|e| explain(ReplayError::from(e), cfg))?;
+    let log_id = catchup_engine::log_id(&reader);
+    drop(reader);
+    let (keyed, resumed) = Keyed::with_sink(projection.clone(), cfg.n_shards, url, tables, log_id, cfg.fingerprint())
+        .with_context(|| format!("cannot open the sink of the replay of {}", cfg.source_name()))?;
+    let mut cfg = cfg.clone();
+    if resumed.checkpointed
+        && let Source::Log(l) = &mut cfg.source
+    {
+        l.start = catchup_engine::Start::Position(resumed.start);
+        ui.note(format!(
+            "sink {}: {} keys read back; resuming at position {} (the sink's checkpoint)",
+            url.display(),
+            resumed.rows,
+            resumed.start.0
+        ));
+    }
+    let view = keyed.view();
+    let mut handlers = Some((0..cfg.n_shards).map(|s| keyed.handler(ShardId(s as u16))).collect::<Vec<_>>());
+    let factory = move |_part: Part, _n: usize| handlers.take().expect("a log is one part, made once");
+    let (finished, interrupted, elapsed) = drive(&cfg, ui, factory)?;
+    let c = resumed.stats.counts();
+    ui.note(format!(
+        "sink {}: {} events folded into {} row writes ({} deleted) in {} transactions, at most {} rows in one",
+        url.display(),
+        c.events,
+        c.upserts + c.deletes,
+        c.deletes,
+        c.commits,
+        c.rows_max
+    ));
+    let output = write_output(&cfg, |w| write_sorted(&projection, &[view], w))?;
+    Ok(stats(&cfg, &finished, interrupted, elapsed, output))
+}
+
 /// Where `--exec` spools go: beside the snapshots with checkpoints (they are part of the resumable state),
 /// otherwise in a temporary directory removed when the guard drops.
 fn spool_root(cfg: &Config) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
@@ -395,6 +439,12 @@ pub fn run(cfg: &Config, ui: &Ui) -> Result<Stats> {
     // The default dead-letter file lives in the checkpoint directory, which the engine creates.
     if cfg.checkpoint.as_ref().is_none_or(|c| cfg.dead_letters.parent() != Some(c.dir.as_path())) {
         crate::cmd::check_output_file("--dead-letters", &cfg.dead_letters)?;
+    }
+    match (&cfg.handler, cfg.sink.is_some()) {
+        (HandlerSpec::Projection(ProjectionSpec::Count), true) => return run_keyed_sink(cfg, ui, Count),
+        (HandlerSpec::Projection(ProjectionSpec::Sum(f)), true) => return run_keyed_sink(cfg, ui, Sum::new(f.clone())),
+        (HandlerSpec::Projection(ProjectionSpec::Last), true) => return run_keyed_sink(cfg, ui, Last),
+        _ => {}
     }
     match &cfg.handler {
         HandlerSpec::Projection(ProjectionSpec::Count) => run_keyed(cfg, ui, Count),

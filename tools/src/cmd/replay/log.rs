@@ -8,8 +8,25 @@ use super::source::{LogSource, PartFactory};
 use crate::progress::Ui;
 use crate::units::fmt_count;
 
+/// Ring slots of all shards together with `--sink` (40 bytes each: 80 MiB): a shard whose database is slower
+/// than the reader takes everything its ring holds in one batch, so one transaction writes each key once
+/// for all of those events (measured in BENCHMARKS.md, "Read models in a database").
+pub(crate) const SINK_RING_SLOTS: usize = 1 << 21;
+
+/// Each shard's ring with `--sink`: its share of [`SINK_RING_SLOTS`] rounded down to a power of two, at
+/// least the default ring (16 Ki), at most 1 Mi.
+fn sink_ring_size(n_shards: usize) -> usize {
+    let share = (SINK_RING_SLOTS / n_shards.max(1)).max(1);
+    (1usize << share.ilog2()).clamp(EngineConfig::default().ring_size, 1 << 20)
+}
+
 fn engine_config(cfg: &Config, log: &LogSource) -> EngineConfig {
+    let default = EngineConfig::default();
+    let sink = cfg.sink.is_some();
     EngineConfig {
+        // --sink: bigger ring batches, so each transaction coalesces more events per key row.
+        ring_size: if sink { sink_ring_size(cfg.n_shards) } else { default.ring_size },
+        consume_batch_max: if sink { sink_ring_size(cfg.n_shards) as u64 } else { default.consume_batch_max },
         n_shards: cfg.n_shards,
         start: log.start,
         stop_at: log.stop_at,
