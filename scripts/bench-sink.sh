@@ -18,32 +18,21 @@ ZIPF="${ZIPF:-1.0}"
 CATCHUP="${CATCHUP:-target/release/catchup}"
 [[ -x "$CATCHUP" ]] || { echo "bench-sink: $CATCHUP is not built" >&2; exit 1; }
 
-pgbin="$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
+# shellcheck source=lib/postgres.sh
+source scripts/lib/postgres.sh
 work="$(mktemp -d -t catchup-bench-sink.XXXXXX)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-if [[ "$(id -u)" == 0 ]]; then
-    chown postgres "$work"
-    as_db() { runuser -u postgres -- "$@"; }
-    user=postgres
-else
-    as_db() { "$@"; }
-    user="$(id -un)"
-fi
-cleanup() {
-    as_db "$pgbin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-as_db "$pgbin/initdb" -D "$work/pg" -U "$user" --auth=trust --encoding=UTF8 --locale=C >/dev/null
-as_db "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -o "-h 127.0.0.1 -p $port -k $work" start >/dev/null
-pg="postgres://$user@127.0.0.1:$port/postgres"
+trap 'pg_stop "$work"' EXIT
+pg_start "$work"
+pg="$PG_URL"
+port="$PG_PORT_USED"
+user="$PG_USER"
 
 uptime
 for dist in uniform zipf; do
     log="$work/log-$dist"
     zipf=0
     [[ $dist == zipf ]] && zipf="$ZIPF"
-    "$CATCHUP" gen -q --out "$log" --events "$EVENTS" --keys "$KEYS" --zipf "$zipf" --segment-bytes 64MiB
+    "$CATCHUP" gen -q --log "$log" --events "$EVENTS" --keys "$KEYS" --zipf "$zipf" --segment-bytes 64MiB
     for round in $(seq 1 "$ROUNDS"); do
         for sink in out sqlite postgres; do
             rm -f "$work/out.jsonl" "$work/s.db" "$work/s.db-wal" "$work/s.db-shm"

@@ -134,15 +134,20 @@ impl KafkaStats {
             "warnings": self.warnings,
             "last_warning": self.last_warning,
             "lag": self.partitions.iter().map(|p| p.lag).sum::<i64>(),
-            "partitions": self.partitions.iter().map(|p| serde_json::json!({
-                "partition": p.partition,
-                "start": p.start,
-                "dispatched": p.dispatched,
-                "handled": p.handled,
-                "committed": p.committed,
-                "high_watermark": p.high,
-                "lag": p.lag,
-            })).collect::<Vec<_>>(),
+            "partitions": self.partitions.iter().map(partition_json).collect::<Vec<_>>(),
         })
     }
+}
+
+/// One partition's figures, as the summary and the progress document give them (`docs/json-output.md`).
+pub(super) fn partition_json(p: &PartitionProgress) -> serde_json::Value {
+    serde_json::json!({
+        "partition": p.partition,
+        "start": p.start,
+        "dispatched": p.dispatched,
+        "handled": p.handled,
+        "committed": p.committed,
+        "high_watermark": p.high,
+        "lag": p.lag,
+    })
 }

@@ -64,15 +64,7 @@ pub fn progress_json(p: &catchup_engine::Progress) -> serde_json::Value {
             "last_warning": k.last_warning,
             "group_done": k.group_done,
             "topic_partitions": k.topic_partitions,
-            "partitions": k.partitions.iter().map(|p| serde_json::json!({
-                "partition": p.partition,
-                "start": p.start,
-                "dispatched": p.dispatched,
-                "handled": p.handled,
-                "committed": p.committed,
-                "high_watermark": p.high,
-                "lag": p.lag,
-            })).collect::<Vec<_>>(),
+            "partitions": k.partitions.iter().map(super::kafka::partition_json).collect::<Vec<_>>(),
         })),
     })
 }
