@@ -506,14 +506,22 @@ impl<P: Projection> KeyedHandler<P> {
 impl<P: Projection> ShardHandler for KeyedHandler<P> {
     #[inline(always)]
     fn handle(&mut self, event: &Event<'_>, ctx: &Ctx) -> Result<(), HandlerError> {
+        // An error before the fold releases the batch lock too (as a failed fold does), so a policy that
+        // parks the key finds its states unlocked.
         if ctx.n_shards != self.n_shards {
+            self.batch = None;
             return Err(self.wrong_count(ctx.n_shards));
         }
         // Sink hook: an event the sink's checkpoint covers is already in its rows.
-        if let Some(sink) = &mut self.sink
-            && sink.covers(event)?
-        {
-            return Ok(());
+        if let Some(sink) = &mut self.sink {
+            match sink.covers(event) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.batch = None;
+                    return Err(e);
+                }
+            }
         }
         // The lock is a local while the event is applied: an error or a panic releases it, so a run that
         // stops on this event (and may never call `end_of_batch`) leaves no shard locked for the view.
@@ -531,8 +539,8 @@ impl<P: Projection> ShardHandler for KeyedHandler<P> {
             apply_event::<P, false>(&*self.projection, &mut lock.guard, event, ctx, None)?;
         }
         if let Some(sink) = &mut self.sink {
-            // A parked key's event is held, not folded: its row must not claim it (the CLI refuses `--sink`
-            // with parking; a library caller who combines them gets rows that stop at the key's failure).
+            // A parked key's event is held, not folded: its row must not claim it (a sink refuses parking,
+            // `sink::refused_policy`; this keeps a handler driven by hand honest too).
             let held =
                 self.careful.load(Ordering::Relaxed) && lock.guard.parked_key(event.key_hash, event.key).is_some();
             if !held {

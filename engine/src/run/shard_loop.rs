@@ -170,6 +170,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let defers = self.handler.acknowledges_later();
         // The current ring batch's slots, for a handler that acknowledges later (empty otherwise).
         let mut kept: Vec<Slot> = Vec::new();
+        // Indices into `kept` of the events accepted and not confirmed yet (empty otherwise).
+        let mut pending: Vec<usize> = Vec::new();
         // Kept out of `self` so events can borrow from it while the handler is borrowed mutably.
         let mut segments: Vec<Arc<Segment>> = std::mem::take(&mut self.segments);
         loop {
@@ -207,7 +209,11 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 kept.clear();
                 kept.extend((&mut guard).copied());
                 drop(guard);
-                failed = !self.deferred_batch(&kept, &mut segments, &mut tally, &mut local);
+                failed = !self.deferred_batch(&kept, &mut pending, &mut segments, &mut tally, &mut local);
+                if failed && let Some(&first) = pending.first() {
+                    // Accepted, never confirmed: not passed (nothing past an unconfirmed event is published).
+                    self.passed = Position(kept[first].position);
+                }
             } else {
                 let mut events = &mut guard;
                 // The hot loop runs under one `catch_unwind` per ring batch (not per event), so the handler call
@@ -228,34 +234,19 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                         Err(p) => (current, HandlerError::new(panic_message(&*p))),
                     };
                     let pos = Position(slot.position);
-                    let Some(rec) = segments.get(slot.seg_idx as usize).and_then(|s| s.record_at(slot.offset)) else {
+                    let (Some(event), Some((log, log_position))) =
+                        (event_at(&segments, &slot), self.log_and_position(&slot, &segments))
+                    else {
                         self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
                         failed = true;
                         break;
                     };
-                    let event = Event {
-                        position: pos,
-                        timestamp_ns: rec.timestamp_ns,
-                        key_hash: rec.key_hash,
-                        key: rec.key,
-                        payload: rec.payload,
-                    };
                     let shared = self.shared;
                     let aborted = || shared.run.aborted();
-                    let origin = match &mut self.merged {
-                        None => Origin::Log,
-                        Some(m) => {
-                            let Some(log) = m.log_at(slot.seg_idx, &segments) else {
-                                self.shared.run.fail(InternalError::SlotOutsideLog { position: pos }.into());
-                                failed = true;
-                                break;
-                            };
-                            Origin::Merged { log: log as usize, log_position: rec.position }
-                        }
-                    };
-                    let (log, log_position) = match origin {
-                        Origin::Merged { log, log_position } => (log as u32, log_position),
-                        _ => (0, pos),
+                    let origin = if self.merged.is_some() {
+                        Origin::Merged { log: log as usize, log_position }
+                    } else {
+                        Origin::Log
                     };
                     let replay = pos < self.replay_below;
                     let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
@@ -479,20 +470,22 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
     fn deferred_batch(
         &mut self,
         kept: &[Slot],
+        // Indices into `kept` of the events accepted and not yet confirmed, in order; what is left in it
+        // when this returns false was never confirmed.
+        pending: &mut Vec<usize>,
         segments: &mut Vec<Arc<Segment>>,
         tally: &mut Tally,
         local: &mut Latencies,
     ) -> bool {
         let n = self.shared.run.n_shards;
         tally.taken = kept.len() as u64;
-        // Indices into `kept` of the events accepted and not yet confirmed, in order.
-        let mut pending: Vec<usize> = Vec::new();
+        pending.clear();
         let mut i = 0;
         // Slots below this index were counted once (a re-delivery does not count `covered` again).
         let mut seen = 0;
         loop {
             if i == kept.len() {
-                match self.confirm(kept, segments, &mut pending, tally, true) {
+                match self.confirm(kept, segments, pending, tally, true) {
                     Confirmed::All => return true,
                     Confirmed::Broken => return false,
                     Confirmed::FailedAt(j, e) => {
@@ -568,7 +561,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 _ if pending.is_empty() => (i, err),
                 _ => {
                     // This event failed: what is pending is confirmed before the policy applies to it.
-                    match self.confirm(kept, segments, &mut pending, tally, false) {
+                    match self.confirm(kept, segments, pending, tally, false) {
                         Confirmed::All => (i, err),
                         Confirmed::Broken => return false,
                         // An earlier one failed: this event is handed again after it.
@@ -595,10 +588,8 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         if pending.is_empty() && !at_end {
             return Confirmed::All;
         }
-        let shard = self.shard;
-        let handler = &mut self.handler;
-        let e = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.end_of_batch(shard))) {
-            Ok(Ok(())) => {
+        let e = match end_of_batch(&mut self.handler, self.shard) {
+            Ok(()) => {
                 tally.handled += pending.len() as u64;
                 if let Some(&last) = pending.last() {
                     tally.last_ts = event_at(segments, &kept[last]).map(|e| e.timestamp_ns);
@@ -606,8 +597,7 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
                 pending.clear();
                 return Confirmed::All;
             }
-            Ok(Err(e)) => e,
-            Err(p) => HandlerError::new(panic_message(&*p)),
+            Err(e) => e,
         };
         let k = match e.position() {
             None if pending.is_empty() => {
@@ -662,18 +652,10 @@ impl<H: ShardHandler> ShardLoop<'_, H> {
         let ctx = Ctx { shard: self.shard, n_shards: n, position: pos, replay, log, log_position };
         let shared = self.shared;
         let aborted = || shared.run.aborted();
-        let e = e.at(pos);
         match self.step.resolve(&mut self.handler, &event, &ctx, origin, e, &aborted) {
             Resolved::Handled => {
                 // The retry was accepted: it counts once it is confirmed.
-                let shard = self.shard;
-                let handler = &mut self.handler;
-                let confirmed =
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.end_of_batch(shard))) {
-                        Ok(r) => r,
-                        Err(p) => Err(HandlerError::new(panic_message(&*p))),
-                    };
-                if let Err(e) = confirmed {
+                if let Err(e) = end_of_batch(&mut self.handler, self.shard) {
                     self.fail(pos, event.key, format!("a retry was accepted, then failed: {e}"));
                     return false;
                 }

@@ -181,10 +181,9 @@ pub(crate) fn prepare<H: ShardHandler>(handler: &H, on_error: ErrorPolicy) {
 
 /// Calls the handler's `end_of_batch`, turning a panic into an error like a failure of `handle` (engine
 /// review B3: a panic there stopped the run as a crash of catchup, "internal error ... shard 0 crashed").
-pub(crate) fn end_of_batch<H: ShardHandler>(handler: &mut H, shard: ShardId) -> Result<(), String> {
+pub(crate) fn end_of_batch<H: ShardHandler>(handler: &mut H, shard: ShardId) -> Result<(), HandlerError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.end_of_batch(shard))) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(policy::panic_message(&*p)),
+        Ok(r) => r,
+        Err(p) => Err(HandlerError::new(policy::panic_message(&*p))),
     }
 }
