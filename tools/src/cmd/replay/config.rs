@@ -257,11 +257,10 @@ impl Config {
                 Source::Kafka(_) => usage!("--on-error park is for a replay of a log, not --source"),
                 Source::Log(_) => {}
             }
-            if a.sink.is_some() {
-                usage!(
-                    "--sink cannot park keys yet (--on-error park): the parked set is kept in snapshot files, which \
-                     a run into a sink does not write; use stop or retry:N"
-                );
+            if a.sink.is_some()
+                && let Some(why) = catchup_engine::sink::refused_policy(on_error)
+            {
+                usage!("--sink with --on-error {}: {why}", a.on_error);
             }
             if a.checkpoint_dir.is_none() {
                 usage!(
@@ -344,12 +343,8 @@ impl Config {
                     Ok(u) => u,
                     Err(e) => usage!("--sink: {e}"),
                 };
-                if matches!(on_error, ErrorPolicy::Skip | ErrorPolicy::Retry { then_skip: true, .. }) {
-                    usage!(
-                        "--sink cannot yet skip events (--on-error {}): a batch committed to the sink could pass \
-                         an event whose dead letter is not durable yet; use stop or retry:N",
-                        a.on_error
-                    );
+                if let Some(why) = catchup_engine::sink::refused_policy(on_error) {
+                    usage!("--sink with --on-error {}: {why}", a.on_error);
                 }
                 let tables = Tables { state: a.sink_table.clone(), checkpoint: a.sink_checkpoint_table.clone() };
                 if let Err(e) = tables.check() {
