@@ -403,6 +403,20 @@ impl AckHandler {
     /// The child is gone or must go: the first unanswered event is charged, everything unanswered is
     /// forgotten (the engine hands those events again) and the next event starts a new child.
     fn replace(&mut self, trouble: Trouble) -> HandlerError {
+        let e = self.replace_child(trouble);
+        self.note_retry(&e);
+        e
+    }
+
+    /// The policy may hand the event an error is charged to again: that retry is sent and waited for (see
+    /// `handle`), whichever path charged it (a confirmation, or a hand-off that found the child gone).
+    fn note_retry(&mut self, e: &HandlerError) {
+        if let Some(p) = e.position() {
+            self.retry_upto = Some(self.retry_upto.map_or(p.0, |r| r.max(p.0)));
+        }
+    }
+
+    fn replace_child(&mut self, trouble: Trouble) -> HandlerError {
         // Answers already received count first (a hand-off can time out with acks waiting in the channel).
         if let Some(nack) = self.drain_received() {
             self.sent.clear();
@@ -451,32 +465,57 @@ impl AckHandler {
         }
     }
 
-    /// Applies the answers already received (without waiting). Returns the failure of a nack among them
-    /// (the events after it are then dropped, the child being replaced).
+    /// Applies the answers already received (without waiting). Returns the failure of the first nack among
+    /// them; the answers after it are kept for the engine's re-delivery of those events, as `confirm` keeps
+    /// them (their output is already released: sending them to the next child would double it).
     fn drain_received(&mut self) -> Option<HandlerError> {
         let r = self.child.as_mut()?;
+        let mut answers = Vec::new();
         while let Ok(a) = r.answers.try_recv() {
             match a {
-                Answer::Ack(p) => {
-                    while self.sent.front().is_some_and(|s| *s <= p) {
-                        self.last_acked = self.sent.pop_front().expect("checked");
-                    }
-                }
-                Answer::Nack { position, error, kind } if self.sent.contains(&position) => {
-                    while self.sent.front().is_some_and(|s| *s < position) {
-                        self.last_acked = self.sent.pop_front().expect("checked");
-                    }
-                    let who = format!("`{}` (shard {})", self.spec.cmd, self.shard);
-                    return Some(
-                        HandlerError::with_kind(kind, format!("{who} failed position {position}: {error}"))
-                            .at(catchup_engine::Position(position)),
-                    );
-                }
                 Answer::Ready(_) => r.ready = true,
+                Answer::Ack(_) | Answer::Nack { .. } => answers.push(a),
                 _ => break,
             }
         }
-        None
+        let mut failure = None;
+        for a in answers {
+            match a {
+                Answer::Ack(p) => self.on_ack(p, failure.is_some()),
+                Answer::Nack { position, error, kind } if self.sent.contains(&position) => {
+                    self.on_nack(position, &error, kind, &mut failure)
+                }
+                _ => break,
+            }
+        }
+        failure
+    }
+
+    /// The child acknowledged every event sent up to `p`. Once an earlier event of this round failed
+    /// (`after_failure`), the answers are kept for the engine's re-delivery instead.
+    fn on_ack(&mut self, p: u64, after_failure: bool) {
+        while self.sent.front().is_some_and(|s| *s <= p) {
+            let s = self.sent.pop_front().expect("checked");
+            if after_failure {
+                self.answered.push_back((s, None));
+            } else {
+                self.last_acked = s;
+            }
+        }
+    }
+
+    /// The child failed `position` (one of `sent`): the events before it are acknowledged; the first failure
+    /// of the round goes into `failure` (charged to that event), a later one is kept for the re-delivery.
+    fn on_nack(&mut self, position: u64, error: &str, kind: ErrorKind, failure: &mut Option<HandlerError>) {
+        if let Some(before) = position.checked_sub(1) {
+            self.on_ack(before, failure.is_some());
+        }
+        self.sent.pop_front();
+        let e = HandlerError::with_kind(kind, format!("{} failed position {position}: {error}", self.who()));
+        match failure {
+            None => *failure = Some(e.at(catchup_engine::Position(position))),
+            Some(_) => self.answered.push_back((position, Some(e))),
+        }
     }
 
     /// Hands the buffered lines to the writer thread.
@@ -507,11 +546,8 @@ impl AckHandler {
     /// child failed, or the first unanswered one when the child must be replaced.
     pub fn confirm(&mut self) -> Result<(), HandlerError> {
         let r = self.confirm_sent();
-        if let Err(e) = &r
-            && let Some(p) = e.position()
-        {
-            // The policy may retry it: that retry is sent and waited for (see `handle`).
-            self.retry_upto = Some(self.retry_upto.map_or(p.0, |r| r.max(p.0)));
+        if let Err(e) = &r {
+            self.note_retry(e);
         }
         r
     }
@@ -534,14 +570,7 @@ impl AckHandler {
                     Trouble::Bad(format!("it speaks version {v} of the exec protocol, this catchup {VERSION}"))
                 }
                 Ok(Answer::Ack(p)) => {
-                    while self.sent.front().is_some_and(|s| *s <= p) {
-                        let s = self.sent.pop_front().expect("checked");
-                        if failure.is_some() {
-                            self.answered.push_back((s, None));
-                        } else {
-                            self.last_acked = s;
-                        }
-                    }
+                    self.on_ack(p, failure.is_some());
                     continue;
                 }
                 Ok(Answer::Nack { position, error, kind }) => {
@@ -550,23 +579,7 @@ impl AckHandler {
                             "it failed position {position}, which is not an unanswered event (the next is {front})"
                         ))
                     } else {
-                        while self.sent.front().is_some_and(|s| *s < position) {
-                            let s = self.sent.pop_front().expect("checked");
-                            if failure.is_some() {
-                                self.answered.push_back((s, None));
-                            } else {
-                                self.last_acked = s;
-                            }
-                        }
-                        self.sent.pop_front();
-                        let e = HandlerError::with_kind(
-                            kind,
-                            format!("{} failed position {position}: {error}", self.who()),
-                        );
-                        match failure {
-                            None => failure = Some(e.at(catchup_engine::Position(position))),
-                            Some(_) => self.answered.push_back((position, Some(e))),
-                        }
+                        self.on_nack(position, &error, kind, &mut failure);
                         continue;
                     }
                 }
